@@ -1,0 +1,148 @@
+"""The document job (queue ``default``): extract → chunk → embed → store.
+
+Enqueued by :func:`webapp.documents.enqueue_document_job` as
+``jobs.documents.process_document(document_id)`` with the RQ job id equal to the
+:class:`~webapp.models.Job` row's id. Runs in an RQ work horse, inside the app context.
+
+Idempotent: RQ delivers at least once, and a second run for the same document replaces the
+first run's chunks in one transaction, leaving exactly one set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import current_app
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+
+from jobs.chunking import chunk_pages
+from jobs.errors import DocumentError, JobError
+from jobs.extract import extract
+from jobs.tracking import JobTracker
+from webapp.db import connection
+from webapp.embeddings import EmbeddingError, embedder_from_config, to_blob
+from webapp.models import Chunk, Document
+from webapp.storage import StorageError, storage_from_config
+
+log = logging.getLogger(__name__)
+
+# Share of the 0–100 % progress bar each stage ends at.
+EXTRACT_END, CHUNK_END, EMBED_END = 40, 50, 90
+INSERT_BATCH = 200  # rows per INSERT (SQLite's bound-parameter limit is 32766 since 3.32)
+
+
+def process_document(document_id: str) -> dict[str, Any]:
+    """Turn a stored upload into chunks with embeddings.
+
+    Args:
+        document_id: :class:`~webapp.models.Document` id; the current RQ job's id is its Job row.
+
+    Returns:
+        ``{"document_id", "pages", "chars", "chunks", "warnings", "embedding_model"}`` — also
+        stored as the Job row's ``result``. ``{"skipped": reason}`` if the row says not to run.
+
+    Raises:
+        DocumentError: the document cannot be read (encrypted, damaged, no text); the row is
+            marked ``failed`` with the reason first.
+        JobError / JobTimeoutException / any other error: likewise marked ``failed``, then re-raised
+            so RQ records the failure too.
+    """
+    rq_job = get_current_job()
+    if rq_job is None:
+        raise RuntimeError("process_document must run in an RQ worker")
+    config = current_app.config
+    tracker = JobTracker(rq_job.id)
+    with connection():
+        if not tracker.start():
+            return {"skipped": "the job row is missing or was canceled"}
+        try:
+            return _run(document_id, tracker, config)
+        except JobError as exc:
+            tracker.fail(exc.message)
+            raise
+        except JobTimeoutException:
+            tracker.fail(
+                f"processing took longer than the {config['DOCUMENT_JOB_TIMEOUT']} s limit "
+                f"(stopped during {tracker.stage or 'start-up'})"
+            )
+            raise
+        except Exception as exc:
+            log.exception("job %s: unexpected error", rq_job.id)
+            tracker.fail(f"unexpected error during {tracker.stage or 'start-up'}: {type(exc).__name__}: {exc}")
+            raise
+
+
+def _run(document_id: str, tracker: JobTracker, config) -> dict[str, Any]:
+    document = Document.get_or_none(Document.id == document_id)
+    if document is None:
+        raise JobError(f"document {document_id} does not exist", code="not_found")
+
+    tracker.report("extract", 0, persist=True)
+    try:
+        data = storage_from_config(config).get(document.storage_key)
+    except StorageError as exc:
+        raise JobError(f"the uploaded file could not be read from storage: {exc}", code="storage_error") from exc
+    extraction = extract(
+        data,
+        document.content_type,
+        password=document.password,
+        on_page=lambda done, total: tracker.report("extract", EXTRACT_END * done // total),
+    )
+
+    tracker.report("chunk", EXTRACT_END, persist=True)
+    chunks = chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"])
+
+    tracker.report("embed", CHUNK_END, persist=True)
+    embedder = embedder_from_config(config)
+    try:
+        vectors = embedder.embed(
+            [chunk.text for chunk in chunks],
+            on_batch=lambda done, total: tracker.report(
+                "embed", CHUNK_END + (EMBED_END - CHUNK_END) * done // max(total, 1)
+            ),
+        )
+    except EmbeddingError as exc:
+        raise JobError(f"embedding failed: {exc}", code="embedding_failed") from exc
+
+    tracker.report("store", EMBED_END, persist=True)
+    result = {
+        "document_id": document.id,
+        "pages": extraction.page_count,
+        "chars": extraction.chars,
+        "chunks": len(chunks),
+        "warnings": extraction.warnings,
+        "embedding_model": embedder.name,
+    }
+    rows = [
+        {
+            "document": document.id,
+            "ordinal": chunk.ordinal,
+            "page_start": chunk.page_start,
+            "page_end": chunk.page_end,
+            "text": chunk.text,
+            "embedding_model": embedder.name,
+            "dimensions": int(vectors.shape[1]),
+            "embedding": to_blob(vector),
+        }
+        for chunk, vector in zip(chunks, vectors)
+    ]
+    database = Document._meta.database
+    with database.atomic() as transaction:
+        Chunk.delete().where(Chunk.document == document.id).execute()
+        for start in range(0, len(rows), INSERT_BATCH):
+            Chunk.insert_many(rows[start:start + INSERT_BATCH]).execute()
+        Document.update(
+            pages=extraction.page_count,
+            chars=extraction.chars,
+            chunk_count=len(chunks),
+            warnings=extraction.warnings,
+            password=None,
+        ).where(Document.id == document.id).execute()
+        if not tracker.finish_query(result).execute():
+            # Canceled or ended by someone else meanwhile: keep the database as it was.
+            transaction.rollback()
+            return {"skipped": "the job row changed while the job ran"}
+    tracker.report_finished()
+    return result

@@ -1,0 +1,54 @@
+"""Docket's web app: ``create_app`` builds a configured Flask application.
+
+Configuration comes from the environment (see :mod:`webapp.config`); ``test_config`` overrides
+it in tests. Nothing connects to Redis or the database here: clients connect on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+from flask import Flask
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the Flask app.
+
+    Args:
+        test_config: settings that replace the environment's (tests pass paths and URLs here).
+
+    Returns:
+        The app, with the database, RQ extension, blueprints and CLI commands registered.
+    """
+    app = Flask(__name__, instance_path=os.environ.get("DOCKET_INSTANCE_PATH") or None)
+    from webapp.config import load_config
+
+    app.config.update(load_config(app.instance_path))
+    if test_config:
+        app.config.update(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    if not app.debug and not app.testing:
+        app.logger.setLevel(logging.INFO)
+
+    from webapp import db, errors
+    from webapp.queues import rq
+
+    db.init_app(app)
+    rq.init_app(app)
+    errors.init_app(app)
+
+    from webapp import api, health, views
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(views.bp)
+
+    from jobs.worker import rq_cli
+    from webapp.cli import dev_command, ingest_command
+
+    app.cli.add_command(rq_cli)
+    app.cli.add_command(ingest_command)
+    app.cli.add_command(dev_command)
+    return app

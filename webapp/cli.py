@@ -1,0 +1,179 @@
+"""CLI commands: ``flask --app wsgi ingest PATH...`` and ``flask --app wsgi dev``.
+
+(``init-db`` lives in :mod:`webapp.db`, ``rq worker`` in :mod:`jobs.worker`.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from rq import Worker
+
+from webapp.db import connection, create_tables
+from webapp.documents import accept_uploads, read_path
+from webapp.errors import ApiError
+from webapp.job_status import job_to_dict
+from webapp.models import TERMINAL_STATUSES, Document, Job
+from webapp.queues import rq
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def collect_files(paths: tuple[str, ...]) -> list[Path]:
+    """Files named by ``paths``; folders are walked recursively (hidden entries skipped), sorted."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
+        else:
+            files.append(path)
+    return files
+
+
+@click.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--password", default=None, help="Password for encrypted PDFs (used for every file).")
+@click.option("--no-wait", is_flag=True, help="Only enqueue; do not wait for the jobs to end.")
+@click.option("--timeout", default=1800, show_default=True, type=int, help="Seconds to wait for the jobs before giving up.")
+@with_appcontext
+def ingest_command(paths: tuple[str, ...], password: str | None, no_wait: bool, timeout: int) -> None:
+    """Upload the documents at PATHS (files or folders) and follow their jobs.
+
+    Shows a progress bar until every job has ended, then a summary table. Exits with status 1
+    if a file was rejected or a job failed.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    accepted: list[tuple[Path, Document]] = []
+    rejected: list[tuple[Path, str]] = []
+    with connection():
+        for path in collect_files(paths):
+            try:
+                (document,) = accept_uploads([read_path(path)], password=password)
+                accepted.append((path, document))
+            except ApiError as exc:
+                rejected.append((path, exc.message))
+                if exc.status >= 500:
+                    break
+            except OSError as exc:
+                rejected.append((path, f"could not be read: {exc.strerror}"))
+    console.print(f"Enqueued {len(accepted)} document(s); rejected {len(rejected)}.")
+    if no_wait or not accepted:
+        _print_summary(console, accepted, rejected, {})
+        sys.exit(1 if rejected else 0)
+
+    if Worker.count(connection=rq.connection) == 0:
+        console.print(
+            "[yellow]No RQ worker is running: start one with "
+            "'flask --app wsgi rq worker' (or the run command); waiting anyway.[/yellow]"
+        )
+    jobs = _wait_for_jobs(console, [document.job_id for _, document in accepted], timeout)
+    _print_summary(console, accepted, rejected, jobs)
+    failed = any(job.get("status") != "finished" for job in jobs.values())
+    sys.exit(1 if rejected or failed or len(jobs) < len(accepted) else 0)
+
+
+def _wait_for_jobs(console, job_ids: list[str], timeout: int) -> dict[str, dict]:
+    """Poll the jobs every 0.5 s with a progress bar; return the last state of each job."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    states: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("Processing", total=100 * len(job_ids))
+        while True:
+            with connection():
+                for job in Job.select().where(Job.id.in_(job_ids)):
+                    states[job.id] = job_to_dict(job)
+            done = [s for s in states.values() if s["status"] in TERMINAL_STATUSES]
+            completed = sum(100 if s["status"] in TERMINAL_STATUSES else s["progress"] for s in states.values())
+            progress.update(task, completed=completed, description=f"Processing ({len(done)}/{len(job_ids)} ended)")
+            if len(done) == len(job_ids):
+                break
+            if time.monotonic() > deadline:
+                console.print(f"[red]Gave up waiting after {timeout} s; the remaining jobs keep running.[/red]")
+                break
+            time.sleep(0.5)
+    return states
+
+
+def _print_summary(console, accepted, rejected, jobs: dict[str, dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Docket ingest")
+    for column in ("File", "Status", "Pages", "Chars", "Chunks", "Note"):
+        table.add_column(column, overflow="fold")
+    with connection():
+        for path, document in accepted:
+            document = Document.get_by_id(document.id)
+            job = jobs.get(document.job_id, {})
+            note = job.get("error") or "; ".join(document.warnings or [])
+            table.add_row(str(path), job.get("status", "queued"), _text(document.pages), _text(document.chars),
+                          _text(document.chunk_count), note)
+    for path, reason in rejected:
+        table.add_row(str(path), "rejected", "", "", "", reason)
+    from rich.console import Console
+
+    Console().print(table)  # the table goes to stdout, progress and notices to stderr
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+@click.command("dev")
+@click.option("--port", default=lambda: int(os.environ.get("PORT", 5000)), show_default="$PORT or 5000", type=int)
+@with_appcontext
+def dev_command(port: int) -> None:
+    """Run the whole service locally: Redis (embedded if none answers), the database, and the
+    Procfile's web and worker processes under honcho. Ctrl-C stops everything.
+    """
+    from webapp.embedded_redis import EmbeddedRedis, redis_answers
+
+    app = current_app
+    env = dict(os.environ)
+    embedded = None
+    redis_url = app.config["REDIS_URL"]
+    if not redis_answers(redis_url):
+        embedded = EmbeddedRedis(Path(app.instance_path) / "redis", persist=True)
+        redis_url = embedded.start()
+        click.echo(f"No Redis answered at {app.config['REDIS_URL']}; started an embedded one at {redis_url} "
+                   f"(data in {embedded.data_dir}).")
+    env.update(
+        REDIS_URL=redis_url,
+        DATABASE_URL=app.config["DATABASE_URL"],
+        STORAGE_PATH=app.config["STORAGE_PATH"],
+        DOCKET_INSTANCE_PATH=app.instance_path,
+        PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("FLASK_RUN_FROM_CLI", None)
+    try:
+        create_tables()
+        click.echo(f"Database ready at {app.config['DATABASE_URL']}. Serving on http://127.0.0.1:{port}/")
+        command = [sys.executable, "-m", "honcho", "--procfile", str(PROJECT_ROOT / "Procfile"),
+                   "--app-root", str(PROJECT_ROOT), "start", "--port", str(port), "web", "worker"]
+        honcho = subprocess.Popen(command, env=env)
+        try:
+            honcho.wait()
+        except KeyboardInterrupt:
+            honcho.send_signal(signal.SIGINT)
+            honcho.wait()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            click.echo("Stopped the embedded Redis.")

@@ -1,0 +1,83 @@
+"""Configuration from the environment (12-factor), with safe local defaults.
+
+Every setting is read once, in :func:`load_config`, from ``os.environ``; the README's
+configuration table lists them. Nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+MB = 1024 * 1024
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def normalize_database_url(url: str) -> str:
+    """Return ``url`` with Heroku's ``postgres://`` spelled ``postgresql://``.
+
+    Peewee accepts both, but other tools (psql, SQLAlchemy-based admin tools) only accept the
+    second, so Docket logs and documents the canonical spelling.
+    """
+    if url.startswith("postgres://"):
+        return "postgresql://" + url[len("postgres://"):]
+    return url
+
+
+def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from environment variables.
+
+    Args:
+        instance_path: the app's instance folder; local defaults (SQLite file, upload folder) live there.
+        env: the environment to read; ``os.environ`` when omitted.
+
+    Returns:
+        A dict of upper-case config keys, ready for ``app.config.update``.
+
+    Raises:
+        ValueError: a numeric setting is not a whole number, or ``CHUNK_SIZE`` is out of range.
+    """
+    env = os.environ if env is None else env
+    instance = Path(instance_path)
+    config: dict[str, Any] = {
+        "SECRET_KEY": env.get("SECRET_KEY", "dev-only-secret-change-me"),
+        "DATABASE_URL": normalize_database_url(
+            env.get("DATABASE_URL") or f"sqlite:///{instance / 'docket.sqlite3'}"
+        ),
+        "REDIS_URL": env.get("REDIS_URL", "redis://localhost:6379/0"),
+        # Local folder for uploaded bytes (see webapp/storage.py); web and worker must share it.
+        "STORAGE_PATH": env.get("STORAGE_PATH") or str(instance / "uploads"),
+        # Bytes; Flask answers 413 above it. 50 MB by default.
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 50 * MB),
+        # Seconds a document job may run before RQ stops it (JobTimeoutException).
+        "DOCUMENT_JOB_TIMEOUT": _int(env, "DOCUMENT_JOB_TIMEOUT", 600),
+        # Seconds RQ keeps a finished / failed job in Redis; the database row stays.
+        "JOB_RESULT_TTL": _int(env, "JOB_RESULT_TTL", 24 * 3600),
+        "JOB_FAILURE_TTL": _int(env, "JOB_FAILURE_TTL", 7 * 24 * 3600),
+        # Characters per chunk (upper bound) and overlap between neighbouring chunks.
+        "CHUNK_SIZE": _int(env, "CHUNK_SIZE", 1500),
+        "CHUNK_OVERLAP": _int(env, "CHUNK_OVERLAP", 150),
+        "OPENAI_API_KEY": env.get("OPENAI_API_KEY") or None,
+        "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL") or None,
+        "EMBEDDING_MODEL": env.get("EMBEDDING_MODEL", "text-embedding-3-small"),
+        "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
+        "OPENAI_MAX_RETRIES": _int(env, "OPENAI_MAX_RETRIES", 3),
+        "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
+    }
+    # A chunk of N characters is at most 4*N UTF-8 bytes, and a byte-level BPE token covers at
+    # least one byte, so 2048 characters stay under OpenAI's 8192-token per-input limit.
+    if not 100 <= config["CHUNK_SIZE"] <= 2048:
+        raise ValueError("CHUNK_SIZE must be between 100 and 2048 characters")
+    if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:
+        raise ValueError("CHUNK_OVERLAP must be at least 0 and less than half of CHUNK_SIZE")
+    return config

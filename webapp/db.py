@@ -1,0 +1,101 @@
+"""The Peewee database: one FlaskDB wrapper, bound to the app in ``create_app``.
+
+The request path connects per request (FlaskDB's ``before_request``/``teardown_request``);
+job code and CLI commands use :func:`connection`. Nothing connects at import.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import click
+from flask import Flask, current_app
+from peewee import Database, SqliteDatabase
+from playhouse.db_url import connect as connect_url
+from playhouse.flask_utils import FlaskDB
+
+db = FlaskDB()
+
+# SQLite with a web process and worker processes writing the same file: WAL lets readers
+# proceed during a write, and the busy timeout (ms) makes a writer wait instead of failing
+# with "database is locked".
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "busy_timeout": 10_000,
+    "foreign_keys": 1,
+    "synchronous": "normal",
+}
+
+
+def make_database(url: str) -> Database:
+    """Return an unconnected Peewee database for a ``DATABASE_URL``.
+
+    Args:
+        url: ``sqlite:///path``, ``postgresql://…`` or ``postgres://…``.
+
+    Raises:
+        RuntimeError: the URL's scheme is not one Peewee knows.
+    """
+    if url.startswith("sqlite:"):
+        return connect_url(url, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+    try:
+        return connect_url(url, autoconnect=True)
+    except RuntimeError as exc:
+        raise RuntimeError(f"DATABASE_URL is not a database Docket can use: {exc}") from None
+
+
+def init_app(app: Flask) -> None:
+    """Bind the FlaskDB wrapper to ``app``'s ``DATABASE_URL`` and register ``flask init-db``."""
+    app.config.setdefault(
+        "FLASKDB_EXCLUDED_ROUTES", ("health.healthz", "health.readyz", "static")
+    )
+    database = make_database(app.config["DATABASE_URL"])
+    if isinstance(database, SqliteDatabase):
+        from pathlib import Path
+
+        Path(database.database).parent.mkdir(parents=True, exist_ok=True)
+    db._db = database
+    db.init_app(app)
+    app.cli.add_command(init_db_command)
+
+
+def create_tables() -> None:
+    """Create Docket's tables if they do not exist (idempotent; safe on every deploy)."""
+    from webapp.models import ALL_MODELS
+
+    with db.database.connection_context():
+        db.database.create_tables(ALL_MODELS, safe=True)
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the database tables (idempotent)."""
+    create_tables()
+    click.echo(f"Initialized the database at {_redact(current_app.config['DATABASE_URL'])}.")
+
+
+def _redact(url: str) -> str:
+    """Hide the password of a database URL for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+@contextmanager
+def connection() -> Iterator[Database]:
+    """A database connection for the block, for job code and CLI commands.
+
+    Unlike Peewee's ``connection_context()`` (which closes the connection on exit even when it
+    did not open it), this closes only a connection it opened itself, so nesting is safe.
+    """
+    database = db.database
+    if not database.is_closed():
+        yield database
+        return
+    with database.connection_context():
+        yield database

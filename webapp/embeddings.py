@@ -1,0 +1,191 @@
+"""Embeddings: the vectors that make chunks searchable.
+
+Two embedders share one interface (:class:`Embedder`):
+
+* :class:`OpenAIEmbedder` — the official ``openai`` client; any OpenAI-compatible server via
+  ``OPENAI_BASE_URL``. Used when ``OPENAI_API_KEY`` is set.
+* :class:`HashingEmbedder` — the offline default: feature hashing of word and character n-grams
+  (scikit-learn's ``HashingVectorizer``). No network, no model download, deterministic.
+
+Every vector is float32 and L2-normalised, so cosine similarity is a dot product. Each chunk
+records :attr:`Embedder.name`; a search only compares vectors of the same name (one vector space).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+
+# OpenAI embeddings API limits (platform.openai.com/docs/api-reference/embeddings/create):
+OPENAI_MAX_INPUTS_PER_REQUEST = 2048
+OPENAI_MAX_TOKENS_PER_REQUEST = 300_000
+OPENAI_MAX_TOKENS_PER_INPUT = 8192
+
+
+class EmbeddingError(Exception):
+    """The embedding service refused or failed; ``str(exc)`` is a human sentence."""
+
+
+class Embedder(Protocol):
+    name: str  # identifies the vector space, e.g. "openai:text-embedding-3-small"
+
+    def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Embed ``texts``; return a float32 array of shape (len(texts), dimensions), rows L2-normalised.
+
+        ``on_batch(done, total)`` is called after each request with counts of texts.
+        Raises :class:`EmbeddingError` when the service fails after its retries.
+        """
+
+
+def token_upper_bound(text: str) -> int:
+    """An upper bound of the tokens OpenAI counts for ``text``: its UTF-8 length in bytes.
+
+    OpenAI's embedding models use byte-level BPE (cl100k_base), where every token covers at
+    least one byte. (tiktoken would give the exact count but downloads its tables on first use.)
+    """
+    return len(text.encode("utf-8"))
+
+
+def batches(
+    texts: Sequence[str],
+    max_inputs: int = OPENAI_MAX_INPUTS_PER_REQUEST,
+    max_tokens: int = OPENAI_MAX_TOKENS_PER_REQUEST,
+) -> Iterator[tuple[int, int]]:
+    """Split ``texts`` into request-sized runs; yield ``(start, stop)`` index pairs.
+
+    Each run has at most ``max_inputs`` texts and at most ``max_tokens`` tokens by
+    :func:`token_upper_bound` (OpenAI: ≤ 2048 inputs and ≤ 300,000 tokens per request).
+
+    Raises:
+        ValueError: one text alone exceeds ``max_tokens`` or OpenAI's 8192-token per-input limit.
+    """
+    start, tokens = 0, 0
+    for index, text in enumerate(texts):
+        size = token_upper_bound(text)
+        if size > min(max_tokens, OPENAI_MAX_TOKENS_PER_INPUT):
+            raise ValueError(f"input {index} may have {size} tokens, over the per-input limit")
+        if index > start and (index - start >= max_inputs or tokens + size > max_tokens):
+            yield start, index
+            start, tokens = index, 0
+        tokens += size
+    if start < len(texts):
+        yield start, len(texts)
+
+
+def _normalise(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return matrix / norms
+
+
+class HashingEmbedder:
+    """Offline default: hashed word 1–2-grams and character 3–5-grams, 2 × 1024 dimensions.
+
+    Stateless and deterministic (MurmurHash3), so the web process and every worker produce the
+    same vector for the same text. Good for lexical similarity; not a semantic model.
+    """
+
+    features_per_analyzer = 1024
+    dimensions = 2 * features_per_analyzer
+    name = f"hashing-v1:{dimensions}"
+
+    def __init__(self) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        common = dict(n_features=self.features_per_analyzer, alternate_sign=False, norm="l2", lowercase=True)
+        self._word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", **common)
+        self._char = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
+
+    def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        word = self._word.transform(texts).toarray()
+        char = self._char.transform(texts).toarray()
+        vectors = _normalise(np.hstack([word, char]))
+        if on_batch:
+            on_batch(len(texts), len(texts))
+        return vectors
+
+
+class OpenAIEmbedder:
+    """Embeddings from the OpenAI API (or any OpenAI-compatible server at ``base_url``).
+
+    The client retries rate limits and 5xx answers itself (``max_retries``, exponential backoff).
+    """
+
+    def __init__(self, api_key: str, model: str, base_url: str | None = None, timeout: float = 60, max_retries: int = 3) -> None:
+        import openai
+
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        self.model = model
+        self.name = f"openai:{model}"
+
+    def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        import openai
+
+        rows: list[list[float]] = []
+        for start, stop in batches(texts):
+            try:
+                response = self._client.embeddings.create(
+                    model=self.model, input=list(texts[start:stop]), encoding_format="float"
+                )
+            except openai.APIStatusError as exc:
+                raise EmbeddingError(
+                    f"the embedding service answered HTTP {exc.status_code}: {_api_message(exc)}"
+                ) from exc
+            except openai.APIConnectionError as exc:
+                raise EmbeddingError(f"the embedding service could not be reached: {exc}") from exc
+            data = sorted(response.data, key=lambda item: item.index)
+            if len(data) != stop - start:
+                raise EmbeddingError(
+                    f"the embedding service returned {len(data)} vectors for {stop - start} inputs"
+                )
+            rows.extend(item.embedding for item in data)
+            if on_batch:
+                on_batch(stop, len(texts))
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return _normalise(np.array(rows, dtype=np.float32))
+
+
+def _api_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return str(getattr(exc, "message", exc))
+
+
+def embedder_name(config: Mapping[str, Any]) -> str:
+    """The vector-space name the configuration selects, without building the embedder."""
+    if config.get("OPENAI_API_KEY"):
+        return f"openai:{config['EMBEDDING_MODEL']}"
+    return HashingEmbedder.name
+
+
+def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
+    """The embedder the configuration selects: OpenAI with ``OPENAI_API_KEY``, else hashing."""
+    if config.get("OPENAI_API_KEY"):
+        return OpenAIEmbedder(
+            api_key=config["OPENAI_API_KEY"],
+            model=config["EMBEDDING_MODEL"],
+            base_url=config.get("OPENAI_BASE_URL"),
+            timeout=config.get("OPENAI_TIMEOUT", 60),
+            max_retries=config.get("OPENAI_MAX_RETRIES", 3),
+        )
+    return HashingEmbedder()
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    """A vector as little-endian float32 bytes (4 bytes per dimension)."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blobs(blobs: Sequence[bytes], dimensions: int) -> np.ndarray:
+    """Stack float32 blobs into a (len(blobs), dimensions) array."""
+    if not blobs:
+        return np.zeros((0, dimensions), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimensions)

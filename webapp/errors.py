@@ -1,0 +1,76 @@
+"""Errors at the HTTP edge: every error under ``/api`` is JSON with a human sentence.
+
+Shape: ``{"error": {"code": "<snake_case>", "message": "<human sentence>"}}``. No traceback is
+ever sent to a client; unexpected exceptions are logged and answered with a 500 in that shape.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask, jsonify, request
+from peewee import OperationalError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status``, snake_case ``code`` and a human ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str):
+    """A Flask response with the JSON error shape."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+_MESSAGES = {
+    400: "The request is not valid.",
+    404: "There is nothing at this address.",
+    405: "This method is not allowed here.",
+    413: "The upload is larger than the server accepts.",
+}
+
+
+def _code_for(exc: HTTPException) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api") or request.path in ("/healthz", "/readyz")
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers that turn errors into JSON for API paths."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException):
+        if not _wants_json():
+            return exc
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"The upload is larger than the {limit // (1024 * 1024)} MB limit." if limit else _MESSAGES[413]
+            return error_response(413, "payload_too_large", message)
+        return error_response(exc.code or 500, _code_for(exc), _MESSAGES.get(exc.code or 0, exc.description or exc.name))
+
+    @app.errorhandler(OperationalError)
+    def handle_database_down(exc: OperationalError):
+        app.logger.error("database error on %s %s: %s", request.method, request.path, exc)
+        return error_response(503, "database_unavailable", "The database is unavailable; try again shortly.")
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        if not _wants_json():
+            return InternalServerError()
+        return error_response(500, "internal_error", "Something went wrong on the server; the error was logged.")

@@ -1,0 +1,99 @@
+"""A job's status as the API reports it: the database row joined with what RQ says now."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from webapp.errors import ApiError
+from webapp.models import ALL_STATUSES, Job, isoformat
+from webapp.queues import rq
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """The API representation of a job (``GET /api/jobs/<id>``).
+
+    ``status`` is the database row's (the source of truth, RQ's status words). ``rq_status`` is
+    what RQ says now, or ``None`` once RQ has expired the job (or Redis cannot be reached).
+    While the job runs, ``stage`` and ``progress`` (0–100 %) come from RQ's job meta, which the
+    worker updates more often than the row.
+    """
+    rq_status = None
+    stage, progress = job.stage, job.progress
+    try:
+        rq_job = rq.fetch_job(job.id)
+    except RedisError:
+        rq_job = None
+    if rq_job is not None:
+        status = rq_job.get_status(refresh=False)
+        rq_status = status.value if status is not None else None
+        if job.status == "started":
+            meta = rq_job.meta or {}
+            if meta.get("stage"):
+                stage = meta["stage"]
+            if isinstance(meta.get("progress"), int):
+                progress = max(progress, meta["progress"])
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "queue": job.queue,
+        "status": job.status,
+        "rq_status": rq_status,
+        "progress": progress,
+        "stage": stage,
+        "result": job.result,
+        "error": job.error,
+        "attempts": job.attempts,
+        "created_at": isoformat(job.created_at),
+        "enqueued_at": isoformat(job.enqueued_at),
+        "started_at": isoformat(job.started_at),
+        "ended_at": isoformat(job.ended_at),
+        "document_id": job.document_id,
+    }
+
+
+def encode_cursor(job: Job) -> str:
+    """An opaque cursor pointing after ``job`` in newest-first order."""
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of :func:`encode_cursor`. Raises :class:`ApiError` 400 ``invalid_cursor``."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return datetime.fromisoformat(created_at), str(job_id)
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise ApiError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.") from None
+
+
+def list_jobs(status: str | None, kind: str | None, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
+    """A page of jobs, newest first (keyset pagination on ``created_at``, ``id``).
+
+    Returns:
+        ``(jobs, next_cursor)``; ``next_cursor`` is ``None`` on the last page.
+
+    Raises:
+        ApiError: 400 for an unknown status or a bad cursor.
+    """
+    query = Job.select().order_by(Job.created_at.desc(), Job.id.desc())
+    if status:
+        if status not in ALL_STATUSES:
+            raise ApiError(400, "invalid_status", f"Unknown status {status!r}; use one of {', '.join(sorted(ALL_STATUSES))}.")
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if cursor:
+        created_at, job_id = decode_cursor(cursor)
+        query = query.where(
+            (Job.created_at < created_at) | ((Job.created_at == created_at) & (Job.id < job_id))
+        )
+    rows = list(query.limit(limit + 1))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor

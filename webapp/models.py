@@ -1,0 +1,130 @@
+"""Peewee models: job metadata next to RQ's own status, documents, and their chunks.
+
+The database is the source of truth: RQ's keys in Redis expire (``result_ttl``) or can be lost,
+the rows stay. Status words are RQ's own (:class:`rq.job.JobStatus`).
+
+Row updates that change a job's status are single ``UPDATE … WHERE`` statements guarded by the
+status the row must currently have, so a late or duplicate delivery of a job (RQ delivers at
+least once) cannot move a row backwards.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from peewee import (
+    BlobField,
+    CharField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    TextField,
+)
+from rq.job import JobStatus
+
+from webapp.db import db
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
+)
+ALL_STATUSES = frozenset(s.value for s in JobStatus)
+
+
+def utcnow() -> datetime:
+    """Current time as a naive UTC datetime (how every timestamp column stores time)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    """A 32-character hex id; valid as an RQ job id (letters, digits, ``_`` and ``-`` only)."""
+    return uuid.uuid4().hex
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO-8601 with an explicit UTC offset, or ``None``."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc).isoformat()
+
+
+class JSONField(TextField):
+    """A JSON document stored as text (portable across SQLite and PostgreSQL)."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class Document(db.Model):
+    """An uploaded document. Its bytes live in storage under ``storage_key``."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    filename = CharField(max_length=255)  # the client's name, for display only
+    content_type = CharField(max_length=100)
+    size_bytes = IntegerField()
+    sha256 = CharField(max_length=64, index=True)
+    storage_key = CharField(max_length=255)
+    # Password for an encrypted PDF, kept only until its job ends (see jobs/documents.py).
+    password = TextField(null=True)
+    job_id = CharField(max_length=64, null=True)  # the current job (Job.id)
+    pages = IntegerField(null=True)
+    chars = IntegerField(null=True)  # non-whitespace characters of the extracted text
+    chunk_count = IntegerField(null=True)
+    warnings = JSONField(default=list)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "document"
+
+
+class Job(db.Model):
+    """One background job. ``id`` is also the RQ job id.
+
+    ``status``/``stage``/``progress`` are written at stage changes; finer progress lives in the RQ
+    job's ``meta`` while it runs.
+    """
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    kind = CharField(max_length=32, index=True)  # "document" (reports come later)
+    queue = CharField(max_length=32)
+    status = CharField(max_length=16, default=JobStatus.QUEUED.value, index=True)
+    stage = CharField(max_length=32, null=True)
+    progress = IntegerField(default=0)  # 0–100 %
+    result = JSONField(null=True)
+    error = TextField(null=True)  # a human sentence, never a traceback
+    attempts = IntegerField(default=0)  # how many times a worker started it
+    document = ForeignKeyField(
+        Document, null=True, backref="jobs", on_delete="CASCADE", lazy_load=False
+    )
+    created_at = DateTimeField(default=utcnow, index=True)
+    enqueued_at = DateTimeField(null=True)
+    started_at = DateTimeField(null=True)
+    ended_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "job"
+
+
+class Chunk(db.Model):
+    """A searchable piece of a document's text with its embedding (float32 bytes)."""
+
+    document = ForeignKeyField(Document, backref="chunks", on_delete="CASCADE")
+    ordinal = IntegerField()  # 0-based position in the document
+    page_start = IntegerField(null=True)  # 1-based; None for formats without pages
+    page_end = IntegerField(null=True)
+    text = TextField()
+    embedding_model = CharField(max_length=200, index=True)
+    dimensions = IntegerField()
+    embedding = BlobField()  # little-endian float32 × dimensions, L2-normalised
+
+    class Meta:
+        table_name = "chunk"
+        indexes = ((("document", "ordinal"), True),)
+
+
+ALL_MODELS = [Document, Job, Chunk]
