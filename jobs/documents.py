@@ -64,7 +64,7 @@ def process_document(document_id: str) -> dict[str, Any]:
             raise
         except JobTimeoutException:
             tracker.fail(
-                f"processing took longer than the {config['DOCUMENT_JOB_TIMEOUT']} s limit "
+                f"processing took longer than the {rq_job.timeout} s limit "
                 f"(stopped during {tracker.stage or 'start-up'})"
             )
             raise

@@ -98,14 +98,17 @@ class HashingEmbedder:
         self._word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", **common)
         self._char = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
 
+    batch_size = 256  # texts per transform: bounds memory (dense float32 rows of 8 KB each)
+
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        word = self._word.transform(texts).toarray()
-        char = self._char.transform(texts).toarray()
-        vectors = _normalise(np.hstack([word, char]))
-        if on_batch:
-            on_batch(len(texts), len(texts))
+        vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start:start + self.batch_size])
+            word = self._word.transform(batch).toarray()
+            char = self._char.transform(batch).toarray()
+            vectors[start:start + len(batch)] = _normalise(np.hstack([word, char]))
+            if on_batch:
+                on_batch(start + len(batch), len(texts))
         return vectors
 
 

