@@ -119,15 +119,19 @@ def run_worker(config: dict[str, Any]) -> Callable[..., subprocess.CompletedProc
 
 
 @pytest.fixture
-def start_worker(config: dict[str, Any]):
-    """Start a long-running worker process (``flask --app wsgi rq worker``); stopped after the test."""
+def start_worker(config: dict[str, Any], tmp_path: Path):
+    """Start a long-running worker process (``flask --app wsgi rq worker``); stopped after the test.
+
+    Its output goes to ``tmp_path/worker-N.log`` (a pipe nobody reads could fill up and block it).
+    """
     processes: list[subprocess.Popen] = []
 
     def start(**extra_env: str) -> subprocess.Popen:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "rq", "worker"],
-            cwd=ROOT, env=process_env(config, **extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
+        with open(tmp_path / f"worker-{len(processes)}.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "flask", "--app", "wsgi", "rq", "worker"],
+                cwd=ROOT, env=process_env(config, **extra_env), stdout=log, stderr=subprocess.STDOUT,
+            )
         processes.append(process)
         return process
 

@@ -122,3 +122,6 @@ def test_config_defaults_and_validation(tmp_path):
         load_config(tmp_path, env={"CHUNK_SIZE": "9000"})
     with pytest.raises(ValueError):
         load_config(tmp_path, env={"MAX_CONTENT_LENGTH": "lots"})
+    assert load_config(tmp_path, env={"REDIS_TLS_VERIFY": "false"})["REDIS_TLS_VERIFY"] is False
+    with pytest.raises(ValueError):
+        load_config(tmp_path, env={"REDIS_TLS_VERIFY": "maybe"})

@@ -87,12 +87,12 @@ def ingest_command(paths: tuple[str, ...], password: str | None, no_wait: bool, 
 
 def _wait_for_jobs(console, job_ids: list[str], timeout: int) -> dict[str, dict]:
     """Poll the jobs every 0.5 s with a progress bar; return the last state of each job."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     states: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               MofNCompleteColumn(), TimeElapsedColumn())
+               TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("Processing", total=100 * len(job_ids))
         while True:
@@ -128,7 +128,10 @@ def _print_summary(console, accepted, rejected, jobs: dict[str, dict]) -> None:
         table.add_row(str(path), "rejected", "", "", "", reason)
     from rich.console import Console
 
-    Console().print(table)  # the table goes to stdout, progress and notices to stderr
+    stdout = Console()
+    if not stdout.is_terminal:  # piped or redirected: one line per row, whatever the width
+        stdout = Console(width=1000)
+    stdout.print(table)  # the table goes to stdout, progress and notices to stderr
 
 
 def _text(value) -> str:
@@ -160,18 +163,26 @@ def dev_command(port: int) -> None:
         DOCKET_INSTANCE_PATH=app.instance_path,
         PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
         PYTHONUNBUFFERED="1",
+        HOST=os.environ.get("HOST", "127.0.0.1"),  # a local run is not exposed to the network
     )
     env.pop("FLASK_RUN_FROM_CLI", None)
+
+    def stop_on_signal(signum, frame):  # kill, a closed terminal: shut down like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGHUP, stop_on_signal)
+    honcho = None
     try:
         create_tables()
         click.echo(f"Database ready at {app.config['DATABASE_URL']}. Serving on http://127.0.0.1:{port}/")
         command = [sys.executable, "-m", "honcho", "--procfile", str(PROJECT_ROOT / "Procfile"),
                    "--app-root", str(PROJECT_ROOT), "start", "--port", str(port), "web", "worker"]
         honcho = subprocess.Popen(command, env=env)
-        try:
-            honcho.wait()
-        except KeyboardInterrupt:
-            honcho.send_signal(signal.SIGINT)
+        honcho.wait()
+    except KeyboardInterrupt:
+        if honcho is not None and honcho.poll() is None:
+            honcho.send_signal(signal.SIGINT)  # honcho stops web and worker, then exits
             honcho.wait()
     finally:
         if embedded is not None:

@@ -23,6 +23,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
 def normalize_database_url(url: str) -> str:
     """Return ``url`` with Heroku's ``postgres://`` spelled ``postgresql://``.
 
@@ -55,6 +67,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
             env.get("DATABASE_URL") or f"sqlite:///{instance / 'docket.sqlite3'}"
         ),
         "REDIS_URL": env.get("REDIS_URL", "redis://localhost:6379/0"),
+        # Managed rediss:// services often use self-signed certificates: REDIS_TLS_VERIFY=false.
+        "REDIS_TLS_VERIFY": _bool(env, "REDIS_TLS_VERIFY", True),
         # Local folder for uploaded bytes (see webapp/storage.py); web and worker must share it.
         "STORAGE_PATH": env.get("STORAGE_PATH") or str(instance / "uploads"),
         # Bytes; Flask answers 413 above it. 50 MB by default.

@@ -10,12 +10,22 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import click
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from peewee import Database, SqliteDatabase
 from playhouse.db_url import connect as connect_url
 from playhouse.flask_utils import FlaskDB
 
-db = FlaskDB()
+class DocketFlaskDB(FlaskDB):
+    """FlaskDB whose per-request connect tolerates a connection already open in this thread
+    (e.g. opened by a CLI command or a test around a request); teardown still closes it."""
+
+    def connect_db(self) -> None:
+        if self._excluded_routes and request.endpoint in self._excluded_routes:
+            return
+        self.database.connect(reuse_if_open=True)
+
+
+db = DocketFlaskDB()
 
 # SQLite with a web process and worker processes writing the same file: WAL lets readers
 # proceed during a write, and the busy timeout (ms) makes a writer wait instead of failing

@@ -1,0 +1,398 @@
+"""The OpenAI embedding path through the real ``openai`` client, against a local OpenAI-compatible server.
+
+The server (:class:`LocalEmbeddingServer`) is a Werkzeug WSGI app on 127.0.0.1 that answers
+``POST /v1/embeddings`` the way OpenAI does. It runs in a thread of the pytest process, so it can
+record every request in memory even though the requests come from RQ worker processes. Its
+vectors are a signed bag-of-words hash into 64 dimensions, deliberately *not* normalised, and its
+``data`` comes back in shuffled index order: a stored vector equal to the normalised vector of its
+chunk's text proves that Docket normalises and sorts by ``index``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from tests.conftest import upload
+from webapp import create_app
+from webapp.embedded_redis import free_port
+from webapp.embeddings import (
+    OPENAI_MAX_INPUTS_PER_REQUEST,
+    OPENAI_MAX_TOKENS_PER_INPUT,
+    OPENAI_MAX_TOKENS_PER_REQUEST,
+    batches,
+    token_upper_bound,
+)
+from webapp.db import connection
+from webapp.models import Chunk
+
+DIMENSIONS = 64
+DEFAULT_MODEL = "text-embedding-3-small"
+API_KEY = "test-key"
+DPR_QUERY = "dense passage retrieval question answering"
+
+
+def fake_embedding(text: str) -> list[float]:
+    """The local server's vector for ``text``: signed hashed word counts in 64 dims, not normalised."""
+    vector = [0.0] * DIMENSIONS
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
+        vector[digest[0] % DIMENSIONS] += 1.0 if digest[1] & 1 else -1.0
+    return vector
+
+
+def normalised(vector: list[float]) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float64)
+    return array / np.linalg.norm(array)
+
+
+@dataclass
+class RecordedRequest:
+    model: str
+    inputs: list[str]
+    authorization: str | None
+    encoding_format: str | None
+    status: int
+    shuffled: bool = False
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(len(text.encode("utf-8")) for text in self.inputs)
+
+
+@dataclass
+class LocalEmbeddingServer:
+    """State of the local OpenAI-compatible server; the test switches ``mode`` between requests.
+
+    Modes: ``ok``; ``unauthorized`` (401 like OpenAI's invalid key); ``server_error`` (500 always);
+    ``fail_once`` (500 for the first request, then ``ok``).
+    """
+
+    url: str = ""
+    mode: str = "ok"
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _random: random.Random = field(default_factory=lambda: random.Random(1234))
+
+    def wsgi_app(self, environ, start_response):
+        request = Request(environ)
+        if request.method != "POST" or request.path != "/v1/embeddings":
+            return self._error(404, f"Unknown request URL: {request.method} {request.path}", "invalid_request_error",
+                               "unknown_url")(environ, start_response)
+        body = request.get_json(force=True, silent=True) or {}
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(text, str) for text in inputs):
+            return self._error(400, "'input' must be a string or a list of strings", "invalid_request_error",
+                               None)(environ, start_response)
+        with self._lock:
+            mode = self.mode
+            if mode == "fail_once" and not self.requests:
+                mode = "server_error"
+            record = RecordedRequest(
+                model=body.get("model"),
+                inputs=list(inputs),
+                authorization=request.headers.get("Authorization"),
+                encoding_format=body.get("encoding_format"),
+                status=200,
+            )
+            self.requests.append(record)
+            if mode == "unauthorized":
+                record.status = 401
+                response = self._error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+            elif mode == "server_error":
+                record.status = 500
+                response = self._error(500, "The server had an error while processing your request.", "server_error",
+                                       None)
+            else:
+                order = list(range(len(inputs)))
+                self._random.shuffle(order)
+                if len(order) > 1 and order == sorted(order):
+                    order.reverse()
+                record.shuffled = order != sorted(order)
+                data = [{"object": "embedding", "index": i, "embedding": fake_embedding(inputs[i])} for i in order]
+                tokens = sum(len(re.findall(r"\w+", text)) for text in inputs)
+                response = self._json(200, {
+                    "object": "list",
+                    "data": data,
+                    "model": body.get("model"),
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                })
+        return response(environ, start_response)
+
+    @staticmethod
+    def _json(status: int, payload: dict[str, Any]) -> Response:
+        return Response(json.dumps(payload), status=status, content_type="application/json")
+
+    def _error(self, status: int, message: str, type_: str, code: str | None) -> Response:
+        return self._json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+
+@pytest.fixture
+def openai_server():
+    state = LocalEmbeddingServer()
+    server = make_server("127.0.0.1", 0, state.wsgi_app, threaded=True)
+    state.url = f"http://127.0.0.1:{server.server_port}/v1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+
+
+def openai_worker_env(server: LocalEmbeddingServer, **extra: str) -> dict[str, str]:
+    return {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.url, **extra}
+
+
+@pytest.fixture
+def openai_app(app, config, openai_server):
+    """An app on the same database and Redis as ``app``, configured for the local OpenAI server."""
+    return create_app({**config, "OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": openai_server.url})
+
+
+@pytest.fixture
+def openai_client(openai_app):
+    return openai_app.test_client()
+
+
+def chunks_of(app, document_id: str) -> list[Chunk]:
+    # connection() closes what it opens: a connection left open would break the next request.
+    with app.app_context(), connection():
+        return list(Chunk.select().where(Chunk.document == document_id).order_by(Chunk.ordinal))
+
+
+def vectors_of(chunks: list[Chunk]) -> np.ndarray:
+    return np.stack([np.frombuffer(chunk.embedding, dtype="<f4") for chunk in chunks]).astype(np.float64)
+
+
+def assert_openai_chunks(chunks: list[Chunk], model: str = DEFAULT_MODEL) -> None:
+    """Every chunk is in the OpenAI vector space, 64-dim, unit length, equal to the normalised server vector."""
+    assert chunks
+    for chunk in chunks:
+        assert chunk.embedding_model == f"openai:{model}"
+        assert chunk.dimensions == DIMENSIONS and len(chunk.embedding) == 4 * DIMENSIONS
+    vectors = vectors_of(chunks)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    expected = np.stack([normalised(fake_embedding(chunk.text)) for chunk in chunks])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    # The server's raw vectors are not unit length, so the equality above needs Docket's normalising.
+    raw_norms = [np.linalg.norm(fake_embedding(chunk.text)) for chunk in chunks]
+    assert max(abs(norm - 1.0) for norm in raw_norms) > 0.5
+
+
+# --- 1. a document through the OpenAI path, then search ----------------------------------------
+
+
+def test_openai_embedded_chunks_are_normalised_searchable_and_kept_apart_from_hashing_ones(
+    app, client, openai_app, openai_client, openai_server, run_worker
+):
+    # A document embedded by the offline hashing embedder first: a second vector space in the database.
+    hashed = upload(client, "minimal-document.pdf").get_json()["documents"][0]
+    run_worker()
+    assert client.get(hashed["status_url"]).get_json()["status"] == "finished"
+    assert openai_server.requests == []  # no key, no request
+    hashed_chunks = chunks_of(app, hashed["id"])
+    assert hashed_chunks and all(c.embedding_model.startswith("hashing-") for c in hashed_chunks)
+
+    response = upload(openai_client, "dpr-paper-two-column.pdf", "latex-two-column-lorem.pdf")
+    assert response.status_code == 202
+    dpr, lorem = response.get_json()["documents"]
+    run_worker(**openai_worker_env(openai_server))
+
+    for document in (dpr, lorem):
+        job = openai_client.get(document["status_url"]).get_json()
+        assert job["status"] == "finished", job
+        assert job["result"]["embedding_model"] == "openai:text-embedding-3-small"
+    dpr_chunks, lorem_chunks = chunks_of(app, dpr["id"]), chunks_of(app, lorem["id"])
+    assert len(dpr_chunks) > 10
+    assert_openai_chunks(dpr_chunks)
+    assert_openai_chunks(lorem_chunks)
+
+    worker_requests = list(openai_server.requests)
+    assert worker_requests
+    for recorded in worker_requests:
+        assert recorded.authorization == f"Bearer {API_KEY}"
+        assert recorded.model == DEFAULT_MODEL and recorded.encoding_format == "float"
+        assert 1 <= len(recorded.inputs) <= OPENAI_MAX_INPUTS_PER_REQUEST
+    sent = [text for recorded in worker_requests for text in recorded.inputs]
+    assert sorted(sent) == sorted(c.text for c in dpr_chunks + lorem_chunks)
+    assert any(recorded.shuffled for recorded in worker_requests)
+
+    # Search on the OpenAI-configured app: the query goes through the local server as well.
+    hits = openai_client.get("/api/search", query_string={"q": DPR_QUERY, "k": 50})
+    assert hits.status_code == 200, hits.get_json()
+    results = hits.get_json()["results"]
+    query_request = openai_server.requests[-1]
+    assert len(openai_server.requests) == len(worker_requests) + 1
+    assert query_request.inputs == [DPR_QUERY] and query_request.authorization == f"Bearer {API_KEY}"
+    assert results[0]["document_id"] == dpr["id"] and results[0]["filename"] == "dpr-paper-two-column.pdf"
+    # Only OpenAI chunks are ranked (there are more than k = 50 of them), never the hashing one.
+    assert len(dpr_chunks + lorem_chunks) > 50 and len(results) == 50
+    assert {r["chunk_id"] for r in results} <= {c.id for c in dpr_chunks + lorem_chunks}
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    query_vector = normalised(fake_embedding(DPR_QUERY))
+    by_id = {c.id: c for c in dpr_chunks}
+    top = by_id[results[0]["chunk_id"]]
+    assert results[0]["score"] == pytest.approx(float(vectors_of([top])[0] @ query_vector), abs=1e-5)
+
+    # Search on an app without a key (hashing embedder): only the hashing chunk, no OpenAI chunk.
+    hashing_hits = client.get("/api/search", query_string={"q": DPR_QUERY, "k": 50})
+    assert hashing_hits.status_code == 200
+    assert [r["chunk_id"] for r in hashing_hits.get_json()["results"]] == [c.id for c in hashed_chunks]
+    assert len(openai_server.requests) == len(worker_requests) + 1  # the hashing search called nobody
+
+    # The query cannot be embedded: a 502 with the service's reason, not a 500.
+    openai_server.mode = "unauthorized"
+    failed = openai_client.get("/api/search", query_string={"q": DPR_QUERY})
+    assert failed.status_code == 502
+    error = failed.get_json()["error"]
+    assert error["code"] == "embedding_unavailable"
+    assert "401" in error["message"] and "Incorrect API key provided" in error["message"]
+
+
+def test_embedding_model_setting_names_the_model_and_the_vector_space(app, config, openai_client, openai_server, run_worker):
+    document = upload(openai_client, "minimal-document.pdf").get_json()["documents"][0]
+    run_worker(**openai_worker_env(openai_server, EMBEDDING_MODEL="text-embedding-3-large"))
+
+    job = openai_client.get(document["status_url"]).get_json()
+    assert job["status"] == "finished", job
+    assert job["result"]["embedding_model"] == "openai:text-embedding-3-large"
+    assert_openai_chunks(chunks_of(app, document["id"]), model="text-embedding-3-large")
+    assert openai_server.requests and {r.model for r in openai_server.requests} == {"text-embedding-3-large"}
+
+    # An app on the default model is another vector space: it finds nothing (and embeds nothing).
+    count = len(openai_server.requests)
+    assert openai_client.get("/api/search", query_string={"q": "lorem ipsum"}).get_json()["results"] == []
+    assert len(openai_server.requests) == count
+    large = create_app({**config, "OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": openai_server.url,
+                        "EMBEDDING_MODEL": "text-embedding-3-large"})
+    results = large.test_client().get("/api/search", query_string={"q": "lorem ipsum"}).get_json()["results"]
+    assert [r["document_id"] for r in results] == [document["id"]]
+    assert openai_server.requests[-1].model == "text-embedding-3-large"
+
+
+# --- 2. batching ---------------------------------------------------------------------------------
+
+
+def test_a_large_document_is_embedded_in_requests_within_openai_limits(app, openai_client, openai_server, run_worker):
+    document = upload(openai_client, "metapost-manual-ru.pdf").get_json()["documents"][0]
+    run_worker(**openai_worker_env(openai_server))
+
+    job = openai_client.get(document["status_url"]).get_json()
+    assert job["status"] == "finished", job
+    chunks = chunks_of(app, document["id"])
+    assert len(chunks) >= 150 and job["result"]["chunks"] == len(chunks)
+    requests = list(openai_server.requests)
+    total_bytes = sum(r.input_bytes for r in requests)
+    assert total_bytes > OPENAI_MAX_TOKENS_PER_REQUEST  # so one request could not have carried it
+    assert len(requests) >= 2
+    for recorded in requests:
+        assert recorded.status == 200
+        assert 1 <= len(recorded.inputs) <= OPENAI_MAX_INPUTS_PER_REQUEST
+        assert recorded.input_bytes <= OPENAI_MAX_TOKENS_PER_REQUEST
+    # The batches, concatenated, are the chunks in order: nothing lost, repeated or reordered.
+    assert [text for r in requests for text in r.inputs] == [c.text for c in chunks]
+    assert all(r.shuffled for r in requests if len(r.inputs) > 1)
+    assert_openai_chunks(chunks)
+
+
+def _check_batches(texts: list[str], runs: list[tuple[int, int]], max_inputs: int, max_tokens: int) -> None:
+    assert [i for start, stop in runs for i in range(start, stop)] == list(range(len(texts)))
+    for number, (start, stop) in enumerate(runs):
+        size = sum(token_upper_bound(text) for text in texts[start:stop])
+        assert 1 <= stop - start <= max_inputs and size <= max_tokens
+        if number + 1 < len(runs):  # greedy: the next text would not have fitted
+            assert stop - start == max_inputs or size + token_upper_bound(texts[stop]) > max_tokens
+
+
+def test_batches_split_many_small_texts_at_2048_inputs():
+    texts = [f"t{i}" for i in range(5000)]
+    runs = list(batches(texts))
+    assert runs == [(0, 2048), (2048, 4096), (4096, 5000)]
+    _check_batches(texts, runs, OPENAI_MAX_INPUTS_PER_REQUEST, OPENAI_MAX_TOKENS_PER_REQUEST)
+
+
+def test_batches_split_by_utf8_bytes_not_characters():
+    # 4,000 Cyrillic characters are 8,000 bytes: 37 fit in 300,000 bytes, though 75 would by characters.
+    rng = random.Random(7)
+    texts = ["я" * 4000] * 100 + ["a" * rng.randint(1, 8192) for _ in range(300)] + ["€" * 2730] * 50
+    assert sum(len(t.encode("utf-8")) for t in texts) > 3 * OPENAI_MAX_TOKENS_PER_REQUEST
+    runs = list(batches(texts))
+    assert runs[0] == (0, 37)
+    assert len(runs) >= 4
+    _check_batches(texts, runs, OPENAI_MAX_INPUTS_PER_REQUEST, OPENAI_MAX_TOKENS_PER_REQUEST)
+    # Custom limits are honoured too.
+    small = list(batches(texts, max_inputs=7, max_tokens=20_000))
+    _check_batches(texts, small, 7, 20_000)
+
+
+def test_batches_reject_one_text_over_the_per_input_limit_and_accept_one_at_it():
+    assert list(batches([])) == []
+    assert list(batches(["x" * OPENAI_MAX_TOKENS_PER_INPUT])) == [(0, 1)]
+    with pytest.raises(ValueError, match="input 1"):
+        list(batches(["ok", "x" * (OPENAI_MAX_TOKENS_PER_INPUT + 1)]))
+    # 4,097 characters but 8,194 bytes: over the limit.
+    with pytest.raises(ValueError):
+        list(batches(["я" * 4097]))
+
+
+# --- 3./4. the service fails ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode, extra_env, expected, requests",
+    [
+        pytest.param("unauthorized", {}, ["HTTP 401", "Incorrect API key provided"], 1, id="401-invalid-key"),
+        pytest.param("server_error", {"OPENAI_MAX_RETRIES": "0"},
+                     ["HTTP 500", "The server had an error while processing your request."], 1, id="500-no-retries"),
+        pytest.param("server_error", {"OPENAI_MAX_RETRIES": "1"}, ["HTTP 500"], 2, id="500-one-retry"),
+        pytest.param("unreachable", {"OPENAI_MAX_RETRIES": "0"}, ["could not be reached"], 0, id="connection-refused"),
+    ],
+)
+def test_a_failing_embedding_service_fails_the_job_with_a_readable_reason(
+    app, openai_client, openai_server, run_worker, mode, extra_env, expected, requests
+):
+    document = upload(openai_client, "minimal-document.pdf").get_json()["documents"][0]
+    env = openai_worker_env(openai_server, **extra_env)
+    if mode == "unreachable":
+        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{free_port()}/v1"
+    else:
+        openai_server.mode = mode
+    run_worker(**env)
+
+    job = openai_client.get(document["status_url"]).get_json()
+    assert job["status"] == "failed" and job["rq_status"] == "failed", job
+    error = job["error"]
+    assert error.startswith("embedding failed: ")
+    for text in expected:
+        assert text in error
+    assert "Traceback" not in error and "\n" not in error
+    assert openai_client.get(f"/api/documents/{document['id']}").get_json()["error"] == error
+    assert chunks_of(app, document["id"]) == []
+    assert len(openai_server.requests) == requests
+    assert all(r.authorization == f"Bearer {API_KEY}" for r in openai_server.requests)
+
+
+def test_a_transient_500_is_retried_by_the_client_and_the_job_finishes(app, openai_client, openai_server, run_worker):
+    openai_server.mode = "fail_once"
+    document = upload(openai_client, "minimal-document.pdf").get_json()["documents"][0]
+    run_worker(**openai_worker_env(openai_server, OPENAI_MAX_RETRIES="1"))
+
+    job = openai_client.get(document["status_url"]).get_json()
+    assert job["status"] == "finished", job
+    assert [r.status for r in openai_server.requests] == [500, 200]
+    assert openai_server.requests[0].inputs == openai_server.requests[1].inputs
+    assert_openai_chunks(chunks_of(app, document["id"]))

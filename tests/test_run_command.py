@@ -1,0 +1,186 @@
+"""The README's run command from scratch: ``flask --app wsgi dev`` with no Redis at REDIS_URL.
+
+The command must start its own redis-server, create the tables, run the Procfile's ``web`` and
+``worker`` under honcho, serve the page and the API end to end, and on Ctrl-C (SIGINT to its
+process group, as a terminal sends it) or SIGTERM stop everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import CORPUS, ROOT, process_env
+from webapp.embedded_redis import free_port, redis_answers
+from webapp.models import TERMINAL_STATUSES
+
+START_DEADLINE = 60  # seconds; only to avoid hanging, never asserted as a speed
+JOB_DEADLINE = 60
+STOP_DEADLINE = 30
+
+
+def _tail(log: Path, lines: int = 60) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no output captured)"
+    return "\n--- run command output (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _honcho_groups(log: Path) -> dict[str, int]:
+    """``{"web.1": pgid, ...}``: honcho starts each Procfile process in a session of its own and
+    prints ``web.1 started (pid=N)``; N is that session's process group id."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return {name: int(pid) for name, pid in re.findall(r"(\S+\.\d+) started \(pid=(\d+)\)", text)}
+
+
+def _wait_until(predicate, deadline_s: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.mark.parametrize("stop", ["ctrl_c", "kill"])
+def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything(
+    config, unused_redis_url, tmp_path, stop
+):
+    instance = tmp_path / "instance"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = process_env(
+        config,
+        REDIS_URL=unused_redis_url,
+        DOCKET_INSTANCE_PATH=str(instance),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
+        STORAGE_PATH=str(tmp_path / "dev-uploads"),
+    )
+    assert not redis_answers(unused_redis_url), "something already answers at the 'unused' Redis URL"
+    log = tmp_path / "dev-output.log"
+
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    pgid = process.pid  # start_new_session: the command leads its own process group
+    embedded_url = None
+    try:
+        def ready() -> bool:
+            if process.poll() is not None:
+                return True
+            try:
+                return requests.get(f"{base}/readyz", timeout=5).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert _wait_until(ready, START_DEADLINE), f"/readyz never answered 200{_tail(log)}"
+        assert process.poll() is None, f"the run command exited early (status {process.returncode}){_tail(log)}"
+
+        output = log.read_text(errors="replace")
+        found = re.search(r"started an embedded one at (redis://127\.0\.0\.1:\d+/\d+) \(data in (.+?)\)", output)
+        assert found, f"no 'started an embedded one at redis://…' line{_tail(log)}"
+        embedded_url, data_dir = found.group(1), Path(found.group(2))
+        assert f"No Redis answered at {unused_redis_url}" in output, _tail(log)
+        assert embedded_url != unused_redis_url
+        assert redis_answers(embedded_url), f"the printed Redis URL does not answer{_tail(log)}"
+        assert data_dir == instance / "redis", f"redis data in {data_dir}, not under the instance path{_tail(log)}"
+        assert (instance / "redis" / "redis.log").is_file(), _tail(log)
+        assert set(_honcho_groups(log)) >= {"web.1", "worker.1"}, f"honcho did not start web and worker{_tail(log)}"
+
+        page = requests.get(f"{base}/", timeout=10)
+        assert page.status_code == 200, _tail(log)
+        assert page.headers["Content-Type"].startswith("text/html")
+        assert "Docket" in page.text
+
+        with open(CORPUS / "minimal-document.pdf", "rb") as fh:
+            response = requests.post(
+                f"{base}/api/documents", files={"file": ("minimal-document.pdf", fh, "application/pdf")}, timeout=30
+            )
+        assert response.status_code == 202, f"{response.status_code} {response.text}{_tail(log)}"
+        (document,) = response.json()["documents"]
+
+        job: dict = {}
+
+        def job_ended() -> bool:
+            nonlocal job
+            job = requests.get(f"{base}/api/jobs/{document['job_id']}", timeout=10).json()
+            return job.get("status") in TERMINAL_STATUSES
+
+        assert _wait_until(job_ended, JOB_DEADLINE, interval=0.5), f"the job never ended: {job}{_tail(log)}"
+        assert job["status"] == "finished", f"{job}{_tail(log)}"
+
+        details = requests.get(f"{base}/api/documents/{document['id']}", timeout=10).json()
+        assert details["status"] == "finished" and details["chunks"] >= 1, details
+
+        hits = requests.get(f"{base}/api/search", params={"q": "lorem ipsum"}, timeout=30)
+        assert hits.status_code == 200, hits.text
+        results = hits.json()["results"]
+        assert results, hits.json()
+        assert results[0]["document_id"] == document["id"]
+        assert results[0]["filename"] == "minimal-document.pdf"
+
+        groups = _honcho_groups(log)
+        if stop == "ctrl_c":  # a terminal sends SIGINT to the whole foreground process group
+            os.killpg(pgid, signal.SIGINT)
+        else:  # `kill PID`, a process manager or a closed IDE: SIGTERM to the command alone
+            process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run command did not exit within {STOP_DEADLINE} s of SIGINT{_tail(log)}")
+
+        output = log.read_text(errors="replace")
+        assert "Traceback" not in output, _tail(log, 120)
+        assert returncode in (0, 130), f"exit status {returncode}{_tail(log)}"
+        assert "Stopped the embedded Redis." in output, _tail(log)
+        assert not redis_answers(embedded_url), f"the embedded Redis still answers at {embedded_url}{_tail(log)}"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{base}/healthz", timeout=5)
+        # Nothing left behind: not in the command's group, nor in the groups honcho made for web/worker.
+        left = lambda: [name for name, g in {"run command": pgid, **groups}.items() if _group_alive(g)]  # noqa: E731
+        assert _wait_until(lambda: not left(), STOP_DEADLINE), f"processes left running: {left()}{_tail(log)}"
+        assert (instance / "redis" / "appendonlydir").is_dir(), "the embedded Redis keeps its data under the instance path"
+    finally:
+        _stop(process, pgid, log)
+
+
+def _stop(process: subprocess.Popen, pgid: int, log: Path) -> None:
+    """Stop the run command and everything it started, politely first, by force after a deadline."""
+    groups = list(_honcho_groups(log).values())
+    if process.poll() is None:
+        try:
+            os.killpg(pgid, signal.SIGINT)
+            process.wait(STOP_DEADLINE)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    # honcho puts web and worker in sessions of their own, so killing our group alone misses them;
+    # the embedded redis-server is in our group.
+    for group in [pgid, *groups]:
+        if _group_alive(group):
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if process.poll() is None:
+        process.wait(STOP_DEADLINE)
