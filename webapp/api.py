@@ -61,6 +61,7 @@ def list_documents():
 
 @bp.get("/documents/<document_id>")
 def get_document(document_id: str):
+    """One document with its current job's status, or 404 ``document_not_found``."""
     document = Document.get_or_none(Document.id == document_id)
     if document is None:
         raise ApiError(404, "document_not_found", f"There is no document with id {document_id}.")
@@ -69,6 +70,7 @@ def get_document(document_id: str):
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
+    """One job: the database row joined with RQ's live status and progress, or 404 ``job_not_found``."""
     job = Job.get_or_none(Job.id == job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"There is no job with id {job_id}.")
