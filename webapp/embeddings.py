@@ -139,7 +139,9 @@ class OpenAIEmbedder:
                     f"the embedding service answered HTTP {exc.status_code}: {_api_message(exc)}"
                 ) from exc
             except openai.APIConnectionError as exc:
-                raise EmbeddingError(f"the embedding service could not be reached: {exc}") from exc
+                raise EmbeddingError(
+                    f"the embedding service at {self._client.base_url} could not be reached: {exc}"
+                ) from exc
             data = sorted(response.data, key=lambda item: item.index)
             if len(data) != stop - start:
                 raise EmbeddingError(
