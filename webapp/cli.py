@@ -17,7 +17,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from rq import Worker
 
-from webapp.db import connection, create_tables
+from webapp.db import connection, create_tables, redact_url
 from webapp.documents import accept_uploads, read_path
 from webapp.errors import ApiError
 from webapp.job_status import job_to_dict
@@ -175,7 +175,7 @@ def dev_command(port: int) -> None:
     honcho = None
     try:
         create_tables()
-        click.echo(f"Database ready at {app.config['DATABASE_URL']}. Serving on http://127.0.0.1:{port}/")
+        click.echo(f"Database ready at {redact_url(app.config['DATABASE_URL'])}. Serving on http://127.0.0.1:{port}/")
         command = [sys.executable, "-m", "honcho", "--procfile", str(PROJECT_ROOT / "Procfile"),
                    "--app-root", str(PROJECT_ROOT), "start", "--port", str(port), "web", "worker"]
         honcho = subprocess.Popen(command, env=env)

@@ -7,6 +7,7 @@ job code and CLI commands use :func:`connection`. Nothing connects at import.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import click
@@ -14,6 +15,7 @@ from flask import Flask, current_app, request
 from peewee import Database, SqliteDatabase
 from playhouse.db_url import connect as connect_url
 from playhouse.flask_utils import FlaskDB
+
 
 class DocketFlaskDB(FlaskDB):
     """FlaskDB whose per-request connect tolerates a connection already open in this thread
@@ -62,8 +64,6 @@ def init_app(app: Flask) -> None:
     )
     database = make_database(app.config["DATABASE_URL"])
     if isinstance(database, SqliteDatabase):
-        from pathlib import Path
-
         Path(database.database).parent.mkdir(parents=True, exist_ok=True)
     db._db = database
     db.init_app(app)
@@ -82,10 +82,10 @@ def create_tables() -> None:
 def init_db_command() -> None:
     """Create the database tables (idempotent)."""
     create_tables()
-    click.echo(f"Initialized the database at {_redact(current_app.config['DATABASE_URL'])}.")
+    click.echo(f"Initialized the database at {redact_url(current_app.config['DATABASE_URL'])}.")
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """Hide the password of a database URL for logs."""
     from urllib.parse import urlsplit, urlunsplit
 
