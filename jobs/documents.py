@@ -18,7 +18,7 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from jobs.chunking import chunk_pages
-from jobs.errors import DocumentError, JobError
+from jobs.errors import JobError
 from jobs.extract import extract
 from jobs.tracking import JobTracker
 from webapp.db import connection

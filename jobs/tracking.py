@@ -19,8 +19,7 @@ from typing import Any
 from rq import get_current_job
 from rq.job import JobStatus
 
-from webapp.db import connection
-from webapp.models import Document, Job, utcnow
+from webapp.models import Job, mark_job_failed, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -88,24 +87,7 @@ class JobTracker:
 
     def fail(self, message: str) -> None:
         """Mark the row ``failed`` with a human ``message`` (kept ≤ 1000 characters)."""
-        mark_failed(self.job_id, message)
-
-
-def mark_failed(job_id: str, message: str) -> bool:
-    """Mark job ``job_id`` failed unless it already ended; clear its document's password.
-
-    Returns whether a row changed. Safe to call from the worker parent (opens its own connection).
-    """
-    with connection() as database, database.atomic():
-        updated = (
-            Job.update(status=FAILED, error=message[:1000], ended_at=utcnow())
-            .where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED.value, STARTED)))
-            .execute()
-        )
-        job = Job.get_or_none(Job.id == job_id)
-        if job is not None and job.document_id:
-            Document.update(password=None).where(Document.id == job.document_id).execute()
-    return bool(updated)
+        mark_job_failed(self.job_id, message)
 
 
 def on_work_horse_killed(job, retpid: int, ret_val: int, rusage) -> None:
@@ -127,6 +109,6 @@ def on_work_horse_killed(job, retpid: int, ret_val: int, rusage) -> None:
     else:
         reason = f"the worker process running this job exited unexpectedly (status {ret_val})"
     try:
-        mark_failed(job.id, reason)
+        mark_job_failed(job.id, reason)
     except Exception:  # never let bookkeeping take the worker down
         log.exception("job %s: could not record the killed work horse", job.id)

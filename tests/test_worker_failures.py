@@ -9,7 +9,6 @@ import time
 from rq import Queue
 from rq.job import Job as RQJob
 
-from tests.conftest import upload
 from webapp.db import connection
 from webapp.models import Job
 

@@ -15,12 +15,11 @@ from typing import Any, Iterable
 
 from flask import current_app
 from redis.exceptions import RedisError
-from rq.job import JobStatus
 
 from webapp import filetypes
 from webapp.db import db
 from webapp.errors import ApiError
-from webapp.models import Document, Job, isoformat, new_id, utcnow
+from webapp.models import Document, Job, isoformat, mark_job_failed, new_id, utcnow
 from webapp.queues import rq
 from webapp.storage import StorageError, storage_from_config
 
@@ -136,10 +135,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None) -> li
             current_app.logger.error("enqueueing job %s failed: %s", job.id, exc)
             message = "The job queue (Redis) is unavailable, so the document could not be queued; upload it again later."
             for pending in jobs[index:]:
-                Job.update(status=JobStatus.FAILED.value, error=message, ended_at=utcnow()).where(
-                    Job.id == pending.id, Job.status == JobStatus.QUEUED.value
-                ).execute()
-            Document.update(password=None).where(Document.id.in_([d.id for d in documents[index:]])).execute()
+                mark_job_failed(pending.id, message)
             raise ApiError(503, "queue_unavailable", message) from exc
     return documents
 

@@ -90,6 +90,7 @@ class HashingEmbedder:
     features_per_analyzer = 1024
     dimensions = 2 * features_per_analyzer
     name = f"hashing-v1:{dimensions}"
+    batch_size = 256  # texts per transform: bounds memory (dense float32 rows of 8 KB each)
 
     def __init__(self) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
@@ -97,8 +98,6 @@ class HashingEmbedder:
         common = dict(n_features=self.features_per_analyzer, alternate_sign=False, norm="l2", lowercase=True)
         self._word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", **common)
         self._char = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
-
-    batch_size = 256  # texts per transform: bounds memory (dense float32 rows of 8 KB each)
 
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)

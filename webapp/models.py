@@ -25,7 +25,7 @@ from peewee import (
 )
 from rq.job import JobStatus
 
-from webapp.db import db
+from webapp.db import connection, db
 
 TERMINAL_STATUSES = frozenset(
     {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
@@ -128,3 +128,22 @@ class Chunk(db.Model):
 
 
 ALL_MODELS = [Document, Job, Chunk]
+
+
+def mark_job_failed(job_id: str, message: str) -> bool:
+    """Mark job ``job_id`` failed with a human ``message`` (≤ 1000 characters kept) unless it
+    already ended, and forget its document's password.
+
+    Used by the upload path (Redis refused the job), the job itself and the worker parent (killed
+    work horse); opens a database connection only if none is open. Returns whether a row changed.
+    """
+    with connection() as database, database.atomic():
+        updated = (
+            Job.update(status=JobStatus.FAILED.value, error=message[:1000], ended_at=utcnow())
+            .where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED.value, JobStatus.STARTED.value)))
+            .execute()
+        )
+        document_id = Job.select(Job.document).where(Job.id == job_id).scalar()
+        if document_id:
+            Document.update(password=None).where(Document.id == document_id).execute()
+    return bool(updated)
