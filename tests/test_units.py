@@ -49,10 +49,12 @@ def test_chunks_record_the_pages_they_span_and_respect_the_size():
     assert all(len(c.text) <= 400 for c in chunks)
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
     assert chunks[0].page_start == 1 and chunks[-1].page_end == 2
-    assert all("Alpha" not in c.text for c in chunks if c.page_start == 2)
-    assert any(c.page_start == 1 and c.page_end == 2 for c in chunks) or all(
-        c.page_start == c.page_end for c in chunks
-    )
+    # Each chunk's pages are those its words come from.
+    for chunk in chunks:
+        assert ("Alpha" in chunk.text) == (chunk.page_start == 1), chunk
+        assert ("Beta" in chunk.text) == (chunk.page_end == 2), chunk
+    (both,) = chunk_pages([Page(1, "Alpha short."), Page(2, "Beta short.")], max_chars=400)
+    assert (both.page_start, both.page_end) == (1, 2)
     assert count_chars("".join(c.text for c in chunks)) == count_chars(pages[0].text + pages[1].text)
 
 
