@@ -2,7 +2,8 @@
 
 Enqueued by :func:`webapp.documents.enqueue_document_job` as
 ``jobs.documents.process_document(document_id)`` with the RQ job id equal to the
-:class:`~webapp.models.Job` row's id. Runs in an RQ work horse, inside the app context.
+:class:`~webapp.models.Job` row's id. Runs in a worker process of the pool (``jobs/runtime.py``),
+inside the app context.
 
 Idempotent: RQ delivers at least once, and a second run for the same document replaces the
 first run's chunks in one transaction, leaving exactly one set.
@@ -11,7 +12,7 @@ first run's chunks in one transaction, leaving exactly one set.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 from flask import current_app
 from rq import get_current_job
@@ -34,10 +35,34 @@ INSERT_BATCH = 200  # rows per INSERT (SQLite's bound-parameter limit is 32766 s
 
 
 def process_document(document_id: str) -> dict[str, Any]:
-    """Turn a stored upload into chunks with embeddings.
+    """The RQ job: turn a stored upload into chunks with embeddings.
 
     Args:
         document_id: :class:`~webapp.models.Document` id; the current RQ job's id is its Job row.
+
+    Returns:
+        See :func:`run_document_job`.
+
+    Raises:
+        RuntimeError: called outside an RQ worker.
+        Whatever :func:`run_document_job` raises, so RQ records the failure too.
+    """
+    rq_job = get_current_job()
+    if rq_job is None:
+        raise RuntimeError("process_document must run in an RQ worker")
+    return run_document_job(document_id, JobTracker(rq_job.id, rq_job), current_app.config)
+
+
+def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Extract → chunk → embed → store one document, keeping its Job row up to date.
+
+    The body of :func:`process_document`, callable without RQ (``benchmarks/pipeline_limit.py``
+    runs it in-process to measure the pipeline's own limit).
+
+    Args:
+        document_id: :class:`~webapp.models.Document` id.
+        tracker: the job's tracker (its ``job_id`` is the Job row).
+        config: the app's configuration (chunk sizes, embedder, storage).
 
     Returns:
         ``{"document_id", "pages", "chars", "chunks", "warnings", "embedding_model"}`` — also
@@ -46,14 +71,8 @@ def process_document(document_id: str) -> dict[str, Any]:
     Raises:
         DocumentError: the document cannot be read (encrypted, damaged, no text); the row is
             marked ``failed`` with the reason first.
-        JobError / JobTimeoutException / any other error: likewise marked ``failed``, then re-raised
-            so RQ records the failure too.
+        JobError / JobTimeoutException / any other error: likewise marked ``failed``, then re-raised.
     """
-    rq_job = get_current_job()
-    if rq_job is None:
-        raise RuntimeError("process_document must run in an RQ worker")
-    config = current_app.config
-    tracker = JobTracker(rq_job.id)
     with connection():
         if not tracker.start():
             return {"skipped": "the job row is missing or was canceled"}
@@ -63,23 +82,24 @@ def process_document(document_id: str) -> dict[str, Any]:
             tracker.fail(exc.message)
             raise
         except JobTimeoutException:
+            limit = getattr(tracker.rq_job, "timeout", None) or config["DOCUMENT_JOB_TIMEOUT"]
             tracker.fail(
-                f"processing took longer than the {rq_job.timeout} s limit "
+                f"processing took longer than the {limit} s limit "
                 f"(stopped during {tracker.stage or 'start-up'})"
             )
             raise
         except Exception as exc:
-            log.exception("job %s: unexpected error", rq_job.id)
+            log.exception("job %s: unexpected error", tracker.job_id)
             tracker.fail(f"unexpected error during {tracker.stage or 'start-up'}: {type(exc).__name__}: {exc}")
             raise
 
 
-def _run(document_id: str, tracker: JobTracker, config) -> dict[str, Any]:
+def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> dict[str, Any]:
     document = Document.get_or_none(Document.id == document_id)
     if document is None:
         raise JobError(f"document {document_id} does not exist", code="not_found")
 
-    tracker.report("extract", 0, persist=True)
+    tracker.set_progress("extract", 0)
     try:
         data = storage_from_config(config).get(document.storage_key)
     except StorageError as exc:
@@ -88,25 +108,25 @@ def _run(document_id: str, tracker: JobTracker, config) -> dict[str, Any]:
         data,
         document.content_type,
         password=document.password,
-        on_page=lambda done, total: tracker.report("extract", EXTRACT_END * done // total),
+        on_page=lambda done, total: tracker.set_progress("extract", EXTRACT_END * done // total),
     )
 
-    tracker.report("chunk", EXTRACT_END, persist=True)
+    tracker.set_progress("chunk", EXTRACT_END)
     chunks = chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"])
 
-    tracker.report("embed", CHUNK_END, persist=True)
+    tracker.set_progress("embed", CHUNK_END)
     embedder = embedder_from_config(config)
     try:
         vectors = embedder.embed(
             [chunk.text for chunk in chunks],
-            on_batch=lambda done, total: tracker.report(
+            on_batch=lambda done, total: tracker.set_progress(
                 "embed", CHUNK_END + (EMBED_END - CHUNK_END) * done // max(total, 1)
             ),
         )
     except EmbeddingError as exc:
         raise JobError(f"embedding failed: {exc}", code="embedding_failed") from exc
 
-    tracker.report("store", EMBED_END, persist=True)
+    tracker.set_progress("store", EMBED_END)
     result = {
         "document_id": document.id,
         "pages": extraction.page_count,
@@ -144,5 +164,5 @@ def _run(document_id: str, tracker: JobTracker, config) -> dict[str, Any]:
             # Canceled or ended by someone else meanwhile: keep the database as it was.
             transaction.rollback()
             return {"skipped": "the job row changed while the job ran"}
-    tracker.report_finished()
+    tracker.mark_meta_finished()
     return result

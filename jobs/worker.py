@@ -1,45 +1,49 @@
 """The RQ worker command: ``flask --app wsgi rq worker [QUEUE ...]``.
 
 The worker is started inside the Flask application context (like pallets-eco/flask-rq's
-``flask rq worker``); every work horse is forked from it and so runs jobs in that context, with
-the app's config, database binding and Redis connection. The parent process never connects to
-the database before forking (Peewee connects lazily; jobs open their own connection).
+``flask rq worker``); every worker process of the pool is forked from it
+and so runs jobs in that context, with the app's config, database binding and Redis
+connection. Before any fork it loads what jobs need (:func:`jobs.runtime.prepare_worker_process`);
+it never connects to the database (Peewee connects lazily; jobs open their own connection).
+
+The command runs a :class:`~jobs.runtime.DocketWorkerPool` (RQ's ``WorkerPool``) of
+``WORKER_CONCURRENCY`` (or ``--concurrency``) worker processes — one per core by default — each
+running one job at a time; the pool replaces a process that dies and fails its job.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from rq import Worker
+from rq.job import JobStatus
 
-from jobs.tracking import on_work_horse_killed
+from jobs.runtime import DocketWorkerPool, prepare_worker_process
 from webapp.queues import QUEUE_NAMES, rq
 
 rq_cli = AppGroup("rq", help="RQ worker for Docket's queues.")
 
 
-def make_worker(queue_names: tuple[str, ...] | list[str] = QUEUE_NAMES, **kwargs) -> Worker:
-    """A worker for the current app's queues, in the order given (``high`` before ``default``).
+def check_queue_names(queue_names: tuple[str, ...] | list[str]) -> None:
+    """Raise ``click.BadParameter`` unless every name is one of Docket's queues."""
+    unknown = [name for name in queue_names if name not in QUEUE_NAMES]
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; Docket's queues are {', '.join(QUEUE_NAMES)}")
 
-    The work-horse-killed handler marks the database row failed when a horse dies without
-    running any of our code (SIGKILL, out of memory).
+
+def make_worker_pool(queue_names: tuple[str, ...] | list[str], concurrency: int) -> DocketWorkerPool:
+    """A pool of ``concurrency`` worker processes on the current app's queues, listening in the
+    order given (``high`` before ``default``).
 
     Raises:
         click.BadParameter: a queue name is not one of Docket's.
     """
-    unknown = [name for name in queue_names if name not in QUEUE_NAMES]
-    if unknown:
-        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; Docket's queues are {', '.join(QUEUE_NAMES)}")
-    queues = [rq.get_queue(name) for name in queue_names]
-    return Worker(
-        queues,
-        connection=rq.connection,
-        work_horse_killed_handler=on_work_horse_killed,
-        **kwargs,
-    )
+    check_queue_names(queue_names)
+    return DocketWorkerPool(list(queue_names), connection=rq.connection, num_workers=concurrency,
+                            kill_grace=current_app.config["JOB_KILL_GRACE"])
 
 
 def configure_logging(level: str) -> None:
@@ -56,14 +60,52 @@ def configure_logging(level: str) -> None:
 
 @rq_cli.command("worker")
 @click.argument("queues", nargs=-1)
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
+              help="Worker processes to run (default: WORKER_CONCURRENCY, one per core).")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
-@click.option("--name", default=None, help="Worker name (default: host and pid).")
-@click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs.")
-@click.option("--with-scheduler", is_flag=True, help="Also run RQ's scheduler (enqueue_in, retries).")
 @click.option("--logging-level", default="INFO", show_default=True)
-def worker_command(queues, burst, name, max_jobs, with_scheduler, logging_level) -> None:
-    """Run a worker on QUEUES (default: high then default)."""
-    configure_logging(logging_level.upper())
-    worker = make_worker(tuple(queues) or QUEUE_NAMES, name=name)
-    current_app.logger.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in worker.queues))
-    worker.work(burst=burst, max_jobs=max_jobs, with_scheduler=with_scheduler, logging_level=logging_level.upper())
+def worker_command(queues, concurrency, burst, logging_level) -> None:
+    """Run a pool of workers on QUEUES (default: high then default)."""
+    level = logging_level.upper()
+    configure_logging(level)
+    queue_names = tuple(queues) or QUEUE_NAMES
+    concurrency = concurrency or current_app.config["WORKER_CONCURRENCY"]
+    pool = make_worker_pool(queue_names, concurrency)
+    prepare_worker_process(current_app)
+    current_app.logger.info("worker pool of %d listening on %s", concurrency, ", ".join(queue_names))
+    pool.start(burst=burst, logging_level=level)
+
+
+PING_JOB = "jobs.diagnostics.ping"
+
+
+@rq_cli.command("ping")
+@click.argument("queues", nargs=-1)
+@click.option("--timeout", default=10.0, show_default=True, type=float, help="Seconds to wait for each answer.")
+def ping_command(queues, timeout: float) -> None:
+    """Enqueue a ping job on each of QUEUES (default: all) and wait for a worker to run it.
+
+    Prints, per queue, the worker that answered and the time from enqueue to finished (ms).
+    Exits with status 1 if a queue got no answer within TIMEOUT seconds.
+    """
+    queue_names = tuple(queues) or QUEUE_NAMES
+    check_queue_names(queue_names)
+    unanswered = []
+    for name in queue_names:
+        job = rq.get_queue(name).enqueue(PING_JOB, result_ttl=600, failure_ttl=600, description="ping")
+        deadline = time.monotonic() + timeout
+        while job.get_status(refresh=True) not in (JobStatus.FINISHED, JobStatus.FAILED):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        job.refresh()
+        if job.get_status(refresh=False) != JobStatus.FINISHED:
+            job.cancel()
+            unanswered.append(name)
+            click.echo(f"{name}: no worker answered within {timeout:g} s")
+            continue
+        answer = job.return_value() or {}
+        took = (job.ended_at - job.enqueued_at).total_seconds() * 1000
+        click.echo(f"{name}: answered by {answer.get('worker')} (pid {answer.get('pid')}) in {took:.1f} ms")
+    if unanswered:
+        raise SystemExit(1)

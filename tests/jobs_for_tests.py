@@ -7,8 +7,31 @@ from rq import get_current_job
 
 
 def report_pid_and_sleep(seconds: float) -> None:
-    """Store the work horse's pid in the job's meta, then sleep (long enough to be killed)."""
+    """Store the pid of the process running the job in its meta, then sleep (long enough to be killed)."""
     job = get_current_job()
     job.meta["pid"] = os.getpid()
     job.save_meta()
     time.sleep(seconds)
+
+
+def block_alarm_and_sleep(seconds: float) -> None:
+    """Sleep with SIGALRM blocked, as a job stuck in native code would: RQ's in-process time
+    limit (an alarm) cannot interrupt it, only the pool can."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(seconds)
+
+
+def describe_process() -> dict:
+    """What the worker process running the job had loaded before the job started."""
+    import gc
+    import sys
+
+    return {
+        "pid": os.getpid(),
+        "frozen_objects": gc.get_freeze_count(),
+        "modules": sorted(name for name in ("sklearn.feature_extraction.text", "pypdfium2", "docx", "bs4", "lxml",
+                                            "charset_normalizer", "semantic_text_splitter", "jobs.documents")
+                          if name in sys.modules),
+    }

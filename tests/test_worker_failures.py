@@ -1,4 +1,4 @@
-"""Failures outside the job's own code: a work horse killed mid-job, a job over its time limit."""
+"""Failures outside the job's own code: a worker process killed mid-job, a job over its time limit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from rq import Queue
+from rq import Queue, Worker
 from rq.job import Job as RQJob
 
 from webapp.db import connection
@@ -23,7 +23,7 @@ def _wait(predicate, deadline_s: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_killed_work_horse_marks_the_row_failed(app, redis, start_worker):
+def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis, start_worker):
     with app.app_context(), connection():
         row = Job.create(kind="test", queue="default")
     Queue("default", connection=redis).enqueue(
@@ -37,7 +37,7 @@ def test_a_killed_work_horse_marks_the_row_failed(app, redis, start_worker):
         return rq_job.meta.get("pid")
 
     pid = _wait(horse_pid, 60, "the job to start")
-    # Mark the row started as a real job would have, then kill the horse the hard way (OOM killer style).
+    # Mark the row started as a real job would have, then kill its process the hard way (OOM killer style).
     with app.app_context(), connection():
         Job.update(status="started").where(Job.id == row.id).execute()
     os.kill(pid, signal.SIGKILL)
@@ -50,7 +50,18 @@ def test_a_killed_work_horse_marks_the_row_failed(app, redis, start_worker):
     job = _wait(row_failed, 60, "the row to be marked failed")
     assert "killed (SIGKILL)" in job.error and job.ended_at is not None
     assert rq_job.get_status(refresh=True).value == "failed"
-    assert worker.poll() is None  # the worker itself survives and keeps serving
+    assert worker.poll() is None  # the worker command (the pool) survives
+
+    # The pool replaced the dead process (one per core, WORKER_CONCURRENCY) and still serves jobs.
+    def live_worker_pids():
+        pids = {w.pid for w in Worker.all(connection=redis)}
+        return pids if len(pids) == app.config["WORKER_CONCURRENCY"] and pid not in pids else None
+
+    _wait(live_worker_pids, 60, "the pool to replace the killed worker process")
+    second = Queue("default", connection=redis).enqueue("tests.jobs_for_tests.report_pid_and_sleep", 0)
+    _wait(lambda: second.get_status(refresh=True).value == "finished", 60, "a replacement worker to run a job")
+    second.refresh()
+    assert second.meta["pid"] != pid
 
 
 def test_a_job_over_its_time_limit_fails_with_a_reason(config, run_worker, tmp_path):

@@ -46,6 +46,14 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def default_worker_concurrency() -> int:
+    """The CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Build the Flask config mapping from environment variables.
 
@@ -73,6 +81,13 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "STORAGE_PATH": env.get("STORAGE_PATH") or str(instance / "uploads"),
         # Bytes; Flask answers 413 above it. 50 MB by default.
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 50 * MB),
+        # Worker processes `flask rq worker` runs (an RQ WorkerPool when more than one): one per
+        # core by default, since document jobs are CPU-bound (see the README's worker model).
+        "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY", default_worker_concurrency()),
+        # Megabytes of peak memory after which a worker process is replaced once its job ends.
+        "WORKER_MAX_MEMORY": _int(env, "WORKER_MAX_MEMORY", 512),
+        # Seconds past a job's timeout before the pool kills a process stuck in native code.
+        "JOB_KILL_GRACE": _int(env, "JOB_KILL_GRACE", 60),
         # Seconds a document job may run before RQ stops it (JobTimeoutException).
         "DOCUMENT_JOB_TIMEOUT": _int(env, "DOCUMENT_JOB_TIMEOUT", 600),
         # Seconds RQ keeps a finished / failed job in Redis; the database row stays.
@@ -84,6 +99,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "OPENAI_API_KEY": env.get("OPENAI_API_KEY") or None,
         "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL") or None,
         "EMBEDDING_MODEL": env.get("EMBEDDING_MODEL", "text-embedding-3-small"),
+        # Inputs per embeddings request: OpenAI accepts up to 2048; some compatible servers fewer.
+        "EMBEDDING_BATCH_SIZE": _int(env, "EMBEDDING_BATCH_SIZE", 2048),
         "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
         "OPENAI_MAX_RETRIES": _int(env, "OPENAI_MAX_RETRIES", 3),
         "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
@@ -92,6 +109,12 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     # least one byte, so 2048 characters stay under OpenAI's 8192-token per-input limit.
     if not 100 <= config["CHUNK_SIZE"] <= 2048:
         raise ValueError("CHUNK_SIZE must be between 100 and 2048 characters")
+    if not 1 <= config["EMBEDDING_BATCH_SIZE"] <= 2048:
+        raise ValueError("EMBEDDING_BATCH_SIZE must be between 1 and 2048 (OpenAI's limit per request)")
+    if config["WORKER_CONCURRENCY"] < 1:
+        raise ValueError("WORKER_CONCURRENCY must be at least 1")
+    if config["WORKER_MAX_MEMORY"] < 0 or config["JOB_KILL_GRACE"] < 0:
+        raise ValueError("WORKER_MAX_MEMORY and JOB_KILL_GRACE must not be negative")
     if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:
         raise ValueError("CHUNK_OVERLAP must be at least 0 and less than half of CHUNK_SIZE")
     return config

@@ -17,6 +17,8 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from webapp.processes import die_with_parent
+
 
 def find_redis_server() -> str:
     """Path of a ``redis-server`` binary. Raises ``RuntimeError`` when there is none."""
@@ -87,7 +89,10 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.persist else "no",
             "--daemonize", "no",
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A session of its own: a terminal's Ctrl-C reaches the run command, which stops Redis
+        # last, after the processes that use it; and Redis still stops if the command is killed.
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -13,6 +13,7 @@ records :attr:`Embedder.name`; a search only compares vectors of the same name (
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -115,20 +116,23 @@ class OpenAIEmbedder:
     """Embeddings from the OpenAI API (or any OpenAI-compatible server at ``base_url``).
 
     The client retries rate limits and 5xx answers itself (``max_retries``, exponential backoff).
+    ``batch_size`` caps the inputs per request below OpenAI's 2048 for servers that take fewer.
     """
 
-    def __init__(self, api_key: str, model: str, base_url: str | None = None, timeout: float = 60, max_retries: int = 3) -> None:
+    def __init__(self, api_key: str, model: str, base_url: str | None = None, timeout: float = 60,
+                 max_retries: int = 3, batch_size: int = OPENAI_MAX_INPUTS_PER_REQUEST) -> None:
         import openai
 
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
         self.model = model
         self.name = f"openai:{model}"
+        self.batch_size = batch_size
 
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
         import openai
 
         rows: list[list[float]] = []
-        for start, stop in batches(texts):
+        for start, stop in batches(texts, max_inputs=self.batch_size):
             try:
                 response = self._client.embeddings.create(
                     model=self.model, input=list(texts[start:stop]), encoding_format="float"
@@ -171,15 +175,30 @@ def embedder_name(config: Mapping[str, Any]) -> str:
 
 
 def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
-    """The embedder the configuration selects: OpenAI with ``OPENAI_API_KEY``, else hashing."""
-    if config.get("OPENAI_API_KEY"):
-        return OpenAIEmbedder(
-            api_key=config["OPENAI_API_KEY"],
-            model=config["EMBEDDING_MODEL"],
-            base_url=config.get("OPENAI_BASE_URL"),
-            timeout=config.get("OPENAI_TIMEOUT", 60),
-            max_retries=config.get("OPENAI_MAX_RETRIES", 3),
-        )
+    """The embedder the configuration selects: OpenAI with ``OPENAI_API_KEY``, else hashing.
+
+    Built once per process for the same settings and reused: the worker builds it before it
+    forks its worker processes (see ``jobs/runtime.py``), so a job never pays for it. Neither
+    embedder holds a connection when built (the OpenAI client connects on its first request, in
+    the worker process), so the shared instance is safe to fork.
+    """
+    return _build_embedder(
+        config.get("OPENAI_API_KEY"),
+        config["EMBEDDING_MODEL"],
+        config.get("OPENAI_BASE_URL"),
+        config.get("OPENAI_TIMEOUT", 60),
+        config.get("OPENAI_MAX_RETRIES", 3),
+        config.get("EMBEDDING_BATCH_SIZE", OPENAI_MAX_INPUTS_PER_REQUEST),
+    )
+
+
+@lru_cache(maxsize=8)
+def _build_embedder(
+    api_key: str | None, model: str, base_url: str | None, timeout: float, max_retries: int, batch_size: int
+) -> Embedder:
+    if api_key:
+        return OpenAIEmbedder(api_key=api_key, model=model, base_url=base_url, timeout=timeout,
+                              max_retries=max_retries, batch_size=batch_size)
     return HashingEmbedder()
 
 

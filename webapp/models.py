@@ -134,8 +134,9 @@ def mark_job_failed(job_id: str, message: str) -> bool:
     """Mark job ``job_id`` failed with a human ``message`` (≤ 1000 characters kept) unless it
     already ended, and forget its document's password.
 
-    Used by the upload path (Redis refused the job), the job itself and the worker parent (killed
-    work horse); opens a database connection only if none is open. Returns whether a row changed.
+    Used by the upload path (Redis refused the job), the job itself and the worker pool (a worker
+    process died mid-job); opens a database connection only if none is open and closes it again.
+    Returns whether a row changed.
     """
     with connection() as database, database.atomic():
         updated = (

@@ -1,0 +1,258 @@
+"""How Docket's worker processes run jobs (the README's "Worker model" says why).
+
+* **Load once, before any fork.** :func:`prepare_worker_process` imports every parser, the
+  chunker and the embedder, and runs each once on a tiny built-in sample, in the worker
+  command's process. The pool's worker processes are forked from it and inherit all of it:
+  a job starts with nothing left to import or build. Nothing loaded here holds a socket or a
+  database connection — each worker process opens its own.
+* **One job at a time per process, no fork per job.** :class:`DocketWorker` runs each job in
+  its own (pool) process, as RQ's ``SimpleWorker`` does: RQ's forking ``Worker`` spends ≈20 ms
+  of CPU per job on ``fork()``, copy-on-write faults and exit (``benchmarks/job_overhead.py``),
+  more than a small document's whole pipeline.
+* **Crash isolation per process.** :class:`DocketWorkerPool` (RQ's ``WorkerPool``) supervises
+  the worker processes. A parser that segfaults or is killed for memory takes down only the
+  process running that one job: the pool marks the job failed — its row with a readable
+  reason, RQ's record through RQ's own failure handling — and starts a fresh process. A job
+  stuck in native code past its time limit (where RQ's in-process alarm cannot interrupt it)
+  is killed the same way ``JOB_KILL_GRACE`` seconds later. A process whose peak memory passed
+  ``WORKER_MAX_MEMORY`` leaves after its job, so memory a large document left behind is given
+  back.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import logging
+import os
+import resource
+import signal
+import time
+from typing import Any
+
+from flask import Flask, current_app, has_app_context
+from rq.job import Job as RQJob
+from rq.queue import Queue
+from rq.utils import now
+from rq.worker.worker_classes import SimpleWorker
+from rq.worker_pool import WorkerData, WorkerPool
+
+from webapp.models import mark_job_failed
+from webapp.processes import die_with_parent
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def peak_memory_bytes() -> int:
+    """Peak resident memory of this process in bytes (``getrusage``'s ``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class DocketWorker(SimpleWorker):
+    """An RQ worker that runs each job in its own process and leaves, once idle, when its peak
+    memory passed ``WORKER_MAX_MEMORY`` megabytes (the pool starts a fresh one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = current_app.config.get("WORKER_MAX_MEMORY") if has_app_context() else None
+        self.max_memory_bytes: int | None = limit * MB if limit else None
+        self._burst = False
+
+    def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
+        self._burst = burst
+        # DocketWorkerPool.start_worker forked this process with SIGINT/SIGTERM blocked: until
+        # RQ installs its handlers, a stop signal only asks the work loop not to start.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._stop_before_start)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        die_with_parent(signal.SIGTERM)  # a warm shutdown if the pool is killed
+        return super().work(burst, *args, **kwargs)
+
+    def _stop_before_start(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        super().execute_job(job, queue)
+        # In burst mode the pool starts no replacement, so a burst worker never leaves early.
+        if not self._burst and self.max_memory_bytes and peak_memory_bytes() > self.max_memory_bytes:
+            self.log.info("Worker %s: peak memory %d MB is over WORKER_MAX_MEMORY (%d MB); leaving for a fresh process",
+                          self.name, peak_memory_bytes() // MB, self.max_memory_bytes // MB)
+            self._stop_requested = True
+
+
+class DocketWorkerPool(WorkerPool):
+    """RQ's ``WorkerPool`` of :class:`DocketWorker` processes that also fails the job of a worker
+    process that died, and kills one whose job overran its time limit by ``kill_grace`` seconds.
+
+    Args:
+        queues: queue names, in the order workers listen on them.
+        connection: the Redis client (the pool's processes open their own connections).
+        num_workers: worker processes to keep running.
+        kill_grace: seconds past a job's timeout before its process is killed (RQ's forking
+            worker waits 60 s before it kills an overdue work horse).
+    """
+
+    def __init__(self, queues: list[str], connection, num_workers: int, kill_grace: float = 60) -> None:
+        super().__init__(queues, connection=connection, num_workers=num_workers, worker_class=DocketWorker)
+        self.kill_grace = kill_grace
+        self._overdue: dict[str, int] = {}  # worker name → the time limit its job overran (s)
+
+    def check_workers(self, respawn: bool = True) -> None:
+        self.kill_overdue_workers()
+        super().check_workers(respawn)
+
+    def start_worker(self, *args: Any, **kwargs: Any) -> None:
+        # RQ forks the new process with the pool's SIGINT/SIGTERM handlers; a stop signal that
+        # reached it before it installed its own would run the pool's handler there and be lost.
+        # So the signals stay blocked across the fork: here they are delivered once the process
+        # is in worker_dict (and gets signalled with the others), in the new process once
+        # DocketWorker has its own handlers.
+        if self.status == self.Status.STOPPED:
+            return
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            super().start_worker(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _find_worker(self, name: str) -> DocketWorker | None:
+        return DocketWorker.find_by_key(DocketWorker.redis_worker_namespace_prefix + name, connection=self.connection)
+
+    def kill_overdue_workers(self) -> None:
+        """SIGKILL every worker process whose job has run ``kill_grace`` s past its timeout."""
+        for data in list(self.worker_dict.values()):
+            worker = self._find_worker(data.name)
+            execution = worker.execution if worker else None
+            if execution is None or data.name in self._overdue:
+                continue
+            job = worker.get_current_job()
+            if job is None or job.timeout is None or job.timeout < 0:
+                continue
+            running = (now() - execution.created_at).total_seconds()
+            if running > job.timeout + self.kill_grace:
+                self.log.warning("Worker %s: job %s is %d s past its %d s time limit; killing pid %d",
+                                 data.name, job.id, running - job.timeout, job.timeout, data.pid)
+                self._overdue[data.name] = int(job.timeout)
+                os.kill(data.pid, signal.SIGKILL)
+
+    def handle_dead_worker(self, worker_data: WorkerData) -> None:
+        exitcode = worker_data.process.exitcode
+        overdue = self._overdue.pop(worker_data.name, None)
+        if exitcode:  # killed by a signal (negative) or crashed; 0 is a clean exit
+            try:
+                self.fail_current_job(worker_data.name, describe_death(exitcode, overdue))
+            except Exception:  # never let bookkeeping take the pool down
+                self.log.exception("Worker %s: could not record the job of the dead worker", worker_data.name)
+        super().handle_dead_worker(worker_data)
+
+    def fail_current_job(self, worker_name: str, reason: str) -> str | None:
+        """Fail the job a dead worker process was running: its row (``failed`` with ``reason``)
+        and RQ's record (RQ's own failure handling: failed registry, retries, dependents).
+
+        Returns:
+            The job's id, or ``None`` when the worker was idle or is unknown to Redis.
+        """
+        worker = self._find_worker(worker_name)
+        if worker is None:
+            return None
+        execution = worker.execution
+        job = worker.get_current_job()
+        if job is not None:
+            self.log.warning("Worker %s: died running job %s: %s", worker_name, job.id, reason)
+            mark_job_failed(job.id, reason)
+            job.ended_at = now()
+            worker.handle_job_failure(job, Queue(job.origin, connection=self.connection), exc_string=reason,
+                                      execution=execution)
+        worker.register_death()
+        return job.id if job is not None else None
+
+
+def describe_death(exitcode: int, overdue_limit: int | None = None) -> str:
+    """A sentence for users about why a worker process died mid-job.
+
+    Args:
+        exitcode: ``multiprocessing``'s exit code: ``-N`` for signal N, else the exit status.
+        overdue_limit: the time limit in seconds the job overran, when the pool killed it for that.
+    """
+    if overdue_limit is not None:
+        return (f"processing took longer than the {overdue_limit} s limit and could not be interrupted, "
+                "so its worker process was stopped")
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"the worker process running this job was killed ({name}); it may have run out of memory"
+    return f"the worker process running this job exited unexpectedly (status {exitcode})"
+
+
+def prepare_worker_process(app: Flask) -> float:
+    """Load and warm everything a job needs, once, in the worker command's process.
+
+    Imports the document job with its parsers (pypdfium2, python-docx, BeautifulSoup + lxml,
+    charset-normalizer), the chunker and the configured embedder, runs each once on a tiny sample made here (so their
+    lazy imports and caches are filled too), then moves every object into the garbage
+    collector's permanent generation (``gc.freeze()``), so that collections in the forked
+    worker processes do not touch — and copy — the pages they share with this one.
+
+    Opens no socket and no database connection (the OpenAI client connects on first use).
+
+    Args:
+        app: the Flask app whose configuration selects the embedder and chunk sizes.
+
+    Returns:
+        Seconds it took.
+    """
+    started = time.perf_counter()
+    import jobs.documents  # noqa: F401  (the document job's own module)
+    from jobs.chunking import chunk_pages
+    from jobs.errors import DocumentError
+    from jobs.extract import extract
+    from webapp import filetypes
+    from webapp.embeddings import embedder_from_config
+
+    config = app.config
+    texts = []
+    for content_type, data in _samples().items():
+        try:
+            extraction = extract(data, content_type)
+        except DocumentError:  # the sample PDF is a blank page: "no readable text"
+            continue
+        texts.extend(chunk.text for chunk in chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"]))
+    embedder = embedder_from_config(config)
+    if not config.get("OPENAI_API_KEY"):  # embedding with OpenAI would send a request
+        embedder.embed(texts)
+    filetypes.detect_content_type(b"warm-up text", "warm-up.txt")
+    gc.collect()
+    gc.freeze()
+    elapsed = time.perf_counter() - started
+    log.info("worker process prepared in %.2f s (parsers, chunker, %s)", elapsed, embedder.name)
+    return elapsed
+
+
+def _samples() -> dict[str, bytes]:
+    """A tiny document of every supported type, made in memory with the parsers' own libraries."""
+    import docx
+    import pypdfium2 as pdfium
+
+    from webapp import filetypes
+
+    pdf = pdfium.PdfDocument.new()
+    pdf.new_page(200, 200)
+    pdf_bytes = io.BytesIO()
+    pdf.save(pdf_bytes)
+    pdf.close()
+    word = docx.Document()
+    word.add_paragraph("Docket warms up its Word parser.")
+    word.add_table(rows=1, cols=2).rows[0].cells[0].text = "cell"
+    word_bytes = io.BytesIO()
+    word.save(word_bytes)
+    return {
+        filetypes.PDF: pdf_bytes.getvalue(),
+        filetypes.DOCX: word_bytes.getvalue(),
+        filetypes.HTML: b"<!doctype html><html><body><p>Docket warms up its HTML parser.</p></body></html>",
+        filetypes.TEXT: "Docket warms up its text decoder. Ünïcödé.".encode(),
+    }

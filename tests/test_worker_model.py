@@ -1,0 +1,87 @@
+"""The worker model (jobs/runtime.py): a pool of prepared worker processes, one job at a time each.
+
+Everything runs in real ``flask --app wsgi rq worker`` processes on the private Redis.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from rq import Queue, Worker
+
+from tests.conftest import ROOT, process_env
+from webapp.db import connection
+from webapp.models import Job
+
+EXPECTED_MODULES = ["bs4", "charset_normalizer", "docx", "jobs.documents", "lxml", "pypdfium2",
+                    "semantic_text_splitter", "sklearn.feature_extraction.text"]
+
+
+def _wait(predicate, deadline_s: float, what: str):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finished(job, deadline_s: float = 60):
+    _wait(lambda: job.get_status(refresh=True).value in ("finished", "failed"), deadline_s, f"job {job.id}")
+    assert job.get_status(refresh=False).value == "finished", job.latest_result()
+    return job.return_value(refresh=True)
+
+
+def test_worker_processes_start_with_parsers_and_embedder_loaded(redis, start_worker):
+    start_worker(WORKER_CONCURRENCY="3")
+    _wait(lambda: Worker.count(connection=redis) == 3, 60, "three worker processes")
+    # The first job of a fresh process: whatever it finds loaded was loaded before the fork.
+    answer = _finished(Queue("default", connection=redis).enqueue("tests.jobs_for_tests.describe_process"))
+    assert answer["modules"] == EXPECTED_MODULES
+    assert answer["frozen_objects"] > 0  # gc.freeze() ran before the pool forked
+
+
+def test_a_process_over_its_memory_limit_is_replaced_after_its_job(redis, start_worker):
+    # 1 MB is below any Python process's peak, so every process leaves after one job.
+    start_worker(WORKER_CONCURRENCY="1", WORKER_MAX_MEMORY="1")
+    queue = Queue("default", connection=redis)
+    pids = [_finished(queue.enqueue("tests.jobs_for_tests.describe_process"))["pid"] for _ in range(3)]
+    assert len(set(pids)) == 3, pids
+    _wait(lambda: Worker.count(connection=redis) == 1, 30, "the pool to keep one worker process")
+
+
+def test_a_job_stuck_past_its_time_limit_is_killed_by_the_pool(app, redis, start_worker):
+    with app.app_context(), connection():
+        row = Job.create(kind="test", queue="default")
+    rq_job = Queue("default", connection=redis).enqueue(
+        "tests.jobs_for_tests.block_alarm_and_sleep", 60, job_id=row.id, job_timeout=1
+    )
+    worker = start_worker(JOB_KILL_GRACE="1")
+
+    def row_failed():
+        with app.app_context(), connection():
+            job = Job.get_by_id(row.id)
+        return job if job.status == "failed" else None
+
+    job = _wait(row_failed, 30, "the pool to kill the stuck job")
+    assert job.error.startswith("processing took longer than the 1 s limit and could not be interrupted"), job.error
+    assert rq_job.get_status(refresh=True).value == "failed"
+    assert worker.poll() is None
+
+
+def test_ping_reports_the_worker_that_answered_each_queue(config, redis, start_worker):
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "rq", "ping", "--timeout", "2"]
+    nobody = subprocess.run(command, cwd=ROOT, env=process_env(config), capture_output=True, text=True, timeout=60)
+    assert nobody.returncode == 1
+    assert "high: no worker answered within 2 s" in nobody.stdout
+
+    start_worker()
+    _wait(lambda: Worker.count(connection=redis) >= 1, 60, "a worker")
+    answered = subprocess.run(command, cwd=ROOT, env=process_env(config), capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stdout + answered.stderr
+    lines = answered.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["high", "default"]
+    assert all(" answered by " in line and line.endswith(" ms") for line in lines), lines
