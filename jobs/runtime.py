@@ -37,6 +37,7 @@ from rq.utils import now
 from rq.worker.worker_classes import SimpleWorker
 from rq.worker_pool import WorkerData, WorkerPool
 
+from webapp.db import db
 from webapp.models import mark_job_failed
 from webapp.processes import die_with_parent
 
@@ -112,6 +113,7 @@ class DocketWorkerPool(WorkerPool):
         # DocketWorker has its own handlers.
         if self.status == self.Status.STOPPED:
             return
+        db.database.close_idle()  # a pooled connection must not cross the fork (fail_current_job opens one)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             super().start_worker(*args, **kwargs)

@@ -71,7 +71,7 @@ def get_document(document_id: str):
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     """One job: the database row joined with RQ's live status and progress, or 404 ``job_not_found``."""
-    job = Job.get_or_none(Job.id == job_id)
+    job = Job.find(job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"There is no job with id {job_id}.")
     return jsonify(job_to_dict(job))

@@ -40,8 +40,19 @@ SQLITE_PRAGMAS = {
 }
 
 
+# Connections per process for the pool (peewee's playhouse.pool): a web process needs one per
+# request thread, a worker process one; the bound only stops a leak from growing without end.
+MAX_CONNECTIONS = 32
+STALE_TIMEOUT = 300  # seconds an idle pooled connection is kept before it is reopened
+
+
 def make_database(url: str) -> Database:
-    """Return an unconnected Peewee database for a ``DATABASE_URL``.
+    """Return an unconnected, pooled Peewee database for a ``DATABASE_URL``.
+
+    Connections are pooled per process (``playhouse.pool``): a request or a job takes one and
+    gives it back, instead of opening a connection (and, on SQLite, re-running its PRAGMAs and
+    re-reading the schema) every time. A pool must not cross a ``fork()``: the processes that
+    fork (the worker pool's parent) never keep one open (see ``jobs/runtime.py``).
 
     Args:
         url: ``sqlite:///path``, ``postgresql://…`` or ``postgres://…``.
@@ -49,10 +60,13 @@ def make_database(url: str) -> Database:
     Raises:
         RuntimeError: the URL's scheme is not one Peewee knows.
     """
-    if url.startswith("sqlite:"):
-        return connect_url(url, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+    scheme, separator, rest = url.partition(":")
+    pooled = f"{scheme}+pool{separator}{rest}" if "+" not in scheme else url
+    options = {"max_connections": MAX_CONNECTIONS, "stale_timeout": STALE_TIMEOUT}
+    if scheme == "sqlite":
+        return connect_url(pooled, pragmas=SQLITE_PRAGMAS, check_same_thread=False, **options)
     try:
-        return connect_url(url, autoconnect=True)
+        return connect_url(pooled, autoconnect=True, **options)
     except RuntimeError as exc:
         raise RuntimeError(f"DATABASE_URL is not a database Docket can use: {exc}") from None
 

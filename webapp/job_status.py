@@ -8,8 +8,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from webapp.errors import ApiError
 from webapp.models import ALL_STATUSES, Job, isoformat
 from webapp.queues import rq
@@ -23,21 +21,12 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     While the job runs, ``stage`` and ``progress`` (0–100 %) come from RQ's job meta, which the
     worker updates more often than the row.
     """
-    rq_status = None
     stage, progress = job.stage, job.progress
-    try:
-        rq_job = rq.fetch_job(job.id)
-    except RedisError:
-        rq_job = None
-    if rq_job is not None:
-        status = rq_job.get_status(refresh=False)
-        rq_status = status.value if status is not None else None
-        if job.status == "started":
-            meta = rq_job.meta or {}
-            if meta.get("stage"):
-                stage = meta["stage"]
-            if isinstance(meta.get("progress"), int):
-                progress = max(progress, meta["progress"])
+    rq_status, meta = rq.live_state(job.id, with_meta=job.status == "started")
+    if meta.get("stage"):
+        stage = meta["stage"]
+    if isinstance(meta.get("progress"), int):
+        progress = max(progress, meta["progress"])
     return {
         "id": job.id,
         "kind": job.kind,

@@ -16,7 +16,8 @@ from flask import Flask, current_app
 from redis import Redis
 from redis.driver_info import DriverInfo
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from redis.exceptions import RedisError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job as RQJob
 
 QUEUE_NAMES = ("high", "default")  # workers listen in this order: high first
@@ -81,12 +82,19 @@ class RQ:
         """The current app's queue called ``name`` (``high`` or ``default``). Raises ``KeyError``."""
         return self._state().queues[name]
 
-    def fetch_job(self, job_id: str) -> RQJob | None:
-        """RQ's job ``job_id``, or ``None`` when Redis no longer has it (expired or lost)."""
+    def live_state(self, job_id: str, with_meta: bool = False) -> tuple[str | None, dict[str, Any]]:
+        """What RQ says now about job ``job_id``: its status word and, if ``with_meta``, its meta.
+
+        Returns ``(None, {})`` when RQ no longer has the job (expired or lost) or Redis cannot be
+        reached. Reads only those fields (``HGET``) through RQ's own accessors: ``Job.fetch``
+        reads and deserialises the whole job, its arguments and result included.
+        """
+        rq_job = RQJob(job_id, connection=self.connection)
         try:
-            return RQJob.fetch(job_id, connection=self.connection)
-        except NoSuchJobError:
-            return None
+            status = rq_job.get_status(refresh=True).value
+            return status, (rq_job.get_meta(refresh=True) if with_meta else {})
+        except (InvalidJobOperation, RedisError):
+            return None, {}
 
 
 rq = RQ()
