@@ -10,6 +10,7 @@ chunk's text proves that Docket normalises and sorts by ``index``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import random
@@ -75,7 +76,8 @@ class LocalEmbeddingServer:
     """State of the local OpenAI-compatible server; the test switches ``mode`` between requests.
 
     Modes: ``ok``; ``unauthorized`` (401 like OpenAI's invalid key); ``server_error`` (500 always);
-    ``fail_once`` (500 for the first request, then ``ok``).
+    ``fail_once`` (500 for the first request, then ``ok``); ``floats_only`` (answers lists of floats
+    even when asked for base64, as some OpenAI-compatible servers do).
     """
 
     url: str = ""
@@ -121,7 +123,8 @@ class LocalEmbeddingServer:
                 if len(order) > 1 and order == sorted(order):
                     order.reverse()
                 record.shuffled = order != sorted(order)
-                data = [{"object": "embedding", "index": i, "embedding": fake_embedding(inputs[i])} for i in order]
+                data = [{"object": "embedding", "index": i, "embedding": self._encode(fake_embedding(inputs[i]), body)}
+                        for i in order]
                 tokens = sum(len(re.findall(r"\w+", text)) for text in inputs)
                 response = self._json(200, {
                     "object": "list",
@@ -130,6 +133,13 @@ class LocalEmbeddingServer:
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 })
         return response(environ, start_response)
+
+    def _encode(self, vector: list[float], body: dict[str, Any]) -> str | list[float]:
+        """As OpenAI does: base64 of little-endian float32 when asked, else floats; mode
+        ``floats_only`` ignores the request, as some OpenAI-compatible servers do."""
+        if body.get("encoding_format") == "base64" and self.mode != "floats_only":
+            return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+        return vector
 
     @staticmethod
     def _json(status: int, payload: dict[str, Any]) -> Response:
@@ -224,7 +234,7 @@ def test_openai_embedded_chunks_are_normalised_searchable_and_kept_apart_from_ha
     assert worker_requests
     for recorded in worker_requests:
         assert recorded.authorization == f"Bearer {API_KEY}"
-        assert recorded.model == DEFAULT_MODEL and recorded.encoding_format == "float"
+        assert recorded.model == DEFAULT_MODEL and recorded.encoding_format == "base64"
         assert 1 <= len(recorded.inputs) <= OPENAI_MAX_INPUTS_PER_REQUEST
     sent = [text for recorded in worker_requests for text in recorded.inputs]
     assert sorted(sent) == sorted(c.text for c in dpr_chunks + lorem_chunks)
@@ -284,7 +294,27 @@ def test_embedding_model_setting_names_the_model_and_the_vector_space(app, confi
     assert openai_server.requests[-1].model == "text-embedding-3-large"
 
 
+def test_a_server_that_answers_floats_to_a_base64_request_is_understood(app, openai_client, openai_server, run_worker):
+    openai_server.mode = "floats_only"
+    document = upload(openai_client, "latex-two-column-lorem.pdf").get_json()["documents"][0]
+    run_worker(**openai_worker_env(openai_server))
+
+    assert openai_client.get(document["status_url"]).get_json()["status"] == "finished"
+    assert {r.encoding_format for r in openai_server.requests} == {"base64"}
+    assert_openai_chunks(chunks_of(app, document["id"]))
+
+
 # --- 2. batching ---------------------------------------------------------------------------------
+
+
+def test_embedding_batch_size_caps_the_inputs_per_request(app, openai_client, openai_server, run_worker):
+    document = upload(openai_client, "latex-two-column-lorem.pdf").get_json()["documents"][0]
+    run_worker(**openai_worker_env(openai_server, EMBEDDING_BATCH_SIZE="2"))
+
+    chunks = chunks_of(app, document["id"])
+    assert len(chunks) >= 3, "the document must need more than one request of two inputs"
+    assert [len(r.inputs) for r in openai_server.requests] == [2] * (len(chunks) // 2) + [1] * (len(chunks) % 2)
+    assert_openai_chunks(chunks)
 
 
 def test_a_large_document_is_embedded_in_requests_within_openai_limits(app, openai_client, openai_server, run_worker):

@@ -13,6 +13,7 @@ records :attr:`Embedder.name`; a search only compares vectors of the same name (
 
 from __future__ import annotations
 
+import base64
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
@@ -131,11 +132,14 @@ class OpenAIEmbedder:
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
         import openai
 
-        rows: list[list[float]] = []
+        rows: list[np.ndarray] = []
         for start, stop in batches(texts, max_inputs=self.batch_size):
             try:
+                # base64: the client hands the string through and numpy decodes it at once; with
+                # "float" the client builds a Python float per dimension through its models
+                # (≈1.3 s of CPU for 644 inputs of 64 dimensions, measured).
                 response = self._client.embeddings.create(
-                    model=self.model, input=list(texts[start:stop]), encoding_format="float"
+                    model=self.model, input=list(texts[start:stop]), encoding_format="base64"
                 )
             except openai.APIStatusError as exc:
                 raise EmbeddingError(
@@ -150,12 +154,22 @@ class OpenAIEmbedder:
                 raise EmbeddingError(
                     f"the embedding service returned {len(data)} vectors for {stop - start} inputs"
                 )
-            rows.extend(item.embedding for item in data)
+            rows.extend(_decode_vector(item.embedding) for item in data)
             if on_batch:
                 on_batch(stop, len(texts))
         if not rows:
             return np.zeros((0, 0), dtype=np.float32)
-        return _normalise(np.array(rows, dtype=np.float32))
+        if len({row.shape for row in rows}) != 1:
+            raise EmbeddingError("the embedding service returned vectors of different lengths")
+        return _normalise(np.stack(rows))
+
+
+def _decode_vector(embedding: str | list[float]) -> np.ndarray:
+    """One embedding as float32: OpenAI's base64 of little-endian float32, or the list of floats
+    a compatible server that ignores ``encoding_format`` sends instead."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return np.asarray(embedding, dtype=np.float32)
 
 
 def _api_message(exc: Any) -> str:
