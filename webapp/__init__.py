@@ -20,7 +20,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         test_config: settings that replace the environment's (tests pass paths and URLs here).
 
     Returns:
-        The app, with the database, RQ extension, blueprints and CLI commands registered.
+        The app, with the database, RQ extension, blueprints and CLI commands registered (the job
+        path's ``rq`` commands are added by ``wsgi.py``: the web app never imports ``jobs``).
     """
     app = Flask(__name__, instance_path=os.environ.get("DOCKET_INSTANCE_PATH") or None)
     from webapp.config import load_config
@@ -45,10 +46,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(views.bp)
 
-    from jobs.worker import rq_cli
     from webapp.cli import dev_command, ingest_command
 
-    app.cli.add_command(rq_cli)
     app.cli.add_command(ingest_command)
     app.cli.add_command(dev_command)
     return app

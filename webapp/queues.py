@@ -15,8 +15,8 @@ from typing import Any
 from flask import Flask, current_app
 from redis import Redis
 from redis.driver_info import DriverInfo
-from rq import Queue
 from redis.exceptions import RedisError
+from rq import Queue
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job as RQJob
 
