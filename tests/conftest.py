@@ -10,6 +10,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -149,6 +150,18 @@ def start_worker(config: dict[str, Any], tmp_path: Path):
 def unused_redis_url() -> str:
     """A Redis URL where nothing listens."""
     return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true and return that; fail the test with
+    "timed out waiting for <what>" after ``deadline_s`` seconds (never asserted as a speed)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def upload(client, *names: str, password: str | None = None):

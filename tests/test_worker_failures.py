@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from rq import Queue, Worker
 from rq.job import Job as RQJob
 
+from tests.conftest import wait_for
 from webapp.db import connection
 from webapp.models import Job
-
-
-def _wait(predicate, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis, start_worker):
@@ -36,7 +26,7 @@ def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis
         rq_job.refresh()
         return rq_job.meta.get("pid")
 
-    pid = _wait(horse_pid, 60, "the job to start")
+    pid = wait_for(horse_pid, 60, "the job to start")
     # Mark the row started as a real job would have, then kill its process the hard way (OOM killer style).
     with app.app_context(), connection():
         Job.update(status="started").where(Job.id == row.id).execute()
@@ -47,7 +37,7 @@ def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis
             job = Job.get_by_id(row.id)
         return job if job.status == "failed" else None
 
-    job = _wait(row_failed, 60, "the row to be marked failed")
+    job = wait_for(row_failed, 60, "the row to be marked failed")
     assert "killed (SIGKILL)" in job.error and job.ended_at is not None
     assert rq_job.get_status(refresh=True).value == "failed"
     assert worker.poll() is None  # the worker command (the pool) survives
@@ -57,9 +47,9 @@ def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis
         pids = {w.pid for w in Worker.all(connection=redis)}
         return pids if len(pids) == app.config["WORKER_CONCURRENCY"] and pid not in pids else None
 
-    _wait(live_worker_pids, 60, "the pool to replace the killed worker process")
+    wait_for(live_worker_pids, 60, "the pool to replace the killed worker process")
     second = Queue("default", connection=redis).enqueue("tests.jobs_for_tests.report_pid_and_sleep", 0)
-    _wait(lambda: second.get_status(refresh=True).value == "finished", 60, "a replacement worker to run a job")
+    wait_for(lambda: second.get_status(refresh=True).value == "finished", 60, "a replacement worker to run a job")
     second.refresh()
     assert second.meta["pid"] != pid
 

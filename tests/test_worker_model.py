@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from rq import Queue, Worker
 
-from tests.conftest import ROOT, process_env
+from tests.conftest import ROOT, process_env, wait_for
 from webapp.db import connection
 from webapp.models import Job
 
@@ -19,25 +18,16 @@ EXPECTED_MODULES = ["bs4", "charset_normalizer", "docx", "jobs.documents", "lxml
                     "semantic_text_splitter", "sklearn.feature_extraction.text"]
 
 
-def _wait(predicate, deadline_s: float, what: str):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def _finished(job, deadline_s: float = 60):
-    _wait(lambda: job.get_status(refresh=True).value in ("finished", "failed"), deadline_s, f"job {job.id}")
+    wait_for(lambda: job.get_status(refresh=True).value in ("finished", "failed"), deadline_s, f"job {job.id}")
     assert job.get_status(refresh=False).value == "finished", job.latest_result()
     return job.return_value(refresh=True)
 
 
 def test_worker_processes_start_with_parsers_and_embedder_loaded(redis, start_worker):
     start_worker(WORKER_CONCURRENCY="3")
-    _wait(lambda: Worker.count(connection=redis) == 3, 60, "three worker processes")
+    wait_for(lambda: Worker.count(connection=redis) == 3, 60, "three worker processes")
     # The first job of a fresh process: whatever it finds loaded was loaded before the fork.
     answer = _finished(Queue("default", connection=redis).enqueue("tests.jobs_for_tests.describe_process"))
     assert answer["modules"] == EXPECTED_MODULES
@@ -50,7 +40,7 @@ def test_a_process_over_its_memory_limit_is_replaced_after_its_job(redis, start_
     queue = Queue("default", connection=redis)
     pids = [_finished(queue.enqueue("tests.jobs_for_tests.describe_process"))["pid"] for _ in range(3)]
     assert len(set(pids)) == 3, pids
-    _wait(lambda: Worker.count(connection=redis) == 1, 30, "the pool to keep one worker process")
+    wait_for(lambda: Worker.count(connection=redis) == 1, 30, "the pool to keep one worker process")
 
 
 def test_a_job_stuck_past_its_time_limit_is_killed_by_the_pool(app, redis, start_worker):
@@ -66,7 +56,7 @@ def test_a_job_stuck_past_its_time_limit_is_killed_by_the_pool(app, redis, start
             job = Job.get_by_id(row.id)
         return job if job.status == "failed" else None
 
-    job = _wait(row_failed, 30, "the pool to kill the stuck job")
+    job = wait_for(row_failed, 30, "the pool to kill the stuck job")
     assert job.error.startswith("processing took longer than the 1 s limit and could not be interrupted"), job.error
     assert rq_job.get_status(refresh=True).value == "failed"
     assert worker.poll() is None
@@ -79,7 +69,7 @@ def test_ping_reports_the_worker_that_answered_each_queue(config, redis, start_w
     assert "high: no worker answered within 2 s" in nobody.stdout
 
     start_worker()
-    _wait(lambda: Worker.count(connection=redis) >= 1, 60, "a worker")
+    wait_for(lambda: Worker.count(connection=redis) >= 1, 60, "a worker")
     answered = subprocess.run(command, cwd=ROOT, env=process_env(config), capture_output=True, text=True, timeout=60)
     assert answered.returncode == 0, answered.stdout + answered.stderr
     lines = answered.stdout.splitlines()
