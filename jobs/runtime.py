@@ -53,8 +53,9 @@ def peak_memory_bytes() -> int:
 
 
 class DocketWorker(SimpleWorker):
-    """An RQ worker that runs each job in its own process and leaves, once idle, when its peak
-    memory passed ``WORKER_MAX_MEMORY`` megabytes (the pool starts a fresh one)."""
+    """An RQ worker that runs each job in its own process, without forking a work horse (as
+    RQ's ``SimpleWorker``), and leaves after a job once its peak memory passed
+    ``WORKER_MAX_MEMORY`` megabytes (the pool then starts a fresh process)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -195,10 +196,10 @@ def prepare_worker_process(app: Flask) -> float:
     """Load and warm everything a job needs, once, in the worker command's process.
 
     Imports the document job with its parsers (pypdfium2, python-docx, BeautifulSoup + lxml,
-    charset-normalizer), the chunker and the configured embedder, runs each once on a tiny sample made here (so their
-    lazy imports and caches are filled too), then moves every object into the garbage
-    collector's permanent generation (``gc.freeze()``), so that collections in the forked
-    worker processes do not touch — and copy — the pages they share with this one.
+    charset-normalizer), the chunker and the configured embedder, runs each once on a tiny
+    sample made here (so their lazy imports and caches are filled too), then moves every object
+    into the garbage collector's permanent generation (``gc.freeze()``), so that collections in
+    the forked worker processes do not touch — and copy — the pages they share with this one.
 
     Opens no socket and no database connection (the OpenAI client connects on first use).
 
