@@ -127,3 +127,35 @@ def test_config_defaults_and_validation(tmp_path):
     assert load_config(tmp_path, env={"REDIS_TLS_VERIFY": "false"})["REDIS_TLS_VERIFY"] is False
     with pytest.raises(ValueError):
         load_config(tmp_path, env={"REDIS_TLS_VERIFY": "maybe"})
+
+
+def test_hashing_embedder_equals_scikit_learn_bit_for_bit_on_the_corpus_and_odd_text():
+    """HashingEmbedder hashes the character n-grams one distinct word at a time; its vectors must
+    be exactly those of scikit-learn's own HashingVectorizer on whole texts (the vector space
+    ``hashing-v1:2048`` that stored chunks are in)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from jobs.chunking import chunk_pages
+    from jobs.extract import extract
+    from tests.conftest import CORPUS, corpus_manifest
+    from webapp.embeddings import HashingEmbedder, _normalise
+    from webapp.filetypes import detect_content_type
+
+    texts = ["ΟΔΟΣ ΣΟΦΟΣ Σ. İstanbul ǅemal ﬁne STRASSE", "tab\tand\u00a0no-break\u3000ideographic space\n\n",
+             "短い日本語の文と中文句子", "a", "a b a b a", "x" * 3000, "repeated words " * 200]
+    for row in corpus_manifest():
+        if row["kind"] in ("text", "other-format"):
+            data = (CORPUS / row["file"]).read_bytes()
+            pages = extract(data, detect_content_type(data, row["file"])).pages
+            texts += [chunk.text for chunk in chunk_pages(pages, 1500, 150)][:40]
+
+    common = dict(n_features=1024, alternate_sign=False, norm="l2", lowercase=True)
+    word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", **common)
+    char = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
+    expected = np.vstack([
+        _normalise(np.hstack([word.transform(texts[i:i + 256]).toarray(), char.transform(texts[i:i + 256]).toarray()]))
+        for i in range(0, len(texts), 256)
+    ])
+    assert len(texts) > 300
+    assert np.array_equal(HashingEmbedder().embed(texts), expected)

@@ -14,6 +14,7 @@ records :attr:`Embedder.name`; a search only compares vectors of the same name (
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
@@ -97,20 +98,52 @@ class HashingEmbedder:
     def __init__(self) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
 
-        common = dict(n_features=self.features_per_analyzer, alternate_sign=False, norm="l2", lowercase=True)
-        self._word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", **common)
-        self._char = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), **common)
+        common = dict(n_features=self.features_per_analyzer, alternate_sign=False)
+        self._word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b",
+                                       norm="l2", lowercase=True, **common)
+        # Raw counts of one (already lowercased) word's padded character 3-5-grams: see _char_vectors.
+        self._char_of_word = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), norm=None,
+                                               lowercase=False, **common)
 
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start:start + self.batch_size])
             word = self._word.transform(batch).toarray()
-            char = self._char.transform(batch).toarray()
-            vectors[start:start + len(batch)] = _normalise(np.hstack([word, char]))
+            vectors[start:start + len(batch)] = _normalise(np.hstack([word, self._char_vectors(batch)]))
             if on_batch:
                 on_batch(start + len(batch), len(texts))
         return vectors
+
+    def _char_vectors(self, texts: list[str]) -> np.ndarray:
+        """The character part of each text's vector, exactly as scikit-learn's
+        ``HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), norm="l2").transform(texts)``
+        computes it, for about half the CPU.
+
+        ``char_wb`` takes its n-grams from each whitespace-separated word of the lowercased text
+        on its own, so a text's counts are the sum of its words' counts. Each distinct word of
+        the batch is hashed once (by scikit-learn) and the sums are one sparse product; the counts
+        are whole numbers, so the vectors are equal bit for bit (``tests/test_units.py``). The
+        character n-grams were 1.1 s of the 3.9 s of CPU one copy of the corpus costs.
+
+        Returns:
+            A dense float64 array of shape (len(texts), 1024), rows L2-normalised (zero rows stay zero).
+        """
+        from scipy import sparse
+        from sklearn.preprocessing import normalize
+
+        vocabulary: dict[str, int] = {}
+        rows: list[int] = []
+        columns: list[int] = []
+        counts: list[int] = []
+        for row, text in enumerate(texts):
+            for word, count in Counter(text.lower().split()).items():
+                rows.append(row)
+                columns.append(vocabulary.setdefault(word, len(vocabulary)))
+                counts.append(count)
+        words_of_texts = sparse.csr_matrix((counts, (rows, columns)), shape=(len(texts), len(vocabulary)),
+                                           dtype=np.float64)
+        return normalize(words_of_texts @ self._char_of_word.transform(list(vocabulary))).toarray()
 
 
 class OpenAIEmbedder:
