@@ -14,12 +14,11 @@ running one job at a time; the pool replaces a process that dies and fails its j
 from __future__ import annotations
 
 import logging
-import time
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from rq.job import JobStatus
+from rq.results import Result
 
 from jobs.runtime import DocketWorkerPool, prepare_worker_process
 from webapp.queues import QUEUE_NAMES, rq
@@ -81,30 +80,31 @@ PING_JOB = "jobs.diagnostics.ping"
 
 @rq_cli.command("ping")
 @click.argument("queues", nargs=-1)
-@click.option("--timeout", default=10.0, show_default=True, type=float, help="Seconds to wait for each answer.")
-def ping_command(queues, timeout: float) -> None:
+@click.option("--timeout", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Seconds to wait for each answer.")
+def ping_command(queues, timeout: int) -> None:
     """Enqueue a ping job on each of QUEUES (default: all) and wait for a worker to run it.
 
     Prints, per queue, the worker that answered and the time from enqueue to finished (ms).
-    Exits with status 1 if a queue got no answer within TIMEOUT seconds.
+    Exits with status 1 if a queue got no answer within TIMEOUT seconds (or the job failed).
     """
     queue_names = tuple(queues) or QUEUE_NAMES
     check_queue_names(queue_names)
     unanswered = []
     for name in queue_names:
         job = rq.get_queue(name).enqueue(PING_JOB, result_ttl=600, failure_ttl=600, description="ping")
-        deadline = time.monotonic() + timeout
-        while job.get_status(refresh=True) not in (JobStatus.FINISHED, JobStatus.FAILED):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        job.refresh()
-        if job.get_status(refresh=False) != JobStatus.FINISHED:
-            job.cancel()
+        result = job.latest_result(timeout=timeout)  # blocks on RQ's result stream
+        if result is None or result.type != Result.Type.SUCCESSFUL:
             unanswered.append(name)
-            click.echo(f"{name}: no worker answered within {timeout:g} s")
+            if result is None:
+                job.cancel()  # a worker that comes later need not run it
+                click.echo(f"{name}: no worker answered within {timeout} s")
+            else:
+                reason = (result.exc_string or "").strip().splitlines()[-1:] or ["no reason given"]
+                click.echo(f"{name}: the ping job failed: {reason[0]}")
             continue
-        answer = job.return_value() or {}
+        job.refresh()
+        answer = result.return_value or {}
         took = (job.ended_at - job.enqueued_at).total_seconds() * 1000
         click.echo(f"{name}: answered by {answer.get('worker')} (pid {answer.get('pid')}) in {took:.1f} ms")
     if unanswered:
