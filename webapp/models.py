@@ -87,8 +87,8 @@ class Document(db.Model):
 class Job(db.Model):
     """One background job. ``id`` is also the RQ job id.
 
-    ``status``/``stage``/``progress`` are written at stage changes; finer progress lives in the RQ
-    job's ``meta`` while it runs.
+    ``status`` changes are guarded updates; ``stage``/``progress`` are written every few seconds
+    while the job runs (``jobs/tracking.py``), finer progress lives in the RQ job's ``meta``.
     """
 
     id = CharField(primary_key=True, max_length=64, default=new_id)
