@@ -245,11 +245,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 
 def cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """CPU cores this process may use (what Docket's worker pool sizes itself by)."""
+    from webapp.config import default_worker_concurrency
+
+    return default_worker_concurrency()
 
 
 def _fmt(value: Any) -> str:
