@@ -33,7 +33,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not app.debug and not app.testing:
         app.logger.setLevel(logging.INFO)
 
-    from webapp import db, errors
+    from webapp import errors
+    from webapp.db import db
     from webapp.queues import rq
 
     db.init_app(app)

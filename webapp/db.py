@@ -1,7 +1,12 @@
-"""The Peewee database: one FlaskDB wrapper, bound to the app in ``create_app``.
+"""The Peewee database, bound per application like the RQ extension (``webapp/queues.py``).
 
-The request path connects per request (FlaskDB's ``before_request``/``teardown_request``);
-job code and CLI commands use :func:`connection`. Nothing connects at import.
+Each app made by ``create_app`` gets its own Peewee database for its ``DATABASE_URL``, kept in
+``app.extensions["database"]``. The models are bound to :class:`AppDatabaseProxy`, which resolves
+to the database of the application whose context is active, so two apps in one process (tests,
+a script that copies between two databases) each read and write their own database.
+
+The request path connects per request (``before_request``/``teardown_request``, as Peewee's
+FlaskDB does); job code and CLI commands use :func:`connection`. Nothing connects at import.
 """
 
 from __future__ import annotations
@@ -11,23 +16,94 @@ from pathlib import Path
 from typing import Iterator
 
 import click
-from flask import Flask, current_app, request
-from peewee import Database, SqliteDatabase
+from flask import Flask, current_app, has_app_context, request
+from peewee import Database, DatabaseProxy, SqliteDatabase
 from playhouse.db_url import connect as connect_url
-from playhouse.flask_utils import FlaskDB
+
+# Endpoints that never touch the database, so they do not take a connection per request.
+EXCLUDED_ENDPOINTS = ("health.healthz", "health.readyz", "static")
 
 
-class DocketFlaskDB(FlaskDB):
-    """FlaskDB whose per-request connect tolerates a connection already open in this thread
-    (e.g. opened by a CLI command or a test around a request); teardown still closes it."""
+class AppDatabaseProxy(DatabaseProxy):
+    """A Peewee database proxy whose target is the current Flask app's database.
 
-    def connect_db(self) -> None:
-        if self._excluded_routes and request.endpoint in self._excluded_routes:
-            return
-        self.database.connect(reuse_if_open=True)
+    Peewee's own :class:`~peewee.DatabaseProxy` holds one database for the whole process, so
+    every ``create_app`` would rebind it and two apps would write into whichever was made last.
+    Here ``obj`` is looked up in ``current_app.extensions["database"]`` on every use (a dict
+    lookup); outside an application context it is ``None``, and using the proxy raises
+    ``AttributeError`` as Peewee's uninitialised proxy does.
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, attr: str, value) -> None:
+        # Peewee's Proxy checks names against the class's own (here empty) __slots__.
+        if attr not in ("obj", "_callbacks", "_Model"):
+            raise AttributeError("Cannot set attribute on proxy.")
+        object.__setattr__(self, attr, value)
+
+    @property
+    def obj(self) -> Database | None:  # type: ignore[override]
+        if has_app_context():
+            return current_app.extensions.get("database")
+        return None
+
+    @obj.setter
+    def obj(self, value: Database | None) -> None:
+        # Peewee's Proxy.__init__ calls initialize(None); binding happens per app in init_app.
+        if value is not None:
+            raise TypeError("AppDatabaseProxy is bound per app: use DocketDatabase.init_app(app)")
 
 
-db = DocketFlaskDB()
+class DocketDatabase:
+    """The database extension: ``db.Model`` is the models' base class, ``db.database`` the
+    current app's Peewee database.
+
+    ``init_app`` makes the app's database from ``DATABASE_URL`` (no connection is opened),
+    opens a connection from the pool for each request and returns it when the request ends.
+    """
+
+    def __init__(self) -> None:
+        self.proxy = AppDatabaseProxy()
+        self.Model = self.proxy.Model
+
+    def init_app(self, app: Flask) -> None:
+        """Give ``app`` its own database and per-request connections; register ``flask init-db``."""
+        database = make_database(app.config["DATABASE_URL"])
+        if isinstance(database, SqliteDatabase):
+            Path(database.database).parent.mkdir(parents=True, exist_ok=True)
+        app.extensions["database"] = database
+        app.before_request(_connect_for_request)
+        app.teardown_request(_close_after_request)
+        app.cli.add_command(init_db_command)
+
+    @property
+    def database(self) -> Database:
+        """The current app's Peewee database.
+
+        Raises:
+            RuntimeError: outside an application context.
+        """
+        database = self.proxy.obj
+        if database is None:
+            raise RuntimeError("Docket's database is bound per app: use it inside an application context")
+        return database
+
+
+def _connect_for_request() -> None:
+    if request.endpoint in EXCLUDED_ENDPOINTS:
+        return
+    # reuse_if_open: a CLI command or a test may already hold this thread's connection.
+    current_app.extensions["database"].connect(reuse_if_open=True)
+
+
+def _close_after_request(exc: BaseException | None) -> None:
+    database = current_app.extensions["database"]
+    if not database.is_closed():
+        database.close()
+
+
+db = DocketDatabase()
 
 # SQLite with a web process and worker processes writing the same file: WAL lets readers
 # proceed during a write, and the busy timeout (ms) makes a writer wait instead of failing
@@ -69,19 +145,6 @@ def make_database(url: str) -> Database:
         return connect_url(pooled, autoconnect=True, **options)
     except RuntimeError as exc:
         raise RuntimeError(f"DATABASE_URL is not a database Docket can use: {exc}") from None
-
-
-def init_app(app: Flask) -> None:
-    """Bind the FlaskDB wrapper to ``app``'s ``DATABASE_URL`` and register ``flask init-db``."""
-    app.config.setdefault(
-        "FLASKDB_EXCLUDED_ROUTES", ("health.healthz", "health.readyz", "static")
-    )
-    database = make_database(app.config["DATABASE_URL"])
-    if isinstance(database, SqliteDatabase):
-        Path(database.database).parent.mkdir(parents=True, exist_ok=True)
-    db._db = database
-    db.init_app(app)
-    app.cli.add_command(init_db_command)
 
 
 def create_tables() -> None:
