@@ -62,6 +62,17 @@ class JSONField(TextField):
         return None if value is None else json.loads(value)
 
 
+class Batch(db.Model):
+    """The documents of one multi-file upload (``GET /api/batches/<id>``)."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    size = IntegerField()  # documents accepted in the upload
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "batch"
+
+
 class Document(db.Model):
     """An uploaded document. Its bytes live in storage under ``storage_key``."""
 
@@ -71,9 +82,10 @@ class Document(db.Model):
     size_bytes = IntegerField()
     sha256 = CharField(max_length=64, index=True)
     storage_key = CharField(max_length=255)
-    # Password for an encrypted PDF, kept only until its job ends (see jobs/documents.py).
+    # Password for an encrypted PDF, kept only until its job reaches a terminal state.
     password = TextField(null=True)
     job_id = CharField(max_length=64, null=True)  # the current job (Job.id)
+    batch_id = CharField(max_length=64, null=True, index=True)  # Batch.id of its upload
     pages = IntegerField(null=True)
     chars = IntegerField(null=True)  # non-whitespace characters of the extracted text
     chunk_count = IntegerField(null=True)
@@ -87,26 +99,37 @@ class Document(db.Model):
 class Job(db.Model):
     """One background job. ``id`` is also the RQ job id.
 
-    ``status`` changes are guarded updates; ``stage``/``progress`` are written every few seconds
-    while the job runs (``jobs/tracking.py``), finer progress lives in the RQ job's ``meta``.
+    ``kind`` names its entry in the job registry (:mod:`webapp.job_kinds`) and ``params`` holds
+    the job function's JSON arguments, so any row can be enqueued again from the database
+    alone. ``status`` changes only through the state machine (:mod:`webapp.job_states`):
+    guarded ``UPDATE … WHERE status IN (…)`` statements that also set ``updated_at``.
+    ``stage``/``progress`` are written every few seconds while the job runs; finer progress
+    lives in the RQ job's ``meta``.
     """
 
     id = CharField(primary_key=True, max_length=64, default=new_id)
-    kind = CharField(max_length=32, index=True)  # "document" (reports come later)
+    kind = CharField(max_length=32, index=True)  # a name in webapp.job_kinds.JOB_KINDS
     queue = CharField(max_length=32)
+    params = JSONField(null=True)  # the job function's keyword arguments (JSON)
     status = CharField(max_length=16, default=JobStatus.QUEUED.value, index=True)
     stage = CharField(max_length=32, null=True)
     progress = IntegerField(default=0)  # 0–100 %
     result = JSONField(null=True)
     error = TextField(null=True)  # a human sentence, never a traceback
+    error_code = CharField(max_length=64, null=True)  # machine-readable reason, e.g. "password_required"
     attempts = IntegerField(default=0)  # how many times a worker started it
     document = ForeignKeyField(
         Document, null=True, backref="jobs", on_delete="CASCADE", lazy_load=False
     )
+    batch_id = CharField(max_length=64, null=True, index=True)
+    callback_url = TextField(null=True)  # webhook: POSTed the final state once (webapp/webhooks.py)
+    webhook = JSONField(null=True)  # the webhook's outcome: {"status", "attempts", "http_status", "error", "at"}
     created_at = DateTimeField(default=utcnow, index=True)
     enqueued_at = DateTimeField(null=True)
     started_at = DateTimeField(null=True)
     ended_at = DateTimeField(null=True)
+    retry_at = DateTimeField(null=True)  # when a scheduled retry is due
+    updated_at = DateTimeField(null=True, index=True)  # the last transition or persisted progress
 
     class Meta:
         table_name = "job"
@@ -115,13 +138,28 @@ class Job(db.Model):
     def find(cls, job_id: str) -> "Job | None":
         """The row ``job_id``, or ``None``: ``Job.get_or_none(Job.id == job_id)`` with its SQL built once.
 
-        Peewee builds a query's SQL again on every execution — ≈0.3 ms for this 14-column row,
-        more than SQLite takes to run it — and ``GET /api/jobs/<id>`` is the request clients
-        repeat most while they wait. The SQL depends only on the kind of database (quoting,
-        placeholder), so it is kept per database class; the id is always a bound parameter.
+        Peewee builds a query's SQL again on every execution — ≈0.3 ms for this row, more than
+        SQLite takes to run it — and ``GET /api/jobs/<id>`` is the request clients repeat most
+        while they wait. The SQL depends only on the kind of database (quoting, placeholder), so
+        it is kept per database class; the id is always a bound parameter.
         """
         sql = _select_by_id_sql(cls, type(_unproxied(cls._meta.database)))
         return next(iter(cls.raw(sql, job_id)), None)
+
+
+class Report(db.Model):
+    """A report: what was asked (``type``, ``params``), the job that builds it, and its files
+    (``{"html": storage key, "csv": …, "json": …, "pdf": …}``) once that job finished."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    type = CharField(max_length=32)  # "activity" or "documents"
+    params = JSONField(default=dict)
+    job_id = CharField(max_length=64, null=True)
+    files = JSONField(null=True)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "report"
 
 
 class Chunk(db.Model):
@@ -141,11 +179,11 @@ class Chunk(db.Model):
         indexes = ((("document", "ordinal"), True),)
 
 
-ALL_MODELS = [Document, Job, Chunk]
+ALL_MODELS = [Batch, Document, Job, Report, Chunk]
 
 
 def _unproxied(database):
-    """The database behind FlaskDB's proxy."""
+    """The database behind the models' proxy (the current app's)."""
     return getattr(database, "obj", database)
 
 
