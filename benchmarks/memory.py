@@ -81,7 +81,7 @@ def measure_document(document: Path, workdir: Path) -> dict[str, float]:
             worker_pid = _pool_worker_pid(pid)
             idle = peak_rss_bytes(worker_pid)
             with app.app_context(), connection():
-                (uploaded,) = accept_uploads([read_path(document)])
+                uploaded = accept_uploads([read_path(document)], reprocess=True).files[0].document
                 job = wait_until(
                     lambda: (row := Job.get_by_id(uploaded.job_id)).status in TERMINAL_STATUSES and row,
                     600, interval=0.1, what=f"{document.name} to be processed")

@@ -53,7 +53,7 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
         with app.app_context():
             create_tables()
             with connection():  # the rows and bytes, as an upload leaves them (not timed)
-                documents = [accept_uploads([read_path(f.path)])[0] for f in files]
+                documents = [accept_uploads([read_path(f.path)], reprocess=True).files[0].document for f in files]
         work = [(document.id, document.job_id) for document in documents]
 
         global _app

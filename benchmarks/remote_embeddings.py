@@ -120,7 +120,7 @@ def ingest(server: SlowEmbeddingServer, workdir: Path, concurrency: int, batch_s
             server.reset()
             with app.app_context(), connection():
                 started = time.perf_counter()
-                job_ids = [accept_uploads([read_path(f.path)])[0].job_id for f in files]
+                job_ids = [accept_uploads([read_path(f.path)], reprocess=True).files[0].document.job_id for f in files]
                 wait_until(lambda: Job.select().where(Job.id.in_(job_ids), Job.status.in_(TERMINAL_STATUSES)).count()
                            == len(job_ids), 900, interval=0.05, what="the corpus to be ingested")
                 wall = time.perf_counter() - started

@@ -1,9 +1,8 @@
 """The document job (queue ``default``): extract → chunk → embed → store.
 
-Enqueued by :func:`webapp.documents.enqueue_document_job` as
-``jobs.documents.process_document(document_id)`` with the RQ job id equal to the
-:class:`~webapp.models.Job` row's id. Runs in a worker process of the pool (``jobs/runtime.py``),
-inside the app context.
+Launched by the upload path (:mod:`webapp.documents`) through :mod:`webapp.launch` as kind
+``document`` with ``params={"document_id": …}``; the RQ job id is the Job row's id. Runs in a
+worker process of the pool (``jobs/runtime.py``), inside the app context.
 
 Idempotent: RQ delivers at least once, and a second run for the same document replaces the
 first run's chunks in one transaction, leaving exactly one set.
@@ -45,7 +44,7 @@ def process_document(document_id: str) -> dict[str, Any]:
 
     Raises:
         RuntimeError: called outside an RQ worker.
-        Whatever :func:`run_document_job` raises, so RQ records the failure too.
+        JobError: see :func:`run_document_job`; RQ's failure callback records it on the row.
     """
     rq_job = get_current_job()
     if rq_job is None:
@@ -69,29 +68,28 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
         stored as the Job row's ``result``. ``{"skipped": reason}`` if the row says not to run.
 
     Raises:
-        DocumentError: the document cannot be read (encrypted, damaged, no text); the row is
-            marked ``failed`` with the reason first.
-        JobError / JobTimeoutException / any other error: likewise marked ``failed``, then re-raised.
+        DocumentError: the document cannot be read (encrypted, damaged, no text): permanent.
+        JobError: with ``transient`` set when trying again may help (embedding service, storage
+            or database briefly unavailable); ``timeout`` past the time limit.
+        JobStopped: the row was canceled or stopped while the job ran.
+        Under RQ, the state machine's failure callback records each on the row
+        (:func:`webapp.job_states.on_job_failure`); without RQ, call it yourself.
     """
     with connection():
         if not tracker.start():
-            return {"skipped": "the job row is missing or was canceled"}
+            return {"skipped": "the job row is missing, canceled or stopped"}
         try:
             return _run(document_id, tracker, config)
-        except JobError as exc:
-            tracker.fail(exc.message)
+        except JobError:
             raise
-        except JobTimeoutException:
+        except JobTimeoutException as exc:
             limit = getattr(tracker.rq_job, "timeout", None) or config["DOCUMENT_JOB_TIMEOUT"]
-            tracker.fail(
-                f"processing took longer than the {limit} s limit "
-                f"(stopped during {tracker.stage or 'start-up'})"
-            )
-            raise
+            raise JobError(f"processing took longer than the {limit} s limit "
+                           f"(stopped during {tracker.stage or 'start-up'})", code="timeout") from exc
         except Exception as exc:
             log.exception("job %s: unexpected error", tracker.job_id)
-            tracker.fail(f"unexpected error during {tracker.stage or 'start-up'}: {type(exc).__name__}: {exc}")
-            raise
+            raise JobError(f"unexpected error during {tracker.stage or 'start-up'}: {type(exc).__name__}: {exc}",
+                           code="internal_error") from exc
 
 
 def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,7 +101,8 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
     try:
         data = storage_from_config(config).get(document.storage_key)
     except StorageError as exc:
-        raise JobError(f"the uploaded file could not be read from storage: {exc}", code="storage_error") from exc
+        raise JobError(f"the uploaded file could not be read from storage: {exc}",
+                       code="storage_unavailable" if exc.transient else "file_missing", transient=exc.transient) from exc
     extraction = extract(
         data,
         document.content_type,
@@ -124,7 +123,8 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
             ),
         )
     except EmbeddingError as exc:
-        raise JobError(f"embedding failed: {exc}", code="embedding_failed") from exc
+        raise JobError(f"embedding failed: {exc}", code="embedding_unavailable" if exc.transient else "embedding_failed",
+                       transient=exc.transient) from exc
 
     tracker.set_progress("store", EMBED_END)
     result = {
@@ -164,5 +164,5 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
             # Canceled or ended by someone else meanwhile: keep the database as it was.
             transaction.rollback()
             return {"skipped": "the job row changed while the job ran"}
-    tracker.mark_meta_finished()
+    tracker.finished()
     return result

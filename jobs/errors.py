@@ -1,24 +1,13 @@
-"""Errors a job raises on purpose. Their text is shown to users as the job's ``error``."""
+"""Errors a document job raises on purpose. Their text is shown to users as the job's ``error``.
 
+The base classes live in the shared core (:mod:`webapp.job_errors`): the state machine records
+them on the row and the API returns them.
+"""
 
-class JobError(Exception):
-    """A job cannot complete for a reason the user can act on.
-
-    Attributes:
-        code: snake_case reason, e.g. ``password_required``.
-        message: one human sentence, shown as the job's and document's ``error``.
-    """
-
-    code = "job_failed"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code:
-            self.code = code
+from webapp.job_errors import JobError, JobStopped, TransientJobError  # noqa: F401  (re-exported)
 
 
 class DocumentError(JobError):
-    """The document cannot be read: encrypted, damaged, no text, unsupported."""
+    """The document cannot be read: encrypted, damaged, no text, unsupported. Never retried."""
 
     code = "unreadable_document"

@@ -23,28 +23,49 @@ from __future__ import annotations
 
 import gc
 import io
+from multiprocessing.context import ForkProcess
 import logging
 import os
 import resource
 import signal
+import threading
 import time
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
+from rq.callbacks import execute_stopped_callback
 from rq.job import Job as RQJob
 from rq.queue import Queue
 from rq.utils import now
 from rq.worker.worker_classes import SimpleWorker
-from rq.worker_pool import WorkerData, WorkerPool
+from rq.worker_pool import WorkerData, WorkerPool, run_worker
 
 from webapp.db import db
-from webapp.models import mark_job_failed
+from webapp.job_errors import JobError, JobStopped, WorkerProcessDied
+from webapp.job_states import on_job_failure
 from webapp.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# Interrupts the job running in a worker process's main thread on RQ's stop-job command.
+STOP_JOB_SIGNAL = signal.SIGUSR1
+
+_job_in_body: str | None = None  # the id of the job whose function is running in this process
+
+
+class DocketJob(RQJob):
+    """RQ's job, noting while its function runs, so a stop request interrupts only the job's
+    own code and never RQ's bookkeeping before or after it."""
+
+    def _execute(self) -> Any:
+        global _job_in_body
+        _job_in_body = self.id
+        try:
+            return super()._execute()
+        finally:
+            _job_in_body = None
 
 
 def peak_memory_bytes() -> int:
@@ -71,10 +92,38 @@ class DocketWorker(SimpleWorker):
             signal.signal(signum, self._stop_before_start)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         die_with_parent(signal.SIGTERM)  # a warm shutdown if the pool is killed
+        signal.signal(STOP_JOB_SIGNAL, self._stop_job_in_body)
         return super().work(burst, *args, **kwargs)
 
     def _stop_before_start(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
+
+    def kill_horse(self, sig: Any = None) -> None:
+        """RQ's stop-job command, from the pubsub thread after it set ``_stopped_job_id``: with
+        no work horse to kill, interrupt the job in this process's main thread instead (it
+        raises :class:`JobStopped` at its next Python instruction)."""
+        signal.pthread_kill(threading.main_thread().ident, STOP_JOB_SIGNAL)
+
+    def _stop_job_in_body(self, signum: int, frame: Any) -> None:
+        if _job_in_body is not None and _job_in_body == self._stopped_job_id:
+            raise JobStopped()
+
+    def _finalize_failure(self, job: RQJob, queue: Queue, execution: Any, exc_info: Any) -> None:
+        # A job that stopped itself (its row was canceled or stopped meanwhile) ends as RQ's
+        # stop command would end it: STOPPED, never retried.
+        if isinstance(exc_info[1], JobStopped):
+            self._stopped_job_id = job.id
+        super()._finalize_failure(job, queue, execution, exc_info)
+
+    def handle_job_failure(self, job: RQJob, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        if self._stopped_job_id == job.id:
+            # RQ's forking Worker runs the on_stopped callback when it kills a horse on request;
+            # its SimpleWorker never does. Do it here, so the row follows RQ on every path.
+            try:
+                execute_stopped_callback(job, self.death_penalty_class)
+            except Exception:
+                self.log.exception("Worker %s: stopped callback for job %s raised", self.name, job.id)
+        super().handle_job_failure(job, queue, *args, **kwargs)
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         super().execute_job(job, queue)
@@ -92,14 +141,25 @@ class DocketWorkerPool(WorkerPool):
     Args:
         queues: queue names, in the order workers listen on them.
         connection: the Redis client (the pool's processes open their own connections).
-        num_workers: worker processes to keep running.
+        num_workers: worker processes to keep running on all ``queues``.
+        reserved: further processes that take jobs of the first queue only (``high``), so that
+            its jobs start at once even while every other process runs a long job. Ignored
+            with a single queue.
         kill_grace: seconds past a job's timeout before its process is killed (RQ's forking
             worker waits 60 s before it kills an overdue work horse).
     """
 
-    def __init__(self, queues: list[str], connection, num_workers: int, kill_grace: float = 60) -> None:
-        super().__init__(queues, connection=connection, num_workers=num_workers, worker_class=DocketWorker)
+    def __init__(self, queues: list[str], connection, num_workers: int, kill_grace: float = 60,
+                 reserved: int = 0) -> None:
+        super().__init__(queues, connection=connection, num_workers=num_workers + reserved,
+                         worker_class=DocketWorker, job_class=DocketJob)
         self.kill_grace = kill_grace
+        # Processes that listen on the first queue only (``high``), beside the ones that take
+        # every queue: RQ's queue order only decides what a *free* worker takes next, so
+        # without them a report would wait behind long document jobs on every process.
+        self.reserved = reserved if len(self._queue_names) > 1 else 0
+        self.num_workers = num_workers + self.reserved
+        self._reserved_names: set[str] = set()
         self._overdue: dict[str, int] = {}  # worker name → the time limit its job overran (s)
 
     def check_workers(self, respawn: bool = True) -> None:
@@ -120,6 +180,22 @@ class DocketWorkerPool(WorkerPool):
             super().start_worker(*args, **kwargs)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def get_worker_process(self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"):
+        # RQ's own method with one change: the queues of a reserved process are the first only.
+        self._reserved_names &= set(self.worker_dict)  # forget processes that are gone
+        queue_names = self._queue_names
+        if len(self._reserved_names) < self.reserved:
+            self._reserved_names.add(name)
+            queue_names = queue_names[:1]
+        return ForkProcess(
+            target=run_worker,
+            args=(name, queue_names, self._connection_class, self._pool_class, self._pool_kwargs),
+            kwargs={"_sleep": _sleep, "burst": burst, "logging_level": logging_level,
+                    "worker_class": self.worker_class, "job_class": self.job_class, "queue_class": self.queue_class,
+                    "serializer": self.serializer, "exception_handlers": self.exception_handlers},
+            name=f"Worker {name} (WorkerPool {self.name})",
+        )
 
     def _find_worker(self, name: str) -> DocketWorker | None:
         return DocketWorker.find_by_key(DocketWorker.redis_worker_namespace_prefix + name, connection=self.connection)
@@ -151,9 +227,11 @@ class DocketWorkerPool(WorkerPool):
                 self.log.exception("Worker %s: could not record the job of the dead worker", worker_data.name)
         super().handle_dead_worker(worker_data)
 
-    def fail_current_job(self, worker_name: str, reason: str) -> str | None:
-        """Fail the job a dead worker process was running: its row (``failed`` with ``reason``)
-        and RQ's record (RQ's own failure handling: failed registry, retries, dependents).
+    def fail_current_job(self, worker_name: str, error: JobError) -> str | None:
+        """Fail the job a dead worker process was running: its row, through the state machine's
+        failure callback (``scheduled`` for a retry if the kind allows, else ``failed`` with
+        the error's sentence and code), and RQ's record (RQ's own failure handling: retry,
+        failed registry, dependents).
 
         Returns:
             The job's id, or ``None`` when the worker was idle or is unknown to Redis.
@@ -164,32 +242,37 @@ class DocketWorkerPool(WorkerPool):
         execution = worker.execution
         job = worker.get_current_job()
         if job is not None:
-            self.log.warning("Worker %s: died running job %s: %s", worker_name, job.id, reason)
-            mark_job_failed(job.id, reason)
+            self.log.warning("Worker %s: died running job %s: %s", worker_name, job.id, error.message)
+            on_job_failure(job, self.connection, type(error), error, None)
             job.ended_at = now()
-            worker.handle_job_failure(job, Queue(job.origin, connection=self.connection), exc_string=reason,
+            worker.handle_job_failure(job, Queue(job.origin, connection=self.connection), exc_string=error.message,
                                       execution=execution)
         worker.register_death()
         return job.id if job is not None else None
 
 
-def describe_death(exitcode: int, overdue_limit: int | None = None) -> str:
-    """A sentence for users about why a worker process died mid-job.
+def describe_death(exitcode: int, overdue_limit: int | None = None) -> JobError:
+    """Why a worker process died mid-job, as the error its job ends with.
 
     Args:
         exitcode: ``multiprocessing``'s exit code: ``-N`` for signal N, else the exit status.
         overdue_limit: the time limit in seconds the job overran, when the pool killed it for that.
+
+    Returns:
+        ``JobError`` code ``timeout`` (permanent) for an overrun; otherwise
+        :class:`WorkerProcessDied` (transient: retried if the job's kind allows).
     """
     if overdue_limit is not None:
-        return (f"processing took longer than the {overdue_limit} s limit and could not be interrupted, "
-                "so its worker process was stopped")
+        return JobError(f"processing took longer than the {overdue_limit} s limit and could not be interrupted, "
+                        "so its worker process was stopped", code="timeout")
     if exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        return f"the worker process running this job was killed ({name}); it may have run out of memory"
-    return f"the worker process running this job exited unexpectedly (status {exitcode})"
+        return WorkerProcessDied(f"the worker process running this job was killed ({name}); "
+                                 "it may have run out of memory")
+    return WorkerProcessDied(f"the worker process running this job exited unexpectedly (status {exitcode})")
 
 
 def prepare_worker_process(app: Flask) -> float:

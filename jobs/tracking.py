@@ -1,13 +1,14 @@
-"""Job bookkeeping from inside a worker: status, stage and progress of the running job.
+"""The running job's side of the job protocol: start, progress, finish.
 
-Two places are kept up to date, as the job protocol says:
+Two places are kept up to date:
 
 * the RQ job's ``meta`` (``stage``, ``progress``) — live, cheap, read by the status API;
-* the Peewee :class:`~webapp.models.Job` row — every few seconds while it runs and at the end;
-  it outlives RQ's keys and is the source of truth.
+* the Job row — every few seconds while it runs and at the end; it outlives RQ's keys and is
+  the source of truth. Its status changes go through the shared state machine
+  (:mod:`webapp.job_states`), as the web process's and RQ's callbacks' do.
 
-Status changes are guarded ``UPDATE … WHERE status IN (…)`` statements, so a duplicate or late
-delivery cannot move a row backwards (e.g. a canceled job is never restarted).
+A persisted progress write that finds the row no longer ``started`` (canceled or stopped
+meanwhile) raises :class:`~webapp.job_errors.JobStopped`: the job ends at that point.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ import logging
 import time
 from typing import Any
 
-from rq.job import JobStatus
-
-from webapp.models import Job, mark_job_failed, utcnow
+from webapp import job_states
+from webapp.job_errors import JobStopped
 
 log = logging.getLogger(__name__)
-
-STARTED = JobStatus.STARTED.value
-FAILED = JobStatus.FAILED.value
-FINISHED = JobStatus.FINISHED.value
-# A job may (re)start from any of these: RQ delivers at least once, and a failed job may be requeued.
-RESTARTABLE = (JobStatus.QUEUED.value, STARTED, FAILED, FINISHED, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value)
 
 # Seconds between progress writes. Progress goes to RQ meta (live, read by the status API) at
 # most every META_INTERVAL, and to the database row at most every ROW_INTERVAL: a job shorter
@@ -53,21 +47,19 @@ class JobTracker:
 
     def start(self) -> bool:
         """Mark the row ``started``. Returns ``False`` if the job must not run (canceled, stopped, gone)."""
-        now = utcnow()
-        updated = (
-            Job.update(status=STARTED, started_at=now, ended_at=None, error=None, stage=None, progress=0,
-                       attempts=Job.attempts + 1)
-            .where(Job.id == self.job_id, Job.status.in_(RESTARTABLE))
-            .execute()
-        )
-        if not updated:
-            log.warning("job %s: row missing or not restartable; not running it", self.job_id)
+        started = job_states.mark_started(self.job_id)
+        if not started:
+            log.warning("job %s: row missing, canceled or stopped; not running it", self.job_id)
         self._last_meta = self._last_row = time.monotonic()
-        return bool(updated)
+        return started
 
     def set_progress(self, stage: str, progress: int) -> None:
         """Record ``stage`` and ``progress`` (0–100 %), written out at most every
-        :data:`META_INTERVAL` s to RQ meta and every :data:`ROW_INTERVAL` s to the row."""
+        :data:`META_INTERVAL` s to RQ meta and every :data:`ROW_INTERVAL` s to the row.
+
+        Raises:
+            JobStopped: the row was canceled or stopped meanwhile (found by a row write).
+        """
         self.stage, self.progress = stage, max(0, min(100, int(progress)))
         now = time.monotonic()
         if self.rq_job is not None and now - self._last_meta >= META_INTERVAL:
@@ -75,24 +67,19 @@ class JobTracker:
             self.rq_job.save_meta()
             self._last_meta = now
         if now - self._last_row >= ROW_INTERVAL:
-            Job.update(stage=self.stage, progress=self.progress).where(
-                Job.id == self.job_id, Job.status == STARTED
-            ).execute()
             self._last_row = now
+            if not job_states.record_progress(self.job_id, self.stage, self.progress):
+                raise JobStopped(f"the job was stopped during {self.stage}")
 
     def finish_query(self, result: dict[str, Any]):
         """The ``UPDATE`` that marks the row ``finished``; run it inside the job's final transaction."""
-        return Job.update(status=FINISHED, progress=100, stage=None, result=result, error=None, ended_at=utcnow()).where(
-            Job.id == self.job_id, Job.status == STARTED
-        )
+        return job_states.finish_query(self.job_id, result)
 
-    def mark_meta_finished(self) -> None:
-        """Set RQ meta to 100 % with no stage, after the row was marked ``finished``."""
+    def finished(self) -> None:
+        """After the final transaction committed: RQ meta to 100 %, then the terminal follow-ups
+        (the document's password is forgotten, the webhook sent)."""
         self.stage, self.progress = None, 100
         if self.rq_job is not None:
             self.rq_job.meta.update(stage=None, progress=100)
             self.rq_job.save_meta()
-
-    def fail(self, message: str) -> None:
-        """Mark the row ``failed`` with a human ``message`` (kept ≤ 1000 characters)."""
-        mark_job_failed(self.job_id, message)
+        job_states.after_terminal(self.job_id)

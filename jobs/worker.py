@@ -33,16 +33,18 @@ def check_queue_names(queue_names: tuple[str, ...] | list[str]) -> None:
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; Docket's queues are {', '.join(QUEUE_NAMES)}")
 
 
-def make_worker_pool(queue_names: tuple[str, ...] | list[str], concurrency: int) -> DocketWorkerPool:
+def make_worker_pool(queue_names: tuple[str, ...] | list[str], concurrency: int,
+                     reserved: int = 0) -> DocketWorkerPool:
     """A pool of ``concurrency`` worker processes on the current app's queues, listening in the
-    order given (``high`` before ``default``).
+    order given (``high`` before ``default``), plus ``reserved`` processes on the first queue
+    only (with more than one queue).
 
     Raises:
         click.BadParameter: a queue name is not one of Docket's.
     """
     check_queue_names(queue_names)
     return DocketWorkerPool(list(queue_names), connection=rq.connection, num_workers=concurrency,
-                            kill_grace=current_app.config["JOB_KILL_GRACE"])
+                            kill_grace=current_app.config["JOB_KILL_GRACE"], reserved=reserved)
 
 
 def configure_logging(level: str) -> None:
@@ -61,17 +63,25 @@ def configure_logging(level: str) -> None:
 @click.argument("queues", nargs=-1)
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None,
               help="Worker processes to run (default: WORKER_CONCURRENCY, one per core).")
+@click.option("--reserved", type=click.IntRange(min=0), default=None,
+              help="Further processes that take only the first queue's jobs (default: HIGH_QUEUE_WORKERS).")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 @click.option("--logging-level", default="INFO", show_default=True)
-def worker_command(queues, concurrency, burst, logging_level) -> None:
-    """Run a pool of workers on QUEUES (default: high then default)."""
+def worker_command(queues, concurrency, reserved, burst, logging_level) -> None:
+    """Run a pool of workers on QUEUES (default: high then default).
+
+    With several queues, HIGH_QUEUE_WORKERS (or --reserved) more processes listen on the first
+    one only, so a `high` job starts at once even while every other process runs a long job.
+    """
     level = logging_level.upper()
     configure_logging(level)
     queue_names = tuple(queues) or QUEUE_NAMES
     concurrency = concurrency or current_app.config["WORKER_CONCURRENCY"]
-    pool = make_worker_pool(queue_names, concurrency)
+    reserved = current_app.config["HIGH_QUEUE_WORKERS"] if reserved is None else reserved
+    pool = make_worker_pool(queue_names, concurrency, reserved)
     prepare_worker_process(current_app)
-    current_app.logger.info("worker pool of %d listening on %s", concurrency, ", ".join(queue_names))
+    current_app.logger.info("worker pool of %d listening on %s, %d more on %s only", concurrency,
+                            ", ".join(queue_names), pool.reserved, queue_names[0])
     pool.start(burst=burst, logging_level=level)
 
 

@@ -90,7 +90,8 @@ def test_unknown_ids_and_paths_are_404_json(client):
 
 
 def test_job_list_is_newest_first_with_a_cursor_and_filters(client):
-    job_ids = [upload(client, "minimal-document.pdf").get_json()["documents"][0]["job_id"] for _ in range(5)]
+    job_ids = [upload(client, "minimal-document.pdf", reprocess="true").get_json()["documents"][0]["job_id"]
+               for _ in range(5)]
     first = client.get("/api/jobs?limit=2").get_json()
     assert [j["id"] for j in first["jobs"]] == job_ids[::-1][:2]
     second = client.get(f"/api/jobs?limit=2&cursor={first['next']}").get_json()

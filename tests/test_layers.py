@@ -1,7 +1,8 @@
 """The layers stay as the README's architecture says: core ← HTTP edge, core ← job path.
 
-* the core (configuration, database, models and their transitions, queues, storage, embeddings,
-  file types, processes) imports neither the edge nor ``jobs``;
+* the core (configuration, database and migrations, models, the job protocol — registry,
+  launch, state machine, control —, queues, storage, embeddings, file types, processes)
+  imports neither the edge nor ``jobs``;
 * the HTTP edge (blueprints, errors, views, the upload path, CLI) never imports ``jobs``;
 * ``jobs`` imports only the core of ``webapp``.
 
@@ -17,8 +18,11 @@ import pytest
 
 from tests.conftest import ROOT
 
-CORE = {"webapp.config", "webapp.db", "webapp.models", "webapp.queues", "webapp.storage", "webapp.embeddings",
-        "webapp.filetypes", "webapp.processes", "webapp.embedded_redis"}
+CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "webapp.queues", "webapp.storage",
+        "webapp.embeddings", "webapp.filetypes", "webapp.processes", "webapp.embedded_redis",
+        # the job protocol: registry, launch, state machine, errors, control, webhooks
+        "webapp.job_kinds", "webapp.launch", "webapp.job_states", "webapp.job_errors", "webapp.job_control",
+        "webapp.webhooks"}
 
 
 def module_names(package: str) -> list[str]:

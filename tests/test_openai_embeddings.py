@@ -16,6 +16,7 @@ import json
 import random
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,7 @@ class LocalEmbeddingServer:
 
     url: str = ""
     mode: str = "ok"
+    delay: float = 0.0  # seconds each answer waits (a slow service keeps a job in its embed stage)
     requests: list[RecordedRequest] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _random: random.Random = field(default_factory=lambda: random.Random(1234))
@@ -98,6 +100,8 @@ class LocalEmbeddingServer:
         if not isinstance(inputs, list) or not all(isinstance(text, str) for text in inputs):
             return self._error(400, "'input' must be a string or a list of strings", "invalid_request_error",
                                None)(environ, start_response)
+        if self.delay:
+            time.sleep(self.delay)
         with self._lock:
             mode = self.mode
             if mode == "fail_once" and not self.requests:
@@ -395,6 +399,7 @@ def test_batches_reject_one_text_over_the_per_input_limit_and_accept_one_at_it()
 def test_a_failing_embedding_service_fails_the_job_with_a_readable_reason(
     app, openai_client, openai_server, run_worker, mode, extra_env, expected, requests
 ):
+    openai_client.application.config["DOCUMENT_JOB_RETRIES"] = 0  # the job's own retries are tested elsewhere
     document = upload(openai_client, "minimal-document.pdf").get_json()["documents"][0]
     env = openai_worker_env(openai_server, **extra_env)
     if mode == "unreachable":
@@ -405,6 +410,9 @@ def test_a_failing_embedding_service_fails_the_job_with_a_readable_reason(
 
     job = openai_client.get(document["status_url"]).get_json()
     assert job["status"] == "failed" and job["rq_status"] == "failed", job
+    # A 401 will repeat (permanent); a 500 or an unreachable service may pass (transient: retried
+    # when the kind allows, DOCUMENT_JOB_RETRIES is 0 here).
+    assert job["error_code"] == ("embedding_failed" if "HTTP 401" in expected else "embedding_unavailable")
     error = job["error"]
     assert error.startswith("embedding failed: ")
     for text in expected:

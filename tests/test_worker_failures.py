@@ -42,10 +42,13 @@ def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis
     assert rq_job.get_status(refresh=True).value == "failed"
     assert worker.poll() is None  # the worker command (the pool) survives
 
-    # The pool replaced the dead process (one per core, WORKER_CONCURRENCY) and still serves jobs.
+    # The pool replaced the dead process (WORKER_CONCURRENCY, one per core, plus HIGH_QUEUE_WORKERS)
+    # and still serves jobs.
+    expected = app.config["WORKER_CONCURRENCY"] + app.config["HIGH_QUEUE_WORKERS"]
+
     def live_worker_pids():
         pids = {w.pid for w in Worker.all(connection=redis)}
-        return pids if len(pids) == app.config["WORKER_CONCURRENCY"] and pid not in pids else None
+        return pids if len(pids) == expected and pid not in pids else None
 
     wait_for(live_worker_pids, 60, "the pool to replace the killed worker process")
     second = Queue("default", connection=redis).enqueue("tests.jobs_for_tests.report_pid_and_sleep", 0)

@@ -26,7 +26,7 @@ def _finished(job, deadline_s: float = 60):
 
 
 def test_worker_processes_start_with_parsers_and_embedder_loaded(redis, start_worker):
-    start_worker(WORKER_CONCURRENCY="3")
+    start_worker(WORKER_CONCURRENCY="3", HIGH_QUEUE_WORKERS="0")
     wait_for(lambda: Worker.count(connection=redis) == 3, 60, "three worker processes")
     # The first job of a fresh process: whatever it finds loaded was loaded before the fork.
     answer = _finished(Queue("default", connection=redis).enqueue("tests.jobs_for_tests.describe_process"))
@@ -36,7 +36,7 @@ def test_worker_processes_start_with_parsers_and_embedder_loaded(redis, start_wo
 
 def test_a_process_over_its_memory_limit_is_replaced_after_its_job(redis, start_worker):
     # 1 MB is below any Python process's peak, so every process leaves after one job.
-    start_worker(WORKER_CONCURRENCY="1", WORKER_MAX_MEMORY="1")
+    start_worker(WORKER_CONCURRENCY="1", WORKER_MAX_MEMORY="1", HIGH_QUEUE_WORKERS="0")
     queue = Queue("default", connection=redis)
     pids = [_finished(queue.enqueue("tests.jobs_for_tests.describe_process"))["pid"] for _ in range(3)]
     assert len(set(pids)) == 3, pids

@@ -1,14 +1,17 @@
-"""The JSON API under ``/api``: upload documents, follow jobs, read documents, search."""
+"""The JSON API under ``/api``: upload documents, follow and control jobs, batches, reports, search."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from webapp.documents import accept_uploads, document_to_dict, read_upload
+from webapp.documents import accept_uploads, batch_to_dict, document_to_dict, read_upload
 from webapp.embeddings import EmbeddingError
 from webapp.errors import ApiError
+from webapp.job_control import cancel_job
+from webapp.job_states import JobStateError
 from webapp.job_status import job_to_dict, list_jobs
-from webapp.models import Document, Job
+from webapp.launch import QueueUnavailable, relaunch
+from webapp.models import Batch, Document, Job
 from webapp.search import search_chunks
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -29,25 +32,56 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def _flag(name: str) -> bool:
+    raw = (request.form.get(name) or request.args.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ApiError(400, f"invalid_{name}", f"'{name}' must be true or false.")
+
+
 @bp.post("/documents")
 def upload_documents():
-    """Accept one or more files (parts named ``file``) and an optional ``password``; 202 with job links."""
+    """Accept one or more files (parts named ``file``) as one batch; 202 with job and batch links.
+
+    Form fields: ``password`` (encrypted PDFs), ``reprocess`` (``true``: process again even if the
+    same bytes were uploaded before), ``callback_url`` (webhook for each job's final state).
+    A file whose bytes match a document that finished or is in flight is not processed again:
+    its entry has ``"duplicate": true`` and points at that document and its job.
+    """
     files = request.files.getlist("file")
-    password = request.form.get("password") or None
-    documents = accept_uploads([read_upload(f) for f in files if f], password=password)
+    result = accept_uploads(
+        [read_upload(f) for f in files if f],
+        password=request.form.get("password") or None,
+        reprocess=_flag("reprocess"),
+        callback_url=request.form.get("callback_url") or None,
+    )
     body = {
+        "batch_id": result.batch_id,
+        "batch_url": url_for("api.get_batch", batch_id=result.batch_id) if result.batch_id else None,
         "documents": [
             {
-                "id": document.id,
-                "filename": document.filename,
-                "job_id": document.job_id,
-                "status_url": url_for("api.get_job", job_id=document.job_id),
-                "document_url": url_for("api.get_document", document_id=document.id),
+                "id": accepted.document.id,
+                "filename": accepted.document.filename,
+                "job_id": accepted.document.job_id,
+                "duplicate": accepted.duplicate,
+                "status_url": url_for("api.get_job", job_id=accepted.document.job_id),
+                "document_url": url_for("api.get_document", document_id=accepted.document.id),
             }
-            for document in documents
-        ]
+            for accepted in result.files
+        ],
     }
     return jsonify(body), 202
+
+
+@bp.get("/batches/<batch_id>")
+def get_batch(batch_id: str):
+    """One upload's documents: totals by status, overall progress (0–100 %), the documents."""
+    batch = Batch.get_or_none(Batch.id == batch_id)
+    if batch is None:
+        raise ApiError(404, "batch_not_found", f"There is no batch with id {batch_id}.")
+    return jsonify(batch_to_dict(batch))
 
 
 @bp.get("/documents")
@@ -75,6 +109,34 @@ def get_job(job_id: str):
     if job is None:
         raise ApiError(404, "job_not_found", f"There is no job with id {job_id}.")
     return jsonify(job_to_dict(job))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    """Cancel a queued or scheduled job, or stop a running one: 200 with the job; 404; 409
+    ``job_not_cancelable`` when it already ended."""
+    try:
+        job = cancel_job(job_id)
+    except JobStateError as exc:
+        if exc.status is None:
+            raise ApiError(404, "job_not_found", str(exc)) from None
+        raise ApiError(409, "job_not_cancelable", str(exc)) from None
+    return jsonify(job_to_dict(job))
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry(job_id: str):
+    """Launch a failed, stopped or canceled job again from its parameters: 202 with the job;
+    404; 409 ``job_not_retryable`` for a job in any other state; 503 when Redis is down."""
+    try:
+        job = relaunch(job_id)
+    except JobStateError as exc:
+        if exc.status is None:
+            raise ApiError(404, "job_not_found", str(exc)) from None
+        raise ApiError(409, "job_not_retryable", str(exc)) from None
+    except QueueUnavailable as exc:
+        raise ApiError(503, "queue_unavailable", str(exc)) from exc
+    return jsonify(job_to_dict(job)), 202
 
 
 @bp.get("/jobs")

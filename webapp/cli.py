@@ -44,10 +44,11 @@ def collect_files(paths: tuple[str, ...]) -> list[Path]:
 @click.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--password", default=None, help="Password for encrypted PDFs (used for every file).")
+@click.option("--reprocess", is_flag=True, help="Process files again even if the same bytes were uploaded before.")
 @click.option("--no-wait", is_flag=True, help="Only enqueue; do not wait for the jobs to end.")
 @click.option("--timeout", default=1800, show_default=True, type=int, help="Seconds to wait for the jobs before giving up.")
 @with_appcontext
-def ingest_command(paths: tuple[str, ...], password: str | None, no_wait: bool, timeout: int) -> None:
+def ingest_command(paths: tuple[str, ...], password: str | None, reprocess: bool, no_wait: bool, timeout: int) -> None:
     """Upload the documents at PATHS (files or folders) and follow their jobs.
 
     Shows a progress bar until every job has ended, then a summary table. Exits with status 1
@@ -61,8 +62,8 @@ def ingest_command(paths: tuple[str, ...], password: str | None, no_wait: bool, 
     with connection():
         for path in collect_files(paths):
             try:
-                (document,) = accept_uploads([read_path(path)], password=password)
-                accepted.append((path, document))
+                result = accept_uploads([read_path(path)], password=password, reprocess=reprocess)
+                accepted.append((path, result.files[0].document))
             except ApiError as exc:
                 rejected.append((path, exc.message))
                 if exc.status >= 500:

@@ -23,6 +23,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    return None if raw is None or raw.strip() == "" else _int(env, name, 0)
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -88,12 +93,28 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # two per core with remote embeddings, where each job also waits on the network.
         "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY",
                                    default_worker_concurrency(remote_embeddings=bool(env.get("OPENAI_API_KEY")))),
+        # Worker processes, beside WORKER_CONCURRENCY, that take only `high` jobs (reports, webhooks): they
+        # start at once while every other process runs a long document job.
+        "HIGH_QUEUE_WORKERS": _int(env, "HIGH_QUEUE_WORKERS", 1),
         # Megabytes of peak memory after which a worker process is replaced once its job ends.
         "WORKER_MAX_MEMORY": _int(env, "WORKER_MAX_MEMORY", 512),
         # Seconds past a job's timeout before the pool kills a process stuck in native code.
         "JOB_KILL_GRACE": _int(env, "JOB_KILL_GRACE", 60),
         # Seconds a document job may run before RQ stops it (JobTimeoutException).
         "DOCUMENT_JOB_TIMEOUT": _int(env, "DOCUMENT_JOB_TIMEOUT", 600),
+        # Seconds a report job may run; seconds a webhook delivery job may run.
+        "REPORT_JOB_TIMEOUT": _int(env, "REPORT_JOB_TIMEOUT", 300),
+        "WEBHOOK_JOB_TIMEOUT": _int(env, "WEBHOOK_JOB_TIMEOUT", 60),
+        # Key of the webhooks' HMAC-SHA256 signature (X-Docket-Signature); SECRET_KEY when unset.
+        "WEBHOOK_SECRET": env.get("WEBHOOK_SECRET") or env.get("SECRET_KEY", "dev-only-secret-change-me"),
+        # Seconds one webhook POST may take (connect + answer) before it counts as failed.
+        "WEBHOOK_TIMEOUT": _int(env, "WEBHOOK_TIMEOUT", 10),
+        # Automatic retries of transient failures per job kind (default: the registry's,
+        # webapp/job_kinds.py), and a cap in seconds on every retry delay.
+        "DOCUMENT_JOB_RETRIES": _optional_int(env, "DOCUMENT_JOB_RETRIES"),
+        "REPORT_JOB_RETRIES": _optional_int(env, "REPORT_JOB_RETRIES"),
+        "WEBHOOK_JOB_RETRIES": _optional_int(env, "WEBHOOK_JOB_RETRIES"),
+        "RETRY_MAX_DELAY": _optional_int(env, "RETRY_MAX_DELAY"),
         # Seconds RQ keeps a finished / failed job in Redis; the database row stays.
         "JOB_RESULT_TTL": _int(env, "JOB_RESULT_TTL", 24 * 3600),
         "JOB_FAILURE_TTL": _int(env, "JOB_FAILURE_TTL", 7 * 24 * 3600),
@@ -117,6 +138,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError("EMBEDDING_BATCH_SIZE must be between 1 and 2048 (OpenAI's limit per request)")
     if config["WORKER_CONCURRENCY"] < 1:
         raise ValueError("WORKER_CONCURRENCY must be at least 1")
+    if config["HIGH_QUEUE_WORKERS"] < 0:
+        raise ValueError("HIGH_QUEUE_WORKERS must not be negative")
     if config["WORKER_MAX_MEMORY"] < 0 or config["JOB_KILL_GRACE"] < 0:
         raise ValueError("WORKER_MAX_MEMORY and JOB_KILL_GRACE must not be negative")
     if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:

@@ -27,7 +27,17 @@ OPENAI_MAX_TOKENS_PER_INPUT = 8192
 
 
 class EmbeddingError(Exception):
-    """The embedding service refused or failed; ``str(exc)`` is a human sentence."""
+    """The embedding service refused or failed; ``str(exc)`` is a human sentence.
+
+    Attributes:
+        transient: ``True`` for failures that may pass (HTTP 408/409/429/5xx, timeouts, an
+            unreachable service), after the client's own retries; ``False`` for a refusal
+            that will repeat (401, 400, a malformed answer).
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Embedder(Protocol):
@@ -176,11 +186,13 @@ class OpenAIEmbedder:
                 )
             except openai.APIStatusError as exc:
                 raise EmbeddingError(
-                    f"the embedding service answered HTTP {exc.status_code}: {_api_message(exc)}"
+                    f"the embedding service answered HTTP {exc.status_code}: {_api_message(exc)}",
+                    transient=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
                 ) from exc
-            except openai.APIConnectionError as exc:
+            except openai.APIConnectionError as exc:  # also APITimeoutError
                 raise EmbeddingError(
-                    f"the embedding service at {self._client.base_url} could not be reached: {exc}"
+                    f"the embedding service at {self._client.base_url} could not be reached: {exc}",
+                    transient=True,
                 ) from exc
             data = sorted(response.data, key=lambda item: item.index)
             if len(data) != stop - start:

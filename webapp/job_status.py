@@ -37,12 +37,18 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "stage": stage,
         "result": job.result,
         "error": job.error,
+        "error_code": job.error_code,
+        "params": job.params,
         "attempts": job.attempts,
         "created_at": isoformat(job.created_at),
         "enqueued_at": isoformat(job.enqueued_at),
         "started_at": isoformat(job.started_at),
         "ended_at": isoformat(job.ended_at),
+        "retry_at": isoformat(job.retry_at),
+        "updated_at": isoformat(job.updated_at),
         "document_id": job.document_id,
+        "batch_id": job.batch_id,
+        "webhook": job.webhook,
     }
 
 

@@ -27,7 +27,7 @@ from peewee import (
 )
 from rq.job import JobStatus
 
-from webapp.db import connection, db
+from webapp.db import db
 
 TERMINAL_STATUSES = frozenset(
     {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
@@ -193,23 +193,3 @@ def _select_by_id_sql(model: type[Model], database_class: type) -> str:
     sql, params = model.select().where(model.id == "?").sql()
     assert params == ["?"], params  # exactly one bound parameter: the id
     return sql
-
-
-def mark_job_failed(job_id: str, message: str) -> bool:
-    """Mark job ``job_id`` failed with a human ``message`` (≤ 1000 characters kept) unless it
-    already ended, and forget its document's password.
-
-    Used by the upload path (Redis refused the job), the job itself and the worker pool (a worker
-    process died mid-job); opens a database connection only if none is open and closes it again.
-    Returns whether a row changed.
-    """
-    with connection() as database, database.atomic():
-        updated = (
-            Job.update(status=JobStatus.FAILED.value, error=message[:1000], ended_at=utcnow())
-            .where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED.value, JobStatus.STARTED.value)))
-            .execute()
-        )
-        document_id = Job.select(Job.document).where(Job.id == job_id).scalar()
-        if document_id:
-            Document.update(password=None).where(Document.id == document_id).execute()
-    return bool(updated)

@@ -18,7 +18,16 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-./]{0,200}$")
 
 
 class StorageError(Exception):
-    """The storage could not store or return the bytes of a key."""
+    """The storage could not store or return the bytes of a key.
+
+    Attributes:
+        transient: ``False`` when the key does not exist (trying again will not help),
+            ``True`` when the storage itself failed (a full disk, an unreachable mount).
+    """
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Storage(Protocol):
@@ -66,7 +75,7 @@ class LocalStorage:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise StorageError(f"the stored upload {key} is missing") from None
+            raise StorageError(f"the stored file {key} is missing", transient=False) from None
         except OSError as exc:
             raise StorageError(f"could not read {key}: {exc.strerror}") from exc
 

@@ -1,0 +1,235 @@
+"""The job state machine: every status change of a Job row, in one place.
+
+Status words are RQ's (:class:`rq.job.JobStatus`). A change is one guarded
+``UPDATE … SET status = <to>, updated_at = now … WHERE id = ? AND status IN (<allowed from>)``,
+so a late or duplicate delivery (RQ delivers at least once), a cancel racing a start, or the
+worker, the web process and the scheduler acting at once can never move a row backwards::
+
+    queued ──▶ started ──▶ finished
+      │  ▲        │ ├────▶ failed ───┐
+      │  │        │ └────▶ stopped ──┤  retry (a user): ──▶ queued
+      │  │        ▼                  │
+      │  └── scheduled (automatic retry after a transient failure)
+      ├────────────────────▶ canceled ┘
+      └────────────────────▶ failed   (Redis refused the job)
+
+The web process (cancel, retry), the worker (start, progress, finish, fail) and RQ's callbacks
+(:func:`on_job_failure`, :func:`on_job_stopped`, also run by RQ's abandoned-job cleanup) all
+use these functions. Entering a terminal state forgets the document's PDF password and sends
+the job's webhook, if it has one.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq.job import JobStatus
+
+from webapp.db import connection
+from webapp.job_errors import JobError, JobStopped, WorkerProcessDied
+from webapp.models import TERMINAL_STATUSES, Document, Job, utcnow
+
+log = logging.getLogger(__name__)
+
+QUEUED, STARTED, FINISHED = JobStatus.QUEUED.value, JobStatus.STARTED.value, JobStatus.FINISHED.value
+FAILED, STOPPED, CANCELED = JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value
+SCHEDULED, DEFERRED = JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value
+
+TERMINAL = TERMINAL_STATUSES
+WAITING = frozenset({QUEUED, SCHEDULED, DEFERRED})  # not running yet: canceled, not stopped
+
+# target status → the statuses a row may have to move there.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    # RQ delivers at least once and may run a job again after its worker died, so a job may
+    # start again from started/failed/finished (a second run replaces the first one's output);
+    # never after a cancel or a stop.
+    STARTED: frozenset({QUEUED, SCHEDULED, DEFERRED, STARTED, FAILED, FINISHED}),
+    FINISHED: frozenset({STARTED}),
+    FAILED: frozenset({QUEUED, SCHEDULED, DEFERRED, STARTED}),
+    STOPPED: frozenset({STARTED}),
+    CANCELED: WAITING,
+    SCHEDULED: frozenset({STARTED}),  # a transient failure, waiting for its automatic retry
+    QUEUED: frozenset({FAILED, STOPPED, CANCELED}),  # retried on request
+}
+
+MAX_ERROR = 1000  # characters of an error sentence kept on the row
+
+
+class JobStateError(Exception):
+    """A requested change is not allowed from the row's current status (or there is no row).
+
+    Attributes:
+        status: the row's status, ``None`` when there is no row.
+    """
+
+    def __init__(self, message: str, status: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def transition(job_id: str, to: str, **fields: Any) -> bool:
+    """Move row ``job_id`` to status ``to`` if its current status allows it (:data:`TRANSITIONS`).
+
+    Args:
+        job_id: the Job row (= RQ job id).
+        to: the target status word.
+        **fields: other columns to set in the same ``UPDATE``.
+
+    Returns:
+        Whether the row changed (``False``: no row, or a status that does not allow ``to``).
+    """
+    updated = (
+        Job.update(status=to, updated_at=utcnow(), **fields)
+        .where(Job.id == job_id, Job.status.in_(tuple(TRANSITIONS[to])))
+        .execute()
+    )
+    return bool(updated)
+
+
+def mark_started(job_id: str) -> bool:
+    """``→ started``: count the attempt, clear the previous one's error and progress.
+
+    Returns ``False`` if the job must not run (canceled, stopped, or no row).
+    """
+    return transition(job_id, STARTED, started_at=utcnow(), ended_at=None, error=None, error_code=None,
+                      stage=None, progress=0, retry_at=None, attempts=Job.attempts + 1)
+
+
+def record_progress(job_id: str, stage: str | None, progress: int) -> bool:
+    """Persist a running job's ``stage`` and ``progress`` (0–100 %).
+
+    Returns:
+        ``False`` when the row is no longer ``started`` (canceled, stopped, ended elsewhere):
+        the job must stop at this point.
+    """
+    updated = (
+        Job.update(stage=stage, progress=progress, updated_at=utcnow())
+        .where(Job.id == job_id, Job.status == STARTED)
+        .execute()
+    )
+    return bool(updated)
+
+
+def finish_query(job_id: str, result: dict[str, Any]):
+    """The ``UPDATE`` that marks the row ``finished`` with ``result``; run it in the job's final
+    transaction and roll back when it changes no row. Call :func:`after_terminal` after the commit."""
+    now = utcnow()
+    return Job.update(status=FINISHED, progress=100, stage=None, result=result, error=None, error_code=None,
+                      ended_at=now, updated_at=now).where(Job.id == job_id, Job.status.in_(tuple(TRANSITIONS[FINISHED])))
+
+
+def mark_failed(job_id: str, message: str, code: str) -> bool:
+    """``→ failed`` with a human ``message`` (≤ 1000 characters kept) and a machine ``code``.
+    Opens a database connection if none is open. Returns whether the row changed."""
+    return _end(job_id, FAILED, message, code)
+
+
+def mark_stopped(job_id: str, message: str = "the job was stopped on request", code: str = "stopped") -> bool:
+    """``started → stopped``. Returns whether the row changed."""
+    return _end(job_id, STOPPED, message, code)
+
+
+def mark_canceled(job_id: str) -> bool:
+    """``queued/scheduled/deferred → canceled``. Returns whether the row changed."""
+    return _end(job_id, CANCELED, "the job was canceled before it ran", "canceled")
+
+
+def mark_scheduled(job_id: str, message: str, code: str, retry_at: datetime) -> bool:
+    """``started → scheduled``: a transient failure; RQ retries the job at ``retry_at`` (UTC).
+    The row keeps the error that caused it. Returns whether the row changed."""
+    with connection():
+        return transition(job_id, SCHEDULED, error=message[:MAX_ERROR], error_code=code, retry_at=retry_at,
+                          stage=None)
+
+
+def mark_requeued(job_id: str) -> bool:
+    """``failed/stopped/canceled → queued`` for a retry on request; the row keeps ``attempts``.
+    Returns whether the row changed."""
+    return transition(job_id, QUEUED, error=None, error_code=None, result=None, stage=None, progress=0,
+                      started_at=None, ended_at=None, enqueued_at=None, retry_at=None, webhook=None)
+
+
+def _end(job_id: str, to: str, message: str, code: str) -> bool:
+    with connection() as database:
+        with database.atomic():
+            changed = transition(job_id, to, error=message[:MAX_ERROR], error_code=code, ended_at=utcnow(),
+                                 retry_at=None)
+        if changed:
+            after_terminal(job_id)
+    return changed
+
+
+def after_terminal(job_id: str) -> None:
+    """What follows a row's entering a terminal state: forget the document's PDF password and,
+    if the job has a ``callback_url``, launch its webhook delivery. Never raises (logged)."""
+    try:
+        row = Job.select(Job.document, Job.callback_url).where(Job.id == job_id).first()
+        if row is None:
+            return
+        if row.document_id:
+            Document.update(password=None).where(Document.id == row.document_id, Document.password.is_null(False)).execute()
+        if row.callback_url:
+            from webapp.launch import launch
+
+            launch("webhook", {"job_id": job_id})
+    except Exception:
+        log.exception("job %s: follow-up of its terminal state failed", job_id)
+
+
+# RQ callbacks, registered by webapp.launch on every job. RQ imports them by dotted path in the
+# worker (jobs run inside the app context there) and in its abandoned-job cleanup.
+
+def on_job_failure(rq_job, connection_, exc_type, exc_value, traceback) -> None:
+    """RQ ``on_failure`` callback: record why the job failed on its row.
+
+    Called by the worker after the job raised (before RQ decides on a retry), by
+    ``StartedJobRegistry.cleanup`` for an abandoned job (:class:`rq.exceptions.AbandonedJobError`,
+    its worker vanished) and by Docket's worker pool when a worker process died.
+
+    A transient failure with retries left moves the row to ``scheduled`` (RQ's ``Retry``
+    enqueues the job again after the next delay); anything else is final: the row is ``failed``
+    (or ``stopped``) and RQ's remaining retries are cleared, so a permanent failure (encrypted
+    without password, damaged, unsupported) is never retried.
+    """
+    code, message, transient = describe_failure(exc_type, exc_value)
+    if code == "stopped":
+        rq_job.retries_left = 0
+        mark_stopped(rq_job.id, message)
+        return
+    if transient and rq_job.retries_left:
+        delay = rq_job.get_retry_interval()
+        if mark_scheduled(rq_job.id, message, code, retry_at=utcnow() + timedelta(seconds=delay)):
+            return
+    rq_job.retries_left = 0  # RQ must not retry what the row says is over
+    mark_failed(rq_job.id, message, code)
+
+
+def on_job_stopped(rq_job, connection_) -> None:
+    """RQ ``on_stopped`` callback (RQ's stop-job command): the row follows to ``stopped``."""
+    mark_stopped(rq_job.id)
+
+
+def describe_failure(exc_type, exc_value) -> tuple[str, str, bool]:
+    """``(error_code, human sentence, transient)`` for an exception a job ended with."""
+    from rq.exceptions import AbandonedJobError
+    from rq.timeouts import JobTimeoutException
+
+    if isinstance(exc_value, JobStopped) or (exc_type is not None and issubclass(exc_type, JobStopped)):
+        return "stopped", getattr(exc_value, "message", None) or JobStopped().message, False
+    if isinstance(exc_value, JobError):
+        return exc_value.code, exc_value.message, exc_value.transient
+    if exc_type is not None and issubclass(exc_type, AbandonedJobError):
+        died = WorkerProcessDied("the worker running this job stopped answering (it was killed or lost)")
+        return died.code, died.message, died.transient
+    if isinstance(exc_value, JobTimeoutException):
+        return "timeout", f"the job took longer than its time limit: {exc_value}", False
+    if isinstance(exc_value, (peewee.OperationalError, peewee.InterfaceError)):
+        return "database_unavailable", f"the database was unavailable: {exc_value}", True
+    if isinstance(exc_value, RedisConnectionError):
+        return "queue_unavailable", f"Redis was unavailable: {exc_value}", True
+    name = exc_type.__name__ if exc_type else "error"
+    return "internal_error", f"unexpected error: {name}: {exc_value}", False

@@ -1,0 +1,161 @@
+"""The one way a job starts: :func:`launch` (or :func:`new_job` + :func:`enqueue_jobs` for many).
+
+Every producer — an upload (:func:`new_job` for each file, then :func:`enqueue_jobs` for them
+all), a report request, a webhook, a retry on request, and later the scheduler and reconcile —
+goes through here, in the job protocol's order:
+
+1. the Job row is committed, with ``params``: the job function's JSON keyword arguments, so
+   the row alone is enough to enqueue the job again;
+2. the RQ job is enqueued with job id = row id, the kind's queue, time limit, TTLs, a jittered
+   ``Retry`` for transient failures and the state machine's ``on_failure``/``on_stopped``
+   callbacks (:mod:`webapp.job_states`) — several jobs in one Redis ``MULTI``/``EXEC``
+   pipeline, all or none;
+3. the rows get ``enqueued_at``.
+
+If Redis refuses, the rows are marked ``failed`` (``queue_unavailable``) and
+:class:`QueueUnavailable` is raised: no row is left saying ``queued`` forever.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app
+from redis.exceptions import RedisError
+from rq import Callback, Queue, Retry
+
+from webapp.db import db
+from webapp.job_kinds import get_kind
+from webapp.job_states import FAILED, mark_failed, mark_requeued
+from webapp.models import Job, new_id, utcnow
+from webapp.queues import rq
+
+ON_FAILURE = Callback("webapp.job_states.on_job_failure")
+ON_STOPPED = Callback("webapp.job_states.on_job_stopped")
+QUEUE_UNAVAILABLE = "The job queue (Redis) is unavailable, so the job could not be queued; try again later."
+
+
+class QueueUnavailable(Exception):
+    """Redis refused or could not be reached; the rows were marked ``failed``."""
+
+
+def new_job(kind: str, params: dict[str, Any], *, job_id: str | None = None, document_id: str | None = None,
+            batch_id: str | None = None, callback_url: str | None = None) -> Job:
+    """An unsaved Job row for ``kind`` with ``params``; save it, then pass it to :func:`enqueue_jobs`.
+
+    For producers that create other rows in the same transaction (an upload creates the
+    documents and their jobs together); others use :func:`launch`.
+
+    Raises:
+        UnknownJobKind: ``kind`` is not in the registry.
+        TypeError: ``params`` is not JSON-serialisable.
+    """
+    json.dumps(params)  # fail here, not in a worker
+    return Job(id=job_id or new_id(), kind=kind, queue=get_kind(kind).queue, params=params, document=document_id,
+               batch_id=batch_id, callback_url=callback_url, updated_at=utcnow())
+
+
+def launch(kind: str, params: dict[str, Any], **row_fields: Any) -> Job:
+    """Commit a row for a job of ``kind`` and enqueue it.
+
+    Args:
+        kind: a name in :data:`webapp.job_kinds.JOB_KINDS`.
+        params: the job function's keyword arguments (JSON values).
+        **row_fields: ``job_id``, ``document_id``, ``batch_id``, ``callback_url`` (see :func:`new_job`).
+
+    Returns:
+        The row, enqueued.
+
+    Raises:
+        QueueUnavailable: Redis refused (the row is marked ``failed``).
+    """
+    job = new_job(kind, params, **row_fields)
+    with db.database.atomic():
+        job.save(force_insert=True)
+    enqueue_jobs([job])
+    return job
+
+
+def relaunch(job_id: str) -> Job:
+    """Enqueue a failed, stopped or canceled job again from its row's ``params`` (same row and
+    id; ``attempts`` keeps counting).
+
+    Raises:
+        JobStateError: there is no row, or its status is not failed/stopped/canceled.
+        QueueUnavailable: Redis refused (the row is marked ``failed`` again).
+    """
+    from webapp.job_states import JobStateError
+
+    job = Job.find(job_id)
+    if job is None:
+        raise JobStateError(f"There is no job with id {job_id}.", None)
+    if not mark_requeued(job_id):
+        job = Job.find(job_id)
+        raise JobStateError(
+            f"Job {job_id} is {job.status}; only failed, stopped or canceled jobs can be retried.", job.status
+        )
+    job = Job.find(job_id)
+    enqueue_jobs([job], replace=True)
+    return job
+
+
+def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
+    """Enqueue committed rows in one Redis transaction (all or none) and stamp ``enqueued_at``.
+
+    Args:
+        jobs: committed rows with ``kind`` and ``params``.
+        replace: delete RQ's earlier record of each job first (a retry reuses the job id).
+
+    Raises:
+        RuntimeError: called inside a database transaction — a worker could dequeue the job
+            before the row it reads is committed.
+        QueueUnavailable: Redis refused; every row is marked ``failed`` (``queue_unavailable``).
+    """
+    if not jobs:
+        return
+    if db.database.in_transaction():
+        raise RuntimeError("enqueue_jobs must run after the rows are committed, outside a transaction")
+    config = current_app.config
+    by_queue: dict[str, list] = {}
+    for job in jobs:
+        kind = get_kind(job.kind)
+        retry = kind.retry_policy(config)
+        by_queue.setdefault(job.queue, []).append(Queue.prepare_data(
+            kind.function,
+            kwargs=job.params or {},
+            job_id=job.id,
+            timeout=kind.timeout(config),
+            result_ttl=config[kind.result_ttl_setting],
+            failure_ttl=config[kind.failure_ttl_setting],
+            description=describe(job),
+            meta={"stage": None, "progress": 0, "kind": job.kind},
+            retry=Retry(max=retry.max_retries, interval=retry.delays()) if retry.max_retries else None,
+            on_failure=ON_FAILURE,
+            on_stopped=ON_STOPPED,
+        ))
+    try:
+        if replace:
+            from rq.job import Job as RQJob
+
+            for job in jobs:
+                try:
+                    RQJob.fetch(job.id, connection=rq.connection).delete()
+                except Exception:  # noqa: BLE001 — NoSuchJobError: RQ had forgotten it already
+                    pass
+        with rq.connection.pipeline() as pipeline:  # MULTI … EXEC: every job or none
+            for queue_name, datas in by_queue.items():
+                rq.get_queue(queue_name).enqueue_many(datas, pipeline=pipeline)
+            pipeline.execute()
+    except RedisError as exc:
+        current_app.logger.error("enqueueing %d job(s) failed: %s", len(jobs), exc)
+        for job in jobs:
+            mark_failed(job.id, QUEUE_UNAVAILABLE, "queue_unavailable")
+        raise QueueUnavailable(QUEUE_UNAVAILABLE) from exc
+    Job.update(enqueued_at=utcnow()).where(Job.id.in_([job.id for job in jobs]), Job.status != FAILED).execute()
+
+
+def describe(job: Job) -> str:
+    """RQ's job description (shown by rq-dashboard): kind and parameters, shortened."""
+    params = ", ".join(f"{key}={value}" for key, value in (job.params or {}).items())
+    return f"{job.kind}({params})"[:200]
