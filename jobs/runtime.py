@@ -293,7 +293,9 @@ def prepare_worker_process(app: Flask) -> float:
         Seconds it took.
     """
     started = time.perf_counter()
-    import jobs.documents  # noqa: F401  (the document job's own module)
+    import jobs.documents  # noqa: F401  (the job modules)
+    import jobs.reports  # noqa: F401
+    import jobs.webhooks  # noqa: F401
     from jobs.chunking import chunk_pages
     from jobs.errors import DocumentError
     from jobs.extract import extract

@@ -11,7 +11,10 @@ from webapp.job_control import cancel_job
 from webapp.job_states import JobStateError
 from webapp.job_status import job_to_dict, list_jobs
 from webapp.launch import QueueUnavailable, relaunch
-from webapp.models import Batch, Document, Job
+from webapp.models import Batch, Document, Job, Report
+from webapp.report_files import CONTENT_TYPES, FORMATS
+from webapp.reports import report_to_dict, request_report
+from webapp.storage import StorageError, storage_from_config
 from webapp.search import search_chunks
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -150,6 +153,62 @@ def get_jobs():
         cursor=request.args.get("cursor") or None,
     )
     return jsonify({"jobs": [job_to_dict(job) for job in jobs], "next": next_cursor})
+
+
+@bp.post("/reports")
+def create_report():
+    """Request a report: JSON ``{"type": "activity"|"documents", "params": {...}}`` → 202
+    ``{"id", "job_id", "status_url", "report_url"}``; the job runs on the ``high`` queue."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", 'Send a JSON object such as {"type": "activity", "params": {}}.')
+    report = request_report(body.get("type"), body.get("params"))
+    return jsonify({
+        "id": report.id,
+        "job_id": report.job_id,
+        "status_url": url_for("api.get_job", job_id=report.job_id),
+        "report_url": url_for("api.get_report", report_id=report.id),
+    }), 202
+
+
+def _report_or_404(report_id: str) -> Report:
+    report = Report.get_or_none(Report.id == report_id)
+    if report is None:
+        raise ApiError(404, "report_not_found", f"There is no report with id {report_id}.")
+    return report
+
+
+@bp.get("/reports/<report_id>")
+def get_report(report_id: str):
+    """One report: its job's status and progress, and download links once it finished."""
+    return jsonify(report_to_dict(_report_or_404(report_id)))
+
+
+@bp.get("/reports/<report_id>/download")
+def download_report(report_id: str):
+    """The report file in ``format`` (html, csv, json, pdf; default html): 404 until it finished,
+    409 ``report_failed`` with the reason when its job failed, stopped or was canceled."""
+    report = _report_or_404(report_id)
+    fmt = request.args.get("format", "html")
+    if fmt not in FORMATS:
+        raise ApiError(400, "invalid_format", f"'format' must be one of {', '.join(FORMATS)}.")
+    job = Job.find(report.job_id) if report.job_id else None
+    if job is not None and job.status in ("failed", "stopped", "canceled"):
+        raise ApiError(409, "report_failed", f"The report was not made: {job.error or job.status}.")
+    if job is None or job.status != "finished" or not report.files or fmt not in report.files:
+        raise ApiError(404, "report_not_ready", "The report is not ready yet; follow its status_url.")
+    try:
+        data = storage_from_config(current_app.config).get(report.files[fmt])
+    except StorageError as exc:
+        raise ApiError(404 if not exc.transient else 503, "report_file_unavailable",
+                       f"The report file could not be read: {exc}.") from exc
+    disposition = "inline" if fmt == "html" else "attachment"
+    response = current_app.response_class(data, mimetype=CONTENT_TYPES[fmt].split(";")[0],
+                                          content_type=CONTENT_TYPES[fmt])
+    response.headers["Content-Disposition"] = f'{disposition}; filename="docket-{report.type}-{report.id}.{fmt}"'
+    if fmt == "html":  # the report page embeds its chart and style; it needs nothing else
+        response.headers["Content-Security-Policy"] = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    return response
 
 
 @bp.get("/search")

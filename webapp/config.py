@@ -126,6 +126,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "EMBEDDING_MODEL": env.get("EMBEDDING_MODEL", "text-embedding-3-small"),
         # Inputs per embeddings request: OpenAI accepts up to 2048; some compatible servers fewer.
         "EMBEDDING_BATCH_SIZE": _int(env, "EMBEDDING_BATCH_SIZE", 2048),
+        # Chat model that writes document summaries in reports (with OPENAI_API_KEY).
+        "SUMMARY_MODEL": env.get("SUMMARY_MODEL", "gpt-4o-mini"),
         "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
         "OPENAI_MAX_RETRIES": _int(env, "OPENAI_MAX_RETRIES", 3),
         "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
