@@ -9,6 +9,7 @@ import requests
 from flask import current_app
 from rq import get_current_job
 
+from jobs.tracking import JobTracker
 from webapp import webhooks
 from webapp.db import connection
 from webapp.job_errors import JobError, TransientJobError
@@ -32,7 +33,10 @@ def deliver_webhook(job_id: str) -> dict[str, Any]:
     """
     config = current_app.config
     rq_job = get_current_job()
+    tracker = JobTracker(rq_job.id, rq_job) if rq_job else None
     with connection():
+        if tracker is not None and not tracker.start():
+            return {"skipped": "the job row is missing, canceled or stopped"}
         job = Job.get_or_none(Job.id == job_id)
         if job is None or not job.callback_url:
             raise JobError(f"job {job_id} has no webhook to deliver", code="not_found")
@@ -56,7 +60,12 @@ def deliver_webhook(job_id: str) -> dict[str, Any]:
         raise error from exc
     if 200 <= response.status_code < 300:
         _record(job_id, attempts, "delivered", response.status_code, None)
-        return {"job_id": job_id, "url": url, "http_status": response.status_code}
+        result = {"job_id": job_id, "url": url, "http_status": response.status_code}
+        if tracker is not None:
+            with connection():
+                tracker.finish_query(result).execute()
+            tracker.finished()
+        return result
     transient = response.status_code in (408, 429) or response.status_code >= 500
     message = f"the webhook receiver at {url} answered HTTP {response.status_code}"
     final = not (transient and _retries_left(rq_job))

@@ -1,0 +1,101 @@
+"""Webhooks: one signed POST with a job's final state; a receiver that is down or slow never
+fails or delays the job, and the outcome is recorded on the job's row."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from tests.conftest import upload, wait_for
+from tests.test_job_protocol import row
+from webapp import webhooks
+from webapp.embedded_redis import free_port
+
+
+@dataclass
+class Receiver:
+    """A local webhook receiver that records each POST; ``status`` is what it answers."""
+
+    url: str = ""
+    status: int = 204
+    delay: float = 0.0
+    posts: list[tuple[dict, bytes]] = field(default_factory=list)
+
+    def wsgi_app(self, environ, start_response):
+        request = Request(environ)
+        body = request.get_data()
+        self.posts.append((dict(request.headers), body))
+        if self.delay:
+            time.sleep(self.delay)
+        return Response(status=self.status)(environ, start_response)
+
+
+@pytest.fixture
+def receiver():
+    state = Receiver()
+    server = make_server("127.0.0.1", 0, state.wsgi_app, threaded=True)
+    state.url = f"http://127.0.0.1:{server.server_port}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+
+
+def test_the_final_state_is_posted_once_signed_with_hmac_sha256(app, client, receiver, run_worker):
+    document = upload(client, "minimal-document.pdf", callback_url=receiver.url).get_json()["documents"][0]
+    run_worker()
+    assert row(app, document["job_id"]).status == "finished"
+    wait_for(lambda: row(app, document["job_id"]).webhook, 30, "the webhook outcome")
+    (headers, body), = receiver.posts
+    assert webhooks.verify(body, app.config["WEBHOOK_SECRET"], headers[webhooks.SIGNATURE_HEADER])
+    assert not webhooks.verify(body + b" ", app.config["WEBHOOK_SECRET"], headers[webhooks.SIGNATURE_HEADER])
+    sent = json.loads(body)
+    assert sent["event"] == "job.ended" and sent["job"]["id"] == document["job_id"]
+    assert sent["job"]["status"] == "finished" and sent["job"]["document_id"] == document["id"]
+    outcome = client.get(document["status_url"]).get_json()["webhook"]
+    assert outcome["status"] == "delivered" and outcome["http_status"] == 204 and outcome["attempts"] == 1
+    # The delivery is a job like any other: its own row went queued → started → finished.
+    delivery = client.get("/api/jobs?kind=webhook").get_json()["jobs"][0]
+    assert (delivery["status"], delivery["attempts"], delivery["params"]) == (
+        "finished", 1, {"job_id": document["job_id"]})
+    assert headers[webhooks.DELIVERY_HEADER] == delivery["id"]
+
+
+def test_a_failed_job_is_reported_too(app, client, receiver, run_worker):
+    document = upload(client, "libreoffice-writer-password.pdf", callback_url=receiver.url).get_json()["documents"][0]
+    run_worker()
+    (_, body), = receiver.posts
+    assert json.loads(body)["job"]["error_code"] == "password_required"
+
+
+def test_a_receiver_that_is_down_never_fails_or_delays_the_job(app, client, start_worker):
+    down = f"http://127.0.0.1:{free_port()}/hook"
+    document = upload(client, "minimal-document.pdf", callback_url=down).get_json()["documents"][0]
+    start_worker(WEBHOOK_JOB_RETRIES="2", RETRY_MAX_DELAY="1")  # the worker launches the deliveries
+    wait_for(lambda: row(app, document["job_id"]).status == "finished", 60, "the job to finish")
+    outcome = wait_for(lambda: (lambda w: w if w and w["status"] == "failed" else None)(
+        row(app, document["job_id"]).webhook), 60, "the deliveries to give up")
+    assert outcome["attempts"] == 3 and "did not answer" in outcome["error"]
+    assert row(app, document["job_id"]).status == "finished"  # the job's own state is untouched
+
+
+def test_a_slow_receiver_is_cut_off_by_the_timeout(app, client, receiver, run_worker):
+    receiver.delay = 5
+    document = upload(client, "minimal-document.pdf", callback_url=receiver.url).get_json()["documents"][0]
+    run_worker(WEBHOOK_TIMEOUT="1", WEBHOOK_JOB_RETRIES="0")
+    assert row(app, document["job_id"]).status == "finished"
+    outcome = row(app, document["job_id"]).webhook
+    assert outcome["status"] == "failed" and outcome["attempts"] == 1
+
+
+def test_a_callback_url_must_be_http(client):
+    answer = upload(client, "minimal-document.pdf", callback_url="file:///etc/passwd")
+    assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "invalid_callback_url"
