@@ -77,7 +77,7 @@ def test_every_corpus_file_gets_the_outcome_its_kind_calls_for(client, run_worke
             if doc["status"] != "finished" or doc["chunks"] != 0 or "no text layer (needs OCR)" not in doc["warnings"]:
                 problems.append(f"{name}: expected 0 chunks + OCR warning, got {doc}")
         elif kind == "encrypted-pw":
-            if doc["status"] != "failed" or "password required" not in doc["error"]:
+            if doc["status"] != "failed" or doc["error_code"] != "password_required":
                 problems.append(f"{name}: expected 'password required', got {doc['status']} {doc['error']}")
             unlocked = client.get(f"/api/documents/{with_password[name]['id']}").get_json()
             if unlocked["status"] != "finished" or not unlocked["chunks"] or not _chars_close(

@@ -258,3 +258,29 @@ def test_the_same_bytes_uploaded_again_point_at_the_existing_document(app, clien
     assert forced["duplicate"] is False and forced["id"] != first["id"]
     with app.app_context(), connection():
         assert Job.select().where(Job.kind == "document").count() == 3
+
+
+def test_a_scheduled_retry_keeps_the_password_until_a_terminal_state_and_can_be_canceled(
+    app, openai_client, openai_server, start_worker, redis, run_worker
+):
+    from rq.registry import ScheduledJobRegistry
+
+    from webapp.models import Document
+
+    openai_client.application.config.update(DOCUMENT_JOB_RETRIES=2)
+    openai_server.mode = "server_error"
+    document = upload(openai_client, "aes128-r4-user-password.pdf", password="asdfzxcv").get_json()["documents"][0]
+    worker = start_worker(**openai_worker_env(openai_server, OPENAI_MAX_RETRIES="0"))
+    wait_for(lambda: row(app, document["job_id"]).status == "scheduled", 60, "the row to wait for its retry")
+    worker.terminate()
+    worker.wait(30)
+    with app.app_context(), connection():  # only a terminal state forgets the password
+        assert Document.get_by_id(document["id"]).password == "asdfzxcv"
+
+    answer = openai_client.post(f"/api/jobs/{document['job_id']}/cancel").get_json()
+    assert answer["status"] == "canceled"
+    assert document["job_id"] not in ScheduledJobRegistry("default", connection=redis).get_job_ids()
+    with app.app_context(), connection():
+        assert Document.get_by_id(document["id"]).password is None
+    run_worker(**openai_worker_env(openai_server))  # nothing left to run it
+    assert row(app, document["job_id"]).status == "canceled" and row(app, document["job_id"]).attempts == 1
