@@ -26,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 
+from webapp.embeddings import api_message
+
 #: Sentences shorter than this (characters, after whitespace is tidied) are fragments: headings,
 #: list items, captions. Shorter sentences are also skipped unless they have at least
 #: ``MIN_SENTENCE_WORDS`` words or are mostly CJK (which has no spaces between words).
@@ -311,7 +313,7 @@ def chat_summary(
     except openai.APIStatusError as exc:
         status = exc.status_code
         raise SummaryError(
-            f"the summary service answered HTTP {status}: {_api_message(exc)}",
+            f"the summary service answered HTTP {status}: {api_message(exc)}",
             transient=status in (408, 409, 429) or status >= 500,
         ) from exc
     except openai.APITimeoutError as exc:
@@ -334,12 +336,3 @@ def chat_summary(
         raise SummaryError(f"the summary service returned no text (finish reason: {reason})", transient=False)
     return summary
 
-
-def _api_message(exc: Exception) -> str:
-    """The service's own error message from an ``APIStatusError`` (OpenAI's ``error.message``)."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-    return str(getattr(exc, "message", exc))

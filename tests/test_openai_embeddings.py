@@ -10,22 +10,12 @@ chunk's text proves that Docket normalises and sorts by ``index``.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import random
-import re
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import pytest
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 
 from tests.conftest import upload
+from tests.local_services import API_KEY, DEFAULT_MODEL, DIMENSIONS, fake_embedding, openai_worker_env
 from webapp import create_app
 from webapp.embedded_redis import free_port
 from webapp.embeddings import (
@@ -38,147 +28,12 @@ from webapp.embeddings import (
 from webapp.db import connection
 from webapp.models import Chunk
 
-DIMENSIONS = 64
-DEFAULT_MODEL = "text-embedding-3-small"
-API_KEY = "test-key"
 DPR_QUERY = "dense passage retrieval question answering"
-
-
-def fake_embedding(text: str) -> list[float]:
-    """The local server's vector for ``text``: signed hashed word counts in 64 dims, not normalised."""
-    vector = [0.0] * DIMENSIONS
-    for word in re.findall(r"\w+", text.lower()):
-        digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
-        vector[digest[0] % DIMENSIONS] += 1.0 if digest[1] & 1 else -1.0
-    return vector
 
 
 def normalised(vector: list[float]) -> np.ndarray:
     array = np.asarray(vector, dtype=np.float64)
     return array / np.linalg.norm(array)
-
-
-@dataclass
-class RecordedRequest:
-    model: str
-    inputs: list[str]
-    authorization: str | None
-    encoding_format: str | None
-    status: int
-    shuffled: bool = False
-
-    @property
-    def input_bytes(self) -> int:
-        return sum(len(text.encode("utf-8")) for text in self.inputs)
-
-
-@dataclass
-class LocalEmbeddingServer:
-    """State of the local OpenAI-compatible server; the test switches ``mode`` between requests.
-
-    Modes: ``ok``; ``unauthorized`` (401 like OpenAI's invalid key); ``server_error`` (500 always);
-    ``fail_once`` (500 for the first request, then ``ok``); ``floats_only`` (answers lists of floats
-    even when asked for base64, as some OpenAI-compatible servers do).
-    """
-
-    url: str = ""
-    mode: str = "ok"
-    delay: float = 0.0  # seconds each answer waits (a slow service keeps a job in its embed stage)
-    requests: list[RecordedRequest] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _random: random.Random = field(default_factory=lambda: random.Random(1234))
-
-    def wsgi_app(self, environ, start_response):
-        request = Request(environ)
-        if request.method != "POST" or request.path != "/v1/embeddings":
-            return self._error(404, f"Unknown request URL: {request.method} {request.path}", "invalid_request_error",
-                               "unknown_url")(environ, start_response)
-        body = request.get_json(force=True, silent=True) or {}
-        inputs = body.get("input")
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        if not isinstance(inputs, list) or not all(isinstance(text, str) for text in inputs):
-            return self._error(400, "'input' must be a string or a list of strings", "invalid_request_error",
-                               None)(environ, start_response)
-        if self.delay:
-            time.sleep(self.delay)
-        with self._lock:
-            mode = self.mode
-            if mode == "fail_once" and not self.requests:
-                mode = "server_error"
-            record = RecordedRequest(
-                model=body.get("model"),
-                inputs=list(inputs),
-                authorization=request.headers.get("Authorization"),
-                encoding_format=body.get("encoding_format"),
-                status=200,
-            )
-            self.requests.append(record)
-            if mode == "unauthorized":
-                record.status = 401
-                response = self._error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
-            elif mode == "server_error":
-                record.status = 500
-                response = self._error(500, "The server had an error while processing your request.", "server_error",
-                                       None)
-            else:
-                order = list(range(len(inputs)))
-                self._random.shuffle(order)
-                if len(order) > 1 and order == sorted(order):
-                    order.reverse()
-                record.shuffled = order != sorted(order)
-                data = [{"object": "embedding", "index": i, "embedding": self._encode(fake_embedding(inputs[i]), body)}
-                        for i in order]
-                tokens = sum(len(re.findall(r"\w+", text)) for text in inputs)
-                response = self._json(200, {
-                    "object": "list",
-                    "data": data,
-                    "model": body.get("model"),
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                })
-        return response(environ, start_response)
-
-    def _encode(self, vector: list[float], body: dict[str, Any]) -> str | list[float]:
-        """As OpenAI does: base64 of little-endian float32 when asked, else floats; mode
-        ``floats_only`` ignores the request, as some OpenAI-compatible servers do."""
-        if body.get("encoding_format") == "base64" and self.mode != "floats_only":
-            return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-        return vector
-
-    @staticmethod
-    def _json(status: int, payload: dict[str, Any]) -> Response:
-        return Response(json.dumps(payload), status=status, content_type="application/json")
-
-    def _error(self, status: int, message: str, type_: str, code: str | None) -> Response:
-        return self._json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}})
-
-
-@pytest.fixture
-def openai_server():
-    state = LocalEmbeddingServer()
-    server = make_server("127.0.0.1", 0, state.wsgi_app, threaded=True)
-    state.url = f"http://127.0.0.1:{server.server_port}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
-
-
-def openai_worker_env(server: LocalEmbeddingServer, **extra: str) -> dict[str, str]:
-    return {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.url, **extra}
-
-
-@pytest.fixture
-def openai_app(app, config, openai_server):
-    """An app on the same database and Redis as ``app``, configured for the local OpenAI server."""
-    return create_app({**config, "OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": openai_server.url})
-
-
-@pytest.fixture
-def openai_client(openai_app):
-    return openai_app.test_client()
 
 
 def chunks_of(app, document_id: str) -> list[Chunk]:

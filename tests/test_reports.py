@@ -14,8 +14,7 @@ import pytest
 
 from tests.conftest import upload, wait_for
 from tests.test_job_protocol import long_text, post_text, row, slow_worker_env
-from tests.test_openai_embeddings import openai_app, openai_client, openai_server  # noqa: F401
-from tests.test_summaries import SUMMARY, chat_server  # noqa: F401
+from tests.local_services import SUMMARY
 from webapp.db import connection
 from webapp.models import Job
 

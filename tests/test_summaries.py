@@ -9,11 +9,8 @@ OpenAI does (and fails the way OpenAI fails when told to).
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,17 +18,13 @@ import pypdfium2 as pdfium
 import pytest
 from semantic_text_splitter import TextSplitter
 from sentencex import segment
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
 
 from jobs.summaries import SYSTEM_PROMPT, SummaryError, chat_summary, extractive_summary
 from tests.conftest import CORPUS
+from tests.local_services import API_KEY, MODEL, SUMMARY, LocalChatServer
 from webapp.embedded_redis import free_port
 from webapp.embeddings import HashingEmbedder
 
-API_KEY = "test-key"
-MODEL = "gpt-4o-mini"
-SUMMARY = "Prince Vasili visits Anna Pavlovna's soirée in 1805. They talk about Napoleon and war."
 
 
 @pytest.fixture(scope="module")
@@ -156,88 +149,6 @@ def test_text_without_prose_sentences_still_gets_a_summary_within_the_limit(embe
 
 
 # --- chat ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class RecordedChat:
-    model: str | None
-    messages: list[dict[str, Any]]
-    authorization: str | None
-    status: int
-
-
-@dataclass
-class LocalChatServer:
-    """State of the local OpenAI-compatible chat server; tests switch ``mode`` between requests.
-
-    Modes: ``ok`` (answers ``reply``); ``unauthorized`` (401 as for an invalid key);
-    ``server_error`` (500); ``rate_limited`` (429); ``slow`` (answers after ``delay`` seconds);
-    ``empty`` (a completion whose content is empty).
-    """
-
-    url: str = ""
-    mode: str = "ok"
-    reply: str = SUMMARY
-    delay: float = 0.0
-    requests: list[RecordedChat] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def wsgi_app(self, environ, start_response):
-        request = Request(environ)
-        if request.method != "POST" or request.path != "/v1/chat/completions":
-            return self._error(404, f"Unknown request URL: {request.method} {request.path}", "invalid_request_error",
-                               "unknown_url")(environ, start_response)
-        body = request.get_json(force=True, silent=True) or {}
-        with self._lock:
-            mode = self.mode
-            record = RecordedChat(body.get("model"), body.get("messages") or [],
-                                  request.headers.get("Authorization"), 200)
-            self.requests.append(record)
-        if mode == "unauthorized":
-            record.status = 401
-            response = self._error(401, "Incorrect API key provided: test-key.", "invalid_request_error",
-                                   "invalid_api_key")
-        elif mode == "server_error":
-            record.status = 500
-            response = self._error(500, "The server had an error while processing your request.", "server_error",
-                                   None)
-        elif mode == "rate_limited":
-            record.status = 429
-            response = self._error(429, "Rate limit reached for gpt-4o-mini.", "requests", "rate_limit_exceeded")
-        else:
-            if mode == "slow":
-                time.sleep(self.delay)
-            content = "" if mode == "empty" else self.reply
-            response = self._json(200, {
-                "id": f"chatcmpl-{len(self.requests)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "logprobs": None, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
-            })
-        return response(environ, start_response)
-
-    @staticmethod
-    def _json(status: int, payload: dict[str, Any]) -> Response:
-        return Response(json.dumps(payload), status=status, content_type="application/json")
-
-    def _error(self, status: int, message: str, type_: str, code: str | None) -> Response:
-        return self._json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}})
-
-
-@pytest.fixture
-def chat_server():
-    state = LocalChatServer()
-    server = make_server("127.0.0.1", 0, state.wsgi_app, threaded=True)
-    state.url = f"http://127.0.0.1:{server.server_port}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
 
 
 def summarise(server: LocalChatServer, text: str, **overrides: Any) -> str:

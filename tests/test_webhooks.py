@@ -4,15 +4,13 @@ fails or delays the job, and the outcome is recorded on the job's row."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from tests.conftest import upload, wait_for
+from tests.conftest import serve_wsgi, upload, wait_for
 from tests.test_job_protocol import row
 from webapp import webhooks
 from webapp.embedded_redis import free_port
@@ -39,14 +37,9 @@ class Receiver:
 @pytest.fixture
 def receiver():
     state = Receiver()
-    server = make_server("127.0.0.1", 0, state.wsgi_app, threaded=True)
-    state.url = f"http://127.0.0.1:{server.server_port}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
+    with serve_wsgi(state.wsgi_app) as url:
+        state.url = f"{url}/hook"
+        yield state
 
 
 def test_the_final_state_is_posted_once_signed_with_hmac_sha256(app, client, receiver, run_worker):
@@ -73,7 +66,8 @@ def test_a_failed_job_is_reported_too(app, client, receiver, run_worker):
     document = upload(client, "libreoffice-writer-password.pdf", callback_url=receiver.url).get_json()["documents"][0]
     run_worker()
     (_, body), = receiver.posts
-    assert json.loads(body)["job"]["error_code"] == "password_required"
+    sent = json.loads(body)["job"]
+    assert (sent["id"], sent["status"], sent["error_code"]) == (document["job_id"], "failed", "password_required")
 
 
 def test_a_receiver_that_is_down_never_fails_or_delays_the_job(app, client, start_worker):

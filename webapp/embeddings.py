@@ -186,7 +186,7 @@ class OpenAIEmbedder:
                 )
             except openai.APIStatusError as exc:
                 raise EmbeddingError(
-                    f"the embedding service answered HTTP {exc.status_code}: {_api_message(exc)}",
+                    f"the embedding service answered HTTP {exc.status_code}: {api_message(exc)}",
                     transient=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
                 ) from exc
             except openai.APIConnectionError as exc:  # also APITimeoutError
@@ -217,7 +217,8 @@ def _decode_vector(embedding: str | list[float]) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
-def _api_message(exc: Any) -> str:
+def api_message(exc: Any) -> str:
+    """The service's own error message from an ``openai.APIStatusError`` (OpenAI's ``error.message``)."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error", body)
