@@ -4,7 +4,7 @@ The base classes live in the shared core (:mod:`webapp.job_errors`): the state m
 them on the row and the API returns them.
 """
 
-from webapp.job_errors import JobError, JobStopped, TransientJobError  # noqa: F401  (re-exported)
+from webapp.job_errors import JobError  # noqa: F401  (re-exported for the job modules)
 
 
 class DocumentError(JobError):

@@ -167,15 +167,17 @@ def after_terminal(job_id: str) -> None:
     """What follows a row's entering a terminal state: forget the document's PDF password and,
     if the job has a ``callback_url``, launch its webhook delivery. Never raises (logged)."""
     try:
-        row = Job.select(Job.document, Job.callback_url).where(Job.id == job_id).first()
-        if row is None:
-            return
-        if row.document_id:
-            Document.update(password=None).where(Document.id == row.document_id, Document.password.is_null(False)).execute()
-        if row.callback_url:
-            from webapp.launch import launch
+        with connection():
+            row = Job.select(Job.document, Job.callback_url).where(Job.id == job_id).first()
+            if row is None:
+                return
+            if row.document_id:
+                Document.update(password=None).where(Document.id == row.document_id,
+                                                     Document.password.is_null(False)).execute()
+            if row.callback_url:
+                from webapp.launch import launch
 
-            launch("webhook", {"job_id": job_id})
+                launch("webhook", {"job_id": job_id})
     except Exception:
         log.exception("job %s: follow-up of its terminal state failed", job_id)
 
