@@ -19,6 +19,14 @@ from webapp.search import search_chunks
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
+
+@bp.after_request
+def no_store(response):
+    """API answers describe state that changes by the second: never cached (a browser going
+    back to a page must not show a stale job list)."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
@@ -60,6 +68,8 @@ def upload_documents():
         reprocess=_flag("reprocess"),
         callback_url=request.form.get("callback_url") or None,
     )
+    duplicates = [accepted.document.job_id for accepted in result.files if accepted.duplicate]
+    statuses = {job.id: job.status for job in Job.select(Job.id, Job.status).where(Job.id.in_(duplicates))}
     body = {
         "batch_id": result.batch_id,
         "batch_url": url_for("api.get_batch", batch_id=result.batch_id) if result.batch_id else None,
@@ -69,6 +79,8 @@ def upload_documents():
                 "filename": accepted.document.filename,
                 "job_id": accepted.document.job_id,
                 "duplicate": accepted.duplicate,
+                "status": statuses.get(accepted.document.job_id) if accepted.duplicate else "queued",
+                "batch_id": accepted.document.batch_id,
                 "status_url": url_for("api.get_job", job_id=accepted.document.job_id),
                 "document_url": url_for("api.get_document", document_id=accepted.document.id),
             }
@@ -114,6 +126,13 @@ def get_job(job_id: str):
     return jsonify(job_to_dict(job))
 
 
+def _state_error(exc: JobStateError, conflict_code: str) -> ApiError:
+    """404 ``job_not_found`` when there is no row, else 409 ``conflict_code`` with the sentence."""
+    if exc.status is None:
+        return ApiError(404, "job_not_found", str(exc))
+    return ApiError(409, conflict_code, str(exc))
+
+
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str):
     """Cancel a queued or scheduled job, or stop a running one: 200 with the job; 404; 409
@@ -121,9 +140,7 @@ def cancel(job_id: str):
     try:
         job = cancel_job(job_id)
     except JobStateError as exc:
-        if exc.status is None:
-            raise ApiError(404, "job_not_found", str(exc)) from None
-        raise ApiError(409, "job_not_cancelable", str(exc)) from None
+        raise _state_error(exc, "job_not_cancelable") from None
     return jsonify(job_to_dict(job))
 
 
@@ -134,9 +151,7 @@ def retry(job_id: str):
     try:
         job = relaunch(job_id)
     except JobStateError as exc:
-        if exc.status is None:
-            raise ApiError(404, "job_not_found", str(exc)) from None
-        raise ApiError(409, "job_not_retryable", str(exc)) from None
+        raise _state_error(exc, "job_not_retryable") from None
     except QueueUnavailable as exc:
         raise ApiError(503, "queue_unavailable", str(exc)) from exc
     return jsonify(job_to_dict(job)), 202

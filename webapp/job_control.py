@@ -64,8 +64,8 @@ def cancel_job(job_id: str, wait: float = STOP_WAIT) -> Job:
             time.sleep(0.05)
         mark_stopped(job_id)
         return Job.find(job_id)
-    raise JobStateError(f"Job {job_id} is {job.status}; only queued, scheduled or running jobs can be canceled.",
-                        job.status)
+    raise JobStateError(f"This job has already ended ({job.status}); only a queued, scheduled or running job "
+                        "can be canceled.", job.status)
 
 
 def _cancel_in_rq(job_id: str) -> None:

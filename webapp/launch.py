@@ -93,7 +93,7 @@ def relaunch(job_id: str) -> Job:
     if not mark_requeued(job_id):
         job = Job.find(job_id)
         raise JobStateError(
-            f"Job {job_id} is {job.status}; only failed, stopped or canceled jobs can be retried.", job.status
+            f"This job is {job.status}; only a failed, stopped or canceled job can be retried.", job.status
         )
     job = Job.find(job_id)
     enqueue_jobs([job], replace=True)

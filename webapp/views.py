@@ -1,4 +1,9 @@
-"""The HTML page: upload form, live job progress, search (the page talks to the JSON API)."""
+"""The HTML pages: upload, live job progress and search (``/``), and reports (``/reports``).
+
+The pages are static shells; their scripts (``static/common.js`` plus one per page) talk to the
+JSON API. No inline script or style, so a Content-Security-Policy without ``'unsafe-inline'``
+fits them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,12 @@ def index():
     config = current_app.config
     return render_template(
         "index.html",
+        page="documents",
         max_upload_mb=config["MAX_CONTENT_LENGTH"] // (1024 * 1024),
         embedding_model=embedder_name(config),
     )
+
+
+@bp.get("/reports")
+def reports():
+    return render_template("reports.html", page="reports")

@@ -1,83 +1,20 @@
-// Docket browser UI: upload, follow background jobs, search. No frameworks, no build step.
-// All server-provided text is inserted with textContent, never innerHTML.
+// Docket's main page: upload (with batch progress), follow and control document jobs, search.
+// Needs common.js (loaded before it). All server-provided text is inserted with textContent.
 "use strict";
 
-const ACTIVE_STATUSES = new Set(["queued", "started", "deferred", "scheduled"]);
-const STAGE_LABELS = { extract: "Extracting text", chunk: "Chunking", embed: "Embedding", store: "Storing" };
 const TYPE_LABELS = { "application/pdf": "PDF", "text/html": "HTML", "text/plain": "Text", "text/markdown": "Markdown",
   "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "Word" };
-const POLL_INTERVAL_MS = 1000; // each running job is checked about once a second...
-const MAX_POLLS_PER_SECOND = 6; // ...but never more than this many job requests per second in total
-const TICK_MS = 250;
-const MAX_BACKOFF_MS = 30000;
+const BATCH_POLL_INTERVAL_MS = 1500;
+const STATUS_ORDER = ["finished", "started", "queued", "scheduled", "deferred", "failed", "stopped", "canceled", "unknown"];
 const SNIPPET_CHARS = 400;
 
-const $ = (id) => document.getElementById(id);
-const trackers = new Map(); // document id -> {doc, els, jobUrl, nextPollAt, failures, inFlight, stage}
-const recentPolls = []; // start times of job requests in the last second (rate limit)
-
-// ---------- small helpers ----------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  return node;
-}
-
-function plural(n, word) {
-  return `${Number(n).toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
-}
-
-function formatBytes(bytes) {
-  if (typeof bytes !== "number" || !isFinite(bytes)) return "";
-  if (bytes < 1024) return plural(bytes, "byte");
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
-  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
-}
-
-function formatDate(iso) {
-  const date = new Date(iso);
-  return iso && !isNaN(date) ? date.toLocaleString() : iso || "";
-}
+const trackers = new Map(); // document id -> {doc, els, controls, poll, gen, stage}
+const batchPanels = new Map(); // batch id -> {resume()}: follow the batch again after a Retry
 
 function formatPages(start, end) {
   if (start == null) return "";
   return end == null || end === start ? `p. ${start}` : `pp. ${start}–${end}`;
 }
-
-function announce(text) {
-  $("announcer").textContent = text;
-}
-
-// Parse a fetch Response; returns {ok, status, data}. Non-JSON bodies give data = null.
-async function readResponse(response) {
-  let data = null;
-  const type = response.headers.get("Content-Type") || "";
-  if (type.includes("json")) {
-    try { data = await response.json(); } catch (_) { data = null; }
-  }
-  return { ok: response.ok, status: response.status, data };
-}
-
-// Human sentence for a failed request: the server's own message when it sent JSON,
-// otherwise a generic sentence with the HTTP status (e.g. a proxy's HTML 413 page).
-function errorMessage(result) {
-  const message = result.data && result.data.error && result.data.error.message;
-  if (message) return message;
-  if (result.status === 413) {
-    const mb = $("upload-form").dataset.maxUploadMb;
-    return `The upload is too large (HTTP 413). The limit is ${mb} MB per upload.`;
-  }
-  return `The server answered with an unexpected error (HTTP ${result.status}). Please try again.`;
-}
-
-async function getJson(url, options) {
-  const response = await fetch(url, Object.assign({ headers: { Accept: "application/json" } }, options));
-  return readResponse(response);
-}
-
-const NETWORK_ERROR = "Could not reach the server. Check your connection and try again.";
 
 // ---------- document list ----------
 
@@ -89,6 +26,7 @@ function describeOutcome(doc) {
     const word = doc.status === "stopped" ? "Stopped" : "Canceled";
     return { text: doc.error ? `${word}: ${doc.error}` : word, kind: "failed" };
   }
+  if (doc.status !== "finished") return { text: doc.status ? `Status: ${doc.status}` : "Status unknown", kind: "failed" };
   if (!doc.chunks) {
     if (warnings.length === 1) return { text: `Finished with a warning: ${warnings[0]}`, kind: "warning", inline: true };
     if (warnings.length > 1) return { text: `Finished with ${warnings.length} warnings: ${warnings.join("; ")}`, kind: "warning", inline: true };
@@ -99,8 +37,16 @@ function describeOutcome(doc) {
   return { text: `Finished: ${plural(doc.chunks, "chunk")}${pages}${chars}`, kind: warnings.length ? "warning" : "finished" };
 }
 
-function renderDocument(doc) {
+function docAnchor(id) {
+  return `doc-${id}`;
+}
+
+function renderDocument(tracker) {
+  const { doc } = tracker;
+  const name = doc.filename || "document";
   const item = el("li", "doc");
+  item.id = docAnchor(doc.id);
+  item.tabIndex = -1; // "show the existing document" links move the focus here
   const head = el("div", "doc-head");
   head.append(el("span", "doc-name", doc.filename || "(unnamed)"));
   const meta = [TYPE_LABELS[doc.content_type] || doc.content_type, formatBytes(doc.bytes), formatDate(doc.created_at)];
@@ -108,11 +54,23 @@ function renderDocument(doc) {
   const progress = el("progress");
   progress.max = 100;
   progress.value = 0;
-  progress.setAttribute("aria-label", `Progress for ${doc.filename || "document"}`);
+  progress.setAttribute("aria-label", `Progress for ${name}`);
   const status = el("p", "doc-status");
+  const detail = el("div", "doc-detail");
+  const note = el("p", "doc-note");
   const warnings = el("ul", "doc-warnings");
-  item.append(head, progress, status, warnings);
-  return { item, progress, status, warnings };
+  const message = el("p", "row-error");
+  message.setAttribute("role", "alert");
+  const controls = createJobControls({
+    subject: `processing of ${name}`,
+    getJobId: () => tracker.doc.job_id,
+    onChanged: (job) => jobChanged(tracker, job),
+    showError: (text) => { message.textContent = text; },
+    onRefused: () => follow(tracker), // the job may have moved on (e.g. finished): show where it is
+  });
+  item.append(head, progress, status, detail, note, warnings, controls.node, message);
+  tracker.controls = controls;
+  return { item, progress, status, detail, note, warnings, message };
 }
 
 function setStatus(els, text, kind, hideProgress = true) {
@@ -121,54 +79,99 @@ function setStatus(els, text, kind, hideProgress = true) {
   els.status.dataset.kind = kind;
 }
 
+function showDetail(tracker, job, options) {
+  const line = job ? jobDetail(job, options) : null;
+  tracker.els.detail.replaceChildren(...(line ? [line] : []));
+}
+
 function showWarnings(els, warnings) {
   els.warnings.replaceChildren(...(warnings || []).map((w) => el("li", null, `Warning: ${w}`)));
 }
 
-function showOutcome(tracker) {
+function showOutcome(tracker, job = null) {
   const { doc, els } = tracker;
   const outcome = describeOutcome(doc);
   setStatus(els, outcome.text, outcome.kind);
+  showDetail(tracker, Object.assign({ error_code: doc.error_code }, job || {}, { status: doc.status }));
   // When the warnings are already part of the headline, don't repeat them below.
   showWarnings(els, outcome.inline ? [] : doc.warnings);
+  tracker.controls.update(doc.status);
   return outcome;
 }
 
 function showJobState(tracker, job) {
   const { els } = tracker;
-  const progress = Math.max(0, Math.min(100, Number(job.progress) || 0));
-  els.progress.value = progress;
-  let text;
-  if (job.status === "started") text = `${STAGE_LABELS[job.stage] || "Working"}… ${progress}%`;
-  else if (job.status === "deferred") text = "Waiting for another job (deferred)";
-  else if (job.status === "scheduled") text = "Scheduled";
-  else text = "Queued — waiting for a worker";
+  els.progress.value = clampProgress(job.progress);
+  const text = describeActiveJob(job);
   setStatus(els, text, "active", false);
+  showDetail(tracker, job, { includeError: job.status === "scheduled" });
+  showWarnings(els, []);
+  tracker.controls.update(job.status);
   // Announce stage changes only, not every percentage tick.
   const stageKey = `${job.status}/${job.stage}`;
   if (stageKey !== tracker.stage) {
     tracker.stage = stageKey;
-    announce(`${tracker.doc.filename}: ${text.replace(/… \d+%$/, "")}`);
+    announce(`${tracker.doc.filename}: ${text.replace(/… \d+%.*$/, "")}`);
+  }
+}
+
+// Poll the document's job until it ends. Answers to polls started before the last Cancel/Retry
+// (tracker.gen changed meanwhile) are ignored, so a late "started" cannot undo a "stopped".
+function follow(tracker, jobUrl = null) {
+  stopPolling(tracker.poll);
+  const url = jobUrl || `/api/jobs/${encodeURIComponent(tracker.doc.job_id)}`;
+  const gen = tracker.gen;
+  tracker.poll = startPolling({
+    step: async () => {
+      const result = await getJson(url);
+      if (gen !== tracker.gen) return false;
+      if (result.status === 404) { await finishTracking(tracker, null); return false; }
+      if (!result.ok || !result.data) throw new Error(`HTTP ${result.status}`);
+      const job = Object.assign({}, result.data, { status: result.data.status || result.data.rq_status });
+      if (ACTIVE_STATUSES.has(job.status)) { showJobState(tracker, job); return true; }
+      await finishTracking(tracker, job);
+      return false;
+    },
+    onTrouble: (text) => { tracker.els.status.textContent = text; },
+  });
+}
+
+// A Cancel or Retry was accepted: show the job the server answered and follow it if it runs.
+function jobChanged(tracker, job) {
+  tracker.gen += 1;
+  stopPolling(tracker.poll);
+  tracker.doc.status = job.status;
+  if (ACTIVE_STATUSES.has(job.status)) {
+    showJobState(tracker, job);
+    follow(tracker);
+    announce(`${tracker.doc.filename}: ${job.status === "queued" ? "queued again" : job.status}`);
+    const panel = batchPanels.get(tracker.doc.batch_id);
+    if (panel) panel.resume();
+  } else {
+    finishTracking(tracker, job);
   }
 }
 
 // Add (or replace) a document in the list; start tracking its job if it is still running.
 function addDocument(doc, { prepend = false, jobUrl = null } = {}) {
   const old = trackers.get(doc.id);
-  if (old) old.els.item.remove();
-  const els = renderDocument(doc);
+  if (old) {
+    stopPolling(old.poll);
+    old.els.item.remove();
+  }
+  const tracker = { doc, els: null, controls: null, poll: null, gen: 0, stage: null };
+  tracker.els = renderDocument(tracker);
   const list = $("documents");
-  if (prepend) list.prepend(els.item); else list.append(els.item);
-  const tracker = { doc, els, jobUrl, nextPollAt: 0, failures: 0, inFlight: false, stage: null };
+  if (prepend) list.prepend(tracker.els.item); else list.append(tracker.els.item);
   trackers.set(doc.id, tracker);
   if (ACTIVE_STATUSES.has(doc.status) && (jobUrl || doc.job_id)) {
-    tracker.jobUrl = jobUrl || `/api/jobs/${encodeURIComponent(doc.job_id)}`;
-    showJobState(tracker, { status: doc.status, progress: 0, stage: null });
+    showJobState(tracker, { status: doc.status, progress: 0, stage: null, error: doc.error, error_code: doc.error_code });
+    follow(tracker, jobUrl);
   } else {
-    tracker.jobUrl = null;
     showOutcome(tracker);
   }
   $("documents-message").textContent = "";
+  return tracker;
 }
 
 async function loadDocuments() {
@@ -177,6 +180,7 @@ async function loadDocuments() {
   try {
     const result = await getJson("/api/documents?limit=20");
     if (!result.ok) { message.textContent = errorMessage(result); return; }
+    trackers.forEach((t) => stopPolling(t.poll));
     trackers.clear();
     $("documents").replaceChildren();
     const docs = (result.data && result.data.documents) || [];
@@ -187,12 +191,9 @@ async function loadDocuments() {
   }
 }
 
-// ---------- job polling ----------
-
 // Called when the job reached a terminal status (job given) or vanished (job null):
 // fetch the document once and show its outcome.
 async function finishTracking(tracker, job) {
-  tracker.jobUrl = null;
   const { els } = tracker;
   let loaded = false;
   try {
@@ -204,55 +205,145 @@ async function finishTracking(tracker, job) {
   } catch (_) { /* handled below */ }
   const doc = tracker.doc;
   if (!job && (!loaded || ACTIVE_STATUSES.has(doc.status))) {
+    tracker.controls.update(null);
     return setStatus(els, "The server does not know this job (it may have expired).", "failed");
   }
   if (job && (!doc.status || ACTIVE_STATUSES.has(doc.status))) {
     // The document record may lag behind the job; trust the job's terminal status.
     doc.status = job.status;
     doc.error = doc.error || job.error;
+    doc.error_code = doc.error_code || job.error_code;
+  }
+  if (ACTIVE_STATUSES.has(doc.status)) { // retried meanwhile (e.g. in another tab): follow it again
+    showJobState(tracker, Object.assign({ progress: 0 }, doc));
+    return follow(tracker);
   }
   if (!loaded && doc.status === "finished") {
+    tracker.controls.update(doc.status);
     return setStatus(els, "Finished (could not load the details; press Refresh).", "finished");
   }
-  announce(`${doc.filename}: ${showOutcome(tracker).text}`);
+  announce(`${doc.filename}: ${showOutcome(tracker, job).text}`);
 }
 
-async function pollJob(tracker) {
-  tracker.inFlight = true;
-  const startedAt = Date.now();
-  try {
-    const result = await getJson(tracker.jobUrl);
-    if (result.status === 404) return await finishTracking(tracker, null); // job unknown: stop polling
-    if (!result.ok || !result.data) throw new Error(`HTTP ${result.status}`);
-    tracker.failures = 0;
-    tracker.nextPollAt = startedAt + POLL_INTERVAL_MS;
-    const job = Object.assign({}, result.data, { status: result.data.status || result.data.rq_status });
-    if (ACTIVE_STATUSES.has(job.status)) showJobState(tracker, job);
-    else await finishTracking(tracker, job);
-  } catch (_) {
-    // Network trouble or server error: back off exponentially (2 s, 4 s, … 30 s).
-    tracker.failures += 1;
-    const delay = Math.min(MAX_BACKOFF_MS, POLL_INTERVAL_MS * 2 ** tracker.failures);
-    tracker.nextPollAt = Date.now() + delay;
-    tracker.els.status.textContent = `Could not check progress; retrying in ${Math.round(delay / 1000)} s…`;
-  } finally {
-    tracker.inFlight = false;
+// ---------- batches (one upload of several files) ----------
+
+function totalsText(totals) {
+  const known = STATUS_ORDER.filter((s) => totals[s]);
+  const others = Object.keys(totals).filter((s) => !STATUS_ORDER.includes(s) && totals[s]);
+  return [...known, ...others].map((s) => `${totals[s]} ${s}`).join(" · ");
+}
+
+// A panel for one upload: the batch's overall progress (polled until finished) and the files
+// that were not processed again because the same bytes had been uploaded before.
+function addBatch(body, fileCount) {
+  const docs = body.documents || [];
+  const duplicates = docs.filter((d) => d.duplicate);
+  const item = el("li", "batch");
+  let poll = null; // the batch's poll while it runs
+  let gen = 0; // bumped by a Retry in the batch: an answer fetched before it may be stale
+  const label = `the upload of ${plural(fileCount, "file")}`;
+  const dismiss = button("Dismiss", "link-button", () => {
+    stopPolling(poll);
+    batchPanels.delete(body.batch_id);
+    item.remove();
+  });
+  dismiss.setAttribute("aria-label", `Dismiss ${label}`);
+  dismiss.hidden = Boolean(body.batch_url); // shown once the batch is done
+  const head = el("div", "doc-head");
+  head.append(el("span", "doc-name", `Upload of ${plural(fileCount, "file")}`));
+  head.append(el("span", "doc-meta", new Date().toLocaleTimeString()));
+  item.append(head);
+
+  if (body.batch_url) {
+    const progress = el("progress");
+    progress.max = 100;
+    progress.value = 0;
+    progress.setAttribute("aria-label", `Overall progress of ${label}`);
+    const status = el("p", "doc-status", "Queued — waiting for a worker");
+    status.dataset.kind = "active";
+    item.append(progress, status);
+    poll = {
+      interval: BATCH_POLL_INTERVAL_MS,
+      step: async () => {
+        const started = gen;
+        const result = await getJson(body.batch_url);
+        if (started !== gen) return true; // poll again
+        if (result.status === 404) {
+          status.textContent = "The server does not know this upload any more.";
+          status.dataset.kind = "failed";
+          progress.hidden = true;
+          return false;
+        }
+        if (!result.ok || !result.data) throw new Error(`HTTP ${result.status}`);
+        const batch = result.data;
+        const percent = clampProgress(batch.progress);
+        const totals = totalsText(batch.totals || {});
+        progress.value = percent;
+        if (batch.finished) {
+          const bad = ["failed", "stopped", "canceled"].some((s) => (batch.totals || {})[s]);
+          status.textContent = `Done: ${totals || "no documents"}`;
+          status.dataset.kind = bad ? "failed" : "finished";
+          announce(`Done with ${label}: ${totals}`);
+          dismiss.hidden = false;
+          return false;
+        }
+        status.textContent = `${percent}% · ${totals}`;
+        return true;
+      },
+      onTrouble: (text) => { status.textContent = text; },
+    };
+    startPolling(poll);
+    if (body.batch_id) {
+      batchPanels.set(body.batch_id, {
+        resume() {
+          gen += 1;
+          if (!item.isConnected || isPolling(poll)) return;
+          dismiss.hidden = true;
+          progress.hidden = false;
+          status.dataset.kind = "active";
+          startPolling(poll);
+        },
+      });
+    }
   }
+
+  if (duplicates.length) {
+    const list = el("ul", "duplicates");
+    duplicates.forEach((d) => {
+      const entry = el("li", null, `${d.filename}: already uploaded, not processed again. `);
+      const link = el("a", null, "Show the existing document");
+      link.setAttribute("aria-label", `Show the existing document for ${d.filename}`);
+      link.href = `#${docAnchor(d.id)}`;
+      link.addEventListener("click", (event) => {
+        const row = $(docAnchor(d.id));
+        if (!row) return;
+        event.preventDefault();
+        row.scrollIntoView({ block: "center" });
+        row.focus({ preventScroll: true });
+      });
+      entry.append(link);
+      list.append(entry);
+    });
+    item.append(list);
+  }
+
+  item.append(dismiss);
+  $("batches").prepend(item);
 }
 
-// One shared timer polls the jobs that are due, longest-waiting first. A sliding one-second
-// window caps the total request rate, so with many running jobs each is simply polled less often.
-function pollTick() {
-  if (document.hidden) return; // don't poll in a background tab
-  const now = Date.now();
-  while (recentPolls.length && recentPolls[0] <= now - 1000) recentPolls.shift();
-  const budget = MAX_POLLS_PER_SECOND - recentPolls.length;
-  if (budget <= 0) return;
-  const due = [...trackers.values()]
-    .filter((t) => t.jobUrl && !t.inFlight && t.nextPollAt <= now)
-    .sort((a, b) => a.nextPollAt - b.nextPollAt)
-    .slice(0, budget);
-  due.forEach((tracker) => { recentPolls.push(now); pollJob(tracker); });
+// A duplicate points at an earlier document: show that document (its real state) in the list.
+async function showExisting(entry) {
+  const tracker = trackers.get(entry.id);
+  let doc = tracker ? tracker.doc : null;
+  if (!doc) {
+    try {
+      const result = await getJson(entry.document_url || `/api/documents/${encodeURIComponent(entry.id)}`);
+      if (result.ok && result.data) doc = result.data.document || result.data;
+    } catch (_) { /* fall back below */ }
+  }
+  const shown = tracker || addDocument(doc || Object.assign({ status: "queued", warnings: [] }, entry),
+    { prepend: true, jobUrl: doc ? null : entry.status_url });
+  shown.els.note.textContent = `Uploaded again as ${entry.filename} at ${new Date().toLocaleTimeString()}: already uploaded, not processed again.`;
 }
 
 // ---------- upload ----------
@@ -261,9 +352,10 @@ async function handleUpload(event) {
   event.preventDefault();
   const fileInput = $("upload-file");
   const password = $("upload-password").value;
+  const callbackUrl = $("upload-callback").value.trim();
   const errorBox = $("upload-error");
   const statusBox = $("upload-status");
-  const button = $("upload-button");
+  const submit = $("upload-button");
   errorBox.textContent = "";
   const files = [...fileInput.files];
   if (!files.length) {
@@ -273,8 +365,10 @@ async function handleUpload(event) {
   const body = new FormData();
   files.forEach((file) => body.append("file", file, file.name));
   if (password) body.append("password", password);
+  if ($("upload-reprocess").checked) body.append("reprocess", "true");
+  if (callbackUrl) body.append("callback_url", callbackUrl);
 
-  button.disabled = true;
+  submit.disabled = true;
   statusBox.textContent = `Uploading ${plural(files.length, "file")}…`;
   try {
     const result = await readResponse(await fetch("/api/documents", { method: "POST", body }));
@@ -283,21 +377,31 @@ async function handleUpload(event) {
       errorBox.textContent = errorMessage(result);
       return;
     }
-    const docs = (result.data && result.data.documents) || [];
+    const data = result.data || {};
+    const docs = data.documents || [];
+    const fresh = docs.filter((d) => !d.duplicate);
     // Show newest at the top; sizes/types come from the local files (assumes same order as sent).
     docs.forEach((d, i) => {
+      if (d.duplicate) return;
       const file = files[i] && files[i].name === d.filename ? files[i] : null;
-      const doc = Object.assign({ status: "queued", warnings: [], created_at: new Date().toISOString() }, d,
+      const doc = Object.assign({ status: "queued", warnings: [], created_at: new Date().toISOString(),
+        batch_id: data.batch_id }, d,
         file ? { bytes: file.size, content_type: file.type } : {});
       addDocument(doc, { prepend: true, jobUrl: d.status_url || null });
     });
-    statusBox.textContent = `Uploaded ${plural(docs.length, "file")}; processing in the background.`;
+    docs.filter((d) => d.duplicate).forEach(showExisting);
+    if (docs.length > 1 || fresh.length < docs.length) addBatch(data, docs.length);
+    const dupCount = docs.length - fresh.length;
+    statusBox.textContent = fresh.length
+      ? `Uploaded ${plural(fresh.length, "file")}; processing in the background.` +
+        (dupCount ? ` ${plural(dupCount, "file")} had already been uploaded.` : "")
+      : `Nothing new to process: ${dupCount === 1 ? "the file was" : "the files were"} already uploaded.`;
     $("upload-form").reset();
   } catch (_) {
     statusBox.textContent = "";
     errorBox.textContent = NETWORK_ERROR;
   } finally {
-    button.disabled = false;
+    submit.disabled = false;
   }
 }
 
@@ -323,8 +427,7 @@ function renderResult(hit) {
   // Long chunk: show a snippet, with a button to expand to the full text.
   const snippet = `${text.slice(0, SNIPPET_CHARS).trimEnd()}…`;
   para.textContent = snippet;
-  const toggle = el("button", "link-button", "Show more");
-  toggle.type = "button";
+  const toggle = button("Show more", "link-button");
   toggle.setAttribute("aria-expanded", "false");
   toggle.addEventListener("click", () => {
     const expanded = toggle.getAttribute("aria-expanded") === "true";
@@ -370,7 +473,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("upload-form").addEventListener("submit", handleUpload);
   $("search-form").addEventListener("submit", handleSearch);
   $("refresh-button").addEventListener("click", loadDocuments);
-  document.addEventListener("visibilitychange", () => { if (!document.hidden) pollTick(); });
-  setInterval(pollTick, TICK_MS);
   loadDocuments();
 });
