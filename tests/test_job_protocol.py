@@ -17,6 +17,7 @@ from tests.local_services import openai_worker_env
 from webapp import create_app
 from webapp.db import connection
 from webapp.job_kinds import JOB_KINDS, RetryPolicy
+from webapp.job_states import CANCELED, STOPPED
 from webapp.models import Chunk, Job
 
 # A text document of many chunks: with one input per embeddings request and a slow local
@@ -169,28 +170,30 @@ def test_a_row_stopped_elsewhere_stops_the_job_at_its_next_progress_write(
     assert row(app, document["job_id"]).status == "stopped"
 
 
-def test_abandoned_job_cleanup_updates_the_row(app, client, redis):
-    """A worker that vanished mid-job (SIGKILL of the whole machine): RQ's StartedJobRegistry
-    cleanup, run by any worker at start and every maintenance interval, runs only the job's
-    failure callback — which must move the row."""
+def test_abandoned_job_cleanup_updates_the_row(app, client, redis, start_worker):
+    """A worker that vanished mid-job (its machine lost): RQ's StartedJobRegistry cleanup, which
+    a worker runs when it starts and every maintenance interval, runs only the job's failure
+    callback — which must move the row: failed without retries left, else scheduled and run again."""
     app.config["DOCUMENT_JOB_RETRIES"] = 0
     first = upload(client, "pypdf-extract-text.md").get_json()["documents"][0]["job_id"]
-    app.config["DOCUMENT_JOB_RETRIES"] = 2
+    app.config.update(DOCUMENT_JOB_RETRIES=2, RETRY_MAX_DELAY=1)
     second = upload(client, "minimal-document.pdf").get_json()["documents"][0]["job_id"]
     queue = Queue("default", connection=redis)
     registry = StartedJobRegistry(queue=queue)
     for job_id in (first, second):  # as a worker leaves them when it is killed mid-job
         queue.remove(job_id)
         RQJob.fetch(job_id, connection=redis).set_status("started")
-        redis.zadd(registry.key, {f"{job_id}:execution": time.time() - 10})
+        redis.zadd(registry.key, {f"{job_id}:lost-execution": time.time() - 10})  # its heartbeat expired
         with app.app_context(), connection():
-            Job.update(status="started").where(Job.id == job_id).execute()
-    with app.app_context():
-        registry.cleanup()
-    failed, scheduled = row(app, first), row(app, second)
-    assert (failed.status, failed.error_code) == ("failed", "worker_died")
-    assert (scheduled.status, scheduled.error_code) == ("scheduled", "worker_died") and scheduled.retry_at
-    assert RQJob.fetch(second, connection=redis).get_status().value == "scheduled"
+            Job.update(status="started", attempts=1).where(Job.id == job_id).execute()
+
+    start_worker()  # a new worker's start-up maintenance finds both
+    failed = wait_for(lambda: (lambda j: j if j.status == "failed" else None)(row(app, first)), 60,
+                      "the abandoned job without retries to fail")
+    assert failed.error_code == "worker_died" and failed.ended_at is not None
+    finished = wait_for(lambda: (lambda j: j if j.status == "finished" else None)(row(app, second)), 60,
+                        "the abandoned job with retries to run again")
+    assert finished.attempts == 2
 
 
 # --- automatic retries ------------------------------------------------------------------------
@@ -283,3 +286,24 @@ def test_a_scheduled_retry_keeps_the_password_until_a_terminal_state_and_can_be_
         assert Document.get_by_id(document["id"]).password is None
     run_worker(**openai_worker_env(openai_server))  # nothing left to run it
     assert row(app, document["job_id"]).status == "canceled" and row(app, document["job_id"]).attempts == 1
+
+
+def test_every_transition_moves_a_row_exactly_when_the_state_machine_allows_it(app):
+    """All 8 × 8 (from, to) pairs against real rows: a guarded UPDATE changes the row iff
+    ``to`` may follow ``from``, and every change stamps ``updated_at``."""
+    from webapp.job_states import TRANSITIONS, transition
+    from webapp.models import ALL_STATUSES, utcnow
+
+    with app.app_context(), connection():
+        for source in sorted(ALL_STATUSES):
+            for target in sorted(TRANSITIONS):
+                job = Job.create(kind="document", queue="default", status=source, updated_at=None)
+                before = utcnow()
+                changed = transition(job.id, target)
+                after = Job.get_by_id(job.id)
+                assert changed == (source in TRANSITIONS[target]), (source, target)
+                assert after.status == (target if changed else source)
+                assert (after.updated_at is not None and after.updated_at >= before) == changed
+    # Never backwards: nothing leaves a canceled or stopped row except a retry on request.
+    assert all(CANCELED not in sources and STOPPED not in sources
+               for target, sources in TRANSITIONS.items() if target != "queued")
