@@ -159,3 +159,10 @@ def test_hashing_embedder_equals_scikit_learn_bit_for_bit_on_the_corpus_and_odd_
     ])
     assert len(texts) > 300
     assert np.array_equal(HashingEmbedder().embed(texts), expected)
+
+
+def test_the_hashing_embedder_gives_zero_vectors_for_texts_without_words():
+    from webapp.embeddings import HashingEmbedder
+
+    vectors = HashingEmbedder().embed(["", "  \n\t"])
+    assert vectors.shape == (2, HashingEmbedder.dimensions) and not vectors.any()

@@ -151,6 +151,8 @@ class HashingEmbedder:
                 rows.append(row)
                 columns.append(vocabulary.setdefault(word, len(vocabulary)))
                 counts.append(count)
+        if not vocabulary:  # only empty or whitespace texts (scikit-learn cannot hash zero words)
+            return np.zeros((len(texts), self.features_per_analyzer))
         words_of_texts = sparse.csr_matrix((counts, (rows, columns)), shape=(len(texts), len(vocabulary)),
                                            dtype=np.float64)
         return normalize(words_of_texts @ self._char_of_word.transform(list(vocabulary))).toarray()
