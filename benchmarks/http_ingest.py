@@ -131,10 +131,13 @@ def _upload_and_follow(
             except queue.Empty:
                 break
             started = time.perf_counter()
+            # reprocess: every copy is processed, as the peer (which does not detect duplicates) does.
             response = session.post(f"{base_url}/api/documents", files={"file": (file.name, payloads[file.path])},
-                                    timeout=REQUEST_TIMEOUT)
+                                    data={"reprocess": "true"}, timeout=REQUEST_TIMEOUT)
             if response.status_code != 202:
                 raise RuntimeError(f"uploading {file.name} answered {response.status_code}: {response.text[:500]}")
+            if response.json()["documents"][0].get("duplicate"):
+                raise RuntimeError(f"{file.name} was taken as a duplicate: the copies must all be processed")
             pending.append((response.json()["documents"][0]["job_id"], started))
         while pending and not abort.is_set():
             job_id, started = pending[0]

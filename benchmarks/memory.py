@@ -77,7 +77,7 @@ def measure_document(document: Path, workdir: Path) -> dict[str, float]:
                           "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None})
         with app.app_context():
             create_tables()
-        with worker_process("docket", redis_url, workdir, WORKER_CONCURRENCY="1") as (pid, _):
+        with worker_process("docket", redis_url, workdir, WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0") as (pid, _):
             worker_pid = _pool_worker_pid(pid)
             idle = peak_rss_bytes(worker_pid)
             with app.app_context(), connection():

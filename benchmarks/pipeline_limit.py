@@ -61,7 +61,8 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
         from jobs.runtime import prepare_worker_process
 
         prepare_worker_process(app)  # as the worker does, before forking
-        db.database.close_idle()  # the pooled connection of the uploads must not cross the fork
+        with app.app_context():  # the database is bound per app
+            db.database.close_idle()  # the pooled connection of the uploads must not cross the fork
         context = multiprocessing.get_context("fork")
         with context.Pool(processes, initializer=_start_process) as pool:
             pool.map(time.sleep, [0.01] * processes)  # every process is up before the clock starts

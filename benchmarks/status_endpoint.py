@@ -137,7 +137,8 @@ def finished_jobs(base_url: str, count: int) -> list[str]:
         job_ids = []
         for _ in range(count):
             response = session.post(f"{base_url}/api/documents",
-                                    files={"file": (JOB_FILE.name, JOB_FILE.read_bytes())}, timeout=30)
+                                    files={"file": (JOB_FILE.name, JOB_FILE.read_bytes())},
+                                    data={"reprocess": "true"}, timeout=30)  # eight jobs, not one
             response.raise_for_status()
             job_ids.append(response.json()["documents"][0]["job_id"])
 

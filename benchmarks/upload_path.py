@@ -175,7 +175,7 @@ def run(rounds: int = 3) -> dict[str, Any]:
         data = pdf.read_bytes()
         if detect_content_type(data, pdf.name) != PDF:
             raise RuntimeError(f"{pdf} does not pass Docket's type detection as a PDF")
-        body, content_type = encode_multipart_formdata({"file": (pdf.name, data, PDF)})
+        body, content_type = encode_multipart_formdata({"file": (pdf.name, data, PDF), "reprocess": "true"})
         docket_folders = (workdir / f"docket-{index}" for index in itertools.count(1))
         with procfile_web_serving(workdir / "baseline", BASELINE_APP, env_extra=ONE_WORKER) as baseline_url, \
                 Uploader(f"{baseline_url}/upload", body, content_type, 200) as baseline:
