@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import peewee
+from peewee import JOIN
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import JobStatus
 
@@ -165,16 +166,20 @@ def _end(job_id: str, to: str, message: str, code: str) -> bool:
 
 def after_terminal(job_id: str) -> None:
     """What follows a row's entering a terminal state: forget the document's PDF password and,
-    if the job has a ``callback_url``, launch its webhook delivery. Never raises (logged)."""
+    if the job has a ``callback_url``, launch its webhook delivery. Never raises (logged).
+
+    One ``SELECT`` in the common case (no password left, no webhook): it runs after every job.
+    """
     try:
         with connection():
-            row = Job.select(Job.document, Job.callback_url).where(Job.id == job_id).first()
+            row = (Job.select(Job.document, Job.callback_url, Document.password.is_null(False).alias("has_password"))
+                   .join(Document, JOIN.LEFT_OUTER, on=(Job.document == Document.id))
+                   .where(Job.id == job_id).dicts().first())
             if row is None:
                 return
-            if row.document_id:
-                Document.update(password=None).where(Document.id == row.document_id,
-                                                     Document.password.is_null(False)).execute()
-            if row.callback_url:
+            if row["has_password"]:
+                Document.update(password=None).where(Document.id == row["document"]).execute()
+            if row["callback_url"]:
                 from webapp.launch import launch
 
                 launch("webhook", {"job_id": job_id})
