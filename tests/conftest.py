@@ -277,6 +277,33 @@ def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interva
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def row(app, job_id: str):
+    """The Job row ``job_id`` as the database has it now (its own connection, closed after)."""
+    from webapp.db import connection
+    from webapp.models import Job
+
+    with app.app_context(), connection():
+        return Job.get_by_id(job_id)
+
+
+# A text document of many chunks: with one input per embeddings request and a slow local
+# server (tests.local_services.slow_worker_env), its embed stage lasts long enough to act on it.
+MANY_CHUNKS = "Clause {n}. The parties agree that the termination of this agreement requires notice. " * 40
+
+
+def long_text(chunks: int = 60) -> bytes:
+    """A text document of ``chunks`` paragraphs, one chunk each (UTF-8 bytes)."""
+    return "\n\n".join(MANY_CHUNKS.format(n=n) for n in range(chunks)).encode()
+
+
+def post_text(client, data: bytes, name: str = "long.txt", **fields: str):
+    """POST ``data`` as one file to /api/documents with form ``fields``; return the response."""
+    import io
+
+    return client.post("/api/documents", data={"file": (io.BytesIO(data), name), **fields},
+                       content_type="multipart/form-data")
+
+
 def upload(client, *names: str, password: str | None = None, **fields: str):
     """POST corpus files to /api/documents with form ``fields`` (e.g. ``reprocess="true"``);
     return the response."""

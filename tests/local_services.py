@@ -151,6 +151,14 @@ def openai_worker_env(server: LocalEmbeddingServer, **extra: str) -> dict[str, s
     return {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": server.url, **extra}
 
 
+def slow_worker_env(server: LocalEmbeddingServer, delay: float = 0.3, **extra: str) -> dict[str, str]:
+    """A worker environment whose document jobs spend ``delay`` seconds per chunk embedding:
+    one worker process on both queues, one input per request to the (now slow) ``server``."""
+    server.delay = delay
+    return openai_worker_env(server, EMBEDDING_BATCH_SIZE="1", WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0",
+                             **extra)
+
+
 @pytest.fixture
 def openai_app(app, config, openai_server):
     """An app on the same database and Redis as ``app``, configured for the local OpenAI server."""

@@ -3,7 +3,6 @@ automatic retries, batches, duplicate uploads — with real Redis and real worke
 
 from __future__ import annotations
 
-import io
 import random
 import time
 
@@ -12,38 +11,13 @@ from rq.command import send_stop_job_command
 from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
 
-from tests.conftest import upload, wait_for
-from tests.local_services import openai_worker_env
+from tests.conftest import long_text, post_text, row, upload, wait_for
+from tests.local_services import openai_worker_env, slow_worker_env
 from webapp import create_app
 from webapp.db import connection
 from webapp.job_kinds import JOB_KINDS, RetryPolicy
 from webapp.job_states import CANCELED, STOPPED
 from webapp.models import Chunk, Job
-
-# A text document of many chunks: with one input per embeddings request and a slow local
-# server, its embed stage lasts long enough to act on it while it runs.
-MANY_CHUNKS = ("Clause {n}. The parties agree that the termination of this agreement requires notice. " * 40)
-
-
-def long_text(chunks: int = 60) -> bytes:
-    return "\n\n".join(MANY_CHUNKS.format(n=n) for n in range(chunks)).encode()
-
-
-def post_text(client, data: bytes, name: str = "long.txt", **fields):
-    return client.post("/api/documents", data={"file": (io.BytesIO(data), name), **fields},
-                       content_type="multipart/form-data")
-
-
-def row(app, job_id: str) -> Job:
-    with app.app_context(), connection():
-        return Job.get_by_id(job_id)
-
-
-def slow_worker_env(server, delay: float = 0.3, **extra: str) -> dict[str, str]:
-    server.delay = delay
-    return openai_worker_env(server, EMBEDDING_BATCH_SIZE="1", WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0",
-                             **extra)
-
 
 def wait_for_stage(client, job_id: str, stage: str, deadline: float = 60) -> dict:
     return wait_for(lambda: (lambda j: j if j["status"] == "started" and j["stage"] == stage else None)(

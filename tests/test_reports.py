@@ -12,9 +12,8 @@ import pypdfium2
 import pypdfium2.raw as pdfium_c
 import pytest
 
-from tests.conftest import upload, wait_for
-from tests.test_job_protocol import long_text, post_text, row, slow_worker_env
-from tests.local_services import SUMMARY
+from tests.conftest import long_text, post_text, row, upload, wait_for
+from tests.local_services import SUMMARY, slow_worker_env
 from webapp.db import connection
 from webapp.models import Job
 

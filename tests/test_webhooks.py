@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from werkzeug.wrappers import Request, Response
 
-from tests.conftest import serve_wsgi, upload, wait_for
-from tests.test_job_protocol import row
+from tests.conftest import row, serve_wsgi, upload, wait_for
 from webapp import webhooks
 from webapp.embedded_redis import free_port
 
