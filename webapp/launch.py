@@ -24,6 +24,8 @@ from typing import Any
 from flask import current_app
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
 
 from webapp.db import db
 from webapp.job_kinds import get_kind
@@ -136,12 +138,10 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
         ))
     try:
         if replace:
-            from rq.job import Job as RQJob
-
             for job in jobs:
                 try:
                     RQJob.fetch(job.id, connection=rq.connection).delete()
-                except Exception:  # noqa: BLE001 — NoSuchJobError: RQ had forgotten it already
+                except NoSuchJobError:  # RQ had forgotten it already
                     pass
         with rq.connection.pipeline() as pipeline:  # MULTI … EXEC: every job or none
             for queue_name, datas in by_queue.items():
