@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.job import Job as RQJob
@@ -281,3 +282,34 @@ def test_every_transition_moves_a_row_exactly_when_the_state_machine_allows_it(a
     # Never backwards: nothing leaves a canceled or stopped row except a retry on request.
     assert all(CANCELED not in sources and STOPPED not in sources
                for target, sources in TRANSITIONS.items() if target != "queued")
+
+
+@pytest.mark.parametrize("stage", ["extract", "chunk", "embed", "store"])
+def test_a_job_canceled_during_any_stage_leaves_nothing_behind(app, client, stage):
+    """The document job's own body (what the worker runs, here in this process with the app's
+    real database and storage), with its row moved to ``stopped`` — as cancel does to a running
+    job — the moment the job enters ``stage``. Whether the job notices at a persisted progress
+    write (JobStopped) or at its guarded final write (rolled back), the row stays stopped, no
+    chunk is stored and the document is untouched."""
+    from jobs.documents import run_document_job
+    from jobs.tracking import JobTracker
+    from webapp import job_states
+    from webapp.job_errors import JobStopped
+    from webapp.models import Document
+
+    class CanceledDuring(JobTracker):
+        def set_progress(self, name, progress):
+            if name == stage and self.stage != stage:
+                assert job_states.mark_stopped(self.job_id)  # the web process's cancel, mid-job
+            super().set_progress(name, progress)
+
+    document = upload(client, "latex-two-column-lorem.pdf").get_json()["documents"][0]
+    with app.app_context(), connection():
+        try:
+            outcome = run_document_job(document["id"], CanceledDuring(document["job_id"]), app.config)
+        except JobStopped:
+            outcome = "stopped at a progress write"
+        assert outcome == "stopped at a progress write" or "skipped" in outcome, outcome
+        assert Job.get_by_id(document["job_id"]).status == "stopped"
+        assert Chunk.select().where(Chunk.document == document["id"]).count() == 0
+        assert Document.get_by_id(document["id"]).chunk_count is None
