@@ -264,7 +264,7 @@ def test_a_scheduled_retry_keeps_the_password_until_a_terminal_state_and_can_be_
 
 
 def test_every_transition_moves_a_row_exactly_when_the_state_machine_allows_it(app):
-    """All 8 × 8 (from, to) pairs against real rows: a guarded UPDATE changes the row iff
+    """Every (from, to) pair against real rows: a guarded UPDATE changes the row iff
     ``to`` may follow ``from``, and every change stamps ``updated_at``."""
     from webapp.job_states import TRANSITIONS, transition
     from webapp.models import ALL_STATUSES, utcnow
