@@ -44,6 +44,9 @@ def test_both_report_types_in_all_four_formats_with_real_content(app, client, ru
     assert client.get(f"/api/reports/{activity['id']}/download?format=pdf").status_code == 404  # not made yet
     documents = request(client, "documents", {"document_ids": [d["id"] for d in body["documents"]]}).get_json()
     assert row(app, activity["job_id"]).queue == "high"
+    listed = client.get("/api/reports?limit=5").get_json()["reports"]
+    assert [r["id"] for r in listed] == [documents["id"], activity["id"]]  # newest first
+    assert client.get("/api/reports?limit=0").status_code == 400
     run_worker()
 
     report = finished_report(client, activity["id"])

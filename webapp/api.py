@@ -186,6 +186,15 @@ def create_report():
     }), 202
 
 
+@bp.get("/reports")
+def list_reports():
+    """The newest reports first: ``{"reports": [...]}``; ``limit`` 1–100 (default 20)."""
+    limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    reports = list(Report.select().order_by(Report.created_at.desc(), Report.id.desc()).limit(limit))
+    jobs = {job.id: job for job in Job.select().where(Job.id.in_([r.job_id for r in reports if r.job_id]))}
+    return jsonify({"reports": [report_to_dict(r, jobs.get(r.job_id)) for r in reports]})
+
+
 def _report_or_404(report_id: str) -> Report:
     report = Report.get_or_none(Report.id == report_id)
     if report is None:

@@ -1,9 +1,8 @@
 // Docket's reports page: request an activity or documents report, follow it, open and download it.
-// Needs common.js (loaded before it). There is no endpoint that lists reports: the ids of the
-// reports requested in this browser tab are kept in sessionStorage.
+// Needs common.js (loaded before it). The list shows the newest reports (GET /api/reports).
 "use strict";
 
-const STORAGE_KEY = "docket.reports";
+const REPORT_LIST_LIMIT = 20;
 const REPORT_POLL_INTERVAL_MS = 1000;
 const DOWNLOAD_LABELS = { csv: "CSV", json: "JSON", pdf: "PDF" };
 const TYPE_NAMES = { activity: "Activity report", documents: "Documents report" };
@@ -11,27 +10,20 @@ const TYPE_NAMES = { activity: "Activity report", documents: "Documents report" 
 const reportRows = new Map(); // report id -> {id, els, controls, poll, gen, report}
 let documentsLoaded = false;
 
-// ---------- the session's list of report ids ----------
+// ---------- the list of the newest reports ----------
 
-function storedReports() {
+async function loadReports() {
   try {
-    const list = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || "[]");
-    return Array.isArray(list) ? list.filter((r) => r && typeof r.id === "string") : [];
+    const result = await getJson(`/api/reports?limit=${REPORT_LIST_LIMIT}`);
+    if (!result.ok || !result.data) {
+      $("reports-message").textContent = errorMessage(result);
+      return;
+    }
+    result.data.reports.forEach((report) => { if (!reportRows.has(report.id)) addReport(report.id, { report }); });
+    showEmptyMessage();
   } catch (_) {
-    return []; // storage disabled or damaged: the list starts empty
+    $("reports-message").textContent = NETWORK_ERROR;
   }
-}
-
-function saveReports(list) {
-  try { sessionStorage.setItem(STORAGE_KEY, JSON.stringify(list)); } catch (_) { /* not kept; still shown */ }
-}
-
-function rememberReport(id) {
-  saveReports([{ id, requested_at: new Date().toISOString() }, ...storedReports().filter((r) => r.id !== id)]);
-}
-
-function forgetReport(id) {
-  saveReports(storedReports().filter((r) => r.id !== id));
 }
 
 // ---------- the form ----------
@@ -138,7 +130,6 @@ async function handleRequest(event) {
       return;
     }
     const { id, job_id: jobId, report_url: url } = result.data;
-    rememberReport(id);
     $("reports-message").textContent = "";
     addReport(id, { prepend: true, url,
       report: { id, job_id: jobId, type: request.type, params: request.params, status: "queued", progress: 0 } });
@@ -180,7 +171,6 @@ function renderReport(row) {
   message.setAttribute("role", "alert");
   const remove = button("Remove from list", "link-button", () => {
     stopPolling(row.poll);
-    forgetReport(row.id);
     reportRows.delete(row.id);
     item.remove();
     showEmptyMessage();
@@ -314,15 +304,7 @@ function addReport(id, { prepend = false, url = null, report = null } = {}) {
 }
 
 function showEmptyMessage() {
-  $("reports-message").textContent = reportRows.size ? "" : "No reports requested in this tab yet.";
-}
-
-function clearReports() {
-  reportRows.forEach((row) => stopPolling(row.poll));
-  reportRows.clear();
-  saveReports([]);
-  $("reports").replaceChildren();
-  showEmptyMessage();
+  $("reports-message").textContent = reportRows.size ? "" : "No reports yet.";
 }
 
 // ---------- start ----------
@@ -332,8 +314,6 @@ document.addEventListener("DOMContentLoaded", () => {
     input.addEventListener("change", updateForm);
   });
   $("report-form").addEventListener("submit", handleRequest);
-  $("clear-reports-button").addEventListener("click", clearReports);
   updateForm();
-  storedReports().forEach((r) => addReport(r.id));
-  showEmptyMessage();
+  loadReports();
 });
