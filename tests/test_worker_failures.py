@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+import psutil
+
 from rq import Queue, Worker
 from rq.job import Job as RQJob
 
@@ -46,11 +48,20 @@ def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis
     # and still serves jobs.
     expected = app.config["WORKER_CONCURRENCY"] + app.config["HIGH_QUEUE_WORKERS"]
 
-    def live_worker_pids():
-        pids = {w.pid for w in Worker.all(connection=redis)}
-        return pids if len(pids) == expected and pid not in pids else None
+    pool = psutil.Process(worker.pid)
 
-    wait_for(live_worker_pids, 60, "the pool to replace the killed worker process")
+    def replaced():
+        # The pool's own processes (the Redis of the test session may still list a worker of an
+        # earlier test that is finishing its last job), each registered with RQ.
+        children = {child.pid for child in pool.children()}
+        registered = {w.pid for w in Worker.all(connection=redis)}
+        return len(children) == expected and pid not in children and children <= registered
+
+    try:
+        wait_for(replaced, 60, "the pool to replace the killed worker process")
+    except AssertionError:
+        raise AssertionError(f"pool children {[c.pid for c in pool.children()]}, expected {expected} without {pid}; "
+                             f"registered {[(w.name, w.pid) for w in Worker.all(connection=redis)]}") from None
     second = Queue("default", connection=redis).enqueue("tests.jobs_for_tests.report_pid_and_sleep", 0)
     wait_for(lambda: second.get_status(refresh=True).value == "finished", 60, "a replacement worker to run a job")
     second.refresh()
