@@ -41,7 +41,8 @@ def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis
 
     job = wait_for(row_failed, 60, "the row to be marked failed")
     assert job.error_code == "worker_died" and "SIGKILL" in job.error and job.ended_at is not None
-    assert rq_job.get_status(refresh=True).value == "failed"
+    # The row is failed first (the state machine's callback), then RQ's record (its failure handling).
+    wait_for(lambda: rq_job.get_status(refresh=True).value == "failed", 30, "RQ to record the failure")
     assert worker.poll() is None  # the worker command (the pool) survives
 
     # The pool replaced the dead process (WORKER_CONCURRENCY, one per core, plus HIGH_QUEUE_WORKERS)
