@@ -105,9 +105,10 @@ def test_cancel_stops_a_running_job_through_rq_and_the_row_follows(
 
     answer = openai_client.post(f"/api/jobs/{document['job_id']}/cancel")
     assert answer.status_code == 200
-    job = wait_for(lambda: (lambda j: j if j["status"] == "stopped" else None)(
-        openai_client.get(document["status_url"]).get_json()), 30, "the row to follow RQ's stop")
-    assert job["error_code"] == "stopped" and job["rq_status"] == "stopped"
+    # The row follows first (the callback), RQ's record right after (its failure handling).
+    job = wait_for(lambda: (lambda j: j if j["status"] == "stopped" and j["rq_status"] == "stopped" else None)(
+        openai_client.get(document["status_url"]).get_json()), 30, "the row and RQ to record the stop")
+    assert job["error_code"] == "stopped"
     with app.app_context(), connection():
         assert Chunk.select().where(Chunk.document == document["id"]).count() == 0
     # The worker process survived the stop and takes the next job.
