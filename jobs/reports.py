@@ -160,7 +160,7 @@ def documents_report(params: Mapping[str, Any], config: Mapping[str, Any], on_do
     else:
         query = query.where(Document.created_at >= _parse(params["since"]), Document.created_at < _parse(params["until"]))
     documents = list(query.order_by(Document.created_at, Document.id))
-    jobs = {job.id: job for job in Job.select().where(Job.id.in_([d.job_id for d in documents if d.job_id]))}
+    jobs = Job.by_id(d.job_id for d in documents)
     rows = []
     for index, document in enumerate(documents):
         job = jobs.get(document.job_id)

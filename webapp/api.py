@@ -68,8 +68,7 @@ def upload_documents():
         reprocess=_flag("reprocess"),
         callback_url=request.form.get("callback_url") or None,
     )
-    duplicates = [accepted.document.job_id for accepted in result.files if accepted.duplicate]
-    statuses = {job.id: job.status for job in Job.select(Job.id, Job.status).where(Job.id.in_(duplicates))}
+    duplicates = Job.by_id(accepted.document.job_id for accepted in result.files if accepted.duplicate)
     body = {
         "batch_id": result.batch_id,
         "batch_url": url_for("api.get_batch", batch_id=result.batch_id) if result.batch_id else None,
@@ -79,7 +78,7 @@ def upload_documents():
                 "filename": accepted.document.filename,
                 "job_id": accepted.document.job_id,
                 "duplicate": accepted.duplicate,
-                "status": statuses.get(accepted.document.job_id) if accepted.duplicate else "queued",
+                "status": duplicates[accepted.document.job_id].status if accepted.duplicate else "queued",
                 "batch_id": accepted.document.batch_id,
                 "status_url": url_for("api.get_job", job_id=accepted.document.job_id),
                 "document_url": url_for("api.get_document", document_id=accepted.document.id),
@@ -104,7 +103,7 @@ def list_documents():
     """The newest documents: ``{"documents": [...]}``; ``limit`` 1–100 (default 20)."""
     limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     documents = list(Document.select().order_by(Document.created_at.desc(), Document.id.desc()).limit(limit))
-    jobs = {job.id: job for job in Job.select().where(Job.id.in_([d.job_id for d in documents if d.job_id]))}
+    jobs = Job.by_id(d.job_id for d in documents)
     return jsonify({"documents": [document_to_dict(d, jobs.get(d.job_id)) for d in documents]})
 
 
@@ -191,7 +190,7 @@ def list_reports():
     """The newest reports first: ``{"reports": [...]}``; ``limit`` 1–100 (default 20)."""
     limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     reports = list(Report.select().order_by(Report.created_at.desc(), Report.id.desc()).limit(limit))
-    jobs = {job.id: job for job in Job.select().where(Job.id.in_([r.job_id for r in reports if r.job_id]))}
+    jobs = Job.by_id(r.job_id for r in reports)
     return jsonify({"reports": [report_to_dict(r, jobs.get(r.job_id)) for r in reports]})
 
 

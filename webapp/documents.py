@@ -250,7 +250,7 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
     the mean over the documents, an ended job counting 100.
     """
     documents = list(Document.select().where(Document.batch_id == batch.id).order_by(Document.created_at, Document.id))
-    jobs = {job.id: job for job in Job.select().where(Job.id.in_([d.job_id for d in documents if d.job_id]))}
+    jobs = Job.by_id(d.job_id for d in documents)
     totals: dict[str, int] = {}
     done = 0
     for document in documents:

@@ -135,6 +135,12 @@ class Job(db.Model):
         table_name = "job"
 
     @classmethod
+    def by_id(cls, job_ids) -> "dict[str, Job]":
+        """The rows of ``job_ids`` (``None`` entries skipped) in one query, keyed by id."""
+        wanted = [job_id for job_id in job_ids if job_id]
+        return {job.id: job for job in cls.select().where(cls.id.in_(wanted))} if wanted else {}
+
+    @classmethod
     def find(cls, job_id: str) -> "Job | None":
         """The row ``job_id``, or ``None``: ``Job.get_or_none(Job.id == job_id)`` with its SQL built once.
 
