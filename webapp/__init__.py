@@ -51,4 +51,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.cli.add_command(ingest_command)
     app.cli.add_command(dev_command)
+    from webapp.scheduling import schedule_cli
+
+    app.cli.add_command(schedule_cli)
     return app

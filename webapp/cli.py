@@ -144,7 +144,7 @@ def _text(value) -> str:
 @with_appcontext
 def dev_command(port: int) -> None:
     """Run the whole service locally: Redis (embedded if none answers), the database, and the
-    Procfile's web and worker processes under honcho. Ctrl-C stops everything.
+    Procfile's web, worker and scheduler processes under honcho. Ctrl-C stops everything.
     """
     from webapp.embedded_redis import EmbeddedRedis, redis_answers
 
@@ -175,10 +175,10 @@ def dev_command(port: int) -> None:
     signal.signal(signal.SIGHUP, stop_on_signal)
     honcho = None
     try:
-        create_tables()
+        create_tables()  # the scheduler process syncs the schedules itself when it starts
         click.echo(f"Database ready at {redact_url(app.config['DATABASE_URL'])}. Serving on http://127.0.0.1:{port}/")
         command = [sys.executable, "-m", "honcho", "--procfile", str(PROJECT_ROOT / "Procfile"),
-                   "--app-root", str(PROJECT_ROOT), "start", "--port", str(port), "web", "worker"]
+                   "--app-root", str(PROJECT_ROOT), "start", "--port", str(port), "web", "worker", "scheduler"]
         honcho = subprocess.Popen(command, env=env)
         honcho.wait()
     except KeyboardInterrupt:

@@ -105,6 +105,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Seconds a report job may run; seconds a webhook delivery job may run.
         "REPORT_JOB_TIMEOUT": _int(env, "REPORT_JOB_TIMEOUT", 300),
         "WEBHOOK_JOB_TIMEOUT": _int(env, "WEBHOOK_JOB_TIMEOUT", 60),
+        # Seconds a maintenance job (reconcile, retention, orphans) may run.
+        "MAINTENANCE_JOB_TIMEOUT": _int(env, "MAINTENANCE_JOB_TIMEOUT", 300),
         # Key of the webhooks' HMAC-SHA256 signature (X-Docket-Signature); SECRET_KEY when unset.
         "WEBHOOK_SECRET": env.get("WEBHOOK_SECRET") or env.get("SECRET_KEY", "dev-only-secret-change-me"),
         # Seconds one webhook POST may take (connect + answer) before it counts as failed.
@@ -131,6 +133,29 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
         "OPENAI_MAX_RETRIES": _int(env, "OPENAI_MAX_RETRIES", 3),
         "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
+        # --- periodic jobs and recovery (webapp/scheduling.py, jobs/reconcile.py, jobs/cleanup.py) ---
+        # Seconds between two polls of the scheduler process (rq-scheduler's `interval`): a
+        # periodic job starts at most this late.
+        "SCHEDULER_INTERVAL": _int(env, "SCHEDULER_INTERVAL", 1),
+        # Seconds between two runs of the reconcile job (rows ↔ RQ).
+        "RECONCILE_INTERVAL": _int(env, "RECONCILE_INTERVAL", 60),
+        # Seconds a row may disagree with RQ before reconcile acts: covers a job between its
+        # row's commit and its enqueue, and a worker between two heartbeats.
+        "RECONCILE_GRACE": _int(env, "RECONCILE_GRACE", 30),
+        # Seconds past a kind's time limit after which a `started` row with no progress is
+        # considered stuck and re-run or failed by reconcile.
+        "STUCK_JOB_MARGIN": _int(env, "STUCK_JOB_MARGIN", 120),
+        # Seconds between a busy worker's heartbeats; its Redis record and its job's execution
+        # expire 3 heartbeats after the last one, which is how a killed worker is noticed.
+        "WORKER_HEARTBEAT_INTERVAL": _int(env, "WORKER_HEARTBEAT_INTERVAL", 5),
+        # Seconds a worker told to stop (SIGTERM: a deploy or restart) lets its running job go
+        # on before handing it back to the queue; platforms SIGKILL ≈30 s after SIGTERM.
+        "SHUTDOWN_GRACE": _int(env, "SHUTDOWN_GRACE", 10),
+        # Days a terminal job's rows, uploads, chunks and report files are kept (retention job).
+        "RETENTION_DAYS": _int(env, "RETENTION_DAYS", 30),
+        # Seconds a stored file must be old before the orphans job deletes it when no row
+        # references it (an upload's bytes are stored before its row is committed).
+        "ORPHAN_GRACE": _int(env, "ORPHAN_GRACE", 3600),
     }
     # A chunk of N characters is at most 4*N UTF-8 bytes, and a byte-level BPE token covers at
     # least one byte, so 2048 characters stay under OpenAI's 8192-token per-input limit.
@@ -144,6 +169,12 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError("HIGH_QUEUE_WORKERS must not be negative")
     if config["WORKER_MAX_MEMORY"] < 0 or config["JOB_KILL_GRACE"] < 0:
         raise ValueError("WORKER_MAX_MEMORY and JOB_KILL_GRACE must not be negative")
+    for name in ("SCHEDULER_INTERVAL", "RECONCILE_INTERVAL", "WORKER_HEARTBEAT_INTERVAL", "RETENTION_DAYS"):
+        if config[name] < 1:
+            raise ValueError(f"{name} must be at least 1")
+    for name in ("RECONCILE_GRACE", "STUCK_JOB_MARGIN", "SHUTDOWN_GRACE", "ORPHAN_GRACE"):
+        if config[name] < 0:
+            raise ValueError(f"{name} must not be negative")
     if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:
         raise ValueError("CHUNK_OVERLAP must be at least 0 and less than half of CHUNK_SIZE")
     return config

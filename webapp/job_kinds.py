@@ -110,6 +110,24 @@ JOB_KINDS: dict[str, JobKind] = {
             name="webhook", function="jobs.webhooks.deliver_webhook", queue="high",
             timeout_setting="WEBHOOK_JOB_TIMEOUT", retry=RetryPolicy(max_retries=3, base_delay=2, max_delay=30),
         ),
+        # Periodic maintenance (webapp/scheduling.py launches them), on `high` so that a long
+        # document backlog never delays recovery. Each run is cheap and the next one comes
+        # soon, so a transient failure is not retried.
+        # Bring rows and RQ into agreement: restore lost jobs, re-run or fail abandoned ones.
+        JobKind(
+            name="reconcile", function="jobs.reconcile.reconcile", queue="high",
+            timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
+        ),
+        # Delete terminal jobs' rows, uploads, chunks and report files older than RETENTION_DAYS.
+        JobKind(
+            name="retention", function="jobs.cleanup.apply_retention", queue="high",
+            timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
+        ),
+        # Stored files no row references (deleted) and rows whose file is gone (failed).
+        JobKind(
+            name="orphans", function="jobs.cleanup.clean_orphans", queue="high",
+            timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
+        ),
     )
 }
 

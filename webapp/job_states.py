@@ -13,6 +13,9 @@ worker, the web process and the scheduler acting at once can never move a row ba
       ├────────────────────▶ canceled ┘
       └────────────────────▶ failed   (Redis refused the job)
 
+    started, scheduled ──▶ queued   (a worker shutting down hands its job back; reconcile
+                                     re-runs a job whose worker or RQ record vanished)
+
 The web process (cancel, retry), the worker (start, progress, finish, fail) and RQ's callbacks
 (:func:`on_job_failure`, :func:`on_job_stopped`, also run by RQ's abandoned-job cleanup) all
 use these functions. Entering a terminal state forgets the document's PDF password and sends
@@ -54,8 +57,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     STOPPED: frozenset({STARTED}),
     CANCELED: WAITING,
     SCHEDULED: frozenset({STARTED}),  # a transient failure, waiting for its automatic retry
-    QUEUED: frozenset({FAILED, STOPPED, CANCELED}),  # retried on request
+    # Retried on request (failed/stopped/canceled: RETRYABLE); handed back by a worker told to
+    # shut down, or re-run by reconcile after its worker vanished (started); restored by
+    # reconcile after Redis lost it (scheduled).
+    QUEUED: frozenset({FAILED, STOPPED, CANCELED, STARTED, SCHEDULED}),
 }
+RETRYABLE = frozenset({FAILED, STOPPED, CANCELED})  # what a user may retry
 
 MAX_ERROR = 1000  # characters of an error sentence kept on the row
 
@@ -72,20 +79,29 @@ class JobStateError(Exception):
         self.status = status
 
 
-def transition(job_id: str, to: str, **fields: Any) -> bool:
+def transition(job_id: str, to: str, from_: frozenset[str] | None = None, **fields: Any) -> bool:
     """Move row ``job_id`` to status ``to`` if its current status allows it (:data:`TRANSITIONS`).
 
     Args:
         job_id: the Job row (= RQ job id).
         to: the target status word.
+        from_: narrow the allowed current statuses further (a subset of ``TRANSITIONS[to]``).
         **fields: other columns to set in the same ``UPDATE``.
 
     Returns:
         Whether the row changed (``False``: no row, or a status that does not allow ``to``).
+
+    Raises:
+        ValueError: ``from_`` names a status the state machine does not allow.
     """
+    allowed = TRANSITIONS[to]
+    if from_ is not None:
+        if not from_ <= allowed:
+            raise ValueError(f"{sorted(from_ - allowed)} → {to} is not a transition of the state machine")
+        allowed = from_
     updated = (
         Job.update(status=to, updated_at=utcnow(), **fields)
-        .where(Job.id == job_id, Job.status.in_(tuple(TRANSITIONS[to])))
+        .where(Job.id == job_id, Job.status.in_(tuple(allowed)))
         .execute()
     )
     return bool(updated)
@@ -150,8 +166,25 @@ def mark_scheduled(job_id: str, message: str, code: str, retry_at: datetime) -> 
 def mark_requeued(job_id: str) -> bool:
     """``failed/stopped/canceled → queued`` for a retry on request; the row keeps ``attempts``.
     Returns whether the row changed."""
-    return transition(job_id, QUEUED, error=None, error_code=None, result=None, stage=None, progress=0,
+    return transition(job_id, QUEUED, from_=RETRYABLE, error=None, error_code=None, result=None, stage=None, progress=0,
                       started_at=None, ended_at=None, enqueued_at=None, retry_at=None, webhook=None)
+
+
+def mark_handed_back(job_id: str) -> bool:
+    """``started → queued``: a worker told to shut down (SIGTERM) gave its unfinished job back to
+    the queue; another worker runs it again from the start. The row keeps ``attempts`` (the
+    next start counts one more). Returns whether the row changed."""
+    with connection():
+        return transition(job_id, QUEUED, from_=frozenset({STARTED}), stage=None, progress=0, retry_at=None)
+
+
+def mark_rerun(job_id: str, reason: str, code: str) -> bool:
+    """``started/scheduled → queued`` by reconcile: the job's worker or its RQ record is gone, so
+    it is enqueued again from ``params``. ``reason`` (a sentence) and ``code`` stay on the row
+    until the next start clears them. Returns whether the row changed."""
+    with connection():
+        return transition(job_id, QUEUED, from_=frozenset({STARTED, SCHEDULED}), stage=None, progress=0,
+                          retry_at=None, error=reason[:MAX_ERROR], error_code=code)
 
 
 def _end(job_id: str, to: str, message: str, code: str) -> bool:

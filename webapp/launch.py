@@ -39,7 +39,15 @@ QUEUE_UNAVAILABLE = "The job queue (Redis) is unavailable, so the job could not 
 
 
 class QueueUnavailable(Exception):
-    """Redis refused or could not be reached; the rows were marked ``failed``."""
+    """Redis refused or could not be reached; the rows were marked ``failed``.
+
+    Attributes:
+        job_ids: the ids of the rows that were not enqueued.
+    """
+
+    def __init__(self, message: str, job_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids or []
 
 
 def new_job(kind: str, params: dict[str, Any], *, job_id: str | None = None, document_id: str | None = None,
@@ -151,7 +159,7 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
         current_app.logger.error("enqueueing %d job(s) failed: %s", len(jobs), exc)
         for job in jobs:
             mark_failed(job.id, QUEUE_UNAVAILABLE, "queue_unavailable")
-        raise QueueUnavailable(QUEUE_UNAVAILABLE) from exc
+        raise QueueUnavailable(QUEUE_UNAVAILABLE, [job.id for job in jobs]) from exc
     Job.update(enqueued_at=utcnow()).where(Job.id.in_([job.id for job in jobs]), Job.status != FAILED).execute()
 
 

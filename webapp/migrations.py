@@ -63,6 +63,7 @@ from typing import Callable, Iterator
 
 from peewee import (
     BlobField,
+    BooleanField,
     CharField,
     Database,
     DateTimeField,
@@ -261,9 +262,38 @@ def add_missing_columns(migrator: SchemaMigrator, columns: tuple[tuple[str, str,
     migrate(*operations)
 
 
+def _schedules_model(database: Database) -> type[Model]:
+    """Migration 3's table ``schedule``, frozen as it was first declared."""
+    bound = database
+
+    class Schedule(Model):
+        id = CharField(primary_key=True, max_length=64)
+        job = CharField(max_length=32)
+        cron = CharField(max_length=100, null=True)
+        interval = IntegerField(null=True)
+        params = TextField()
+        builtin = BooleanField()
+        paused = BooleanField()
+        created_at = DateTimeField()
+        last_run_at = DateTimeField(null=True)
+        last_job_id = CharField(max_length=64, null=True)
+
+        class Meta:
+            database = bound
+            table_name = "schedule"
+
+    return Schedule
+
+
+def _schedules(migrator: SchemaMigrator, database: Database) -> None:
+    """3: periodic jobs (built-in and added at runtime) for rq-scheduler."""
+    database.create_tables([_schedules_model(database)], safe=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", _baseline),
     Migration(2, "job protocol", _job_protocol),
+    Migration(3, "schedules", _schedules),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

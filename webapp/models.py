@@ -18,6 +18,7 @@ from typing import Any
 
 from peewee import (
     BlobField,
+    BooleanField,
     CharField,
     DateTimeField,
     ForeignKeyField,
@@ -185,7 +186,30 @@ class Chunk(db.Model):
         indexes = ((("document", "ordinal"), True),)
 
 
-ALL_MODELS = [Batch, Document, Job, Report, Chunk]
+class Schedule(db.Model):
+    """A periodic job: built into the code (:data:`webapp.scheduling.BUILTIN_SCHEDULES`, fixed
+    ``id``) or added at runtime (``POST /api/schedules``). The table is the truth; ``flask schedule
+    sync`` and the scheduler process write rq-scheduler's entries in Redis from it.
+
+    Exactly one of ``cron`` (five fields, UTC) and ``interval`` (seconds) is set.
+    """
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    job = CharField(max_length=32)  # a name in webapp.scheduling.SCHEDULABLE_JOBS
+    cron = CharField(max_length=100, null=True)
+    interval = IntegerField(null=True)  # seconds
+    params = JSONField(default=dict)
+    builtin = BooleanField(default=False)
+    paused = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+    last_run_at = DateTimeField(null=True)
+    last_job_id = CharField(max_length=64, null=True)  # the Job row of its last run
+
+    class Meta:
+        table_name = "schedule"
+
+
+ALL_MODELS = [Batch, Document, Job, Report, Chunk, Schedule]
 
 
 def _unproxied(database):

@@ -18,11 +18,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from webapp.db import db
 from webapp.errors import ApiError
-from webapp.launch import QueueUnavailable, enqueue_jobs, new_job
-from webapp.models import Document, Job, Report, isoformat, new_id, utcnow
-from webapp.report_files import FORMATS, REPORT_TYPES
+from webapp.launch import QueueUnavailable
+from webapp.models import Document, Job, Report, isoformat, utcnow
+from webapp.report_files import FORMATS, REPORT_TYPES, launch_report
 
 MAX_DOCUMENTS = 500  # document ids in one documents report
 MAX_PERIOD = timedelta(days=366)
@@ -90,17 +89,10 @@ def request_report(report_type: Any, params: Any) -> Report:
         ApiError: 400 for a bad request; 503 ``queue_unavailable`` when Redis refuses.
     """
     normalised = validate_request(report_type, params)
-    report = Report(id=new_id(), type=report_type, params=normalised)
-    job = new_job("report", {"report_id": report.id})
-    report.job_id = job.id
-    with db.database.atomic():
-        report.save(force_insert=True)
-        job.save(force_insert=True)
     try:
-        enqueue_jobs([job])
+        return launch_report(report_type, normalised)
     except QueueUnavailable as exc:
         raise ApiError(503, "queue_unavailable", str(exc)) from exc
-    return report
 
 
 def report_to_dict(report: Report, job: Job | None = None) -> dict[str, Any]:
