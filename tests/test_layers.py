@@ -22,7 +22,9 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         "webapp.embeddings", "webapp.filetypes", "webapp.processes", "webapp.embedded_redis",
         # the job protocol: registry, launch, state machine, errors, control, webhooks
         "webapp.job_kinds", "webapp.launch", "webapp.job_states", "webapp.job_errors", "webapp.job_control",
-        "webapp.webhooks", "webapp.report_files"}
+        "webapp.webhooks", "webapp.report_files",
+        # periodic jobs: the schedule table and the rq-scheduler process
+        "webapp.scheduling"}
 
 
 def module_names(package: str) -> list[str]:
