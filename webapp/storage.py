@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-./]{0,200}$")
 
@@ -40,12 +40,25 @@ class Storage(Protocol):
         """Return the bytes under ``key``. Raises :class:`StorageError` if there are none."""
 
     def delete(self, key: str) -> None:
-        """Remove ``key``; no error if it is absent."""
+        """Remove ``key``; no error if it is absent. Raises :class:`StorageError` if it cannot."""
+
+    def keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every stored key that starts with ``prefix`` (a plain string prefix), with its
+        modification time (Unix seconds); lazily, so a large store is never held in memory.
+
+        Includes what writes that never completed left behind (:meth:`LocalStorage.keys`): no
+        row names it, so the orphans job deletes it once it is older than ``ORPHAN_GRACE``.
+        Raises :class:`StorageError` if the storage cannot be listed."""
+
+
+def is_key(key: str) -> bool:
+    """Whether ``key`` is a valid storage key (:func:`check_key` without the exception)."""
+    return bool(_KEY.match(key)) and ".." not in key.split("/")
 
 
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid storage key; raise ``ValueError`` otherwise."""
-    if not _KEY.match(key) or ".." in key.split("/"):
+    if not is_key(key):
         raise ValueError(f"invalid storage key: {key!r}")
     return key
 
@@ -84,6 +97,41 @@ class LocalStorage:
             self._path(key).unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise StorageError(f"could not delete {key}: {exc.strerror}") from exc
+
+    def keys(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every file under the folder whose key starts with ``prefix``, with its ``st_mtime``.
+
+        Only folders that can hold such keys are walked (``prefix="documents/ab/"`` reads one
+        folder), each in name order; symbolic links are not followed. A file whose name is not a
+        valid key was not made by Docket and is not listed (so never deleted through this
+        interface). The temporary files of :meth:`put` (``.upload-*`` beside their key) *are*
+        listed: one still being written is seconds old, one older than that is what a write that
+        crashed between the write and the rename left behind — an orphan like any file no row
+        names. A folder that does not exist (nothing stored yet) lists nothing.
+        """
+        yield from self._walk(self.root, "", prefix)
+
+    def _walk(self, folder: Path, relative: str, prefix: str) -> Iterator[tuple[str, float]]:
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"could not list {relative or 'the storage folder'}: {exc.strerror}") from exc
+        for entry in entries:
+            key = relative + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                    yield from self._walk(Path(entry.path), key + "/", prefix)
+            elif entry.is_file(follow_symlinks=False) and key.startswith(prefix) and is_key(key):
+                try:
+                    modified = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:  # deleted while the folder was being listed
+                    continue
+                yield key, modified
 
 
 def storage_from_config(config: Mapping[str, Any]) -> Storage:
