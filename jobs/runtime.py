@@ -17,6 +17,16 @@
   is killed the same way ``JOB_KILL_GRACE`` seconds later. A process whose peak memory passed
   ``WORKER_MAX_MEMORY`` leaves after its job, so memory a large document left behind is given
   back.
+* **A killed worker is noticed in seconds.** RQ's ``SimpleWorker`` sends no heartbeat while a
+  job runs, and its records live for the job's whole time limit + 60 s (11 minutes for a
+  document). :class:`DocketWorker` beats every ``WORKER_HEARTBEAT_INTERVAL`` seconds from a
+  thread while its job runs, with records that expire 3 beats later; the reconcile job then
+  hands a vanished worker's job to RQ's own abandoned-job handling (retry or fail).
+* **SIGTERM hands the job back.** Every deploy and restart sends SIGTERM, and platforms send
+  SIGKILL ≈30 s later. The running job gets ``SHUTDOWN_GRACE`` seconds to finish; then it is
+  interrupted and handed back — its row ``queued`` again, its RQ job at the front of its queue —
+  and another worker runs it from the start (every stage is idempotent). RQ's ``HerokuWorker``
+  interrupts the job the same way but fails it.
 """
 
 from __future__ import annotations
@@ -37,12 +47,14 @@ from rq.callbacks import execute_stopped_callback
 from rq.job import Job as RQJob
 from rq.queue import Queue
 from rq.utils import now
+from redis.exceptions import RedisError
+from rq.worker import WorkerStatus
 from rq.worker.worker_classes import SimpleWorker
 from rq.worker_pool import WorkerData, WorkerPool, run_worker
 
 from webapp.db import db
 from webapp.job_errors import JobError, JobStopped, WorkerProcessDied
-from webapp.job_states import on_job_failure
+from webapp.job_states import mark_handed_back, on_job_failure
 from webapp.processes import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -53,6 +65,12 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 STOP_JOB_SIGNAL = signal.SIGUSR1
 
 _job_in_body: str | None = None  # the id of the job whose function is running in this process
+
+
+class JobHandedBack(BaseException):
+    """Raised in a job's function when its worker shuts down before the job finished: the job
+    goes back to its queue instead of failing. A ``BaseException``, so that no ``except
+    Exception`` in a job or a parser turns it into the job's own failure."""
 
 
 class DocketJob(RQJob):
@@ -80,9 +98,14 @@ class DocketWorker(SimpleWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        limit = current_app.config.get("WORKER_MAX_MEMORY") if has_app_context() else None
+        config = current_app.config if has_app_context() else {}
+        limit = config.get("WORKER_MAX_MEMORY")
         self.max_memory_bytes: int | None = limit * MB if limit else None
+        self.heartbeat_interval: float = config.get("WORKER_HEARTBEAT_INTERVAL", 5)
+        self.shutdown_grace: float = config.get("SHUTDOWN_GRACE", 10)
         self._burst = False
+        self._handback_job_id: str | None = None
+        self._handback_timer: threading.Timer | None = None
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         self._burst = burst
@@ -105,10 +128,103 @@ class DocketWorker(SimpleWorker):
         signal.pthread_kill(threading.main_thread().ident, STOP_JOB_SIGNAL)
 
     def _stop_job_in_body(self, signum: int, frame: Any) -> None:
-        if _job_in_body is not None and _job_in_body == self._stopped_job_id:
+        if _job_in_body is None:
+            return
+        if _job_in_body == self._handback_job_id:
+            raise JobHandedBack()
+        if _job_in_body == self._stopped_job_id:
             raise JobStopped()
 
+    # --- heartbeats -------------------------------------------------------------------------
+    def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
+        """Seconds the worker's, the job's and its execution's records live without a beat:
+        3 heartbeats (RQ's SimpleWorker: the job's whole time limit + 60 s)."""
+        return int(3 * self.heartbeat_interval) + 1
+
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        # SimpleWorker.execute_job, with a heartbeat thread while the job runs.
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+        beat = threading.Thread(target=self._beat_until, args=(done, job, execution), daemon=True,
+                                name=f"heartbeat {job.id}")
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            beat.join()
+            self._cancel_handback()
+        self.set_state(WorkerStatus.IDLE)
+        # In burst mode the pool starts no replacement, so a burst worker never leaves early.
+        if not self._burst and self.max_memory_bytes and peak_memory_bytes() > self.max_memory_bytes:
+            self.log.info("Worker %s: peak memory %d MB is over WORKER_MAX_MEMORY (%d MB); leaving for a fresh process",
+                          self.name, peak_memory_bytes() // MB, self.max_memory_bytes // MB)
+            self._stop_requested = True
+
+    def _beat_until(self, done: threading.Event, job: RQJob, execution: Any) -> None:
+        """Every ``heartbeat_interval`` s until ``done``: extend the worker's record and the
+        execution's entry in the started registry (what RQ's abandoned-job cleanup reads)."""
+        while not done.wait(self.heartbeat_interval):
+            ttl = self.get_heartbeat_ttl(job)
+            try:
+                with self.connection.pipeline() as pipe:
+                    self.heartbeat(ttl, pipeline=pipe)
+                    execution.heartbeat(job.started_job_registry, ttl, pipeline=pipe)
+                    pipe.execute()
+            except RedisError as exc:  # Redis briefly away: the next beat tries again
+                self.log.warning("Worker %s: heartbeat failed: %s", self.name, exc)
+
+    # --- shutdown: hand the running job back ---------------------------------------------------
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """First SIGTERM/SIGINT (RQ's warm shutdown: no new job). A job still running
+        ``shutdown_grace`` seconds later is handed back to its queue."""
+        super().request_stop(signum, frame)
+        job_id = _job_in_body
+        if job_id is not None and self._handback_timer is None:
+            self.log.info("Worker %s: shutting down; job %s has %s s to finish before it is handed back",
+                          self.name, job_id, self.shutdown_grace)
+            self._handback_timer = threading.Timer(self.shutdown_grace, self._hand_back_now, args=(job_id,))
+            self._handback_timer.daemon = True
+            self._handback_timer.start()
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Second SIGTERM/SIGINT (cold shutdown): hand the running job back at once."""
+        if _job_in_body is not None and (now() - self._shutdown_requested_date).total_seconds() >= 1:
+            self._cancel_handback()
+            self._handback_job_id = _job_in_body
+            raise JobHandedBack()  # a signal handler runs in the main thread, inside the job
+        super().request_force_stop(signum, frame)
+
+    def _hand_back_now(self, job_id: str) -> None:
+        if _job_in_body == job_id:
+            self._handback_job_id = job_id
+            signal.pthread_kill(threading.main_thread().ident, STOP_JOB_SIGNAL)
+
+    def _cancel_handback(self) -> None:
+        if self._handback_timer is not None:
+            self._handback_timer.cancel()
+            self._handback_timer = None
+
+    def hand_back(self, job: RQJob, queue: Queue, execution: Any) -> None:
+        """Give an unfinished job back: its row ``started → queued`` (state machine), then in one
+        Redis transaction its execution removed and the job pushed to the front of its queue
+        (status ``queued``; RQ's retry count untouched). Another worker runs it from the start."""
+        self._handback_job_id = None
+        self.log.warning("Worker %s: handing job %s back to queue %s", self.name, job.id, queue.name)
+        try:
+            mark_handed_back(job.id)
+        except Exception:  # the database is away: reconcile brings the row along once the job restarts
+            self.log.exception("Worker %s: could not mark job %s handed back", self.name, job.id)
+        job.ended_at = None
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+
     def _finalize_failure(self, job: RQJob, queue: Queue, execution: Any, exc_info: Any) -> None:
+        if isinstance(exc_info[1], JobHandedBack):
+            self.hand_back(job, queue, execution)
+            return
         # A job that stopped itself (its row was canceled or stopped meanwhile) ends as RQ's
         # stop command would end it: STOPPED, never retried.
         if isinstance(exc_info[1], JobStopped):
@@ -125,13 +241,6 @@ class DocketWorker(SimpleWorker):
                 self.log.exception("Worker %s: stopped callback for job %s raised", self.name, job.id)
         super().handle_job_failure(job, queue, *args, **kwargs)
 
-    def execute_job(self, job: RQJob, queue: Queue) -> None:
-        super().execute_job(job, queue)
-        # In burst mode the pool starts no replacement, so a burst worker never leaves early.
-        if not self._burst and self.max_memory_bytes and peak_memory_bytes() > self.max_memory_bytes:
-            self.log.info("Worker %s: peak memory %d MB is over WORKER_MAX_MEMORY (%d MB); leaving for a fresh process",
-                          self.name, peak_memory_bytes() // MB, self.max_memory_bytes // MB)
-            self._stop_requested = True
 
 
 class DocketWorkerPool(WorkerPool):

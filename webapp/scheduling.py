@@ -22,9 +22,13 @@ starts them.
   :func:`next_cron_time` asks ``crontab`` for the next time after an aware UTC "now", which is
   both UTC whatever ``TZ`` says and the call the warning asks for: fixed at the source.
 
-RQ's own scheduler (``with_scheduler=True``, run by every worker pool) is a different thing: it
-moves jobs RQ itself deferred — the delayed automatic retries of :class:`rq.Retry` — from RQ's
-``ScheduledJobRegistry`` back to their queue. rq-scheduler (this module) runs the periodic jobs.
+RQ's own scheduler is a different thing: it moves jobs RQ itself deferred — the delayed
+automatic retries of :class:`rq.Retry` — from each queue's ``ScheduledJobRegistry`` back to the
+queue, under a per-queue lock that one process holds. Every worker pool runs one
+(``with_scheduler=True``); the scheduler process runs one as well (:class:`DocketScheduler`
+takes RQ's locks whenever they are free), so delayed retries keep flowing when the worker that
+held the locks was killed: its locks expire after 61 s and the scheduler process takes them
+over at its next poll, where a worker would wait for its 10-minute maintenance.
 """
 
 from __future__ import annotations
@@ -45,12 +49,13 @@ from peewee import DatabaseError
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
+from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
 from webapp.db import connection, db
 from webapp.launch import QueueUnavailable, launch
 from webapp.models import Job, Schedule, utcnow
-from webapp.queues import rq
+from webapp.queues import QUEUE_NAMES, rq
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +162,7 @@ def validate_schedule(job: Any, cron: Any, interval: Any, params: Any) -> tuple[
         ScheduleError: an unknown job, not exactly one of cron/interval, a bad cron expression
             or interval, or an unknown or mistyped parameter.
     """
-    if job not in SCHEDULABLE_JOBS:
+    if not isinstance(job, str) or job not in SCHEDULABLE_JOBS:
         raise ScheduleError(f"'job' must be one of {', '.join(SCHEDULABLE_JOBS)}.")
     if (cron is None) == (interval is None):
         raise ScheduleError("Give exactly one of 'cron' (five fields, UTC) and 'interval' (seconds).")
@@ -182,7 +187,7 @@ def validate_schedule(job: Any, cron: Any, interval: Any, params: Any) -> tuple[
         raise ScheduleError(f"Unknown parameter(s) {', '.join(unknown)} for {job}; accepted: {accepted}.")
     for key, (kind, _) in allowed.items():
         if key in params and (isinstance(params[key], bool) or not isinstance(params[key], kind)):
-            raise ScheduleError(f"'{key}' must be a {kind.__name__}.")
+            raise ScheduleError(f"'{key}' must be {'a whole number' if kind is int else 'a ' + kind.__name__}.")
     if "max_age_days" in params and params["max_age_days"] < 1:
         raise ScheduleError("'max_age_days' must be at least 1.")
     if "hours" in params and not 1 <= params["hours"] <= 8784:
@@ -208,6 +213,8 @@ def next_cron_time(cron: str, after: datetime | None = None) -> datetime:
         after = after.replace(tzinfo=timezone.utc)
     # An aware "now" makes crontab compute in UTC and is the call its FutureWarning asks for.
     found = crontab.CronTab(cron).next(now=after.astimezone(timezone.utc), return_datetime=True, default_utc=True)
+    if found is None:  # e.g. "0 0 30 2 *": a day that never comes
+        raise ValueError("it matches no date")
     return found.astimezone(timezone.utc).replace(tzinfo=None)
 
 
@@ -374,6 +381,7 @@ class DocketScheduler(Scheduler):
     def __init__(self, app: Flask | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
+        self.rq_scheduler: RQScheduler | None = None
 
     # --- the timetable ----------------------------------------------------------------------
     def fetch_entry(self, entry_id: str):
@@ -412,6 +420,7 @@ class DocketScheduler(Scheduler):
         lock): write the entries again if Redis lost them, then start what is due. A Redis or
         database outage is logged and the next poll tries again; the process keeps running."""
         try:
+            self.deliver_retries()
             with self.app.app_context():
                 if not self.connection.exists(SYNCED_KEY):
                     result = sync_schedules(connection_=self.connection)
@@ -421,6 +430,31 @@ class DocketScheduler(Scheduler):
         except (RedisError, DatabaseError) as exc:
             log.error("scheduler: poll failed, trying again in %s s: %s", self._interval, exc)
             return []
+
+    def deliver_retries(self) -> None:
+        """RQ's scheduler role (see the module docstring): hold RQ's per-queue scheduler locks
+        when they are free, and move the due delayed retries of the queues it holds."""
+        if self.rq_scheduler is None:
+            self.rq_scheduler = RQScheduler(QUEUE_NAMES, connection=self.connection, interval=self._interval)
+            self.rq_scheduler._connection = self.connection
+            self.rq_scheduler.register_birth()
+        if self.rq_scheduler.acquired_locks != set(QUEUE_NAMES):
+            self.rq_scheduler.acquire_locks()  # takes the free ones, refreshes its own
+        else:
+            self.rq_scheduler.heartbeat()
+        if self.rq_scheduler.acquired_locks:
+            self.rq_scheduler.enqueue_scheduled_jobs()
+
+    def register_death(self):
+        """rq-scheduler's death, and RQ's scheduler locks released for the workers' schedulers."""
+        if self.rq_scheduler is not None:
+            try:
+                self.rq_scheduler.release_locks()
+                self.rq_scheduler.register_death()
+            except RedisError:
+                pass
+            self.rq_scheduler = None
+        super().register_death()
 
     def enqueue_job(self, job) -> None:
         """Start one due entry: first move it to its next run time (so a failure can never
@@ -436,6 +470,8 @@ class DocketScheduler(Scheduler):
             fire(schedule.id)
         except DatabaseError as exc:
             log.error("schedule %s: could not start its job (database unavailable): %s", schedule.id, exc)
+        except Exception:  # one broken schedule must not stop the process that runs all the others
+            log.exception("schedule %s: could not start its %s job", schedule.id, schedule.job)
 
 
 def run_scheduler(app: Flask, interval: float, burst: bool = False) -> None:
@@ -506,7 +542,8 @@ def scheduler_command(interval: float | None, burst: bool) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in ("webapp", "rq_scheduler"):
-            logging.getLogger(name).addHandler(handler)
+            if not logging.getLogger(name).handlers:  # "webapp" is the app's logger: Flask's handler is there
+                logging.getLogger(name).addHandler(handler)
             logging.getLogger(name).setLevel(logging.INFO)
             logging.getLogger(name).propagate = False
     run_scheduler(app, interval or app.config["SCHEDULER_INTERVAL"], burst=burst)
