@@ -18,7 +18,7 @@ from bs4 import BeautifulSoup
 
 from tests.conftest import CORPUS, serve_wsgi, upload
 
-PAGES = ("/", "/reports")
+PAGES = ("/", "/reports", "/schedules")
 
 
 def soup_of(client, path: str) -> BeautifulSoup:
@@ -70,8 +70,8 @@ def test_nav_links_both_pages_and_resolve(client, path):
     nav = page.find("nav")
     assert nav is not None and nav.get("aria-label")
     hrefs = {a.get_text(strip=True): a["href"] for a in nav.find_all("a")}
-    assert set(hrefs) == {"Documents", "Reports"}
-    assert hrefs["Reports"] == "/reports" and hrefs["Documents"] == "/"
+    assert set(hrefs) == {"Documents", "Reports", "Schedules"}
+    assert hrefs["Reports"] == "/reports" and hrefs["Documents"] == "/" and hrefs["Schedules"] == "/schedules"
     for href in hrefs.values():
         assert client.get(href).status_code == 200, href
     current = nav.find("a", attrs={"aria-current": "page"})

@@ -41,9 +41,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     rq.init_app(app)
     errors.init_app(app)
 
-    from webapp import api, health, views
+    from webapp import api, health, schedules_api, views
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(schedules_api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(views.bp)
 

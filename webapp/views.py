@@ -1,4 +1,5 @@
-"""The HTML pages: upload, live job progress and search (``/``), and reports (``/reports``).
+"""The HTML pages: upload, live job progress and search (``/``), reports (``/reports``) and
+periodic jobs (``/schedules``).
 
 The pages are static shells; their scripts (``static/common.js`` plus one per page) talk to the
 JSON API. No inline script or style, so a Content-Security-Policy without ``'unsafe-inline'``
@@ -10,6 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template
 
 from webapp.embeddings import embedder_name
+from webapp.scheduling import MIN_INTERVAL, SCHEDULABLE_JOBS
 
 bp = Blueprint("views", __name__)
 
@@ -28,3 +30,10 @@ def index():
 @bp.get("/reports")
 def reports():
     return render_template("reports.html", page="reports")
+
+
+@bp.get("/schedules")
+def schedules():
+    """The schedules page; its job choices are the allow-list of ``POST /api/schedules``."""
+    return render_template("schedules.html", page="schedules", jobs=list(SCHEDULABLE_JOBS.values()),
+                           min_interval=MIN_INTERVAL)
