@@ -405,6 +405,8 @@ def prepare_worker_process(app: Flask) -> float:
     import jobs.documents  # noqa: F401  (the job modules)
     import jobs.reports  # noqa: F401
     import jobs.webhooks  # noqa: F401
+    import jobs.reconcile  # noqa: F401
+    import jobs.cleanup  # noqa: F401
     from jobs.chunking import chunk_pages
     from jobs.errors import DocumentError
     from jobs.extract import extract

@@ -166,6 +166,9 @@ def dev_command(port: int) -> None:
         PYTHONUNBUFFERED="1",
         HOST=os.environ.get("HOST", "127.0.0.1"),  # a local run is not exposed to the network
     )
+    # honcho SIGKILLs what has not exited 5 s after its SIGTERM: a stopping worker hands its
+    # job back before that (a platform waits ≈30 s; there the default grace is 10 s).
+    env.setdefault("SHUTDOWN_GRACE", "3")
     env.pop("FLASK_RUN_FROM_CLI", None)
 
     def stop_on_signal(signum, frame):  # kill, a closed terminal: shut down like Ctrl-C
