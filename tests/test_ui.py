@@ -1,4 +1,5 @@
-"""The HTML pages: the main page (upload, batches, job control, search) and the reports page.
+"""The HTML pages: the main page (upload, batches, job control, search), the reports page and the
+schedules page.
 
 The pages are static shells whose scripts talk to the JSON API; these tests read the markup
 (forms, fields, labels, links, no inline script) and the static files. One end-to-end test

@@ -187,7 +187,7 @@ class Chunk(db.Model):
 
 
 class Schedule(db.Model):
-    """A periodic job: built into the code (:data:`webapp.scheduling.BUILTIN_SCHEDULES`, fixed
+    """A periodic job: built into the code (:func:`webapp.scheduling.builtin_schedules`, fixed
     ``id``) or added at runtime (``POST /api/schedules``). The table is the truth; ``flask schedule
     sync`` and the scheduler process write rq-scheduler's entries in Redis from it.
 

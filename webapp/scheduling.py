@@ -111,7 +111,8 @@ SCHEDULABLE_JOBS: dict[str, SchedulableJob] = {
                        {"max_age_days": (int, "days to keep (≥ 1)")}, _start_kind("retention", ("max_age_days",))),
         SchedulableJob("orphans", "Delete stored files no row references; fail jobs whose stored file is gone.",
                        {}, _start_kind("orphans")),
-        SchedulableJob("activity_report", "An activity report of the last `hours` hours (default 24), on high.",
+        SchedulableJob("activity_report", "An activity report of the last hours (parameter hours, default 24), "
+                       "on the high queue.",
                        {"hours": (int, "hours covered (1–8784)")}, _start_activity_report),
     )
 }
