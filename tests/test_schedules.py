@@ -387,3 +387,20 @@ def test_the_schedules_page_is_linked_and_uses_script_files_only(client):
     assert options == ["reconcile", "retention", "orphans", "activity_report"]
     for control in page.find_all(["input", "select", "textarea"]):
         assert page.find("label", attrs={"for": control["id"]}), control
+
+
+def test_a_run_is_skipped_while_the_previous_one_still_waits_in_its_queue(app, redis):
+    """No worker: the first due run of reconcile waits in `high`; the next firing adds no second
+    row. Once Redis lost the waiting one (FLUSHALL), a firing launches again — otherwise the
+    reconcile that restores lost jobs could never run again."""
+    from webapp.scheduling import fire
+
+    sync_in_process(app)
+    with app.app_context():
+        first = fire("reconcile")
+        assert first is not None and RQJob.exists(first.id, connection=redis)
+        assert fire("reconcile") is None
+        redis.flushall()
+        again = fire("reconcile")
+    assert again is not None and again.id != first.id
+    assert schedule_row(app, "reconcile").last_job_id == again.id

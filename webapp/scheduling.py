@@ -49,10 +49,12 @@ from peewee import DatabaseError
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
 from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
 from webapp.db import connection, db
+from webapp.job_states import WAITING
 from webapp.launch import QueueUnavailable, launch
 from webapp.models import Job, Schedule, utcnow
 from webapp.queues import QUEUE_NAMES, rq
@@ -346,8 +348,12 @@ def fire(schedule_id: str) -> Job | None:
     Called by :class:`DocketScheduler` when the schedule is due; also the function of
     rq-scheduler's stored entry, so the stock ``rqscheduler`` would run it in a worker.
 
+    A run is skipped while the schedule's previous run is still waiting in its queue (no
+    worker, or a long backlog on ``high``): runs never pile up, the next one comes on time.
+
     Returns:
-        The Job row launched; ``None`` when the schedule no longer exists or is paused.
+        The Job row launched; ``None`` when the schedule no longer exists, is paused, or its
+        previous run has not started yet.
 
     Raises:
         peewee.DatabaseError: the database is unavailable (nothing was launched).
@@ -356,6 +362,13 @@ def fire(schedule_id: str) -> Job | None:
     with connection():
         schedule = Schedule.get_or_none(Schedule.id == schedule_id)
         if schedule is None or schedule.paused:
+            return None
+        previous = Job.find(schedule.last_job_id) if schedule.last_job_id else None
+        # Waiting in RQ too: after Redis lost it, reconcile must be able to run again to restore it.
+        if (previous is not None and previous.status in WAITING
+                and RQJob.exists(previous.id, connection=rq.connection)):
+            log.info("schedule %s: its previous run %s is still %s; skipped", schedule_id, previous.id,
+                     previous.status)
             return None
         try:
             job = SCHEDULABLE_JOBS[schedule.job].start(schedule.params or {}, config)
