@@ -48,6 +48,7 @@ from rq.job import Job as RQJob
 from rq.queue import Queue
 from rq.utils import now
 from redis.exceptions import RedisError
+from rq import worker_registration
 from rq.worker import WorkerStatus
 from rq.worker.worker_classes import SimpleWorker
 from rq.worker_pool import WorkerData, WorkerPool, run_worker
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+REDIS_WAIT_MAX = 5.0  # seconds between a starting worker process's attempts to reach Redis
 # Interrupts the job running in a worker process's main thread on RQ's stop-job command.
 STOP_JOB_SIGNAL = signal.SIGUSR1
 
@@ -75,7 +77,8 @@ class JobHandedBack(BaseException):
 
 class DocketJob(RQJob):
     """RQ's job, noting while its function runs, so a stop request interrupts only the job's
-    own code and never RQ's bookkeeping before or after it."""
+    own code and never RQ's bookkeeping before or after it; its live progress (``meta``) is
+    best effort."""
 
     def _execute(self) -> Any:
         global _job_in_body
@@ -84,6 +87,16 @@ class DocketJob(RQJob):
             return super()._execute()
         finally:
             _job_in_body = None
+
+    def save_meta(self) -> None:
+        """Write ``meta`` (a running job's live stage and progress) to Redis, unless Redis is
+        unreachable: then the job goes on — its row is the truth, and the next write (every
+        0.5 s) tries again. Without this, a Redis restart failed every running job with an
+        "unexpected" (permanent) error although its work could complete."""
+        try:
+            super().save_meta()
+        except RedisError as exc:
+            log.warning("job %s: live progress not saved, Redis is unavailable: %s", self.id, exc)
 
 
 def peak_memory_bytes() -> int:
@@ -116,7 +129,24 @@ class DocketWorker(SimpleWorker):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         die_with_parent(signal.SIGTERM)  # a warm shutdown if the pool is killed
         signal.signal(STOP_JOB_SIGNAL, self._stop_job_in_body)
+        if not self._wait_for_redis():
+            return False
         return super().work(burst, *args, **kwargs)
+
+    def _wait_for_redis(self) -> bool:
+        """Wait until Redis answers before RQ registers the worker (which it cannot retry): a
+        process the pool starts while Redis is away waits here instead of exiting at once and
+        being started again every second. Returns ``False`` if told to stop meanwhile."""
+        delay = 0.5
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+                return True
+            except RedisError as exc:
+                self.log.warning("Worker %s: Redis is unavailable, waiting %.1f s: %s", self.name, delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, REDIS_WAIT_MAX)
+        return False
 
     def _stop_before_start(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
@@ -136,6 +166,30 @@ class DocketWorker(SimpleWorker):
             raise JobStopped()
 
     # --- heartbeats -------------------------------------------------------------------------
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat, in one round trip, registering the worker again when Redis lost its
+        record (restarted empty, ``FLUSHALL``): RQ registers a worker only at birth, so one that
+        lived through a Redis restart would go on taking jobs unseen by ``Worker.all``,
+        ``flask rq ping`` and the pool, its record holding nothing but ``last_heartbeat``."""
+        if pipeline is not None:  # part of RQ's own transaction (a job starting)
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        with self.connection.pipeline() as pipe:
+            # "birth": the job's heartbeat thread may have recreated the record meanwhile with
+            # nothing but last_heartbeat.
+            pipe.hexists(self.key, "birth")
+            super().heartbeat(timeout, pipeline=pipe)
+            registered = pipe.execute()[0]
+        if not registered and self.birth_date is not None:
+            self.log.warning("Worker %s: its record in Redis was lost (Redis restarted or emptied); "
+                             "registering again", self.name)
+            with self.connection.pipeline() as pipe:
+                pipe.delete(self.key)
+                pipe.hset(self.key, mapping=self.serialize())
+                worker_registration.register(self, pipe)
+                pipe.expire(self.key, timeout or self.worker_ttl + 60)
+                pipe.execute()
+
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         """Seconds the worker's, the job's and its execution's records live without a beat:
         3 heartbeats (RQ's SimpleWorker: the job's whole time limit + 60 s)."""
@@ -272,7 +326,13 @@ class DocketWorkerPool(WorkerPool):
         self._overdue: dict[str, int] = {}  # worker name → the time limit its job overran (s)
 
     def check_workers(self, respawn: bool = True) -> None:
-        self.kill_overdue_workers()
+        # RQ's pool loop has no error handling: a Redis error here used to end the supervisor
+        # (its worker processes ran on, unsupervised, and the command hung in exit). Redis
+        # away only postpones the overdue check; reaping and respawning need no Redis.
+        try:
+            self.kill_overdue_workers()
+        except RedisError as exc:
+            self.log.warning("Worker pool: Redis is unavailable, overdue jobs not checked: %s", exc)
         super().check_workers(respawn)
 
     def start_worker(self, *args: Any, **kwargs: Any) -> None:

@@ -496,6 +496,7 @@ def run_scheduler(app: Flask, interval: float, burst: bool = False) -> None:
     backoff = 1.0
     while True:
         scheduler = DocketScheduler(app=app, connection=rq.connection, interval=interval, queue_name="high")
+        started = time.monotonic()
         try:
             with app.app_context():
                 result = sync_schedules(connection_=scheduler.connection)
@@ -504,6 +505,8 @@ def run_scheduler(app: Flask, interval: float, burst: bool = False) -> None:
             scheduler.run(burst=burst)
             return
         except (RedisError, DatabaseError) as exc:
+            if time.monotonic() - started > 60:  # it had been running: a new outage starts the backoff again
+                backoff = 1.0
             log.error("scheduler: Redis or the database is unavailable (%s); trying again in %.0f s", exc, backoff)
             time.sleep(backoff)
             backoff = min(backoff * 2, 30)
