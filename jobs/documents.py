@@ -14,6 +14,8 @@ import logging
 from typing import Any, Mapping
 
 from flask import current_app
+from peewee import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
@@ -81,6 +83,10 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
         try:
             return _run(document_id, tracker, config)
         except JobError:
+            raise
+        except (OperationalError, InterfaceError, RedisConnectionError):
+            # The database or Redis is away: raised as is, so the failure callback counts it
+            # transient (webapp.job_states.describe_failure) and RQ retries the job.
             raise
         except JobTimeoutException as exc:
             limit = getattr(tracker.rq_job, "timeout", None) or config["DOCUMENT_JOB_TIMEOUT"]

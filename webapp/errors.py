@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from flask import Flask, jsonify, request
-from peewee import OperationalError
+from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 
@@ -63,8 +63,11 @@ def init_app(app: Flask) -> None:
             return error_response(413, "payload_too_large", message)
         return error_response(exc.code or 500, _code_for(exc), _MESSAGES.get(exc.code or 0, exc.description or exc.name))
 
+    # OperationalError: the server refused or dropped the connection; InterfaceError: the
+    # connection was already known closed (psycopg2's "connection already closed").
     @app.errorhandler(OperationalError)
-    def handle_database_down(exc: OperationalError):
+    @app.errorhandler(InterfaceError)
+    def handle_database_down(exc: OperationalError | InterfaceError):
         app.logger.error("database error on %s %s: %s", request.method, request.path, exc)
         return error_response(503, "database_unavailable", "The database is unavailable; try again shortly.")
 
