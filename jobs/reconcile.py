@@ -195,9 +195,8 @@ def _reconcile_page(rows: list[Job], config: dict[str, Any], redis: Redis, resul
                 _rerun_or_fail(row, config, redis, result, "the worker running it stopped answering (it was killed "
                                                            "or lost its connection)", "worker_died")
             elif row.status == STARTED and _stuck(row, config, now):
-                _stop_in_worker(redis, row.id)
                 _rerun_or_fail(row, config, redis, result, "it made no progress for longer than its time limit",
-                               "stuck")
+                               "stuck", stop_in_worker=True)
         elif rq_status in (FINISHED, FAILED):
             _rerun_or_fail(row, config, redis, result, f"the job queue recorded it as {rq_status} but its row was "
                                                        "not updated (the database was unavailable)", "lost_update")
@@ -265,7 +264,14 @@ def _stop_in_worker(redis: Redis, job_id: str) -> None:
 
 
 def _rerun_or_fail(row: Job, config: dict[str, Any], redis: Redis, result: ReconcileResult, reason: str,
-                   code: str) -> None:
+                   code: str, stop_in_worker: bool = False) -> None:
+    """Re-run ``row`` or fail it (see the module docstring).
+
+    ``stop_in_worker``: the job's worker still runs it; it is asked to stop only once the row
+    says what happens next, so that its stopped callback finds the row no longer ``started``
+    and leaves it (asked first, a worker that obeys at once would move the row to ``stopped``,
+    and the job would never run again).
+    """
     try:
         runs = 1 + get_kind(row.kind).retry_policy(config).max_retries
     except UnknownJobKind:
@@ -273,6 +279,8 @@ def _rerun_or_fail(row: Job, config: dict[str, Any], redis: Redis, result: Recon
     if row.attempts < runs:
         if row.status != QUEUED and not mark_rerun(row.id, f"re-run because {reason}", code):
             return  # the row moved meanwhile (finished, canceled, …): nothing to do
+        if stop_in_worker:
+            _stop_in_worker(redis, row.id)
         _forget_executions(redis, row)
         try:
             enqueue_jobs([Job.find(row.id)], replace=True)
@@ -285,6 +293,8 @@ def _rerun_or_fail(row: Job, config: dict[str, Any], redis: Redis, result: Recon
     message = (f"{reason}; it had already run {row.attempts} time(s), the limit for a {row.kind} job"
                if runs else f"{reason}; its kind {row.kind!r} is unknown, so it cannot run again")
     if mark_failed(row.id, message, code):
+        if stop_in_worker:
+            _stop_in_worker(redis, row.id)
         result.failed.append(row.id)
         _forget_executions(redis, row)
         log.warning("reconcile: job %s (%s) failed: %s", row.id, row.kind, message)
