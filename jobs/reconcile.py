@@ -287,6 +287,9 @@ def _rerun_or_fail(row: Job, config: dict[str, Any], redis: Redis, result: Recon
         except QueueUnavailable:
             result.failed.append(row.id)  # marked failed (queue_unavailable) by enqueue_jobs
             return
+        # RQ's automatic retries of the new run: what the kind allows minus the runs already
+        # made (enqueue_jobs gives a fresh job all of them), so the limit holds across re-runs.
+        redis.hset(RQJob.key_for(row.id), "retries_left", max(0, runs - 1 - row.attempts))
         result.rerun.append(row.id)
         log.warning("reconcile: job %s (%s) re-run: %s", row.id, row.kind, reason)
         return

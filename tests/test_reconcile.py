@@ -178,6 +178,19 @@ def test_a_started_row_whose_rq_job_is_gone_is_run_again(app, client, redis):
     assert rerun.attempts == 1 and rerun.ended_at is None
     assert _queued_ids(redis) == [job_id] and _rq(redis, job_id).get_status() == JobStatus.QUEUED
     assert StartedJobRegistry("default", connection=redis).get_job_ids(cleanup=False) == []
+    # The kind's limit holds across the re-run: 4 runs, 1 made, so RQ may retry it twice more.
+    assert _rq(redis, job_id).retries_left == DOCUMENT_RUNS - 1 - 1
+
+
+def test_a_failure_reported_twice_leaves_the_row_waiting_for_its_retry(app, client, redis):
+    """Two abandoned-job cleanups at once (reconcile and a worker's maintenance) both run the
+    failure callback: the second must not turn the scheduled retry into a failure."""
+    job_id = _upload(client)
+    worker, execution = _start_in_worker(app, redis, job_id)
+    _fail_transiently(app, redis, worker, execution, job_id)
+    with app.app_context():
+        on_job_failure(_rq(redis, job_id), redis, WorkerProcessDied, WorkerProcessDied("abandoned"), None)
+    assert row(app, job_id).status == "scheduled"
 
 
 def test_a_started_row_out_of_runs_whose_rq_job_is_gone_fails_with_a_sentence(app, client, redis):

@@ -244,8 +244,15 @@ def on_job_failure(rq_job, connection_, exc_type, exc_value, traceback) -> None:
         delay = rq_job.get_retry_interval()
         if mark_scheduled(rq_job.id, message, code, retry_at=utcnow() + timedelta(seconds=delay)):
             return
+        if _status(rq_job.id) == SCHEDULED:
+            return  # a second report of the same failure (two abandoned-job cleanups at once)
     rq_job.retries_left = 0  # RQ must not retry what the row says is over
     mark_failed(rq_job.id, message, code)
+
+
+def _status(job_id: str) -> str | None:
+    with connection():
+        return Job.select(Job.status).where(Job.id == job_id).scalar()
 
 
 def on_job_stopped(rq_job, connection_) -> None:
