@@ -1,0 +1,1 @@
+"""Operational runs that are not benchmarks and not unit tests (``bench/chaos.py``)."""
