@@ -42,12 +42,11 @@ from typing import Any, Callable, Iterable
 from flask import current_app
 from peewee import JOIN, fn
 from redis.exceptions import RedisError
-from rq import get_current_job
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 
 from jobs.errors import JobError
-from jobs.tracking import JobTracker
+from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.db import connection
 from webapp.job_states import FINISHED, WAITING, mark_failed
 from webapp.models import TERMINAL_STATUSES, Batch, Chunk, Document, Job, Report, isoformat, utcnow
@@ -84,15 +83,12 @@ def apply_retention(max_age_days: int | None = None) -> dict[str, Any]:
         JobError: ``invalid_params`` when ``max_age_days`` is not a whole number ≥ 1.
         RuntimeError: called outside an RQ worker.
     """
-    rq_job = get_current_job()
-    if rq_job is None:
-        raise RuntimeError("apply_retention must run in an RQ worker")
-    tracker = JobTracker(rq_job.id, rq_job)
+    tracker = JobTracker.for_current_job("apply_retention")
     config = current_app.config
     days = config["RETENTION_DAYS"] if max_age_days is None else max_age_days
     with connection() as database:
         if not tracker.start():
-            return {"skipped": "the job row is missing, canceled or stopped"}
+            return NOT_RUNNING
         if isinstance(days, bool) or not isinstance(days, int) or days < 1:
             raise JobError(f"max_age_days must be a whole number of days, at least 1 (got {days!r})",
                            code="invalid_params")
@@ -277,15 +273,12 @@ def clean_orphans() -> dict[str, Any]:
             at all although documents exist (nothing is changed then).
         RuntimeError: called outside an RQ worker.
     """
-    rq_job = get_current_job()
-    if rq_job is None:
-        raise RuntimeError("clean_orphans must run in an RQ worker")
-    tracker = JobTracker(rq_job.id, rq_job)
+    tracker = JobTracker.for_current_job("clean_orphans")
     config = current_app.config
     storage = storage_from_config(config)
     with connection():
         if not tracker.start():
-            return {"skipped": "the job row is missing, canceled or stopped"}
+            return NOT_RUNNING
         try:
             result = _clean_orphans(storage, float(config["ORPHAN_GRACE"]), tracker.set_progress)
         except StorageError as exc:

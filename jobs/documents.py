@@ -22,7 +22,7 @@ from rq.timeouts import JobTimeoutException
 from jobs.chunking import chunk_pages
 from jobs.errors import JobError
 from jobs.extract import extract
-from jobs.tracking import JobTracker
+from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.db import connection
 from webapp.embeddings import EmbeddingError, embedder_from_config, to_blob
 from webapp.models import Chunk, Document
@@ -79,7 +79,7 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
     """
     with connection():
         if not tracker.start():
-            return {"skipped": "the job row is missing, canceled or stopped"}
+            return NOT_RUNNING
         try:
             return _run(document_id, tracker, config)
         except JobError:

@@ -66,7 +66,7 @@ from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
-from jobs.tracking import JobTracker
+from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.db import connection
 from webapp.job_kinds import UnknownJobKind, get_kind
 from webapp.job_states import (
@@ -116,7 +116,7 @@ def reconcile() -> dict[str, Any]:
     tracker = JobTracker(rq_job.id, rq_job) if rq_job is not None else None
     with connection() as database:
         if tracker is not None and not tracker.start():
-            return {"skipped": "the job row is missing, canceled or stopped"}
+            return NOT_RUNNING
         result = reconcile_jobs(current_app.config, rq.connection,
                                 exclude={rq_job.id} if rq_job is not None else set()).as_dict()
         if tracker is not None:

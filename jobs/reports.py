@@ -12,12 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping
 
 from flask import current_app
-from rq import get_current_job
 
 from jobs.errors import JobError
 from jobs.report_formats import render_report
 from jobs.summaries import SummaryError, chat_summary, extractive_summary
-from jobs.tracking import JobTracker
+from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.db import connection
 from webapp.embeddings import EmbeddingError, embedder_from_config, from_blobs
 from webapp.models import Chunk, Document, Job, Report, isoformat, utcnow
@@ -42,14 +41,11 @@ def build_report(report_id: str) -> dict[str, Any]:
             ``summary_unavailable`` (the chat API failed; transient for 429/5xx/timeouts).
         RuntimeError: called outside an RQ worker.
     """
-    rq_job = get_current_job()
-    if rq_job is None:
-        raise RuntimeError("build_report must run in an RQ worker")
-    tracker = JobTracker(rq_job.id, rq_job)
+    tracker = JobTracker.for_current_job("build_report")
     config = current_app.config
     with connection() as database:
         if not tracker.start():
-            return {"skipped": "the job row is missing, canceled or stopped"}
+            return NOT_RUNNING
         report = Report.get_or_none(Report.id == report_id)
         if report is None:
             raise JobError(f"report {report_id} does not exist", code="not_found")

@@ -17,6 +17,8 @@ import logging
 import time
 from typing import Any
 
+from rq import get_current_job
+
 from webapp import job_states
 from webapp.job_errors import JobStopped
 
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 # than that writes neither until it ends, so a small document costs two row updates, not six.
 META_INTERVAL = 0.5
 ROW_INTERVAL = 2.0
+# What a job function returns when its row says not to run (canceled, stopped, or gone).
+NOT_RUNNING = {"skipped": "the job row is missing, canceled or stopped"}
 
 
 class JobTracker:
@@ -44,6 +48,21 @@ class JobTracker:
         self.stage: str | None = None
         self.progress = 0
         self._last_meta = self._last_row = time.monotonic()
+
+    @classmethod
+    def for_current_job(cls, function: str) -> "JobTracker":
+        """The tracker of the RQ job this worker process is running now.
+
+        Args:
+            function: the job function's name, for the error.
+
+        Raises:
+            RuntimeError: called outside an RQ worker.
+        """
+        rq_job = get_current_job()
+        if rq_job is None:
+            raise RuntimeError(f"{function} must run in an RQ worker")
+        return cls(rq_job.id, rq_job)
 
     def start(self) -> bool:
         """Mark the row ``started``. Returns ``False`` if the job must not run (canceled, stopped, gone)."""

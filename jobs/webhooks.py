@@ -9,7 +9,7 @@ import requests
 from flask import current_app
 from rq import get_current_job
 
-from jobs.tracking import JobTracker
+from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp import webhooks
 from webapp.db import connection
 from webapp.job_errors import JobError, TransientJobError
@@ -36,7 +36,7 @@ def deliver_webhook(job_id: str) -> dict[str, Any]:
     tracker = JobTracker(rq_job.id, rq_job) if rq_job else None
     with connection():
         if tracker is not None and not tracker.start():
-            return {"skipped": "the job row is missing, canceled or stopped"}
+            return NOT_RUNNING
         job = Job.get_or_none(Job.id == job_id)
         if job is None or not job.callback_url:
             raise JobError(f"job {job_id} has no webhook to deliver", code="not_found")
