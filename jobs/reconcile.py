@@ -17,7 +17,13 @@ worker only through heartbeats and cleans up after it only in some worker's main
    maintenance. A retry overdue by more than ``RECONCILE_GRACE`` seconds is enqueued here, by
    the same steps RQ's scheduler takes; removing it from the registry is the claim (``ZREM``
    answers 1 to one caller only), so it is never enqueued twice.
-3. **Every row that is not terminal and has not changed for ``RECONCILE_GRACE`` seconds**
+3. **Jobs stranded between dequeue and start.** A worker takes a job by moving it from its
+   queue to RQ's intermediate list, then starts it; killed in between (milliseconds), it leaves
+   the job there, ``queued`` in RQ but on no queue, and RQ's own cleanup of that list runs in a
+   worker's 10-minute maintenance. A job seen there by two runs at least a minute apart (RQ's
+   own first-seen marks) and not started is pushed back to the front of its queue; removing it
+   from the list is the claim.
+4. **Every row that is not terminal and has not changed for ``RECONCILE_GRACE`` seconds**
    (younger rows may be between their commit and their enqueue) is compared with what RQ says:
 
    ================================  =========================================================
@@ -62,6 +68,7 @@ from rq import get_current_job
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
+from rq.intermediate_queue import IntermediateQueue
 from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker
@@ -91,6 +98,7 @@ class ReconcileResult:
     checked: int = 0
     rq_cleanup: int = 0
     delivered: list[str] = field(default_factory=list)  # overdue delayed retries enqueued
+    unstranded: list[str] = field(default_factory=list)  # dequeued by a worker that died before starting them
     restored: list[str] = field(default_factory=list)  # waiting rows RQ had lost, enqueued again
     rerun: list[str] = field(default_factory=list)  # started rows enqueued again
     failed: list[str] = field(default_factory=list)  # rows out of runs, failed with a sentence
@@ -99,7 +107,7 @@ class ReconcileResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON for the job's ``result`` (id lists capped at 100 each, with their counts)."""
         data: dict[str, Any] = {"checked": self.checked, "rq_cleanup": self.rq_cleanup}
-        for name in ("delivered", "restored", "rerun", "failed", "followed"):
+        for name in ("delivered", "unstranded", "restored", "rerun", "failed", "followed"):
             ids = getattr(self, name)
             data[name] = ids[:100]
             data[f"{name}_count"] = len(ids)
@@ -149,6 +157,7 @@ def reconcile_jobs(config: dict[str, Any], redis: Redis, exclude: set[str] | fro
         result.rq_cleanup += len(registry.get_expired_job_ids())
         registry.cleanup()
         result.delivered.extend(_deliver_overdue_retries(name, redis, grace))
+        result.unstranded.extend(_restore_stranded(name, redis))
     cutoff = utcnow() - timedelta(seconds=grace)
     last_id = ""
     with connection():
@@ -166,7 +175,7 @@ def reconcile_jobs(config: dict[str, Any], redis: Redis, exclude: set[str] | fro
             page = [row for row in page if row.id not in exclude]
             result.checked += len(page)
             _reconcile_page(page, config, redis, result)
-    if result.restored or result.rerun or result.failed or result.followed or result.delivered:
+    if any((result.restored, result.rerun, result.failed, result.followed, result.delivered, result.unstranded)):
         log.warning("reconcile: restored %d, re-ran %d, failed %d, followed RQ for %d job(s)",
                     len(result.restored), len(result.rerun), len(result.failed), len(result.followed))
     return result
@@ -231,6 +240,26 @@ def _deliver_overdue_retries(queue_name: str, redis: Redis, grace: int) -> list[
         log.warning("reconcile: %d overdue retr(ies) on %s enqueued (RQ's scheduler is not running)",
                     len(delivered), queue_name)
     return delivered
+
+
+def _restore_stranded(queue_name: str, redis: Redis) -> list[str]:
+    """Push back to the front of ``queue_name`` the jobs a worker dequeued (RQ's intermediate
+    list) but never started, once RQ's first-seen mark is over a minute old."""
+    queue = Queue(queue_name, connection=redis)
+    intermediate = IntermediateQueue(queue.key, connection=redis)
+    restored = []
+    for job_id in intermediate.get_job_ids():
+        if job_id in queue.started_job_registry or intermediate.set_first_seen(job_id):
+            continue  # running, or seen for the first time: a worker may be starting it now
+        if not intermediate.should_be_cleaned_up(job_id) or not redis.lrem(intermediate.key, 1, job_id):
+            continue
+        if RQJob.exists(job_id, connection=redis):
+            queue.push_job_id(job_id, at_front=True)
+            restored.append(job_id)
+    if restored:
+        log.warning("reconcile: %d job(s) stranded between dequeue and start on %s pushed back", len(restored),
+                    queue_name)
+    return restored
 
 
 def _live_workers(redis: Redis, names: set[str]) -> set[str]:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import psutil
 from rq import Queue, Worker
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
@@ -26,7 +27,8 @@ from webapp.launch import launch
 from webapp.models import Job, utcnow
 
 DOCUMENT_RUNS = 1 + 3  # the document kind: one run and 3 automatic retries (webapp/job_kinds.py)
-NOTHING_DONE = {"rq_cleanup": 0, "delivered": [], "restored": [], "rerun": [], "failed": [], "followed": []}
+NOTHING_DONE = {"rq_cleanup": 0, "delivered": [], "unstranded": [], "restored": [], "rerun": [], "failed": [],
+                "followed": []}
 
 
 def _upload(client, n: int = 0) -> str:
@@ -92,6 +94,24 @@ def _set_row(app, job_id: str, **fields) -> None:
 
 
 # --- waiting rows ---------------------------------------------------------------------------
+
+def test_a_job_stranded_between_dequeue_and_start_goes_back_to_its_queue(app, client, redis):
+    """A worker killed between taking the job (RQ moves it to the queue's intermediate list)
+    and starting it: RQ still says queued, but the job is on no queue."""
+    job_id = _upload(client)
+    queue = Queue("default", connection=redis)
+    intermediate = IntermediateQueue(queue.key, connection=redis)
+    assert redis.lmove(queue.key, intermediate.key, "RIGHT", "LEFT") == job_id.encode()  # the worker's dequeue
+
+    assert _did(_reconcile(app, redis)) == NOTHING_DONE  # first sighting: a worker may be starting it now
+    assert _queued_ids(redis) == [] and intermediate.get_job_ids() == [job_id]
+    seen = datetime.now(timezone.utc) - timedelta(minutes=2)
+    redis.set(intermediate.get_first_seen_key(job_id), seen.timestamp())  # a minute and more later
+
+    assert _did(_reconcile(app, redis)) == NOTHING_DONE | {"unstranded": [job_id]}
+    assert _queued_ids(redis) == [job_id] and intermediate.get_job_ids() == []
+    assert row(app, job_id).status == "queued"
+
 
 def test_a_queued_row_whose_rq_job_was_deleted_is_enqueued_again(app, client, redis):
     job_id = _upload(client)
