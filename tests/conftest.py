@@ -118,6 +118,55 @@ def _pg_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
+class PrivatePostgres:
+    """A PostgreSQL cluster of our own (initdb + pg_ctl into a temporary folder), which a test may
+    stop and start again on the same port. As root, the server runs as ``postgres``. Skips the
+    test when the binaries or (as root) a ``postgres`` account are missing."""
+
+    def __init__(self) -> None:
+        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not (self.initdb and self.pg_ctl):
+            pytest.skip("no PostgreSQL's initdb/pg_ctl to start one (e.g. apt-get install postgresql)")
+        self.prefix: list[str] = []
+        # Not under pytest's tmp folder: it is private to the current user, the server's may differ.
+        self.data = Path(tempfile.mkdtemp(prefix="docket-outage-pg-"))
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            import pwd
+
+            runuser = shutil.which("runuser")
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                account = None
+            if not (runuser and account):
+                pytest.skip("running as root, with no postgres user to run a private PostgreSQL as")
+            os.chown(self.data, account.pw_uid, account.pw_gid)
+            self.prefix = [runuser, "-u", "postgres", "--"]
+        self.port = free_port()
+        subprocess.run([*self.prefix, self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust"],
+                       check=True, capture_output=True)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.data), *args], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self._ctl("-o", f"-p {self.port} -k {self.data} -h 127.0.0.1", "-l", str(self.data / "server.log"),
+                  "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """Fast shutdown: every client connection is terminated, as when the server fails over."""
+        self._ctl("-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete its folder."""
+        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.data, ignore_errors=True)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url(tmp_path_factory):
     """A PostgreSQL server for the session: ``DOCKET_TEST_POSTGRES_URL`` (default
@@ -127,36 +176,12 @@ def postgres_server_url(tmp_path_factory):
     if _postgres_answers(url):
         yield url
         return
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("no PostgreSQL answers and no initdb/pg_ctl to start one")
-    # Not under pytest's tmp folder: it is private to the current user, the server's may differ.
-    data = Path(tempfile.mkdtemp(prefix="docket-pgdata-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres user
-        runuser = shutil.which("runuser")
-        try:
-            import pwd
-
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            account = None
-        if not (runuser and account):
-            pytest.skip("no PostgreSQL answers, and as root there is no postgres user to start one")
-        os.chown(data, account.pw_uid, account.pw_gid)
-        prefix = [runuser, "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
-    # The server's output goes to a log file: a pipe would stay open as long as it runs.
-    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1",
-                    "-l", str(data / "server.log"), "-w", "-t", "60", "start"],
-                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = PrivatePostgres()
+    server.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield server.url
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "fast", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(data, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture
@@ -217,31 +242,61 @@ def run_worker(config: dict[str, Any]) -> Callable[..., subprocess.CompletedProc
     return run
 
 
-@pytest.fixture
-def start_worker(config: dict[str, Any], tmp_path: Path):
-    """Start a long-running worker process (``flask --app wsgi rq worker``); stopped after the test.
+class ServiceProcesses:
+    """Long-running processes of the Procfile (``flask --app wsgi …``) started by a test with its
+    config; each one's output goes to ``tmp_path/<name>-N.log`` (a pipe nobody reads could fill up
+    and block it). :meth:`stop_all` SIGTERMs them and returns how each exited."""
 
-    Its output goes to ``tmp_path/worker-N.log`` (a pipe nobody reads could fill up and block it).
-    """
-    processes: list[subprocess.Popen] = []
+    def __init__(self, config: dict[str, Any], tmp_path: Path, name: str, args: list[str],
+                 defaults: dict[str, str] | None = None) -> None:
+        self.config, self.tmp_path, self.name, self.args = config, tmp_path, name, args
+        self.defaults = defaults or {}
+        self.started: list[tuple[subprocess.Popen, Path]] = []
 
-    def start(**extra_env: str) -> subprocess.Popen:
-        with open(tmp_path / f"worker-{len(processes)}.log", "wb") as log:
+    def __call__(self, **extra_env: str) -> subprocess.Popen:
+        log_path = self.tmp_path / f"{self.name}-{len(self.started)}.log"
+        with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "flask", "--app", "wsgi", "rq", "worker"],
-                cwd=ROOT, env=process_env(config, **extra_env), stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "flask", "--app", "wsgi", *self.args], cwd=ROOT,
+                env=process_env(self.config, **{**self.defaults, **extra_env}), stdout=log, stderr=subprocess.STDOUT,
             )
-        processes.append(process)
+        self.started.append((process, log_path))
         return process
 
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    def stop_all(self) -> dict[subprocess.Popen, str | None]:
+        """SIGTERM every process still running (SIGKILL after 20 s). Returns, per process it had
+        to stop, ``None`` for a clean exit (status 0) or the reason with the log's tail."""
+        problems: dict[subprocess.Popen, str | None] = {}
+        for process, log_path in self.started:
+            if process.poll() is not None:
+                continue
+            process.terminate()
+            try:
+                process.wait(20)
+                problems[process] = None if process.returncode == 0 else \
+                    f"{self.name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                problems[process] = f"{self.name} ignored SIGTERM:\n{log_path.read_text()[-3000:]}"
+        return problems
+
+
+@pytest.fixture
+def start_worker(config: dict[str, Any], tmp_path: Path):
+    """Start a long-running worker process (``flask --app wsgi rq worker``); stopped after the test."""
+    processes = ServiceProcesses(config, tmp_path, "worker", ["rq", "worker"])
+    yield processes
+    processes.stop_all()
+
+
+@pytest.fixture
+def start_scheduler(config: dict[str, Any], tmp_path: Path):
+    """Start the Procfile's scheduler process (``flask --app wsgi schedule run``, polling every
+    second unless ``SCHEDULER_INTERVAL`` says otherwise); stopped after the test."""
+    processes = ServiceProcesses(config, tmp_path, "scheduler", ["schedule", "run"], {"SCHEDULER_INTERVAL": "1"})
+    yield processes
+    processes.stop_all()
 
 
 @pytest.fixture

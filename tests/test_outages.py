@@ -6,11 +6,6 @@ scheduler process live through it; once the service is back every accepted docum
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,41 +17,17 @@ from redis import Redis
 from rq import Worker
 from rq.job import Job as RQJob
 
-from tests.conftest import ROOT, _pg_bin, long_text, post_text, process_env, row, wait_for
+from tests.conftest import PrivatePostgres, long_text, post_text, row, wait_for
 from tests.local_services import slow_worker_env
 from webapp import create_app
 from webapp.db import connection, create_tables, db
-from webapp.embedded_redis import EmbeddedRedis, free_port
+from webapp.embedded_redis import EmbeddedRedis
 from webapp.models import Chunk, Document, Job
 
 TERMINAL = ("finished", "failed", "stopped", "canceled")
 # Each worker notices a killed sibling or a lost Redis record within seconds, and reconcile runs
 # every 5 s and acts on rows older than 1 s (the defaults are 5 s, 60 s and 30 s).
 FAST_RECOVERY = {"WORKER_HEARTBEAT_INTERVAL": "1", "RECONCILE_GRACE": "1"}
-
-
-@pytest.fixture
-def start_scheduler(config, tmp_path: Path):
-    """Start the Procfile's scheduler process (``flask --app wsgi schedule run``) with the test's
-    config, ``extra_env`` winning; stopped after the test."""
-    processes: list[subprocess.Popen] = []
-
-    def start(**extra_env: str) -> subprocess.Popen:
-        env = {"SCHEDULER_INTERVAL": "1", **extra_env}
-        with open(tmp_path / f"scheduler-{len(processes)}.log", "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "schedule", "run"], cwd=ROOT,
-                                       env=process_env(config, **env), stdout=log, stderr=subprocess.STDOUT)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -154,51 +125,6 @@ def test_flushall_while_a_job_runs_loses_no_accepted_document(
 
 
 # --- PostgreSQL stopped mid-run -----------------------------------------------------------------
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of the test's own (initdb + pg_ctl into a temporary folder), which
-    the test stops and starts again on the same port. As root, the server runs as ``postgres``."""
-
-    def __init__(self) -> None:
-        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-        if not (self.initdb and self.pg_ctl):
-            pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (e.g. apt-get install postgresql)")
-        self.prefix: list[str] = []
-        # Not under pytest's tmp folder: it is private to the current user, the server's may differ.
-        self.data = Path(tempfile.mkdtemp(prefix="docket-outage-pg-"))
-        if os.geteuid() == 0:  # initdb refuses to run as root
-            import pwd
-
-            runuser = shutil.which("runuser")
-            try:
-                account = pwd.getpwnam("postgres")
-            except KeyError:
-                account = None
-            if not (runuser and account):
-                pytest.skip("running as root, with no postgres user to run a private PostgreSQL as")
-            os.chown(self.data, account.pw_uid, account.pw_gid)
-            self.prefix = [runuser, "-u", "postgres", "--"]
-        self.port = free_port()
-        subprocess.run([*self.prefix, self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust"],
-                       check=True, capture_output=True)
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _ctl(self, *args: str) -> None:
-        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.data), *args], check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def start(self) -> None:
-        self._ctl("-o", f"-p {self.port} -k {self.data} -h 127.0.0.1", "-l", str(self.data / "server.log"),
-                  "-w", "-t", "60", "start")
-
-    def stop(self) -> None:
-        """Fast shutdown: every client connection is terminated, as when the server fails over."""
-        self._ctl("-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(self.data, ignore_errors=True)
 
 
 @pytest.fixture

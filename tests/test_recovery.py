@@ -6,40 +6,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import psutil
-import pytest
 from rq.job import Job as RQJob
 
-from tests.conftest import ROOT, long_text, post_text, process_env, row, wait_for
+from tests.conftest import long_text, post_text, row, wait_for
 from tests.local_services import slow_worker_env
 from webapp.db import connection
 from webapp.models import Chunk, Document, Job
-
-
-@pytest.fixture
-def start_scheduler(config, tmp_path: Path):
-    """Start the Procfile's scheduler process (``flask --app wsgi schedule run``); stopped after the test."""
-    processes: list[subprocess.Popen] = []
-
-    def start(**extra_env: str) -> subprocess.Popen:
-        env = {"SCHEDULER_INTERVAL": "1", **extra_env}
-        with open(tmp_path / f"scheduler-{len(processes)}.log", "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "schedule", "run"], cwd=ROOT,
-                                       env=process_env(config, **env), stdout=log, stderr=subprocess.STDOUT)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _started_in_embed(app, job_id: str):

@@ -7,7 +7,6 @@ Real Redis (the session's private server), real ``flask`` subprocesses; deadline
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import warnings
@@ -21,7 +20,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.registry import FinishedJobRegistry
 
-from tests.conftest import ROOT, process_env, row, wait_for
+from tests.conftest import ROOT, ServiceProcesses, process_env, row, wait_for
 from webapp import create_app
 from webapp.db import connection
 from webapp.models import Report, Schedule
@@ -74,30 +73,11 @@ def sync_in_process(app) -> None:
 
 @pytest.fixture
 def start_scheduler(config: dict[str, Any], tmp_path: Path):
-    """Start ``flask --app wsgi schedule run`` (the Procfile's scheduler); SIGTERMed after the test,
-    which must end it cleanly. Its output goes to ``tmp_path/scheduler-N.log``."""
-    processes: list[tuple[subprocess.Popen, Path]] = []
-
-    def start(**extra_env: str) -> subprocess.Popen:
-        log_path = tmp_path / f"scheduler-{len(processes)}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "schedule", "run"],
-                                       cwd=ROOT, env=process_env(config, **{"SCHEDULER_INTERVAL": "1", **extra_env}),
-                                       stdout=log, stderr=subprocess.STDOUT)
-        processes.append((process, log_path))
-        return process
-
-    yield start
-    for process, log_path in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                pytest.fail(f"the scheduler ignored SIGTERM:\n{log_path.read_text()[-3000:]}")
-        assert process.returncode == 0, f"scheduler exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
+    """conftest's scheduler processes, here also required to end cleanly (status 0) on SIGTERM."""
+    processes = ServiceProcesses(config, tmp_path, "scheduler", ["schedule", "run"], {"SCHEDULER_INTERVAL": "1"})
+    yield processes
+    problems = [problem for problem in processes.stop_all().values() if problem]
+    assert not problems, problems[0]
 
 
 # ---------- schedule sync ----------
