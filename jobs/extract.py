@@ -196,13 +196,47 @@ def _docx_text(data: bytes) -> str:
     return "\n".join(parts)
 
 
-def _html_text(data: bytes) -> str:
-    from bs4 import BeautifulSoup
+# Inline styles that hide an element from every reader: display:none, visibility:hidden (CSS is
+# case-insensitive and allows spaces around the colon; "!important" may follow).
+_HIDING_STYLE = re.compile(r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!\s*important\s*)?(?:;|$)",
+                           re.IGNORECASE)
+_NEVER_SHOWN = ["script", "style", "noscript", "template"]
+_BLANK_LINES = re.compile(r"\n{3,}")
 
-    soup = BeautifulSoup(data, "lxml")
-    for element in soup(["script", "style", "noscript", "template"]):
-        element.decompose()
-    return soup.get_text("\n")
+
+def _is_hidden(tag) -> bool:
+    """Whether an element is hidden from a reader by its own attributes: ``hidden``,
+    ``aria-hidden="true"`` or an inline ``display:none`` / ``visibility:hidden`` style."""
+    attrs = tag.attrs
+    if not attrs:
+        return False
+    if "hidden" in attrs:
+        return True
+    aria = attrs.get("aria-hidden")
+    if isinstance(aria, str) and aria.strip().lower() == "true":
+        return True
+    style = attrs.get("style")
+    return isinstance(style, str) and _HIDING_STYLE.search(style) is not None
+
+
+def _html_text(data: bytes) -> str:
+    """The text a reader of the page sees: without script, style, template and noscript elements,
+    without elements hidden by ``hidden``, ``aria-hidden="true"`` or an inline ``display:none`` /
+    ``visibility:hidden`` (so an inline-XBRL filing's ``ix:header`` is dropped), trailing spaces
+    stripped and runs of blank lines (navigation boilerplate) collapsed to one blank line."""
+    import warnings
+
+    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+
+    with warnings.catch_warnings():
+        # XHTML (an <?xml ...?> declaration before <html>) is read as HTML on purpose: it is HTML.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(data, "lxml")
+    for element in [*soup(_NEVER_SHOWN), *soup.find_all(_is_hidden)]:
+        if not element.decomposed:  # inside an element dropped before
+            element.decompose()
+    lines = [line.rstrip() for line in clean_text(soup.get_text("\n")).split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
 
 
 def _decode_text(data: bytes) -> str:

@@ -21,9 +21,27 @@ MARKDOWN = "text/markdown"
 SUPPORTED = {PDF: "PDF", DOCX: "Word (.docx)", HTML: "HTML", TEXT: "plain text", MARKDOWN: "Markdown"}
 SUPPORTED_SENTENCE = "PDF, Word (.docx), HTML, plain text and Markdown"
 
-# PDF 1.7 (ISO 32000-1, 7.5.2): the header is "%PDF-"; readers accept it within the first 1024 bytes.
+# PDF 1.7 (ISO 32000-1, 7.5.2 and Annex H): the header is "%PDF-"; readers accept it
+# within the first 1024 bytes. See _looks_like_pdf for when a "%PDF-" that is not at the start counts.
 _PDF_HEADER_WINDOW = 1024
-_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)[\s>]", re.IGNORECASE | re.DOTALL)
+_PDF_MAGIC = b"%PDF-"
+# Bytes a producer may put before the header and still be taken for a PDF without further evidence:
+# a UTF-8 BOM, whitespace, or a few bytes that are not printable ASCII.
+_PDF_LEADING_JUNK = 8
+_PDF_BOM_OR_SPACE = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*\Z")
+_PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]")
+# Evidence of PDF syntax after a header that is not at the start: an indirect object ("12 0 obj"
+# ... "endobj"). A note that only names "%%EOF" or "xref" is not evidence enough.
+_PDF_OBJECT = re.compile(rb"\b\d+\s+\d+\s+obj\b")
+_PDF_ENDOBJ = re.compile(rb"\bendobj\b")
+# Data that is only a header line (after something) and ends there: a PDF cut short, not a note.
+_PDF_HEADER_ONLY = re.compile(rb"%PDF-\d+\.\d+\s*\Z")
+# HTML, and XHTML: an XML declaration / processing instructions, comments and a doctype may come
+# before the <html> root element (SEC EDGAR inline-XBRL filings start with <?xml ...?>).
+_HTML_START = re.compile(
+    rb"^\s*(?:<\?[^>]*\?>\s*)*(?:(?:<!--.*?-->|<!doctype\s[^>]*>)\s*)*<(!doctype\s+html|html|head|body)[\s>]",
+    re.IGNORECASE | re.DOTALL,
+)
 _SNIFF_BYTES = 64 * 1024
 
 
@@ -41,7 +59,7 @@ def detect_content_type(data: bytes, filename: str | None = None) -> str | None:
     """
     if not data:
         return None
-    if b"%PDF-" in data[:_PDF_HEADER_WINDOW]:
+    if _looks_like_pdf(data):
         return PDF
     if data[:4] == b"PK\x03\x04":
         return DOCX if _is_docx(data) else None
@@ -55,6 +73,34 @@ def detect_content_type(data: bytes, filename: str | None = None) -> str | None:
             return MARKDOWN
         return TEXT
     return None
+
+
+def _looks_like_pdf(data: bytes) -> bool:
+    """Whether ``data`` is a PDF (perhaps a damaged one), judged by its header.
+
+    ISO 32000-1 (PDF 1.7) §7.5.2 puts the header ``%PDF-1.N`` on the first line, and Annex H
+    (implementation notes) says readers accept it anywhere in the first 1024 bytes, since some
+    producers put bytes before it. A plain-text note that *mentions* ``%PDF-`` there ("files start
+    with %PDF-1.7 ...") is not a PDF, so the rule is:
+
+    - ``%PDF-`` at offset 0, or after only a UTF-8 BOM / whitespace, or after a few (at most 8)
+      bytes none of which is printable ASCII: a PDF;
+    - ``%PDF-`` later in the first 1024 bytes: a PDF only if the data is not clean text (binary
+      bytes, as compressed streams and the spec's recommended binary comment line give), or shows
+      PDF object syntax after the header (``N G obj`` ... ``endobj``), or ends right after the
+      header line (nothing but a header: a PDF cut short). Text that decodes cleanly stays text,
+      even when it names ``%%EOF`` or ``xref``.
+    """
+    position = data.find(_PDF_MAGIC, 0, _PDF_HEADER_WINDOW)
+    if position < 0:
+        return False
+    prefix = data[:position]
+    if _PDF_BOM_OR_SPACE.match(prefix) or (position <= _PDF_LEADING_JUNK and not _PRINTABLE_ASCII.search(prefix)):
+        return True
+    after = data[position:position + _SNIFF_BYTES]
+    if _PDF_HEADER_ONLY.match(data, position) or (_PDF_OBJECT.search(after) and _PDF_ENDOBJ.search(after)):
+        return True
+    return not _is_text(data[:_SNIFF_BYTES])
 
 
 def _is_docx(data: bytes) -> bool:

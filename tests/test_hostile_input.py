@@ -1,0 +1,154 @@
+"""Hostile and odd input (issue 8): type detection that is not fooled by text naming "%PDF-" or by
+XHTML's XML declaration, and HTML extraction that keeps only what a reader sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.extract import extract
+from tests.conftest import CORPUS, post_text, row
+from webapp import filetypes
+
+NOTE_ABOUT_PDF = (
+    b"Notes on file formats\n\n"
+    b"PDF files start with %PDF-1.7 (the version) and end with %%EOF; the xref table lists the objects.\n"
+    b"Word files are zip archives.\n"
+)
+
+# Shaped like an SEC EDGAR inline-XBRL filing: XML declaration, comment, XHTML root, and the
+# ix:header (facts for machines) inside a display:none div.
+INLINE_XBRL = b"""<?xml version="1.0" encoding="utf-8"?>
+<!--XBRL Document Created with the Workiva Platform-->
+<html xmlns="http://www.w3.org/1999/xhtml" xmlns:ix="http://www.xbrl.org/2013/inlineXBRL"
+      xmlns:dei="http://xbrl.sec.gov/dei/2023">
+<head><meta http-equiv="Content-Type" content="text/html"/><title>acme-20231231</title></head>
+<body>
+<div style="display:none"><ix:header><ix:hidden>
+<ix:nonNumeric name="dei:AmendmentFlag" contextRef="c-1">HIDDENAMENDMENTFLAG</ix:nonNumeric>
+</ix:hidden><ix:resources><xbrli:context id="c-1">HIDDENCONTEXT</xbrli:context></ix:resources></ix:header></div>
+<div><p>ACME Corporation annual report.</p>
+<p>Total revenue was <ix:nonFraction name="us-gaap:Revenues" contextRef="c-1" unitRef="usd" decimals="-6">1,234</ix:nonFraction>
+million dollars in the fiscal year.</p></div>
+</body>
+</html>
+"""
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (NOTE_ABOUT_PDF, filetypes.TEXT),
+        (b"x" * 900 + b" files start with %PDF-1.4 and then binary follows\n", filetypes.TEXT),
+        (b"\xef\xbb\xbf%PDF-1.4\n1 0 obj\n<< >>\nendobj\n", filetypes.PDF),
+        # Clean text before the header, but PDF objects after it: a PDF with a prefix.
+        (b"Content-Type: application/pdf\n\n%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n", filetypes.PDF),
+        (INLINE_XBRL, filetypes.HTML),
+        (b'<?xml version="1.0"?><!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+         b'"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd"><html xmlns="http://www.w3.org/1999/xhtml">'
+         b"<body><p>Hello</p></body></html>", filetypes.HTML),
+        (b'\xef\xbb\xbf<?xml version="1.0"?>\n<!DOCTYPE html>\n<html><body>Hi</body></html>', filetypes.HTML),
+        # XML that is not XHTML stays what it was before (text), even with a doctype.
+        (b'<?xml version="1.0" encoding="UTF-8"?>\n<note><to>Tove</to><body>Remember the html meeting.</body></note>\n',
+         filetypes.TEXT),
+        (b'<?xml version="1.0"?>\n<!DOCTYPE note SYSTEM "note.dtd">\n<note><body>Hello there</body></note>\n',
+         filetypes.TEXT),
+    ],
+)
+def test_detection_of_odd_input(data, expected):
+    assert filetypes.detect_content_type(data, "upload.txt") == expected
+
+
+@pytest.mark.parametrize("name", ["minimal-document.pdf", "geotopo-117p-de.pdf", "invalid-header-eof-only.pdf"])
+def test_real_pdfs_stay_pdfs_even_with_junk_before_the_header(name):
+    data = (CORPUS / name).read_bytes()
+    assert filetypes.detect_content_type(data, "x.bin") == filetypes.PDF
+    assert filetypes.detect_content_type(b"\x00\xff\x13" + data, "x.bin") == filetypes.PDF
+    if name != "invalid-header-eof-only.pdf":  # 44 bytes of clean text: after "abc" it reads as a note
+        assert filetypes.detect_content_type(b"abc" + data, "x.bin") == filetypes.PDF
+
+
+def _html(body: str) -> str:
+    return extract(f"<!DOCTYPE html><html><body>{body}</body></html>".encode(), filetypes.HTML).pages[0].text
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        "<div hidden>SECRET</div>",
+        '<div hidden="hidden"><p>SECRET</p></div>',
+        '<span aria-hidden="true">SECRET</span>',
+        '<span aria-hidden="TRUE">SECRET</span>',
+        '<div style="display:none">SECRET</div>',
+        '<div style="color: red; Display : None ;">SECRET</div>',
+        '<div style="DISPLAY: NONE !important">SECRET</div>',
+        '<p style="visibility:hidden">SECRET</p>',
+        '<p style="font-weight:bold;visibility : HIDDEN">SECRET</p>',
+        "<template><p>SECRET</p></template>",
+        "<noscript>SECRET</noscript>",
+        "<script>var SECRET = 1;</script>",
+        "<style>.SECRET { color: red }</style>",
+        '<div hidden><div style="display:none"><span aria-hidden="true">SECRET</span></div></div>',
+    ],
+)
+def test_html_extraction_drops_what_a_reader_does_not_see(hidden):
+    text = _html(f"<p>Visible before.</p>{hidden}<p>Visible after.</p>")
+    assert "SECRET" not in text
+    assert "Visible before." in text and "Visible after." in text
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        '<span aria-hidden="false">SHOWN</span>',
+        '<div style="display:block">SHOWN</div>',
+        '<div style="mso-display:none">SHOWN</div>',
+        '<div style="visibility:visible">SHOWN</div>',
+    ],
+)
+def test_html_extraction_keeps_what_is_shown(shown):
+    assert "SHOWN" in _html(shown)
+
+
+def test_html_extraction_collapses_blank_line_runs_and_strips_trailing_spaces():
+    navigation = "".join("<div>   <ul>\n\n   <li>   </li>\n\n</ul>   </div>\n\n\n" for _ in range(20))
+    text = _html(f"<nav>{navigation}</nav><h1>Title   </h1>{navigation}<p>Body text.   </p>\n\n\n\n")
+    assert "\n\n\n" not in text
+    assert all(line == line.rstrip() for line in text.split("\n"))
+    assert text == "Title\n\nBody text."
+
+
+def test_inline_xbrl_keeps_the_visible_text_and_drops_ix_header():
+    text = extract(INLINE_XBRL, filetypes.HTML).pages[0].text
+    assert "ACME Corporation annual report." in text and "1,234" in text and "fiscal year" in text
+    assert "HIDDEN" not in text and "<" not in text and "xml version" not in text
+
+
+def _chunk_texts(app, document_id: str) -> list[str]:
+    from webapp.db import connection
+    from webapp.models import Chunk
+
+    with app.app_context(), connection():
+        return [c.text for c in Chunk.select().where(Chunk.document == document_id).order_by(Chunk.ordinal)]
+
+
+def test_text_naming_pdf_and_inline_xbrl_are_indexed_through_the_api(app, client, run_worker):
+    note = post_text(client, NOTE_ABOUT_PDF, name="formats-note.txt")
+    filing = post_text(client, INLINE_XBRL, name="acme-20231231.htm")
+    assert note.status_code == 202 and filing.status_code == 202, (note.get_json(), filing.get_json())
+    note_doc, filing_doc = note.get_json()["documents"][0], filing.get_json()["documents"][0]
+
+    run_worker()
+
+    note_doc = client.get(f"/api/documents/{note_doc['id']}").get_json()
+    assert note_doc["content_type"] == filetypes.TEXT
+    assert note_doc["status"] == "finished" and note_doc["chunks"] >= 1, note_doc
+    assert "%PDF-1.7" in "\n".join(_chunk_texts(app, note_doc["id"]))
+    assert row(app, note_doc["job_id"]).status == "finished"
+
+    filing_doc = client.get(f"/api/documents/{filing_doc['id']}").get_json()
+    assert filing_doc["content_type"] == filetypes.HTML
+    assert filing_doc["status"] == "finished" and filing_doc["chunks"] >= 1, filing_doc
+    indexed = "\n".join(_chunk_texts(app, filing_doc["id"]))
+    assert "ACME Corporation annual report." in indexed and "1,234" in indexed
+    for absent in ("HIDDEN", "<", ">", "ix:", "xmlns", "xml version"):
+        assert absent not in indexed, absent
