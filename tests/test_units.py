@@ -20,7 +20,8 @@ from webapp.storage import LocalStorage, StorageError, check_key
     ("data", "filename", "expected"),
     [
         (b"%PDF-1.7\n...", "x.bin", filetypes.PDF),
-        (b"junk before header %PDF-1.4", None, filetypes.PDF),
+        (b"junk before header %PDF-1.4", None, filetypes.TEXT),  # clean text that mentions the header
+        (b"\x00\x01\x02%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", None, filetypes.PDF),  # binary junk, then a PDF
         (b"<!DOCTYPE html><html><body>Hi</body></html>", "page.txt", filetypes.HTML),
         (b"<!-- saved --> <html lang=en><p>x</p></html>", None, filetypes.HTML),
         ("Grüße aus Köln, wie geht's?\n".encode("utf-8"), "a.txt", filetypes.TEXT),

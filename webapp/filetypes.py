@@ -34,8 +34,6 @@ _PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]")
 # ... "endobj"). A note that only names "%%EOF" or "xref" is not evidence enough.
 _PDF_OBJECT = re.compile(rb"\b\d+\s+\d+\s+obj\b")
 _PDF_ENDOBJ = re.compile(rb"\bendobj\b")
-# Data that is only a header line (after something) and ends there: a PDF cut short, not a note.
-_PDF_HEADER_ONLY = re.compile(rb"%PDF-\d+\.\d+\s*\Z")
 # HTML, and XHTML: an XML declaration / processing instructions, comments and a doctype may come
 # before the <html> root element (SEC EDGAR inline-XBRL filings start with <?xml ...?>).
 _HTML_START = re.compile(
@@ -87,9 +85,8 @@ def _looks_like_pdf(data: bytes) -> bool:
       bytes none of which is printable ASCII: a PDF;
     - ``%PDF-`` later in the first 1024 bytes: a PDF only if the data is not clean text (binary
       bytes, as compressed streams and the spec's recommended binary comment line give), or shows
-      PDF object syntax after the header (``N G obj`` ... ``endobj``), or ends right after the
-      header line (nothing but a header: a PDF cut short). Text that decodes cleanly stays text,
-      even when it names ``%%EOF`` or ``xref``.
+      PDF object syntax after the header (``N G obj`` ... ``endobj``). Text that decodes cleanly
+      stays text, even when it names ``%%EOF`` or ``xref``.
     """
     position = data.find(_PDF_MAGIC, 0, _PDF_HEADER_WINDOW)
     if position < 0:
@@ -98,7 +95,7 @@ def _looks_like_pdf(data: bytes) -> bool:
     if _PDF_BOM_OR_SPACE.match(prefix) or (position <= _PDF_LEADING_JUNK and not _PRINTABLE_ASCII.search(prefix)):
         return True
     after = data[position:position + _SNIFF_BYTES]
-    if _PDF_HEADER_ONLY.match(data, position) or (_PDF_OBJECT.search(after) and _PDF_ENDOBJ.search(after)):
+    if _PDF_OBJECT.search(after) and _PDF_ENDOBJ.search(after):
         return True
     return not _is_text(data[:_SNIFF_BYTES])
 
