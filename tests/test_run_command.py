@@ -106,6 +106,9 @@ def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything
         assert redis_answers(embedded_url), f"the printed Redis URL does not answer{_tail(log)}"
         assert data_dir == instance / "redis", f"redis data in {data_dir}, not under the instance path{_tail(log)}"
         assert (instance / "redis" / "redis.log").is_file(), _tail(log)
+        # Every other command for this instance finds the embedded Redis without REDIS_URL.
+        assert (instance / "redis.url").read_text().strip() == embedded_url
+        assert _config_redis_url(env) == embedded_url
         assert set(_honcho_groups(log)) >= {"web.1", "worker.1"}, f"honcho did not start web and worker{_tail(log)}"
 
         page = requests.get(f"{base}/", timeout=10)
@@ -161,8 +164,69 @@ def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything
         left = lambda: [name for name, g in {"run command": pgid, **groups}.items() if _group_alive(g)]  # noqa: E731
         assert _wait_until(lambda: not left(), STOP_DEADLINE), f"processes left running: {left()}{_tail(log)}"
         assert (instance / "redis" / "appendonlydir").is_dir(), "the embedded Redis keeps its data under the instance path"
+        assert not (instance / "redis.url").exists(), "the URL file outlived the embedded Redis"
     finally:
         _stop(process, pgid, log)
+
+
+def _config_redis_url(env: dict[str, str]) -> str:
+    """The REDIS_URL another command (``flask --app wsgi …``) gets with ``env`` minus REDIS_URL."""
+    env = {k: v for k, v in env.items() if k != "REDIS_URL"}
+    code = "from webapp import create_app; print(create_app().config['REDIS_URL'])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def _run_dev(env: dict[str, str], port: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(port)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_busy_port_is_refused_before_anything_starts(config, unused_redis_url, tmp_path):
+    import socket
+
+    instance = tmp_path / "instance"
+    env = process_env(config, REDIS_URL=unused_redis_url, DOCKET_INSTANCE_PATH=str(instance))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = _run_dev(env, busy.getsockname()[1])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is already in use" in result.stderr and "--port" in result.stderr, result.stderr
+    assert "embedded" not in result.stdout and not (instance / "redis").exists(), "a Redis was started anyway"
+
+
+def test_a_second_run_command_for_the_same_instance_is_refused(config, redis_url, tmp_path):
+    """The URL file of a running embedded Redis (here: the test's own Redis standing in for it)."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "redis.url").write_text(redis_url + "\n")
+    env = {k: v for k, v in process_env(config, DOCKET_INSTANCE_PATH=str(instance)).items() if k != "REDIS_URL"}
+    assert _config_redis_url(env) == redis_url  # what `flask --app wsgi ingest` would use
+    result = _run_dev(env, free_port())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Another run command for this instance" in result.stderr and redis_url in result.stderr, result.stderr
+
+
+def test_an_answering_redis_url_is_used_and_named(config, redis_url, tmp_path):
+    """With REDIS_URL set and answering, the command says so (and starts no Redis of its own);
+    stopped as soon as it has said which Redis and database it uses."""
+    instance = tmp_path / "instance"
+    env = process_env(config, REDIS_URL=redis_url, DOCKET_INSTANCE_PATH=str(instance),
+                      DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}")
+    log = tmp_path / "dev-output.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(free_port())],
+                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert _wait_until(lambda: "Database ready at" in log.read_text(errors="replace"), START_DEADLINE), _tail(log)
+        output = log.read_text(errors="replace")
+        assert f"Using the Redis at {redis_url} (REDIS_URL)." in output, _tail(log)
+        assert "embedded" not in output and not (instance / "redis.url").exists(), _tail(log)
+    finally:
+        _stop(process, process.pid, log)
 
 
 def _stop(process: subprocess.Popen, pgid: int, log: Path) -> None:

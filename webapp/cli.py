@@ -139,24 +139,59 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a TCP server could listen on ``host:port`` now (nothing else listens there)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers do (gunicorn too): a port whose last server just stopped is free again.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @click.command("dev")
 @click.option("--port", default=lambda: int(os.environ.get("PORT", 5000)), show_default="$PORT or 5000", type=int)
 @with_appcontext
 def dev_command(port: int) -> None:
-    """Run the whole service locally: Redis (embedded if none answers), the database, and the
-    Procfile's web, worker and scheduler processes under honcho. Ctrl-C stops everything.
+    """Run the whole service locally: Redis (REDIS_URL if it answers, else an embedded one of
+    its own), the database, and the Procfile's web, worker and scheduler processes under honcho.
+    Refuses to start (status 1) when the port is taken or another run command serves this
+    instance. Ctrl-C stops everything.
     """
     from webapp.embedded_redis import EmbeddedRedis, redis_answers
 
+    from webapp.config import EMBEDDED_REDIS_URL_FILE, embedded_redis_url
+
     app = current_app
     env = dict(os.environ)
+    host = os.environ.get("HOST", "127.0.0.1")  # a local run is not exposed to the network
+    instance = Path(app.instance_path)
+    # Refuse before starting anything: a second run command would start a second Redis on the
+    # same data folder and then see gunicorn fail.
+    if not port_is_free(host, port):
+        raise click.ClickException(f"Port {port} on {host} is already in use (another run command, or another "
+                                   "server): stop it, or choose another port with --port.")
+    running = embedded_redis_url(instance)
+    if running and redis_answers(running):
+        raise click.ClickException(f"Another run command for this instance ({instance}) is running: its Redis "
+                                   f"answers at {running}. Stop it first.")
     embedded = None
-    redis_url = app.config["REDIS_URL"]
-    if not redis_answers(redis_url):
-        embedded = EmbeddedRedis(Path(app.instance_path) / "redis", persist=True)
+    explicit = os.environ.get("REDIS_URL")
+    if explicit and redis_answers(explicit):
+        redis_url = explicit
+        click.echo(f"Using the Redis at {redact_url(explicit)} (REDIS_URL).")
+    else:
+        # Unset REDIS_URL: a Redis of our own, never the db 0 of whatever answers on localhost.
+        embedded = EmbeddedRedis(instance / "redis", persist=True)
         redis_url = embedded.start()
-        click.echo(f"No Redis answered at {app.config['REDIS_URL']}; started an embedded one at {redis_url} "
-                   f"(data in {embedded.data_dir}).")
+        why = f"No Redis answered at {redact_url(explicit)}" if explicit else "REDIS_URL is not set"
+        click.echo(f"{why}; started an embedded one at {redis_url} (data in {embedded.data_dir}). Other commands "
+                   f"for this instance find it through {instance / EMBEDDED_REDIS_URL_FILE}.")
+        (instance / EMBEDDED_REDIS_URL_FILE).write_text(redis_url + "\n")
     env.update(
         REDIS_URL=redis_url,
         DATABASE_URL=app.config["DATABASE_URL"],
@@ -164,7 +199,7 @@ def dev_command(port: int) -> None:
         DOCKET_INSTANCE_PATH=app.instance_path,
         PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
         PYTHONUNBUFFERED="1",
-        HOST=os.environ.get("HOST", "127.0.0.1"),  # a local run is not exposed to the network
+        HOST=host,
     )
     # honcho SIGKILLs what has not exited 5 s after its SIGTERM: a stopping worker hands its
     # job back before that (a platform waits ≈30 s; there the default grace is 10 s).
@@ -190,5 +225,6 @@ def dev_command(port: int) -> None:
             honcho.wait()
     finally:
         if embedded is not None:
+            (instance / EMBEDDED_REDIS_URL_FILE).unlink(missing_ok=True)
             embedded.stop()
             click.echo("Stopped the embedded Redis.")

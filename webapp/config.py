@@ -51,6 +51,18 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+EMBEDDED_REDIS_URL_FILE = "redis.url"  # in the instance folder, while `flask dev` runs its own Redis
+
+
+def embedded_redis_url(instance: Path) -> str | None:
+    """The URL the run command's embedded Redis wrote to ``<instance>/redis.url``, if it runs
+    (the file is removed when it stops); ``None`` otherwise."""
+    try:
+        return (instance / EMBEDDED_REDIS_URL_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def default_worker_concurrency(remote_embeddings: bool = False) -> int:
     """Worker processes for this machine: the CPU cores this process may run on (its affinity
     mask; ``os.cpu_count()`` elsewhere), twice that when embeddings come from a remote API
@@ -82,7 +94,9 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "DATABASE_URL": normalize_database_url(
             env.get("DATABASE_URL") or f"sqlite:///{instance / 'docket.sqlite3'}"
         ),
-        "REDIS_URL": env.get("REDIS_URL", "redis://localhost:6379/0"),
+        # Unset: the embedded Redis of a running `flask dev` for this instance (it writes its URL
+        # to instance/redis.url), so every command of the project finds it; else localhost.
+        "REDIS_URL": env.get("REDIS_URL") or embedded_redis_url(instance) or "redis://localhost:6379/0",
         # Managed rediss:// services often use self-signed certificates: REDIS_TLS_VERIFY=false.
         "REDIS_TLS_VERIFY": _bool(env, "REDIS_TLS_VERIFY", True),
         # Local folder for uploaded bytes (see webapp/storage.py); web and worker must share it.
