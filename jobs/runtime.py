@@ -44,6 +44,7 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from rq.callbacks import execute_stopped_callback
+from rq.job_lifecycle import call_exception_handlers
 from rq.job import Job as RQJob
 from rq.queue import Queue
 from rq.utils import now
@@ -164,6 +165,17 @@ class DocketWorker(SimpleWorker):
             raise JobHandedBack()
         if _job_in_body == self._stopped_job_id:
             raise JobStopped()
+
+    def handle_exception(self, job: RQJob, *exc_info: Any) -> None:
+        """RQ logs every failure with its traceback. A :class:`JobError` is an expected outcome
+        (a PDF without its password, a damaged file, an API rate limit): one line with its code
+        and sentence. Anything else, ``internal_error`` included, keeps RQ's traceback."""
+        error = exc_info[1]
+        if isinstance(error, JobError) and error.code != "internal_error":
+            self.log.warning("Worker %s: job %s failed (%s): %s", self.name, job.id, error.code, error.message)
+            call_exception_handlers(self._exc_handlers, job, *exc_info)
+            return
+        super().handle_exception(job, *exc_info)
 
     # --- heartbeats -------------------------------------------------------------------------
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:

@@ -42,7 +42,11 @@ def test_encrypted_pdf_fails_with_password_required_then_finishes_with_the_passw
     without = upload(client, "aes128-r4-user-password.pdf").get_json()["documents"][0]
     wrong = upload(client, "aes128-r4-user-password.pdf", password="nope").get_json()["documents"][0]
     right = upload(client, "aes128-r4-user-password.pdf", password="asdfzxcv").get_json()["documents"][0]
-    run_worker()
+    output = run_worker()
+    # Expected user errors log one line each, never a traceback.
+    log = output.stdout + output.stderr
+    assert "Traceback" not in log, log[-3000:]
+    assert f"job {without['job_id']} failed (password_required)" in log and "(wrong_password)" in log, log[-3000:]
 
     failed = client.get(f"/api/documents/{without['id']}").get_json()
     assert failed["status"] == "failed" and failed["error_code"] == "password_required" and failed["error"]
