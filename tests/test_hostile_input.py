@@ -152,3 +152,38 @@ def test_text_naming_pdf_and_inline_xbrl_are_indexed_through_the_api(app, client
     assert "ACME Corporation annual report." in indexed and "1,234" in indexed
     for absent in ("HIDDEN", "<", ">", "ix:", "xmlns", "xml version"):
         assert absent not in indexed, absent
+
+
+# --- how many files one upload may hold ---------------------------------------------------------
+
+def _tiny_files(count: int) -> dict:
+    import io
+
+    return {"file": [(io.BytesIO(f"note {n}\n".encode()), f"note-{n}.txt") for n in range(count)]}
+
+
+@pytest.mark.parametrize("count", [101, 1100])
+def test_too_many_files_are_refused_with_the_real_limit(client, count):
+    """1,100 tiny parts used to be answered "larger than the 50 MB limit" (Werkzeug's limit on
+    form parts); 101 files pass the form parser and meet MAX_FILES_PER_UPLOAD itself."""
+    response = client.post("/api/documents", data=_tiny_files(count), content_type="multipart/form-data")
+    assert response.status_code == 413, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "too_many_files" and "at most 100 files" in error["message"], error
+    assert "MB" not in error["message"]
+    assert client.get("/api/documents").get_json()["documents"] == []  # nothing was uploaded
+
+
+def test_an_upload_at_the_file_limit_is_accepted(config):
+    from webapp import create_app
+
+    app = create_app({**config, "MAX_FILES_PER_UPLOAD": 3, "MAX_FORM_PARTS": 13})
+    with app.app_context():
+        from webapp.db import create_tables
+
+        create_tables()
+    client = app.test_client()
+    accepted = client.post("/api/documents", data=_tiny_files(3), content_type="multipart/form-data")
+    assert accepted.status_code == 202 and len(accepted.get_json()["documents"]) == 3
+    refused = client.post("/api/documents", data=_tiny_files(4), content_type="multipart/form-data")
+    assert refused.status_code == 413 and "at most 3 files" in refused.get_json()["error"]["message"]

@@ -103,6 +103,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "STORAGE_PATH": env.get("STORAGE_PATH") or str(instance / "uploads"),
         # Bytes; Flask answers 413 above it. 50 MB by default.
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 50 * MB),
+        # Files in one upload (one batch); more are refused with 413 too_many_files.
+        "MAX_FILES_PER_UPLOAD": _int(env, "MAX_FILES_PER_UPLOAD", 100),
         # Worker processes `flask rq worker` runs: one per core, as document jobs are CPU-bound;
         # two per core with remote embeddings, where each job also waits on the network.
         "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY",
@@ -177,6 +179,11 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError("CHUNK_SIZE must be between 100 and 2048 characters")
     if not 1 <= config["EMBEDDING_BATCH_SIZE"] <= 2048:
         raise ValueError("EMBEDDING_BATCH_SIZE must be between 1 and 2048 (OpenAI's limit per request)")
+    if config["MAX_FILES_PER_UPLOAD"] < 1:
+        raise ValueError("MAX_FILES_PER_UPLOAD must be at least 1")
+    # Werkzeug refuses a form of more parts than this with a bare 413 (webapp.errors names it):
+    # the files and a few other fields (password, reprocess, callback_url).
+    config["MAX_FORM_PARTS"] = config["MAX_FILES_PER_UPLOAD"] + 10
     if config["WORKER_CONCURRENCY"] < 1:
         raise ValueError("WORKER_CONCURRENCY must be at least 1")
     if config["HIGH_QUEUE_WORKERS"] < 0:

@@ -50,13 +50,25 @@ def clean_filename(name: str | None) -> str:
     return name[:MAX_FILENAME] or "upload"
 
 
+def check_file_count(count: int) -> None:
+    """Raise 413 ``too_many_files`` when ``count`` files are more than one upload may hold
+    (``MAX_FILES_PER_UPLOAD``)."""
+    limit = current_app.config["MAX_FILES_PER_UPLOAD"]
+    if count > limit:
+        raise ApiError(413, "too_many_files", f"An upload may hold at most {limit} files; this one has more "
+                                              f"({count}). Send them in several uploads; nothing was uploaded.")
+
+
 def validate_uploads(uploads: Iterable[Upload]) -> list[ValidatedUpload]:
     """Check every upload before anything is stored.
 
     Raises:
         ApiError: 400 ``no_file`` when there is none, 400 ``empty_file`` for a zero-byte file,
-            415 ``unsupported_media_type`` when the bytes are not a supported type.
+            415 ``unsupported_media_type`` when the bytes are not a supported type, 413
+            ``too_many_files`` above ``MAX_FILES_PER_UPLOAD`` files.
     """
+    uploads = list(uploads)
+    check_file_count(len(uploads))
     validated = []
     for upload in uploads:
         filename = clean_filename(upload.filename)

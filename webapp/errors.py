@@ -59,6 +59,11 @@ def init_app(app: Flask) -> None:
             return exc
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
+            if request.content_length is not None and limit and request.content_length <= limit:
+                # Not the size: Werkzeug's limit on form parts (MAX_FORM_PARTS) refused it.
+                files = app.config.get("MAX_FILES_PER_UPLOAD")
+                return error_response(413, "too_many_files", f"An upload may hold at most {files} files; this one "
+                                                             "has more. Send them in several uploads.")
             message = f"The upload is larger than the {limit // (1024 * 1024)} MB limit." if limit else _MESSAGES[413]
             return error_response(413, "payload_too_large", message)
         return error_response(exc.code or 500, _code_for(exc), _MESSAGES.get(exc.code or 0, exc.description or exc.name))
