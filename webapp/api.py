@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from webapp.documents import accept_uploads, batch_to_dict, document_to_dict, read_upload
 from webapp.embeddings import EmbeddingError
-from webapp.errors import ApiError
+from webapp.errors import ApiError, get_or_404
 from webapp.job_control import cancel_job
 from webapp.job_states import JobStateError
 from webapp.job_status import job_to_dict, list_jobs
@@ -92,9 +92,7 @@ def upload_documents():
 @bp.get("/batches/<batch_id>")
 def get_batch(batch_id: str):
     """One upload's documents: totals by status, overall progress (0–100 %), the documents."""
-    batch = Batch.get_or_none(Batch.id == batch_id)
-    if batch is None:
-        raise ApiError(404, "batch_not_found", f"There is no batch with id {batch_id}.")
+    batch = get_or_404(Batch, batch_id, "batch")
     return jsonify(batch_to_dict(batch))
 
 
@@ -110,9 +108,7 @@ def list_documents():
 @bp.get("/documents/<document_id>")
 def get_document(document_id: str):
     """One document with its current job's status, or 404 ``document_not_found``."""
-    document = Document.get_or_none(Document.id == document_id)
-    if document is None:
-        raise ApiError(404, "document_not_found", f"There is no document with id {document_id}.")
+    document = get_or_404(Document, document_id, "document")
     return jsonify(document_to_dict(document))
 
 
@@ -194,24 +190,17 @@ def list_reports():
     return jsonify({"reports": [report_to_dict(r, jobs.get(r.job_id)) for r in reports]})
 
 
-def _report_or_404(report_id: str) -> Report:
-    report = Report.get_or_none(Report.id == report_id)
-    if report is None:
-        raise ApiError(404, "report_not_found", f"There is no report with id {report_id}.")
-    return report
-
-
 @bp.get("/reports/<report_id>")
 def get_report(report_id: str):
     """One report: its job's status and progress, and download links once it finished."""
-    return jsonify(report_to_dict(_report_or_404(report_id)))
+    return jsonify(report_to_dict(get_or_404(Report, report_id, "report")))
 
 
 @bp.get("/reports/<report_id>/download")
 def download_report(report_id: str):
     """The report file in ``format`` (html, csv, json, pdf; default html): 404 until it finished,
     409 ``report_failed`` with the reason when its job failed, stopped or was canceled."""
-    report = _report_or_404(report_id)
+    report = get_or_404(Report, report_id, "report")
     fmt = request.args.get("format", "html")
     if fmt not in FORMATS:
         raise ApiError(400, "invalid_format", f"'format' must be one of {', '.join(FORMATS)}.")

@@ -23,6 +23,18 @@ class ApiError(Exception):
         self.message = message
 
 
+def get_or_404(model, row_id: str, noun: str):
+    """The row of ``model`` with primary key ``row_id``.
+
+    Raises:
+        ApiError: 404 ``<noun>_not_found``, "There is no <noun> with id <row_id>."
+    """
+    row = model.get_or_none(model._meta.primary_key == row_id)
+    if row is None:
+        raise ApiError(404, f"{noun}_not_found", f"There is no {noun} with id {row_id}.")
+    return row
+
+
 def error_response(status: int, code: str, message: str):
     """A Flask response with the JSON error shape."""
     response = jsonify({"error": {"code": code, "message": message}})

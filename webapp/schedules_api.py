@@ -25,7 +25,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, url_for
 from redis.exceptions import RedisError
 
-from webapp.errors import ApiError
+from webapp.errors import ApiError, get_or_404
 from webapp.models import Job, Schedule, isoformat
 from webapp.scheduling import (SCHEDULABLE_JOBS, ScheduleError, builtin_schedules, next_run_times,
                                put_schedule_entry, remove_schedule_entry, validate_schedule)
@@ -86,13 +86,6 @@ def _one(schedule: Schedule) -> dict[str, Any]:
     return _to_dicts([schedule])[0]
 
 
-def _schedule_or_404(schedule_id: str) -> Schedule:
-    schedule = Schedule.get_or_none(Schedule.id == schedule_id)
-    if schedule is None:
-        raise ApiError(404, "schedule_not_found", f"There is no schedule with id {schedule_id}.")
-    return schedule
-
-
 @bp.get("/schedules")
 def list_schedules():
     """Every schedule, built-in first (in the order the code declares them), then the added ones
@@ -106,7 +99,7 @@ def list_schedules():
 @bp.get("/schedules/<schedule_id>")
 def get_schedule(schedule_id: str):
     """One schedule, or 404 ``schedule_not_found``."""
-    return jsonify(_one(_schedule_or_404(schedule_id)))
+    return jsonify(_one(get_or_404(Schedule, schedule_id, "schedule")))
 
 
 @bp.post("/schedules")
@@ -154,7 +147,7 @@ def delete_schedule(schedule_id: str):
     The row goes first. If Redis cannot be reached the answer is still 204: an entry whose row is
     gone never starts a job (the scheduler drops it when it comes due, ``schedule sync`` too).
     """
-    schedule = _schedule_or_404(schedule_id)
+    schedule = get_or_404(Schedule, schedule_id, "schedule")
     if schedule.builtin:
         raise ApiError(409, "builtin_schedule", "Built-in schedules can be paused and resumed, not deleted.")
     Schedule.delete().where(Schedule.id == schedule_id).execute()
@@ -175,7 +168,7 @@ def pause_schedule(schedule_id: str):
     still 200: the scheduler reads the row before every run and starts nothing for a paused
     schedule (it drops the entry then), and ``schedule sync`` removes it too.
     """
-    schedule = _schedule_or_404(schedule_id)
+    schedule = get_or_404(Schedule, schedule_id, "schedule")
     Schedule.update(paused=True).where(Schedule.id == schedule_id).execute()
     try:
         remove_schedule_entry(schedule_id)
@@ -195,7 +188,7 @@ def resume_schedule(schedule_id: str):
     503 ``queue_unavailable`` when Redis cannot be reached: the row is paused again, so it never
     claims to run without an entry.
     """
-    schedule = _schedule_or_404(schedule_id)
+    schedule = get_or_404(Schedule, schedule_id, "schedule")
     was_paused = schedule.paused
     if not was_paused and next_run_times([schedule_id])[schedule_id] is not None:
         return jsonify(_one(schedule))
