@@ -41,6 +41,11 @@ _HTML_START = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _SNIFF_BYTES = 64 * 1024
+# What zipfile raises for a damaged or unsupported archive besides BadZipFile: ValueError (bad
+# offsets, undecodable names), NotImplementedError ("zip file version 6.4", other methods),
+# EOFError and OSError (truncated data), OverflowError (sizes past what the platform seeks).
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, NotImplementedError, EOFError, OSError,
+              OverflowError)
 
 
 def detect_content_type(data: bytes, filename: str | None = None) -> str | None:
@@ -104,7 +109,7 @@ def _is_docx(data: bytes) -> bool:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             return "word/document.xml" in archive.namelist()
-    except (zipfile.BadZipFile, ValueError):
+    except ZIP_ERRORS:
         return False
 
 
