@@ -10,7 +10,10 @@ Everything runs on this machine, on loopback, in a temporary folder, and is stop
   (gunicorn), two ``worker`` commands (each a pool of ``--concurrency`` processes plus the
   ``high``-only one) and the ``scheduler``, each in a session of its own, against a private
   embedded Redis and a SQLite file (or ``--database-url``). ``RECONCILE_INTERVAL`` is 10 s;
-  every other setting (heartbeats, grace periods, retries) is the default.
+  every other setting (heartbeats, grace periods, retries) is the default. Every process gets a
+  random ``SECRET_KEY`` fixed for the run (Docket refuses the public default), and after the
+  release step ``flask --app wsgi tokens create bench`` makes the API token the clients send
+  (``Authorization: Bearer``) with every upload.
 * **Load:** every corpus file (``../shared/corpus``) uploaded ``--rounds`` times with
   ``reprocess=true``, one file per request from two clients, in bursts: one as each
   fault (so that every fault meets jobs running and queued) and one after the last. A ``503``
@@ -24,7 +27,8 @@ Everything runs on this machine, on loopback, in a temporary folder, and is stop
 * **End:** wait until every accepted document's job is terminal (at most until ``--duration``
   is over), run one reconcile pass, then print and save (``bench/results/chaos-<date>.json``):
 
-  - *accepted* (202), *refused* (503), *rejected* (other 4xx, e.g. the empty file);
+  - *accepted* (202), *refused* (503), *rejected* (other 4xx, e.g. the empty file; a ``401``
+    means the harness's token was refused, and makes the exit status 1);
   - *finished*, and *failed* by ``error_code`` (the corpus holds password-protected and damaged
     files: those fail by design);
   - **lost**: accepted, but at the end its job row is missing or not terminal. Must be 0; the
@@ -69,8 +73,9 @@ from rq.job import Job as RQJob
 from rq.utils import str_to_date
 from rq.worker import Worker
 
-from benchmarks.common import CORPUS, ROOT, git_commit, manifest, wait_until
-from benchmarks.services import PROCFILE, VENV_BIN, _base_env, _group_members, log_tail, stop_on_sigterm
+from benchmarks.common import BENCH_SECRET_KEY, CORPUS, ROOT, git_commit, manifest, wait_until
+from benchmarks.services import (PROCFILE, VENV_BIN, _base_env, _group_members, create_api_token, log_tail,
+                                 stop_on_sigterm)
 from webapp.embedded_redis import EmbeddedRedis, free_port
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -128,6 +133,7 @@ class Service:
         self.per_worker = concurrency + 1  # + HIGH_QUEUE_WORKERS (default 1)
         self.database_url = database_url or f"sqlite:///{workdir / 'docket.sqlite3'}"
         self.env: dict[str, str] = {}
+        self.token = ""  # the API token of owner "bench" the clients send (made after the release step)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,13 +141,14 @@ class Service:
         self.env = _base_env(VENV_BIN, self.port)
         self.env.update(REDIS_URL=url, DATABASE_URL=self.database_url, STORAGE_PATH=str(self.workdir / "uploads"),
                         DOCKET_INSTANCE_PATH=str(self.workdir / "instance"), RECONCILE_INTERVAL="10",
-                        WORKER_CONCURRENCY=str(self.concurrency))
+                        WORKER_CONCURRENCY=str(self.concurrency), SECRET_KEY=BENCH_SECRET_KEY)
         log = self.workdir / "release.log"
         with open(log, "ab") as out:
             done = subprocess.run(self.commands["release"], shell=True, cwd=ROOT, env=self.env, stdout=out,
                                   stderr=subprocess.STDOUT)
         if done.returncode:
             raise RuntimeError(f"the Procfile's release step failed{log_tail(log)}")
+        self.token = create_api_token(self.env, log)
         for kind in ("web", "worker", "worker", "scheduler"):
             self.spawn(kind)
         session = requests.Session()
@@ -364,14 +371,16 @@ class Upload:
     job_id: str | None = None
 
 
-def run_uploads(base_url: str, uploads: list[Upload], start: float, stop: threading.Event) -> None:
-    """``CLIENTS`` threads post the uploads at their planned times (one file per request)."""
+def run_uploads(base_url: str, token: str, uploads: list[Upload], start: float, stop: threading.Event) -> None:
+    """``CLIENTS`` threads post the uploads at their planned times (one file per request), each
+    with ``Authorization: Bearer <token>``."""
     payloads = {upload.name: (CORPUS / upload.name).read_bytes() for upload in uploads}
     lock = threading.Lock()
     queue = iter(uploads)
 
     def client() -> None:
         with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {token}"
             while not stop.is_set():
                 with lock:
                     upload = next(queue, None)
@@ -412,7 +421,7 @@ class Observer:
 
         self.service = service
         self.app = create_app({"DATABASE_URL": service.database_url, "REDIS_URL": service.env["REDIS_URL"],
-                               "STORAGE_PATH": service.env["STORAGE_PATH"]})
+                               "STORAGE_PATH": service.env["STORAGE_PATH"], "SECRET_KEY": service.env["SECRET_KEY"]})
 
     def rows(self, job_ids: list[str] | None = None, statuses: tuple[str, ...] | None = None) -> dict[str, Any]:
         from webapp.db import connection
@@ -546,7 +555,7 @@ def chaos(rounds: int, duration: float, seed: int, horse_kills: int, redis_down:
         raise
     observer = Observer(service)
     start = time.monotonic()
-    loader = threading.Thread(target=run_uploads, args=(service.base_url, uploads, start, stop), daemon=True)
+    loader = threading.Thread(target=run_uploads, args=(service.base_url, service.token, uploads, start, stop), daemon=True)
     loader.start()
 
     def inject() -> None:
@@ -696,7 +705,11 @@ def main() -> int:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if record["lost"] or record["disagreeing_after_reconcile"] else 0
+    unauthorized = record["rejected_4xx"].get("authentication_required", 0) + record["rejected_4xx"].get(
+        "invalid_token", 0)
+    if unauthorized:
+        print(f"\n{unauthorized} uploads were refused as unauthenticated (401): the harness's token did not work")
+    return 1 if record["lost"] or record["disagreeing_after_reconcile"] or unauthorized else 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,12 @@ CORPUS = ROOT.parent / "shared" / "corpus"
 PEER = ROOT.parent / "shared" / "peers" / "celery-seed000"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 PYTHON = sys.executable
+
+# create_app refuses to start with the public default SECRET_KEY outside debug and tests: every
+# Docket process a benchmark starts (web, workers, CLI) and every in-process app gets this one,
+# fixed for the run, random per run.
+BENCH_SECRET_KEY = secrets.token_urlsafe(48)
+BENCH_OWNER = "bench"  # owner of the benchmarks' uploads and of their API token
 
 # The kinds of corpus file the service should finish (MANIFEST.tsv's `kind` column): 29 files,
 # 359 pages when a file without pages (.docx, .html, .txt, .md) counts as one.
@@ -211,7 +218,7 @@ def worker_process(setup: str, redis_url: str, workdir: Path, **env_extra: str) 
     env = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")}
     env.update(REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{workdir / 'docket.sqlite3'}",
                STORAGE_PATH=str(workdir / "uploads"), DOCKET_INSTANCE_PATH=str(workdir / "instance"),
-               PYTHONUNBUFFERED="1", **env_extra)
+               SECRET_KEY=BENCH_SECRET_KEY, PYTHONUNBUFFERED="1", **env_extra)
     command = [PYTHON, *WORKER_COMMANDS[setup]]
     if setup.startswith("rq-"):
         command += ["--url", redis_url]

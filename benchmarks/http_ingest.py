@@ -10,6 +10,8 @@
 
 Every round of every side starts fresh services (new folder, Redis, database) and measures from
 the first upload to the last terminal job, so start-up time is excluded; the sides alternate.
+Docket's requests carry its bearer token (each upload and status request authenticates: one
+indexed SELECT of the token); the peer has no authentication.
 
     .venv/bin/python -m benchmarks.http_ingest [--rounds 3] [--benchmark limit|peer|both]
 """
@@ -33,10 +35,8 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests
-
 from benchmarks.common import CorpusFile, alternate, collect, finishing_files, percentile, result, save, summary
-from benchmarks.services import celery_peer, docket_service, stop_on_sigterm
+from benchmarks.services import Service, celery_peer, docket_service, stop_on_sigterm
 from benchmarks.tables import print_record
 
 TERMINAL_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})  # both services use RQ's words
@@ -56,14 +56,15 @@ class _Outcome:
 
 
 def ingest_over_http(
-    base_url: str,
+    service: Service,
     files: Sequence[CorpusFile],
     copies: int = COPIES,
     clients: int = CLIENTS,
 ) -> dict[str, float]:
     """Upload every file ``copies`` times and wait until every job is terminal.
 
-    ``clients`` threads, each with its own ``requests.Session``, take uploads from one shared
+    ``clients`` threads, each with its own ``requests.Session`` (sending ``service``'s bearer
+    token, as every ``/api`` request to Docket must; the peer has none), take uploads from one shared
     queue (one file per ``POST /api/documents`` request, multipart field ``file``; the bytes are
     read before the clock starts), then each polls ``GET /api/jobs/<job_id>`` for its own jobs,
     oldest first: a terminal answer moves it to the next job at once, any other answer makes it
@@ -90,7 +91,7 @@ def ingest_over_http(
 
     def client() -> list[_Outcome]:
         try:
-            return _upload_and_follow(base_url, uploads, payloads, abort, deadline)
+            return _upload_and_follow(service, uploads, payloads, abort, deadline)
         except BaseException:
             abort.set()  # the other clients stop too; the error is raised below
             raise
@@ -115,7 +116,7 @@ def ingest_over_http(
 
 
 def _upload_and_follow(
-    base_url: str,
+    service: Service,
     uploads: queue.SimpleQueue[CorpusFile],
     payloads: dict[Path, bytes],
     abort: threading.Event,
@@ -123,7 +124,8 @@ def _upload_and_follow(
 ) -> list[_Outcome]:
     """One client: upload from the shared queue until it is empty, then follow its jobs to the end."""
     outcomes: list[_Outcome] = []
-    with requests.Session() as session:
+    base_url = service.url
+    with service.session() as session:  # Docket's bearer token on every request; the peer has none
         pending: deque[tuple[str, float]] = deque()  # (job id, upload start), oldest first
         while not abort.is_set():
             try:
@@ -229,15 +231,15 @@ _HTTP_FIGURES = ("wall_s", "docs_per_s", "pages_per_s", "p50_s", "p95_s", "finis
 
 
 def _ingest_fresh(
-    service: Callable[[Path], AbstractContextManager[str]],
+    service: Callable[[Path], AbstractContextManager[Service]],
     workdir: Path,
     files: Sequence[CorpusFile],
     copies: int,
     clients: int,
 ) -> dict[str, float]:
     """Start ``service`` in ``workdir``, run :func:`ingest_over_http` against it, stop it."""
-    with service(workdir) as base_url:
-        return ingest_over_http(base_url, files, copies, clients)
+    with service(workdir) as running:
+        return ingest_over_http(running, files, copies, clients)
 
 
 def _fresh_folders(parent: Path):

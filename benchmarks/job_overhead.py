@@ -27,6 +27,7 @@ from rq import Queue
 from rq.registry import FinishedJobRegistry
 
 from benchmarks.common import (
+    BENCH_SECRET_KEY,
     command_line,
     alternate,
     collect,
@@ -95,7 +96,7 @@ def tiny_document_cpu(app, pid: int) -> float:
     with app.app_context(), connection():
         before = tree_cpu_seconds(pid)
         for index in range(TINY_DOCUMENTS):
-            document = accept_uploads([Upload(f"tiny-{index}.txt", TINY_TEXT)], reprocess=True).files[0].document
+            document = accept_uploads([Upload(f"tiny-{index}.txt", TINY_TEXT)], reprocess=True, owner="bench").files[0].document
             wait_until(lambda: Job.get_by_id(document.job_id).status in TERMINAL_STATUSES, 30, interval=0.002,
                        what="a tiny document")
         return (tree_cpu_seconds(pid) - before) / TINY_DOCUMENTS
@@ -112,7 +113,7 @@ def tiny_document_pipeline_cpu(app) -> float:
     with app.app_context():
         prepare_worker_process(app)
         with connection():
-            documents = [accept_uploads([Upload(f"base-{i}.txt", TINY_TEXT)], reprocess=True).files[0].document
+            documents = [accept_uploads([Upload(f"base-{i}.txt", TINY_TEXT)], reprocess=True, owner="bench").files[0].document
                          for i in range(TINY_DOCUMENTS)]
         started = time.process_time()
         for document in documents:
@@ -130,7 +131,8 @@ def run(rounds: int = 3) -> dict:
         with private_redis(workdir / "redis") as redis_url:
             connection = Redis.from_url(redis_url)
             app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
-                              "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None})
+                              "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None,
+                              "SECRET_KEY": BENCH_SECRET_KEY})
             with app.app_context():
                 create_tables()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common import (
+    BENCH_SECRET_KEY,
     command_line,
     CORPUS,
     alternate,
@@ -74,14 +75,15 @@ def measure_document(document: Path, workdir: Path) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     with private_redis(workdir / "redis") as redis_url:
         app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
-                          "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None})
+                          "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None,
+                          "SECRET_KEY": BENCH_SECRET_KEY})
         with app.app_context():
             create_tables()
         with worker_process("docket", redis_url, workdir, WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0") as (pid, _):
             worker_pid = _pool_worker_pid(pid)
             idle = peak_rss_bytes(worker_pid)
             with app.app_context(), connection():
-                uploaded = accept_uploads([read_path(document)], reprocess=True).files[0].document
+                uploaded = accept_uploads([read_path(document)], reprocess=True, owner="bench").files[0].document
                 job = wait_until(
                     lambda: (row := Job.get_by_id(uploaded.job_id)).status in TERMINAL_STATUSES and row,
                     600, interval=0.1, what=f"{document.name} to be processed")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import CorpusFile, cores, finishing_files, private_redis
+from benchmarks.common import BENCH_SECRET_KEY, CorpusFile, cores, finishing_files, private_redis
 
 _app = None  # the Flask app of a pool process (set by _start_process)
 
@@ -49,11 +49,12 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
             "STORAGE_PATH": str(workdir / "uploads"),
             "REDIS_URL": redis_url,
             "OPENAI_API_KEY": None,
+            "SECRET_KEY": BENCH_SECRET_KEY,  # create_app refuses the public default outside tests
         })
         with app.app_context():
             create_tables()
             with connection():  # the rows and bytes, as an upload leaves them (not timed)
-                documents = [accept_uploads([read_path(f.path)], reprocess=True).files[0].document for f in files]
+                documents = [accept_uploads([read_path(f.path)], reprocess=True, owner="bench").files[0].document for f in files]
         work = [(document.id, document.job_id) for document in documents]
 
         global _app

@@ -31,6 +31,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from benchmarks.common import (
+    BENCH_SECRET_KEY,
     alternate,
     collect,
     finishing_files,
@@ -112,7 +113,8 @@ def ingest(server: SlowEmbeddingServer, workdir: Path, concurrency: int, batch_s
     settings = {"OPENAI_API_KEY": "benchmark", "OPENAI_BASE_URL": server.url}
     with private_redis(workdir / "redis") as redis_url:
         app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
-                          "STORAGE_PATH": str(workdir / "uploads"), **settings})
+                          "STORAGE_PATH": str(workdir / "uploads"), "SECRET_KEY": BENCH_SECRET_KEY,
+                          **settings})
         with app.app_context():
             create_tables()
         with worker_process("docket", redis_url, workdir, WORKER_CONCURRENCY=str(concurrency),
@@ -120,7 +122,7 @@ def ingest(server: SlowEmbeddingServer, workdir: Path, concurrency: int, batch_s
             server.reset()
             with app.app_context(), connection():
                 started = time.perf_counter()
-                job_ids = [accept_uploads([read_path(f.path)], reprocess=True).files[0].document.job_id for f in files]
+                job_ids = [accept_uploads([read_path(f.path)], reprocess=True, owner="bench").files[0].document.job_id for f in files]
                 wait_until(lambda: Job.select().where(Job.id.in_(job_ids), Job.status.in_(TERMINAL_STATUSES)).count()
                            == len(job_ids), 900, interval=0.05, what="the corpus to be ingested")
                 wall = time.perf_counter() - started

@@ -1,9 +1,11 @@
 """Real services for the service-level benchmarks, started as production starts them.
 
 :func:`docket_service` runs Docket's ``Procfile`` (the ``release`` step, then ``web`` and
-``worker`` under honcho) against a private redis-server and a fresh SQLite file;
-:func:`celery_peer` runs the Celery peer (``../shared/peers/celery-seed000``) from its own
-Procfile the same way. Both yield the base URL once the service answers and its worker is
+``worker`` under honcho) against a private redis-server and a fresh SQLite file, with the run's
+``SECRET_KEY`` and an API token made by ``flask --app wsgi tokens create bench`` (every ``/api``
+request needs ``Authorization: Bearer <token>``); :func:`celery_peer` runs the Celery peer
+(``../shared/peers/celery-seed000``) from its own Procfile the same way, without a token. Both
+yield a :class:`Service` (base URL and token) once the service answers and its worker is
 listening, and on leaving the ``with`` block (normally, on an exception or on Ctrl-C) stop every
 process they started: honcho gets SIGINT and stops its processes; any process group still alive
 after that is killed. Honcho starts each Procfile process in a session of its own, so the groups
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import venv
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -30,7 +33,7 @@ from honcho.environ import parse_procfile
 from redis import Redis
 from rq import Worker
 
-from benchmarks.common import PEER, ROOT, private_redis, wait_until
+from benchmarks.common import BENCH_OWNER, BENCH_SECRET_KEY, PEER, ROOT, private_redis, wait_until
 from webapp.embedded_redis import free_port
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -43,6 +46,43 @@ STOP_TIMEOUT = 20.0  # seconds honcho gets to stop its processes before they are
 LOG_TAIL_LINES = 40
 
 
+@dataclass(frozen=True)
+class Service:
+    """A running service: its base URL and, for Docket, the API token its requests must send."""
+
+    url: str
+    token: str | None = None  # None: the service has no authentication (the Celery peer)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <token>"}``, or ``{}`` for a service without a token."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def session(self) -> requests.Session:
+        """A new ``requests.Session`` that sends :attr:`headers` with every request."""
+        session = requests.Session()
+        session.headers.update(self.headers)
+        return session
+
+
+def create_api_token(env: dict[str, str], log_path: Path, owner: str = BENCH_OWNER) -> str:
+    """A new API token for ``owner``, made as an operator makes one: ``flask --app wsgi tokens
+    create OWNER`` from the project root with ``env`` (after the release step made the tables).
+    The CLI's stderr goes to ``log_path``.
+
+    Raises:
+        RuntimeError: the command failed or printed no token.
+    """
+    with open(log_path, "ab") as log:
+        created = subprocess.run([str(VENV_BIN / "flask"), "--app", "wsgi", "tokens", "create", owner,
+                                  "--name", "benchmark"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=log, text=True)
+    token = created.stdout.splitlines()[0].strip() if created.stdout.strip() else ""
+    if created.returncode != 0 or not token:
+        raise RuntimeError(f"'flask --app wsgi tokens create {owner}' failed ({created.returncode}){log_tail(log_path)}")
+    return token
+
+
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into ``SystemExit`` so the ``with`` blocks below stop their services on ``kill``."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -53,11 +93,11 @@ def docket_service(
     workdir: Path,
     processes: Sequence[str] = ("web", "worker"),
     env_extra: dict[str, str] | None = None,
-) -> Iterator[str]:
+) -> Iterator[Service]:
     """Docket from its Procfile with a private Redis and a fresh database under ``workdir``.
 
     Runs the Procfile's release step (``flask --app wsgi init-db``) in a shell as a platform does,
-    then ``honcho start <processes>`` from the project root, and waits until ``GET /readyz``
+    creates an API token for owner ``bench`` (:func:`create_api_token`), then ``honcho start <processes>`` from the project root, and waits until ``GET /readyz``
     answers 200 and, when ``worker`` is one of ``processes``, an RQ worker has registered in Redis.
     Honcho's output (and the release step's) goes to ``workdir/service.log``.
 
@@ -66,11 +106,14 @@ def docket_service(
         processes: Procfile process types to run; ``web`` is required (it serves the URL).
         env_extra: environment variables to add or override (e.g. ``WEB_CONCURRENCY``).
 
+    Every process gets the run's ``SECRET_KEY`` (:data:`benchmarks.common.BENCH_SECRET_KEY`):
+    Docket refuses to start with the public default.
+
     Yields:
-        The base URL, ``http://127.0.0.1:<port>``.
+        The :class:`Service`: base URL ``http://127.0.0.1:<port>`` and the API token.
 
     Raises:
-        RuntimeError: the release step failed, or honcho exited before the service was ready.
+        RuntimeError: the release step or the token creation failed, or honcho exited before the service was ready.
         TimeoutError: the service was not ready within ``START_TIMEOUT`` seconds.
     """
     if "web" not in processes:
@@ -87,6 +130,7 @@ def docket_service(
             DATABASE_URL=f"sqlite:///{workdir / 'docket.sqlite3'}",
             STORAGE_PATH=str(workdir / "uploads"),
             DOCKET_INSTANCE_PATH=str(workdir / "instance"),
+            SECRET_KEY=BENCH_SECRET_KEY,
             **(env_extra or {}),
         )
         release = parse_procfile(PROCFILE.read_text()).processes["release"]
@@ -94,6 +138,7 @@ def docket_service(
             finished = subprocess.run(release, shell=True, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         if finished.returncode != 0:
             raise RuntimeError(f"the Procfile's release step ({release}) failed{log_tail(log_path)}")
+        token = create_api_token(env, log_path)
         command = [str(VENV_BIN / "python"), "-m", "honcho", "--no-colour", "--procfile", str(PROCFILE),
                    "--app-root", str(ROOT), "start", *ordered]
         base_url = f"http://127.0.0.1:{port}"
@@ -106,11 +151,11 @@ def docket_service(
                 _wait_ready(honcho, f"{base_url}/readyz", rq_worker_listening, log_path)
             finally:
                 redis.close()
-            yield base_url
+            yield Service(base_url, token)
 
 
 @contextmanager
-def celery_peer(workdir: Path) -> Iterator[str]:
+def celery_peer(workdir: Path) -> Iterator[Service]:
     """The Celery peer from its Procfile (``web`` and ``worker``) with a private Redis.
 
     Copies ``../shared/peers/celery-seed000`` to ``workdir/peer`` (a fresh ``peer.db`` and upload
@@ -119,7 +164,8 @@ def celery_peer(workdir: Path) -> Iterator[str]:
     consumes from the broker. Honcho's output goes to ``workdir/service.log``.
 
     Yields:
-        The base URL, ``http://127.0.0.1:<port>``.
+        The :class:`Service`: base URL ``http://127.0.0.1:<port>``, no token (the peer has no
+        authentication).
 
     Raises:
         RuntimeError: honcho exited before the service was ready.
@@ -148,7 +194,7 @@ def celery_peer(workdir: Path) -> Iterator[str]:
                             lambda: bool(redis.exists("_kombu.binding.celery.pidbox")), log_path)
             finally:
                 redis.close()
-            yield f"http://127.0.0.1:{port}"
+            yield Service(f"http://127.0.0.1:{port}")
 
 
 @contextmanager

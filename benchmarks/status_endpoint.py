@@ -7,6 +7,15 @@ endpoint, ``GET /healthz``, on the same web process in the same run. The load ge
 (``wrk -t2 -c32 -d10s --latency``; a Lua script rotates over the job ids); the two endpoints
 alternate for several rounds after a short warm-up of each.
 
+The status path includes authentication, as every ``/api`` request now does: each request sends
+``Authorization: Bearer <token>`` (a non-admin token of owner ``bench``, made with ``flask --app
+wsgi tokens create``, the owner of the jobs), so the server also hashes the token, looks it up (one
+indexed SELECT on ``api_token.token_hash``), checks the job's owner, and writes the token's
+``last_used_at`` at most once a minute. ``/healthz`` is open and ignores the header, but wrk sends
+it the same header, so both sides send identical request bytes and the ratio prices only the work
+the server does. Runs from before authentication existed (earlier entries of RESULTS.md) measured
+the status path without it.
+
 Ratio = status requests/s ÷ healthz requests/s; targets: ratio ≥ 0.5 and status p99 ≤ 25 ms.
 Each load run also records the CPU time the gunicorn worker processes spent per request, which
 explains the ratio and moves far less with the other load on a shared machine than requests/s.
@@ -29,10 +38,9 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
-import requests
 
 from benchmarks.common import CORPUS, alternate, collect, command_line, result, summary, wait_until
-from benchmarks.services import docket_service, web_worker_pids
+from benchmarks.services import Service, docket_service, web_worker_pids
 from benchmarks.tables import print_record
 
 JOB_FILE = CORPUS / "minimal-document.pdf"  # 1 page: the jobs finish in moments
@@ -42,13 +50,17 @@ JOBS_TIMEOUT = 120.0  # seconds for the setup jobs to finish
 TARGET_RATIO, TARGET_P99_MS = 0.5, 25.0
 MAX_ERROR_SHARE = 0.01  # socket errors per request beyond which a load run is not a measurement
 
+_HEADER_SCRIPT = """\
+-- Every request carries the API token (wrk.format and wrk's static request use wrk.headers).
+wrk.headers["Authorization"] = "Bearer %s"
+"""
 _ROTATE_SCRIPT = """\
 -- Each wrk thread cycles over the job ids, one GET /api/jobs/<id> per request.
 local ids = {%s}
 local next_id = 0
 request = function()
   next_id = next_id %% #ids + 1
-  return wrk.format("GET", "/api/jobs/" .. ids[next_id])
+  return wrk.format("GET", "/api/jobs/" .. ids[next_id], wrk.headers)
 end
 """
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -131,9 +143,11 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def finished_jobs(base_url: str, count: int) -> list[str]:
-    """Upload :data:`JOB_FILE` ``count`` times and wait until every job is ``finished``; their ids."""
-    with requests.Session() as session:
+def finished_jobs(service: Service, count: int) -> list[str]:
+    """Upload :data:`JOB_FILE` ``count`` times (with ``service``'s token) and wait until every job
+    is ``finished``; their ids."""
+    base_url = service.url
+    with service.session() as session:
         job_ids = []
         for _ in range(count):
             response = session.post(f"{base_url}/api/documents",
@@ -159,17 +173,21 @@ def run(rounds: int = 3) -> dict[str, Any]:
     wrk_binary()
     with tempfile.TemporaryDirectory(prefix="docket-bench-status-") as tmp:
         workdir = Path(tmp)
-        with docket_service(workdir / "service") as base_url:
-            job_ids = finished_jobs(base_url, JOBS)
-            script = workdir / "rotate_jobs.lua"
-            script.write_text(_ROTATE_SCRIPT % ", ".join(f'"{job_id}"' for job_id in job_ids))
+        with docket_service(workdir / "service") as service:
+            base_url = service.url
+            job_ids = finished_jobs(service, JOBS)
+            # The same Authorization header on both sides (healthz ignores it): identical request bytes.
+            header = _HEADER_SCRIPT % service.token
+            script, healthz_script = workdir / "rotate_jobs.lua", workdir / "healthz.lua"
+            script.write_text(header + _ROTATE_SCRIPT % ", ".join(f'"{job_id}"' for job_id in job_ids))
+            healthz_script.write_text(header)
             status_url, healthz_url = f"{base_url}/api/jobs/{job_ids[0]}", f"{base_url}/healthz"
             workers = [psutil.Process(pid) for pid in web_worker_pids(workdir / "service")]
             run_wrk(status_url, WARMUP_SECONDS, script)
-            run_wrk(healthz_url, WARMUP_SECONDS)
+            run_wrk(healthz_url, WARMUP_SECONDS, healthz_script)
             measured = alternate(rounds, {
                 "status": lambda: load_with_cpu(workers, status_url, script),
-                "healthz": lambda: load_with_cpu(workers, healthz_url),
+                "healthz": lambda: load_with_cpu(workers, healthz_url, healthz_script),
             })
     pairs = list(zip(measured["status"], measured["healthz"]))
     ratio = summary([status["req_per_s"] / healthz["req_per_s"] for status, healthz in pairs])
@@ -178,7 +196,7 @@ def run(rounds: int = 3) -> dict[str, Any]:
     p99 = collect(measured["status"], "p99_ms")
     record = result(
         name="status_endpoint",
-        title=f"Benchmark 4: GET /api/jobs/<id> vs GET /healthz, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} "
+        title=f"Benchmark 4: GET /api/jobs/<id> (bearer token) vs GET /healthz, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} "
               f"-d{WRK_SECONDS}s, Procfile web process ({JOBS} finished jobs rotated)",
         figures={
             "status": {key: collect(measured["status"], key) for key in keys},
@@ -189,7 +207,9 @@ def run(rounds: int = 3) -> dict[str, Any]:
         ratio_meaning="status endpoint requests/s / healthz requests/s, median of per-round ratios",
         target=f">= {TARGET_RATIO} and status p99 <= {TARGET_P99_MS:g} ms",
         met=ratio["median"] >= TARGET_RATIO and p99["median"] <= TARGET_P99_MS,
-        notes=(f"wrk runs on the same 2-core machine as the web process; both endpoints share that handicap. "
+        notes=(f"The status requests authenticate (Authorization: Bearer, a non-admin token: token SELECT, owner "
+               f"check, last_used_at written at most once a minute); healthz gets the same header and ignores it. "
+               f"wrk runs on the same 2-core machine as the web process; both endpoints share that handicap. "
                f"With {WRK_CONNECTIONS} connections a p99 <= {TARGET_P99_MS:g} ms needs at least "
                f"{WRK_CONNECTIONS / TARGET_P99_MS * 1000:.0f} req/s (Little's law: mean latency = connections / "
                f"throughput <= p99); the trivial endpoint's own p99 here is "

@@ -12,6 +12,12 @@ that reads the whole body and throws it away — the cost of getting 10 MB throu
 machine, which any upload endpoint pays. (A rejected upload, or an endpoint that does not read the
 body, is no baseline: the server answers before the client has sent the bytes.)
 
+Docket's uploads authenticate as every ``/api`` request must (``Authorization: Bearer <token>``,
+a token of owner ``bench`` made with ``flask --app wsgi tokens create`` in each fresh service:
+one indexed SELECT of the token and its ``last_used_at`` written at most once a minute). The
+baseline is sent an ``Authorization`` header of the same length (and ignores it), so both
+receive as many request bytes.
+
 Only the web process runs, with one gunicorn worker (``WEB_CONCURRENCY=1``) for both servers:
 a sequential client only ever reaches one worker, and the worker would process each 10 MB PDF
 (hundreds of pages) on the same 2 cores during the measurement. The jobs stay queued.
@@ -61,6 +67,9 @@ ONE_WORKER = {"WEB_CONCURRENCY": "1"}
 TARGET_P95_MS, TARGET_GROWTH_X = 100.0, 2.0
 REQUEST_TIMEOUT = 60.0  # seconds for one upload
 BASELINE_APP = "benchmarks.upload_path:drain_body_app"
+# What the baseline is sent instead of Docket's token: a header of the same length (dkt_ + 43
+# characters), so both servers receive as many bytes; the baseline ignores it.
+_SAME_SIZE_HEADER = {"Authorization": "Bearer dkt_" + "x" * 43}
 READ_SIZE = 64 * 1024  # bytes the baseline reads at a time
 
 
@@ -97,9 +106,10 @@ def make_large_pdf(path: Path, min_bytes: int = PDF_MIN_BYTES) -> Path:
 class Uploader:
     """Sequential uploads of one pre-encoded multipart body to ``url`` over one keep-alive connection."""
 
-    def __init__(self, url: str, body: bytes, content_type: str, expected_status: int) -> None:
+    def __init__(self, url: str, body: bytes, content_type: str, expected_status: int,
+                 headers: dict[str, str] | None = None) -> None:
         self.url, self.body, self.expected_status = url, body, expected_status
-        self.headers = {"Content-Type": content_type}
+        self.headers = {"Content-Type": content_type, **(headers or {})}
         self.session = requests.Session()
 
     def __enter__(self) -> "Uploader":
@@ -135,12 +145,12 @@ def docket_round(workdir: Path, body: bytes, content_type: str, file_bytes: int)
     first one), ``peak_growth_mib`` (peak RSS while uploading minus RSS before the first one), and
     both as multiples of ``file_bytes`` (``rss_growth_x_file``, ``peak_growth_x_file``).
     """
-    with docket_service(workdir, processes=("web",), env_extra=ONE_WORKER) as base_url:
+    with docket_service(workdir, processes=("web",), env_extra=ONE_WORKER) as service:
         (pid,) = web_worker_pids(workdir)
         worker = psutil.Process(pid)
         rss_before = worker.memory_info().rss
         _reset_peak_rss(pid)
-        with Uploader(f"{base_url}/api/documents", body, content_type, 202) as docket:
+        with Uploader(f"{service.url}/api/documents", body, content_type, 202, service.headers) as docket:
             figures = docket.timed_uploads()
         rss_growth = worker.memory_info().rss - rss_before
         peak_growth = _peak_rss(pid) - rss_before
@@ -178,7 +188,7 @@ def run(rounds: int = 3) -> dict[str, Any]:
         body, content_type = encode_multipart_formdata({"file": (pdf.name, data, PDF), "reprocess": "true"})
         docket_folders = (workdir / f"docket-{index}" for index in itertools.count(1))
         with procfile_web_serving(workdir / "baseline", BASELINE_APP, env_extra=ONE_WORKER) as baseline_url, \
-                Uploader(f"{baseline_url}/upload", body, content_type, 200) as baseline:
+                Uploader(f"{baseline_url}/upload", body, content_type, 200, _SAME_SIZE_HEADER) as baseline:
             received = baseline.upload().json()["received"]
             if received != len(body):
                 raise RuntimeError(f"the baseline read {received} of {len(body)} bytes")

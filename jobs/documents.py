@@ -21,9 +21,10 @@ from rq.timeouts import JobTimeoutException
 
 from jobs.chunking import chunk_pages
 from jobs.errors import JobError
-from jobs.extract import extract
+from jobs.extract import Limits, extract
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.db import connection
+from webapp.encryption import DecryptionError, decrypt_secret
 from webapp.embeddings import EmbeddingError, embedder_from_config, to_blob
 from webapp.models import Chunk, Document
 from webapp.storage import StorageError, storage_from_config
@@ -71,6 +72,10 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
 
     Raises:
         DocumentError: the document cannot be read (encrypted, damaged, no text): permanent.
+        DocumentTooLarge: (a ``DocumentError``) the document passes a configured limit:
+            ``too_many_pages`` (``MAX_PDF_PAGES``), ``too_many_chars`` (``MAX_DOCUMENT_CHARS``),
+            ``too_many_chunks`` (``MAX_DOCUMENT_CHUNKS``) or ``decompression_bomb``
+            (``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO``): permanent, logged in one line.
         JobError: with ``transient`` set when trying again may help (embedding service, storage
             or database briefly unavailable); ``timeout`` past the time limit.
         JobStopped: the row was canceled or stopped while the job ran.
@@ -112,12 +117,14 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
     extraction = extract(
         data,
         document.content_type,
-        password=document.password,
+        password=_password(document, config),
         on_page=lambda done, total: tracker.set_progress("extract", EXTRACT_END * done // total),
+        limits=Limits.from_config(config),
     )
 
     tracker.set_progress("chunk", EXTRACT_END)
-    chunks = chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"])
+    chunks = chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"],
+                         max_chunks=config["MAX_DOCUMENT_CHUNKS"])
 
     tracker.set_progress("embed", CHUNK_END)
     embedder = embedder_from_config(config)
@@ -172,3 +179,18 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
             return {"skipped": "the job row changed while the job ran"}
     tracker.finished()
     return result
+
+
+def _password(document: Document, config: Mapping[str, Any]) -> str | None:
+    """The document's PDF password, decrypted (it rests encrypted, :mod:`webapp.encryption`).
+
+    Raises:
+        JobError: ``password_unreadable`` when no configured key decrypts it (``SECRET_KEY``
+            changed without ``SECRET_KEY_FALLBACKS``); upload the file again with its password.
+    """
+    if not document.password:
+        return None
+    try:
+        return decrypt_secret(config, document.password)
+    except DecryptionError as exc:
+        raise JobError(f"{exc}; upload the file again with its password", code="password_unreadable") from None

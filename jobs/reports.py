@@ -100,8 +100,9 @@ def activity_report(params: Mapping[str, Any]) -> dict[str, Any]:
         jobs per hour by outcome (by the hour they ended), failures grouped by ``error_code``.
     """
     since, until = _parse(params["since"]), _parse(params["until"])
-    jobs = list(Job.select(Job.kind, Job.status, Job.error, Job.error_code, Job.enqueued_at, Job.started_at,
-                           Job.ended_at).where(Job.created_at >= since, Job.created_at < until))
+    jobs = list(_owned_by(Job.select(Job.kind, Job.status, Job.error, Job.error_code, Job.enqueued_at,
+                                     Job.started_at, Job.ended_at).where(Job.created_at >= since, Job.created_at < until),
+                          Job, params))
     by_kind_status: dict[tuple[str, str], int] = {}
     for job in jobs:
         by_kind_status[(job.kind, job.status)] = by_kind_status.get((job.kind, job.status), 0) + 1
@@ -150,7 +151,7 @@ def documents_report(params: Mapping[str, Any], config: Mapping[str, Any], on_do
     Raises:
         JobError: ``summary_unavailable`` when the chat API fails (transient for 429/5xx/timeouts).
     """
-    query = Document.select()
+    query = _owned_by(Document.select(), Document, params)
     if "document_ids" in params:
         query = query.where(Document.id.in_(params["document_ids"]))
     else:
@@ -202,3 +203,9 @@ def _summary(document: Document, config: Mapping[str, Any]) -> tuple[str | None,
     except EmbeddingError as exc:
         raise JobError(f"the summary of {document.filename} could not be made: {exc}",
                        code="embedding_unavailable", transient=exc.transient) from exc
+
+
+def _owned_by(query, model, params: Mapping[str, Any]):
+    """``query`` limited to ``params["owner"]``'s rows of ``model``; unchanged when the report
+    covers every owner (an admin's request or a system schedule's)."""
+    return query.where(model.owner == params["owner"]) if params.get("owner") else query

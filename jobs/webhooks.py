@@ -28,8 +28,10 @@ def deliver_webhook(job_id: str) -> dict[str, Any]:
     Raises:
         TransientJobError: no answer within ``WEBHOOK_TIMEOUT`` seconds, a connection error, or
             HTTP 408/429/5xx — retried with backoff up to ``WEBHOOK_JOB_RETRIES`` times.
-        JobError: ``webhook_rejected`` for any other answer (retrying would not change it), or
-            ``not_found`` when the row or its ``callback_url`` is gone.
+        JobError: ``webhook_rejected`` for any other answer (retrying would not change it),
+            ``webhook_refused`` when the URL's host now resolves to an address that is not public
+            (:func:`webapp.webhooks.check_destination`), or ``not_found`` when the row or its
+            ``callback_url`` is gone.
     """
     config = current_app.config
     rq_job = get_current_job()
@@ -50,6 +52,12 @@ def deliver_webhook(job_id: str) -> dict[str, Any]:
         webhooks.DELIVERY_HEADER: rq_job.id if rq_job else "",
         "User-Agent": "Docket-Webhook/1",
     }
+    try:
+        webhooks.check_destination(url, config["WEBHOOK_ALLOW_PRIVATE"])
+    except webhooks.WebhookDestinationError as exc:
+        message = f"the webhook to {url} was not sent: {exc}"
+        _record(job_id, attempts, "failed", None, message)
+        raise JobError(message, code="webhook_refused") from None
     try:
         response = requests.post(url, data=body, headers=headers, timeout=config["WEBHOOK_TIMEOUT"],
                                  allow_redirects=False)

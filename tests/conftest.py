@@ -38,9 +38,11 @@ PASSWORDS = {
     "aes128-r4-user-password.pdf": "asdfzxcv",
     "doclaynet-p3-password.pdf": "1234",
 }
+TEST_SECRET_KEY = "test-secret-key-not-for-production"
 # Settings a developer's shell may carry that would change what the tests exercise.
 _SCRUBBED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL", "REDIS_URL", "STORAGE_PATH",
-                 "DOCKET_INSTANCE_PATH", "EMBEDDING_MODEL", "MAX_CONTENT_LENGTH", "FLASK_APP")
+                 "DOCKET_INSTANCE_PATH", "EMBEDDING_MODEL", "MAX_CONTENT_LENGTH", "FLASK_APP", "SECRET_KEY",
+                 "SECRET_KEY_FALLBACKS", "SESSION_COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE")
 
 
 def corpus_manifest() -> list[dict[str, str]]:
@@ -85,6 +87,9 @@ def config(tmp_path: Path, redis_url: str) -> dict[str, Any]:
         "STORAGE_PATH": str(tmp_path / "uploads"),
         "OPENAI_API_KEY": None,
         "OPENAI_BASE_URL": None,
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "SESSION_COOKIE_SECURE": False,  # the test client and the live tests speak plain http
+        "WEBHOOK_ALLOW_PRIVATE": True,  # the tests' webhook receivers listen on 127.0.0.1
     }
 
 
@@ -96,9 +101,52 @@ def app(config: dict[str, Any]):
     return app
 
 
+def make_token(app, owner: str = "tester", admin: bool = False) -> str:
+    """Create an API token for ``owner`` in ``app``'s database (as ``flask tokens create`` does)
+    and return it."""
+    from webapp.db import connection
+    from webapp.tokens import create_token
+
+    with app.app_context(), connection():
+        return create_token(owner, admin=admin)[1]
+
+
+def api_client(app, owner: str = "tester", admin: bool = True, token: str | None = None):
+    """A test client of ``app`` that sends ``Authorization: Bearer <token>`` with every request
+    (a new token of ``owner``, an admin by default, unless ``token`` is given)."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token or make_token(app, owner, admin)}"
+    return client
+
+
+def csrf_token_of(html: str) -> str:
+    """The CSRF token a page carries (its ``<meta name="csrf-token">`` or a form's hidden field)."""
+    import re
+
+    match = re.search(r'name="csrf-token" content="([^"]+)"', html) or re.search(
+        r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "the page carries no CSRF token"
+    return match.group(1)
+
+
+def browser_client(app, owner: str = "tester", admin: bool = True, token: str | None = None):
+    """A test client signed in through ``/signin`` as a browser is: a session cookie, and the
+    page's CSRF token (``client.csrf_token``) sent as ``X-CSRFToken`` with every request, as the
+    pages' script does."""
+    client = app.test_client()
+    token = token or make_token(app, owner, admin)
+    page = client.get("/signin").get_data(as_text=True)
+    response = client.post("/signin", data={"token": token, "csrf_token": csrf_token_of(page), "next": "/"})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    client.csrf_token = csrf_token_of(client.get("/").get_data(as_text=True))
+    client.environ_base["HTTP_X_CSRFTOKEN"] = client.csrf_token  # as common.js sends it
+    return client
+
+
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    """An admin's API client (see :func:`api_client`); tests/test_auth.py covers the other principals."""
+    return api_client(app)
 
 
 def _postgres_answers(url: str) -> bool:
@@ -218,7 +266,8 @@ def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
     """Environment for a subprocess (worker, CLI) that must see the same config as ``app``."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     for key in ("DATABASE_URL", "REDIS_URL", "STORAGE_PATH", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-                "MAX_CONTENT_LENGTH", "DOCUMENT_JOB_TIMEOUT"):
+                "MAX_CONTENT_LENGTH", "DOCUMENT_JOB_TIMEOUT", "SECRET_KEY", "SESSION_COOKIE_SECURE",
+                "WEBHOOK_ALLOW_PRIVATE"):
         if config.get(key) is not None:
             env[key] = str(config[key])
     env["DOCKET_INSTANCE_PATH"] = str(Path(config["STORAGE_PATH"]).parent / "instance")

@@ -167,7 +167,9 @@ def openai_app(app, config, openai_server):
 
 @pytest.fixture
 def openai_client(openai_app):
-    return openai_app.test_client()
+    from tests.conftest import api_client
+
+    return api_client(openai_app)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CORPUS, upload
+from tests.conftest import api_client, browser_client, CORPUS, upload
 from webapp import create_app
 from webapp.db import create_tables
 from webapp.models import Document, Job
@@ -24,11 +24,27 @@ def test_no_file_is_400_json(client):
     assert response.get_json()["error"]["code"] == "no_file"
 
 
-def test_a_zero_byte_file_rejects_the_whole_request_and_stores_nothing(app, client, config):
+def test_a_zero_byte_file_refuses_only_itself(app, client, config):
     response = upload(client, "minimal-document.pdf", "empty.pdf")
+    assert response.status_code == 202
+    body = response.get_json()
+    assert [d["filename"] for d in body["documents"]] == ["minimal-document.pdf"]
+    (refused,) = body["refused"]
+    assert refused["filename"] == "empty.pdf" and refused["error_code"] == "empty_file"
+    assert "empty.pdf is empty" in refused["error"]
+    with app.app_context():
+        assert Document.select().count() == 1 and Job.select().count() == 1
+    assert len(_stored_files(config)) == 1
+
+
+def test_a_request_of_only_refused_files_is_refused_and_stores_nothing(app, client, config):
+    response = client.post("/api/documents", data={"file": [(io.BytesIO(b""), "empty.txt"),
+                                                             (io.BytesIO(b"\x00\x01\x02" * 100), "blob.bin")]},
+                           content_type="multipart/form-data")
     assert response.status_code == 400
     error = response.get_json()["error"]
-    assert error["code"] == "empty_file" and "empty.pdf" in error["message"]
+    assert error["code"] == "empty_file" and "1 other file(s) were refused too" in error["message"]
+    assert "Nothing was uploaded" in error["message"]
     with app.app_context():
         assert Document.select().count() == 0 and Job.select().count() == 0
     assert _stored_files(config) == []
@@ -64,7 +80,7 @@ def test_over_max_content_length_is_413_json(config):
     app = create_app({**config, "MAX_CONTENT_LENGTH": 10_000})
     with app.app_context():
         create_tables()
-    response = upload(app.test_client(), "minimal-document.pdf")  # 16,978 bytes
+    response = upload(api_client(app), "minimal-document.pdf")  # 16,978 bytes
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "payload_too_large"
 
@@ -73,7 +89,7 @@ def test_redis_down_marks_the_row_failed_and_answers_503(config, unused_redis_ur
     app = create_app({**config, "REDIS_URL": unused_redis_url})
     with app.app_context():
         create_tables()
-    response = upload(app.test_client(), "minimal-document.pdf")
+    response = upload(api_client(app), "minimal-document.pdf")
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "queue_unavailable"
     with app.app_context():
@@ -133,6 +149,6 @@ def test_health_and_readiness(client, config, unused_redis_url):
     assert "redis" in body["error"]["message"]
 
 
-def test_index_page_has_the_upload_form(client):
-    page = client.get("/").get_data(as_text=True)
+def test_index_page_has_the_upload_form(app):
+    page = browser_client(app).get("/").get_data(as_text=True)
     assert 'type="file"' in page and 'name="password"' in page

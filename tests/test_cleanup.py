@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rq.job import Job as RQJob
 
-from tests.conftest import row, upload
+from tests.conftest import api_client, row, upload
 from webapp import create_app
 from webapp.db import connection, create_tables
 from webapp.launch import launch, new_job
@@ -60,7 +60,7 @@ def age_files(config, seconds: float, keys) -> None:
 
 def test_retention_deletes_old_terminal_work_and_keeps_live_and_recent_work(backend, config, run_worker):
     app, env = backend
-    client = app.test_client()
+    client = api_client(app)
     old_batch = upload(client, "minimal-document.pdf", "pypdf-extract-text.md").get_json()
     recent = upload(client, "war-and-peace-ch1.txt").get_json()["documents"][0]
     report = client.post("/api/reports", json={"type": "activity", "params": {}}).get_json()
@@ -127,7 +127,7 @@ def test_orphans_deletes_old_unreferenced_files_and_fails_a_waiting_job_whose_up
     backend, config, redis, run_worker
 ):
     app, env = backend
-    client = app.test_client()
+    client = api_client(app)
     kept = upload(client, "pypdf-extract-text.md").get_json()["documents"][0]
     report = client.post("/api/reports", json={"type": "activity", "params": {}}).get_json()
     run_worker(**env)

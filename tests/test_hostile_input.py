@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.extract import extract
-from tests.conftest import CORPUS, post_text, row
+from tests.conftest import api_client, CORPUS, post_text, row
 from webapp import filetypes
 
 NOTE_ABOUT_PDF = (
@@ -182,7 +182,7 @@ def test_an_upload_at_the_file_limit_is_accepted(config):
         from webapp.db import create_tables
 
         create_tables()
-    client = app.test_client()
+    client = api_client(app)
     accepted = client.post("/api/documents", data=_tiny_files(3), content_type="multipart/form-data")
     assert accepted.status_code == 202 and len(accepted.get_json()["documents"]) == 3
     refused = client.post("/api/documents", data=_tiny_files(4), content_type="multipart/form-data")

@@ -12,10 +12,11 @@ from rq.command import send_stop_job_command
 from rq.job import Job as RQJob
 from rq.registry import StartedJobRegistry
 
-from tests.conftest import long_text, post_text, row, upload, wait_for
+from tests.conftest import api_client, long_text, post_text, row, upload, wait_for
 from tests.local_services import openai_worker_env, slow_worker_env
 from webapp import create_app
 from webapp.db import connection
+from webapp.encryption import decrypt_secret
 from webapp.job_kinds import JOB_KINDS, RetryPolicy
 from webapp.job_states import CANCELED, STOPPED
 from webapp.models import Chunk, Job
@@ -49,7 +50,7 @@ def test_redis_down_answers_503_and_leaves_every_row_failed_none_queued(config, 
     with app.app_context():
         from webapp.db import create_tables
         create_tables()
-    client = app.test_client()
+    client = api_client(app)
     response = upload(client, "minimal-document.pdf", "pypdf-extract-text.md")
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "queue_unavailable"
     with app.app_context(), connection():
@@ -253,7 +254,8 @@ def test_a_scheduled_retry_keeps_the_password_until_a_terminal_state_and_can_be_
     worker.terminate()
     worker.wait(30)
     with app.app_context(), connection():  # only a terminal state forgets the password
-        assert Document.get_by_id(document["id"]).password == "asdfzxcv"
+        stored = Document.get_by_id(document["id"]).password  # encrypted at rest, never the text
+        assert stored and "asdfzxcv" not in stored and decrypt_secret(app.config, stored) == "asdfzxcv"
 
     answer = openai_client.post(f"/api/jobs/{document['job_id']}/cancel").get_json()
     assert answer["status"] == "canceled"

@@ -19,10 +19,12 @@ import pytest
 from tests.conftest import ROOT
 
 CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "webapp.queues", "webapp.storage",
-        "webapp.embeddings", "webapp.filetypes", "webapp.processes", "webapp.embedded_redis",
+        "webapp.embeddings", "webapp.filetypes", "webapp.processes", "webapp.embedded_redis", "webapp.supervisor",
         # the job protocol: registry, launch, state machine, errors, control, webhooks
         "webapp.job_kinds", "webapp.launch", "webapp.job_states", "webapp.job_errors", "webapp.job_control",
         "webapp.webhooks", "webapp.report_files",
+        # tokens and secrets at rest
+        "webapp.tokens", "webapp.encryption",
         # periodic jobs: the schedule table and the rq-scheduler process
         "webapp.scheduling"}
 

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from tests.conftest import upload
+from tests.conftest import api_client, upload
 from tests.local_services import API_KEY, DEFAULT_MODEL, DIMENSIONS, fake_embedding, openai_worker_env
 from webapp import create_app
 from webapp.embedded_redis import free_port
@@ -148,7 +148,7 @@ def test_embedding_model_setting_names_the_model_and_the_vector_space(app, confi
     assert len(openai_server.requests) == count
     large = create_app({**config, "OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": openai_server.url,
                         "EMBEDDING_MODEL": "text-embedding-3-large"})
-    results = large.test_client().get("/api/search", query_string={"q": "lorem ipsum"}).get_json()["results"]
+    results = api_client(large).get("/api/search", query_string={"q": "lorem ipsum"}).get_json()["results"]
     assert [r["document_id"] for r in results] == [document["id"]]
     assert openai_server.requests[-1].model == "text-embedding-3-large"
 

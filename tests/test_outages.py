@@ -17,7 +17,7 @@ from redis import Redis
 from rq import Worker
 from rq.job import Job as RQJob
 
-from tests.conftest import PrivatePostgres, long_text, post_text, row, wait_for
+from tests.conftest import api_client, PrivatePostgres, long_text, post_text, row, wait_for
 from tests.local_services import slow_worker_env
 from webapp import create_app
 from webapp.db import connection, create_tables, db
@@ -79,7 +79,7 @@ def test_redis_stopped_mid_run_and_restarted_empty_loses_no_accepted_document(
     app = create_app({**config, "REDIS_URL": url})
     with app.app_context():
         create_tables()
-    client = app.test_client()
+    client = api_client(app)
     worker = start_worker(**slow_worker_env(openai_server, delay=0.1, REDIS_URL=url, **FAST_RECOVERY))
     scheduler = start_scheduler(REDIS_URL=url, RECONCILE_INTERVAL="5")
     accepted = [_accept(client, long_text(20), f"before-{n}.txt") for n in range(4)]
@@ -161,7 +161,7 @@ def test_postgres_stopped_mid_run_gives_503s_retries_the_running_job_and_converg
     app = create_app(config)
     with app.app_context():
         create_tables()
-    client = app.test_client()
+    client = api_client(app)
     database_env = {"DATABASE_URL": own_postgres.url}
     worker = start_worker(**slow_worker_env(openai_server, delay=0.1, **database_env, **FAST_RECOVERY))
     scheduler = start_scheduler(RECONCILE_INTERVAL="5", **database_env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rq import Queue
 
 from tests.conftest import upload
+from webapp.encryption import decrypt_secret
 from webapp.models import Chunk, Job
 
 
@@ -61,7 +62,8 @@ def test_password_is_not_kept_after_the_job_ends(app, client, run_worker):
 
     documents = upload(client, "doclaynet-p3-password.pdf", "minimal-document.pdf", password="1234").get_json()["documents"]
     with app.app_context():
-        assert all(Document.get_by_id(d["id"]).password == "1234" for d in documents)
+        stored = [Document.get_by_id(d["id"]).password for d in documents]  # encrypted at rest
+        assert all(value and "1234" not in value and decrypt_secret(app.config, value) == "1234" for value in stored)
     run_worker()
     with app.app_context():
         assert all(Document.get_by_id(d["id"]).password is None for d in documents)

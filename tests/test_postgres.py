@@ -8,7 +8,7 @@ temporary folder; skips only when neither is possible. Each test gets a fresh da
 
 from __future__ import annotations
 
-from tests.conftest import upload
+from tests.conftest import api_client, upload
 from webapp import create_app
 from webapp.db import create_tables
 
@@ -19,7 +19,7 @@ def test_documents_are_processed_and_searchable_on_postgresql(config, postgres_u
     with app.app_context():
         create_tables()
         create_tables()  # idempotent, as the release phase runs it on every deploy
-    client = app.test_client()
+    client = api_client(app)
     documents = upload(client, "korean-report-4p.pdf", "doclaynet-p3-password.pdf").get_json()["documents"]
 
     run_worker(DATABASE_URL=postgres_url)

@@ -1,8 +1,10 @@
 """The README's run command from scratch: ``flask --app wsgi dev`` with no Redis at REDIS_URL.
 
-The command must start its own redis-server, create the tables, run the Procfile's ``web`` and
-``worker`` under honcho, serve the page and the API end to end, and on Ctrl-C (SIGINT to its
-process group, as a terminal sends it) or SIGTERM stop everything it started.
+The command must start its own redis-server, create the tables, run the Procfile's ``web``,
+``worker`` and ``scheduler`` under honcho, serve the page and the API end to end, and on Ctrl-C
+(SIGINT to its process group, as a terminal sends it) or SIGTERM stop everything it started. A
+SIGKILLed worker or scheduler comes back while web keeps serving; a SIGKILLed web stops everything
+with a non-zero status (``webapp.supervisor``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -59,6 +63,15 @@ def _wait_until(predicate, deadline_s: float, interval: float = 0.25) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def _auth_headers(env: dict[str, str]) -> dict[str, str]:
+    """``Authorization: Bearer …`` for /api, from ``flask --app wsgi tokens create`` on the run
+    command's database (``env``'s DATABASE_URL; call it once the run command made the tables)."""
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "tokens", "create", "run-command-test"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"Authorization": f"Bearer {result.stdout.split()[0]}"}
 
 
 @pytest.mark.parametrize("stop", ["ctrl_c", "kill"])
@@ -111,14 +124,16 @@ def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything
         assert _config_redis_url(env) == embedded_url
         assert set(_honcho_groups(log)) >= {"web.1", "worker.1"}, f"honcho did not start web and worker{_tail(log)}"
 
-        page = requests.get(f"{base}/", timeout=10)
+        headers = _auth_headers(env)
+        page = requests.get(f"{base}/", headers=headers, timeout=10)
         assert page.status_code == 200, _tail(log)
         assert page.headers["Content-Type"].startswith("text/html")
         assert "Docket" in page.text
 
         with open(CORPUS / "minimal-document.pdf", "rb") as fh:
             response = requests.post(
-                f"{base}/api/documents", files={"file": ("minimal-document.pdf", fh, "application/pdf")}, timeout=30
+                f"{base}/api/documents", files={"file": ("minimal-document.pdf", fh, "application/pdf")},
+                headers=headers, timeout=30,
             )
         assert response.status_code == 202, f"{response.status_code} {response.text}{_tail(log)}"
         (document,) = response.json()["documents"]
@@ -127,16 +142,16 @@ def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything
 
         def job_ended() -> bool:
             nonlocal job
-            job = requests.get(f"{base}/api/jobs/{document['job_id']}", timeout=10).json()
+            job = requests.get(f"{base}/api/jobs/{document['job_id']}", headers=headers, timeout=10).json()
             return job.get("status") in TERMINAL_STATUSES
 
         assert _wait_until(job_ended, JOB_DEADLINE, interval=0.5), f"the job never ended: {job}{_tail(log)}"
         assert job["status"] == "finished", f"{job}{_tail(log)}"
 
-        details = requests.get(f"{base}/api/documents/{document['id']}", timeout=10).json()
+        details = requests.get(f"{base}/api/documents/{document['id']}", headers=headers, timeout=10).json()
         assert details["status"] == "finished" and details["chunks"] >= 1, details
 
-        hits = requests.get(f"{base}/api/search", params={"q": "lorem ipsum"}, timeout=30)
+        hits = requests.get(f"{base}/api/search", params={"q": "lorem ipsum"}, headers=headers, timeout=30)
         assert hits.status_code == 200, hits.text
         results = hits.json()["results"]
         assert results, hits.json()
@@ -248,3 +263,210 @@ def _stop(process: subprocess.Popen, pgid: int, log: Path) -> None:
                 pass
     if process.poll() is None:
         process.wait(STOP_DEADLINE)
+
+
+# --- A crashed worker or scheduler comes back; web keeps serving (webapp.supervisor) ---------
+
+
+def _start_run_command(config, redis_url: str, tmp_path: Path) -> tuple[subprocess.Popen, str, Path, dict]:
+    """Start ``flask --app wsgi dev`` in a process group of its own and wait until /readyz says 200.
+
+    Returns the process (its pid is the group id), the base URL, the file its output goes to and
+    its environment.
+    """
+    port = free_port()
+    env = process_env(config, REDIS_URL=redis_url, DOCKET_INSTANCE_PATH=str(tmp_path / "instance"),
+                      DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}", STORAGE_PATH=str(tmp_path / "dev-uploads"))
+    log = tmp_path / "dev-output.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(port)],
+                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            return True
+        try:
+            return requests.get(f"{base}/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        assert _wait_until(ready, START_DEADLINE), f"/readyz never answered 200{_tail(log)}"
+        assert process.poll() is None, f"the run command exited early (status {process.returncode}){_tail(log)}"
+    except BaseException:
+        _stop(process, process.pid, log)
+        raise
+    return process, base, log, env
+
+
+# The Procfile process each test kills, told apart from the rest by its command line (the words'
+# base names: ``/…/.venv/bin/gunicorn wsgi:app``). honcho runs each Procfile line with ``sh -c``,
+# which here stays the command's parent: the whole line is one word of its command line.
+PROCFILE_COMMANDS = {"web": ["gunicorn", "wsgi:app"], "worker": ["rq", "worker"], "scheduler": ["schedule", "run"]}
+
+
+def _procfile_process(run_command: subprocess.Popen, kind: str) -> psutil.Process | None:
+    """The run command's live descendant running the Procfile's ``kind`` command, or None.
+
+    For the worker, the pool's parent (for web, gunicorn's master): it forks its worker processes,
+    which share its command line, so it is the one whose parent is not such a process.
+    """
+    words = PROCFILE_COMMANDS[kind]
+    found = {}  # pid: (process, its parent's pid)
+    for child in psutil.Process(run_command.pid).children(recursive=True):
+        try:
+            cmdline = [os.path.basename(word) for word in child.cmdline()]
+            if child.status() != psutil.STATUS_ZOMBIE and any(
+                    cmdline[i:i + len(words)] == words for i in range(len(cmdline))):
+                found[child.pid] = (child, child.ppid())
+        except psutil.NoSuchProcess:  # it ended meanwhile
+            continue
+    tops = [child for child, parent in found.values() if parent not in found]
+    assert len(tops) <= 1, f"more than one {kind} command: {tops}"
+    return tops[0] if tops else None
+
+
+def _ended(process: psutil.Process) -> bool:
+    """Whether ``process`` has exited (a zombie waiting for its parent counts)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class _HealthWatch(threading.Thread):
+    """Asks ``/healthz`` every 0.1 s until stopped; keeps every answer that was not a 200."""
+
+    def __init__(self, base: str):
+        super().__init__(daemon=True)
+        self.base, self.failures, self.answers, self.done = base, [], 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                status = requests.get(f"{self.base}/healthz", timeout=5).status_code
+                if status != 200:
+                    self.failures.append(status)
+            except requests.RequestException as exc:
+                self.failures.append(repr(exc))
+            self.answers += 1
+            self.done.wait(0.1)
+
+
+def _upload_text_and_wait(base: str, headers: dict[str, str], log: Path, text: str) -> dict:
+    """POST a small text file to /api/documents; return its job once it has ended."""
+    response = requests.post(f"{base}/api/documents", files={"file": ("notes.txt", text.encode(), "text/plain")},
+                             headers=headers, timeout=30)
+    assert response.status_code == 202, f"{response.status_code} {response.text}{_tail(log)}"
+    (document,) = response.json()["documents"]
+    job: dict = {}
+
+    def job_ended() -> bool:
+        nonlocal job
+        job = requests.get(f"{base}/api/jobs/{document['job_id']}", headers=headers, timeout=10).json()
+        return job.get("status") in TERMINAL_STATUSES
+
+    assert _wait_until(job_ended, JOB_DEADLINE, interval=0.5), f"the job never ended: {job}{_tail(log)}"
+    return job
+
+
+@pytest.mark.parametrize("kind", ["worker", "scheduler"])
+def test_a_killed_worker_or_scheduler_is_restarted_while_web_keeps_serving(config, unused_redis_url, tmp_path, kind):
+    process, base, log, env = _start_run_command(config, unused_redis_url, tmp_path)
+    headers = _auth_headers(env)
+    watch = _HealthWatch(base)
+    try:
+        victim = _procfile_process(process, kind)
+        assert victim is not None, f"no {kind} process among the run command's descendants{_tail(log)}"
+        watch.start()
+        victim.kill()  # SIGKILL: no cleanup, as the out-of-memory killer does it
+
+        replacement = None
+
+        def replaced() -> bool:
+            nonlocal replacement
+            replacement = _procfile_process(process, kind)
+            return replacement is not None and replacement.pid != victim.pid
+
+        assert _wait_until(replaced, START_DEADLINE), f"no new {kind} process{_tail(log, 120)}"
+        output = log.read_text(errors="replace")
+        assert re.search(fr"{kind}\.1 exited unexpectedly \(rc=(137|-9), killed by SIGKILL\)", output), _tail(log)
+        # honcho's new process (``sh -c`` running the command) leads the replacement's group
+        assert os.getpgid(replacement.pid) == _honcho_groups(log)[f"{kind}.1"] != os.getpgid(process.pid), _tail(log)
+        assert process.poll() is None, f"the run command stopped (status {process.returncode}){_tail(log)}"
+
+        job = _upload_text_and_wait(base, headers, log, f"Written after the {kind} was killed and restarted.\n" * 3)
+        assert job["status"] == "finished", f"{job}{_tail(log, 120)}"
+        watch.done.set()
+        watch.join(10)
+        assert watch.answers > 0 and not watch.failures, f"/healthz failed meanwhile: {watch.failures}{_tail(log)}"
+
+        # Ctrl-C still stops everything, the restarted process included.
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(STOP_DEADLINE) in (0, 130), _tail(log)
+        assert _wait_until(lambda: _ended(replacement), STOP_DEADLINE), \
+            f"the restarted {kind} outlived the run command{_tail(log)}"
+    finally:
+        watch.done.set()
+        _stop(process, process.pid, log)
+
+
+def test_a_killed_web_process_stops_everything_with_a_non_zero_status(config, unused_redis_url, tmp_path):
+    process, base, log, env = _start_run_command(config, unused_redis_url, tmp_path)
+    try:
+        web = _procfile_process(process, "web")
+        assert web is not None, f"no gunicorn among the run command's descendants{_tail(log)}"
+        web.kill()
+        try:
+            returncode = process.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run command kept running without its web process{_tail(log)}")
+        assert returncode != 0, _tail(log)
+        output = log.read_text(errors="replace")
+        assert re.search(r"web\.1 stopped \(rc=(137|-9)\)", output) and "restarting web" not in output, _tail(log)
+        assert "Stopped the embedded Redis." in output, _tail(log)
+        left = lambda: [name for name, g in _honcho_groups(log).items() if _group_alive(g)]  # noqa: E731
+        assert _wait_until(lambda: not left(), STOP_DEADLINE), f"processes left running: {left()}{_tail(log)}"
+    finally:
+        _stop(process, process.pid, log)
+
+
+def _supervise(tmp_path: Path, procfile: str, restart: str) -> tuple[subprocess.Popen, Path]:
+    """``python -m webapp.supervisor`` on a Procfile of plain shell commands, in a group of its own."""
+    (tmp_path / "Procfile").write_text(procfile)
+    log = tmp_path / "supervisor.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "webapp.supervisor", "--procfile", str(tmp_path / "Procfile"),
+                                    "--app-root", str(tmp_path), "--port", str(free_port()), "--restart", restart],
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return process, log
+
+
+def test_the_supervisor_restarts_a_crashing_process_with_a_doubling_backoff_and_stops_on_sigint(tmp_path):
+    process, log = _supervise(tmp_path, "web: sleep 600\ncrash: echo crashing; exit 3\n", restart="crash")
+    try:
+        assert _wait_until(lambda: log.read_text().count("crashing") >= 4, 30), _tail(log)
+        output = log.read_text()
+        delays = [float(d) for d in re.findall(r"crash\.1 exited unexpectedly \(rc=3\) after [\d.]+ s; restarting it "
+                                                r"in ([\d.]+) s", output)]
+        assert delays[:3] == [1, 2, 4], _tail(log)
+        assert process.poll() is None and "sending SIGTERM" not in output, _tail(log)
+
+        groups = _honcho_groups(log)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(STOP_DEADLINE) == 130, _tail(log)
+        assert _wait_until(lambda: not any(_group_alive(g) for g in groups.values()), STOP_DEADLINE), _tail(log)
+    finally:
+        _stop(process, process.pid, log)
+
+
+def test_the_supervisor_stops_everything_when_a_process_it_does_not_restart_exits(tmp_path):
+    process, log = _supervise(tmp_path, "web: sleep 1; exit 4\nworker: sleep 600\n", restart="worker")
+    try:
+        assert process.wait(STOP_DEADLINE) == 4, _tail(log)
+        assert "sending SIGTERM to worker.1" in log.read_text(), _tail(log)
+        left = lambda: [name for name, g in _honcho_groups(log).items() if _group_alive(g)]  # noqa: E731
+        assert _wait_until(lambda: not left(), STOP_DEADLINE), f"processes left running: {left()}{_tail(log)}"
+    finally:
+        _stop(process, process.pid, log)

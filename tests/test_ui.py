@@ -17,9 +17,15 @@ from urllib.parse import urlsplit
 import pytest
 from bs4 import BeautifulSoup
 
-from tests.conftest import CORPUS, serve_wsgi, upload
+from tests.conftest import CORPUS, browser_client, make_token, serve_wsgi, upload
 
 PAGES = ("/", "/reports", "/schedules")
+
+
+@pytest.fixture
+def client(app):
+    """Signed in through /signin, sending the page's CSRF token as the pages' script does."""
+    return browser_client(app)
 
 
 def soup_of(client, path: str) -> BeautifulSoup:
@@ -170,7 +176,7 @@ def live_server(app):
 @pytest.mark.skipif(BROWSER is None, reason="no chromium, chromium-browser or google-chrome on PATH")
 @pytest.mark.skipif(not HAVE_PLAYWRIGHT, reason="the Python 'playwright' package is not installed "
                                                 "(it is not a project requirement; pip install playwright to run this)")
-def test_browser_uploads_two_files_and_gets_a_report(live_server, start_worker):
+def test_browser_uploads_two_files_and_gets_a_report(app, live_server, start_worker):
     from playwright.sync_api import expect, sync_playwright
 
     start_worker()
@@ -184,7 +190,10 @@ def test_browser_uploads_two_files_and_gets_a_report(live_server, start_worker):
             page.on("console", lambda msg: problems.append(f"console: {msg.text}")
                     if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
 
-            page.goto(f"{live_server}/")
+            page.goto(f"{live_server}/")  # signed out: the sign-in page, then the run command's kind of link
+            expect(page).to_have_url(re.compile(r"/signin"))
+            page.goto(f"{live_server}/signin#token={make_token(app, 'browser', admin=False)}")
+            expect(page).to_have_url(f"{live_server}/")
             expect(page.locator("#documents-message")).to_have_text("No documents yet. Upload one above.")
             page.set_input_files("#upload-file", [str(CORPUS / name) for name in E2E_FILES])
             page.get_by_role("button", name="Upload", exact=True).click()

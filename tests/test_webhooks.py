@@ -12,7 +12,9 @@ from werkzeug.wrappers import Request, Response
 
 from tests.conftest import row, serve_wsgi, upload, wait_for
 from webapp import webhooks
+from webapp.db import connection
 from webapp.embedded_redis import free_port
+from webapp.models import Job
 
 
 @dataclass
@@ -92,3 +94,31 @@ def test_a_slow_receiver_is_cut_off_by_the_timeout(app, client, receiver, run_wo
 def test_a_callback_url_must_be_http(client):
     answer = upload(client, "minimal-document.pdf", callback_url="file:///etc/passwd")
     assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "invalid_callback_url"
+
+
+def test_a_callback_url_to_a_private_address_is_refused(app, config):
+    from tests.conftest import api_client
+    from webapp import create_app
+
+    strict = api_client(create_app({**config, "WEBHOOK_ALLOW_PRIVATE": False}))
+    for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/", "http://192.168.0.1/",
+                "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://[fd00::1]/", "http://0.0.0.0/",
+                "http://no-such-host.invalid/"):
+        answer = upload(strict, "minimal-document.pdf", callback_url=url, reprocess="true")
+        assert answer.status_code == 400, url
+        error = answer.get_json()["error"]
+        assert error["code"] == "invalid_callback_url" and "callback_url is refused" in error["message"], url
+    with app.app_context(), connection():
+        assert Job.select().count() == 0
+
+
+def test_a_delivery_is_refused_when_its_host_resolves_to_a_private_address_by_then(app, client, run_worker):
+    # Accepted while private addresses were allowed; delivered by a worker that refuses them (as
+    # when a public name is re-pointed at an internal address after the upload).
+    document = upload(client, "minimal-document.pdf", callback_url="http://127.0.0.1:9/hook").get_json()["documents"][0]
+    run_worker(WEBHOOK_ALLOW_PRIVATE="false")
+    webhook = client.get(f"/api/jobs/{document['job_id']}").get_json()["webhook"]
+    assert webhook["status"] == "failed" and "not a public address" in webhook["error"]
+    with app.app_context(), connection():
+        delivery = Job.get(Job.kind == "webhook")
+    assert (delivery.status, delivery.error_code, delivery.attempts) == ("failed", "webhook_refused", 1)

@@ -10,7 +10,7 @@ import psutil
 from rq import Queue, Worker
 from rq.job import Job as RQJob
 
-from tests.conftest import wait_for
+from tests.conftest import api_client, wait_for
 from webapp.db import connection
 from webapp.models import Job
 
@@ -80,13 +80,13 @@ def test_a_job_over_its_time_limit_fails_with_a_reason(config, run_worker, tmp_p
     app = create_app({**config, "DOCUMENT_JOB_TIMEOUT": 1})
     with app.app_context():
         create_tables()
-    client = app.test_client()
+    client = api_client(app)
     sentence = "The quick brown fox jumps over the lazy dog while the committee deliberates. "
     text = (sentence * (8 * 1024 * 1024 // len(sentence))).encode()
     response = client.post("/api/documents", data={"file": (io.BytesIO(text), "big.txt")},
                            content_type="multipart/form-data")
     job_id = response.get_json()["documents"][0]["job_id"]
-    run_worker()
+    run_worker(MAX_DOCUMENT_CHARS="100000000", MAX_DOCUMENT_CHUNKS="100000")  # the time limit, not these
     job = client.get(f"/api/jobs/{job_id}").get_json()
     assert job["status"] == "failed", job
     assert job["error_code"] == "timeout" and "1 s" in job["error"], job

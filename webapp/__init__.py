@@ -29,17 +29,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(load_config(app.instance_path))
     if test_config:
         app.config.update(test_config)
+    app.config["WEBHOOK_SECRET"] = app.config.get("WEBHOOK_SECRET") or app.config["SECRET_KEY"]
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.debug and not app.testing:
         app.logger.setLevel(logging.INFO)
 
-    from webapp import errors
+    from webapp import auth, errors
     from webapp.db import db
     from webapp.queues import rq
 
     db.init_app(app)
     rq.init_app(app)
     errors.init_app(app)
+    auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
 
     from webapp import api, health, schedules_api, views
 
@@ -55,4 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from webapp.scheduling import schedule_cli
 
     app.cli.add_command(schedule_cli)
+    from webapp.tokens import tokens_cli
+
+    app.cli.add_command(tokens_cli)
     return app

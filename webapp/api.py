@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from webapp.documents import accept_uploads, batch_to_dict, document_to_dict, read_upload
+from webapp.auth import current_owner, get_visible_or_404, owned, owner_filter, visible_job
+from webapp.documents import accept_uploads, batch_to_dict, delete_document, document_to_dict, read_upload
 from webapp.embeddings import EmbeddingError
-from webapp.errors import ApiError, get_or_404
+from webapp.errors import ApiError
 from webapp.job_control import cancel_job
 from webapp.job_states import JobStateError
 from webapp.job_status import job_to_dict, list_jobs
@@ -58,13 +59,16 @@ def upload_documents():
 
     Form fields: ``password`` (encrypted PDFs), ``reprocess`` (``true``: process again even if the
     same bytes were uploaded before), ``callback_url`` (webhook for each job's final state).
-    A file whose bytes match a document that finished or is in flight is not processed again:
-    its entry has ``"duplicate": true`` and points at that document and its job.
+    A file whose bytes match a document of the same owner that finished or is in flight is not
+    processed again: its entry has ``"duplicate": true`` and points at that document and its job.
+    An empty or unsupported file is listed under ``refused`` with its reason while the others are
+    accepted; when none is accepted the answer is that file's 400/415 error.
     """
     files = request.files.getlist("file")
     result = accept_uploads(
         [read_upload(f) for f in files if f],
         password=request.form.get("password") or None,
+        owner=current_owner(),
         reprocess=_flag("reprocess"),
         callback_url=request.form.get("callback_url") or None,
     )
@@ -85,6 +89,7 @@ def upload_documents():
             }
             for accepted in result.files
         ],
+        "refused": [refused.to_dict() for refused in result.refused],
     }
     return jsonify(body), 202
 
@@ -92,7 +97,7 @@ def upload_documents():
 @bp.get("/batches/<batch_id>")
 def get_batch(batch_id: str):
     """One upload's documents: totals by status, overall progress (0–100 %), the documents."""
-    batch = get_or_404(Batch, batch_id, "batch")
+    batch = get_visible_or_404(Batch, batch_id, "batch")
     return jsonify(batch_to_dict(batch))
 
 
@@ -100,7 +105,7 @@ def get_batch(batch_id: str):
 def list_documents():
     """The newest documents: ``{"documents": [...]}``; ``limit`` 1–100 (default 20)."""
     limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    documents = list(Document.select().order_by(Document.created_at.desc(), Document.id.desc()).limit(limit))
+    documents = list(owned(Document.select(), Document).order_by(Document.created_at.desc(), Document.id.desc()).limit(limit))
     jobs = Job.by_id(d.job_id for d in documents)
     return jsonify({"documents": [document_to_dict(d, jobs.get(d.job_id)) for d in documents]})
 
@@ -108,17 +113,22 @@ def list_documents():
 @bp.get("/documents/<document_id>")
 def get_document(document_id: str):
     """One document with its current job's status, or 404 ``document_not_found``."""
-    document = get_or_404(Document, document_id, "document")
+    document = get_visible_or_404(Document, document_id, "document")
     return jsonify(document_to_dict(document))
+
+
+@bp.delete("/documents/<document_id>")
+def remove_document(document_id: str):
+    """Delete a document: its running job is stopped first, then its chunks, its jobs' rows
+    (and RQ's records of them) and its stored bytes are removed. 204; 404 ``document_not_found``."""
+    delete_document(get_visible_or_404(Document, document_id, "document").id)
+    return "", 204
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     """One job: the database row joined with RQ's live status and progress, or 404 ``job_not_found``."""
-    job = Job.find(job_id)
-    if job is None:
-        raise ApiError(404, "job_not_found", f"There is no job with id {job_id}.")
-    return jsonify(job_to_dict(job))
+    return jsonify(job_to_dict(visible_job(job_id)))
 
 
 def _state_error(exc: JobStateError, conflict_code: str) -> ApiError:
@@ -132,6 +142,7 @@ def _state_error(exc: JobStateError, conflict_code: str) -> ApiError:
 def cancel(job_id: str):
     """Cancel a queued or scheduled job, or stop a running one: 200 with the job; 404; 409
     ``job_not_cancelable`` when it already ended."""
+    visible_job(job_id)
     try:
         job = cancel_job(job_id)
     except JobStateError as exc:
@@ -143,6 +154,7 @@ def cancel(job_id: str):
 def retry(job_id: str):
     """Launch a failed, stopped or canceled job again from its parameters: 202 with the job;
     404; 409 ``job_not_retryable`` for a job in any other state; 503 when Redis is down."""
+    visible_job(job_id)
     try:
         job = relaunch(job_id)
     except JobStateError as exc:
@@ -161,6 +173,7 @@ def get_jobs():
         kind=request.args.get("kind") or None,
         limit=limit,
         cursor=request.args.get("cursor") or None,
+        owner=owner_filter(),
     )
     return jsonify({"jobs": [job_to_dict(job) for job in jobs], "next": next_cursor})
 
@@ -172,7 +185,7 @@ def create_report():
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", 'Send a JSON object such as {"type": "activity", "params": {}}.')
-    report = request_report(body.get("type"), body.get("params"))
+    report = request_report(body.get("type"), body.get("params"), owner=current_owner(), scope=owner_filter())
     return jsonify({
         "id": report.id,
         "job_id": report.job_id,
@@ -185,7 +198,7 @@ def create_report():
 def list_reports():
     """The newest reports first: ``{"reports": [...]}``; ``limit`` 1–100 (default 20)."""
     limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    reports = list(Report.select().order_by(Report.created_at.desc(), Report.id.desc()).limit(limit))
+    reports = list(owned(Report.select(), Report).order_by(Report.created_at.desc(), Report.id.desc()).limit(limit))
     jobs = Job.by_id(r.job_id for r in reports)
     return jsonify({"reports": [report_to_dict(r, jobs.get(r.job_id)) for r in reports]})
 
@@ -193,14 +206,14 @@ def list_reports():
 @bp.get("/reports/<report_id>")
 def get_report(report_id: str):
     """One report: its job's status and progress, and download links once it finished."""
-    return jsonify(report_to_dict(get_or_404(Report, report_id, "report")))
+    return jsonify(report_to_dict(get_visible_or_404(Report, report_id, "report")))
 
 
 @bp.get("/reports/<report_id>/download")
 def download_report(report_id: str):
     """The report file in ``format`` (html, csv, json, pdf; default html): 404 until it finished,
     409 ``report_failed`` with the reason when its job failed, stopped or was canceled."""
-    report = get_or_404(Report, report_id, "report")
+    report = get_visible_or_404(Report, report_id, "report")
     fmt = request.args.get("format", "html")
     if fmt not in FORMATS:
         raise ApiError(400, "invalid_format", f"'format' must be one of {', '.join(FORMATS)}.")
@@ -223,15 +236,33 @@ def download_report(report_id: str):
     return response
 
 
-@bp.get("/search")
+MAX_QUERY_CHARS = 2000  # a search text longer than this is refused (400 query_too_long)
+
+
+@bp.route("/search", methods=["GET", "POST"])
 def search():
-    """Top-k chunks for ``q`` by cosine similarity; ``k`` 1–SEARCH_MAX_K (default 5)."""
-    query = (request.args.get("q") or "").strip()
+    """Top-k of the caller's chunks for the query by cosine similarity (``k`` 1–SEARCH_MAX_K,
+    default 5). ``GET ?q=&k=``, or ``POST`` with JSON ``{"q": "...", "k": 5}`` for a query too
+    long for a URL (at most 2,000 characters either way)."""
+    if request.method == "POST":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", 'Send a JSON object such as {"q": "termination notice", "k": 5}.')
+        query, raw_k = body.get("q"), body.get("k", 5)
+        if not isinstance(query, str):
+            raise ApiError(400, "missing_query", "Give the text to search for as 'q' (a string).")
+        if isinstance(raw_k, bool) or not isinstance(raw_k, int) or not 1 <= raw_k <= current_app.config["SEARCH_MAX_K"]:
+            raise ApiError(400, "invalid_k", f"'k' must be a whole number between 1 and {current_app.config['SEARCH_MAX_K']}.")
+        query, k = query.strip(), raw_k
+    else:
+        query = (request.args.get("q") or "").strip()
+        k = _int_arg("k", 5, 1, current_app.config["SEARCH_MAX_K"])
     if not query:
         raise ApiError(400, "missing_query", "Give the text to search for as the 'q' parameter.")
-    k = _int_arg("k", 5, 1, current_app.config["SEARCH_MAX_K"])
+    if len(query) > MAX_QUERY_CHARS:
+        raise ApiError(400, "query_too_long", f"The query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,}.")
     try:
-        results = search_chunks(query, k)
+        results = search_chunks(query, k, owner=owner_filter())
     except EmbeddingError as exc:
         raise ApiError(502, "embedding_unavailable", f"The query could not be embedded: {exc}") from exc
     return jsonify({"results": results})

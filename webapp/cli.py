@@ -47,9 +47,12 @@ def collect_files(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--reprocess", is_flag=True, help="Process files again even if the same bytes were uploaded before.")
 @click.option("--no-wait", is_flag=True, help="Only enqueue; do not wait for the jobs to end.")
 @click.option("--timeout", default=1800, show_default=True, type=int, help="Seconds to wait for the jobs before giving up.")
+@click.option("--owner", default="admin", show_default=True,
+              help="Whose documents they are: the owner of the tokens that should see them.")
 @with_appcontext
-def ingest_command(paths: tuple[str, ...], password: str | None, reprocess: bool, no_wait: bool, timeout: int) -> None:
-    """Upload the documents at PATHS (files or folders) and follow their jobs.
+def ingest_command(paths: tuple[str, ...], password: str | None, reprocess: bool, no_wait: bool, timeout: int,
+                   owner: str) -> None:
+    """Upload the documents at PATHS (files or folders) for OWNER and follow their jobs.
 
     Shows a progress bar until every job has ended, then a summary table. Exits with status 1
     if a file was rejected or a job failed.
@@ -62,7 +65,7 @@ def ingest_command(paths: tuple[str, ...], password: str | None, reprocess: bool
     with connection():
         for path in collect_files(paths):
             try:
-                result = accept_uploads([read_path(path)], password=password, reprocess=reprocess)
+                result = accept_uploads([read_path(path)], password=password, reprocess=reprocess, owner=owner)
                 accepted.append((path, result.files[0].document))
             except ApiError as exc:
                 rejected.append((path, exc.message))
@@ -158,11 +161,15 @@ def port_is_free(host: str, port: int) -> bool:
 @with_appcontext
 def dev_command(port: int) -> None:
     """Run the whole service locally: Redis (REDIS_URL if it answers, else an embedded one of
-    its own), the database, and the Procfile's web, worker and scheduler processes under honcho.
-    Refuses to start (status 1) when the port is taken or another run command serves this
-    instance. Ctrl-C stops everything.
+    its own), the database, and the Procfile's web, worker and scheduler processes under honcho
+    (:mod:`webapp.supervisor`: a worker or scheduler process that exits is restarted after a
+    backoff of 1 s doubling to 30 s; the web process exiting stops everything, and the command
+    exits with a non-zero status). Refuses to start (status 1) when the port is taken or another
+    run command serves this instance. Prints a fresh admin token and a sign-in link at every start
+    (revoking the previous start's token). Ctrl-C stops everything.
     """
     from webapp.embedded_redis import EmbeddedRedis, redis_answers
+    from webapp.tokens import rotate_local_admin_token
 
     from webapp.config import EMBEDDED_REDIS_URL_FILE, embedded_redis_url
 
@@ -204,6 +211,8 @@ def dev_command(port: int) -> None:
     # honcho SIGKILLs what has not exited 5 s after its SIGTERM: a stopping worker hands its
     # job back before that (a platform waits ≈30 s; there the default grace is 10 s).
     env.setdefault("SHUTDOWN_GRACE", "3")
+    # A local run serves plain http://127.0.0.1: a Secure cookie would never come back.
+    env.setdefault("SESSION_COOKIE_SECURE", "false")
     env.pop("FLASK_RUN_FROM_CLI", None)
 
     def stop_on_signal(signum, frame):  # kill, a closed terminal: shut down like Ctrl-C
@@ -212,19 +221,34 @@ def dev_command(port: int) -> None:
     signal.signal(signal.SIGTERM, stop_on_signal)
     signal.signal(signal.SIGHUP, stop_on_signal)
     honcho = None
+    status = 0
     try:
         create_tables()  # the scheduler process syncs the schedules itself when it starts
+        with connection():
+            token = rotate_local_admin_token()
         click.echo(f"Database ready at {redact_url(app.config['DATABASE_URL'])}. Serving on http://127.0.0.1:{port}/")
-        command = [sys.executable, "-m", "honcho", "--procfile", str(PROJECT_ROOT / "Procfile"),
-                   "--app-root", str(PROJECT_ROOT), "start", "--port", str(port), "web", "worker", "scheduler"]
-        honcho = subprocess.Popen(command, env=env)
-        honcho.wait()
+        click.echo(f"Admin token for this run (the previous run's is revoked): {token}\n"
+                   f"Sign in: http://127.0.0.1:{port}/signin#token={token}\n"
+                   f"API: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/api/documents\n"
+                   "Tokens that outlive restarts: flask --app wsgi tokens create NAME [--admin]")
+        honcho = subprocess.Popen(_supervisor_command(port), env=env)
+        status = honcho.wait()
     except KeyboardInterrupt:
         if honcho is not None and honcho.poll() is None:
-            honcho.send_signal(signal.SIGINT)  # honcho stops web and worker, then exits
+            honcho.send_signal(signal.SIGINT)  # honcho stops web, worker and scheduler, then exits
             honcho.wait()
     finally:
         if embedded is not None:
             (instance / EMBEDDED_REDIS_URL_FILE).unlink(missing_ok=True)
             embedded.stop()
             click.echo("Stopped the embedded Redis.")
+    if status:  # the web process stopped, so everything did: say so in the exit status too
+        click.echo(f"The processes stopped on their own (honcho's status {status}).", err=True)
+        sys.exit(status)
+
+
+def _supervisor_command(port: int) -> list[str]:
+    """honcho ``start`` for the Procfile's web, worker and scheduler, restarting worker and scheduler."""
+    return [sys.executable, "-m", "webapp.supervisor", "--procfile", str(PROJECT_ROOT / "Procfile"),
+            "--app-root", str(PROJECT_ROOT), "--port", str(port), "--restart", "worker,scheduler",
+            "web", "worker", "scheduler"]

@@ -51,6 +51,34 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+DEFAULT_SECRET_KEY = "dev-only-secret-change-me"  # create_app refuses it outside debug and tests
+SECRET_KEY_FILE = "secret_key"  # in the instance folder: written by the local run command (`flask dev`)
+
+
+def instance_secret_key(instance: Path) -> str | None:
+    """The key the local run command generated into ``<instance>/secret_key``, if any; every
+    process of a local run (web, worker, scheduler, CLI) reads the same one."""
+    try:
+        return (instance / SECRET_KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_instance_secret_key(instance: Path) -> None:
+    """Write a random ``SECRET_KEY`` (384 bits) to ``<instance>/secret_key`` (mode 0600) unless
+    ``SECRET_KEY`` is set or the file exists: the local run command's first start, so a newcomer
+    never meets the refusal of the public default key."""
+    import secrets
+
+    if os.environ.get("SECRET_KEY") or instance_secret_key(instance):
+        return
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / SECRET_KEY_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as fh:
+        fh.write(secrets.token_urlsafe(48) + "\n")
+
+
 EMBEDDED_REDIS_URL_FILE = "redis.url"  # in the instance folder, while `flask dev` runs its own Redis
 
 
@@ -90,7 +118,23 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     env = os.environ if env is None else env
     instance = Path(instance_path)
     config: dict[str, Any] = {
-        "SECRET_KEY": env.get("SECRET_KEY", "dev-only-secret-change-me"),
+        # Signs session cookies and CSRF tokens, and derives the key that encrypts PDF passwords
+        # at rest. Unset: the local run command's instance/secret_key, else a public default
+        # that create_app refuses outside debug and tests.
+        "SECRET_KEY": env.get("SECRET_KEY") or instance_secret_key(instance) or DEFAULT_SECRET_KEY,
+        # Earlier keys, comma-separated, still accepted after a rotation (Flask's
+        # SECRET_KEY_FALLBACKS): old sessions and PDF passwords encrypted before it stay readable.
+        "SECRET_KEY_FALLBACKS": [key.strip() for key in env.get("SECRET_KEY_FALLBACKS", "").split(",") if key.strip()],
+        # The session cookie of the UI's sign-in: never readable by scripts, not sent on
+        # cross-site POSTs, and only over HTTPS unless SESSION_COOKIE_SECURE=false (the local run
+        # command sets that: it serves plain http://127.0.0.1).
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": _bool(env, "SESSION_COOKIE_SECURE", True),
+        # CSRF tokens (Flask-WTF) are checked by webapp.auth for requests signed in by the session
+        # cookie only; a bearer token is not sent by browsers on their own.
+        "WTF_CSRF_CHECK_DEFAULT": False,
+        "WTF_CSRF_TIME_LIMIT": None,  # valid as long as the session: a page left open keeps working
         "DATABASE_URL": normalize_database_url(
             env.get("DATABASE_URL") or f"sqlite:///{instance / 'docket.sqlite3'}"
         ),
@@ -105,6 +149,18 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 50 * MB),
         # Files in one upload (one batch); more are refused with 413 too_many_files.
         "MAX_FILES_PER_UPLOAD": _int(env, "MAX_FILES_PER_UPLOAD", 100),
+        # --- limits on what one document may become (jobs/extract.py, jobs/chunking.py): each is
+        # refused with a clear error and error_code instead of filling the database ---
+        # Non-whitespace characters extracted from one document (≈ 2,500 dense pages).
+        "MAX_DOCUMENT_CHARS": _int(env, "MAX_DOCUMENT_CHARS", 5_000_000),
+        # Chunks one document may produce.
+        "MAX_DOCUMENT_CHUNKS": _int(env, "MAX_DOCUMENT_CHUNKS", 5_000),
+        # Pages of one PDF.
+        "MAX_PDF_PAGES": _int(env, "MAX_PDF_PAGES", 2_000),
+        # Zip-based formats (.docx): total uncompressed bytes, and the largest ratio of
+        # uncompressed to compressed size, checked from the zip directory before anything is expanded.
+        "MAX_UNCOMPRESSED_SIZE": _int(env, "MAX_UNCOMPRESSED_SIZE", 200 * MB),
+        "MAX_COMPRESSION_RATIO": _int(env, "MAX_COMPRESSION_RATIO", 200),
         # Worker processes `flask rq worker` runs: one per core, as document jobs are CPU-bound;
         # two per core with remote embeddings, where each job also waits on the network.
         "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY",
@@ -124,7 +180,11 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Seconds a maintenance job (reconcile, retention, orphans) may run.
         "MAINTENANCE_JOB_TIMEOUT": _int(env, "MAINTENANCE_JOB_TIMEOUT", 300),
         # Key of the webhooks' HMAC-SHA256 signature (X-Docket-Signature); SECRET_KEY when unset.
-        "WEBHOOK_SECRET": env.get("WEBHOOK_SECRET") or env.get("SECRET_KEY", "dev-only-secret-change-me"),
+        # (None here: create_app fills in the final SECRET_KEY, also one given by test_config.)
+        "WEBHOOK_SECRET": env.get("WEBHOOK_SECRET") or None,
+        # Webhooks to loopback, private, link-local (cloud metadata) or reserved addresses are
+        # refused (SSRF) unless this is true: receivers on the local network.
+        "WEBHOOK_ALLOW_PRIVATE": _bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
         # Seconds one webhook POST may take (connect + answer) before it counts as failed.
         "WEBHOOK_TIMEOUT": _int(env, "WEBHOOK_TIMEOUT", 10),
         # Automatic retries of transient failures per job kind (default: the registry's,
@@ -184,6 +244,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     # Werkzeug refuses a form of more parts than this with a bare 413 (webapp.errors names it):
     # the files and a few other fields (password, reprocess, callback_url).
     config["MAX_FORM_PARTS"] = config["MAX_FILES_PER_UPLOAD"] + 10
+    for name in ("MAX_DOCUMENT_CHARS", "MAX_DOCUMENT_CHUNKS", "MAX_PDF_PAGES", "MAX_UNCOMPRESSED_SIZE",
+                 "MAX_COMPRESSION_RATIO"):
+        if config[name] < 1:
+            raise ValueError(f"{name} must be at least 1")
     if config["WORKER_CONCURRENCY"] < 1:
         raise ValueError("WORKER_CONCURRENCY must be at least 1")
     if config["HIGH_QUEUE_WORKERS"] < 0:

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from flask import current_app
 from webapp import filetypes
 from webapp.db import db
+from webapp.encryption import encrypt_secret
 from webapp.errors import ApiError
 from webapp.job_states import FINISHED, STARTED, TERMINAL, WAITING
 from webapp.launch import QueueUnavailable, enqueue_jobs, new_job
@@ -59,33 +60,55 @@ def check_file_count(count: int) -> None:
                                               f"({count}). Send them in several uploads; nothing was uploaded.")
 
 
-def validate_uploads(uploads: Iterable[Upload]) -> list[ValidatedUpload]:
-    """Check every upload before anything is stored.
+@dataclass
+class Refused:
+    """A file of an upload that was not accepted, with the HTTP status, ``code`` and sentence
+    it would have got on its own."""
+
+    filename: str
+    status: int
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"filename": self.filename, "error_code": self.code, "error": self.message}
+
+
+def validate_uploads(uploads: Iterable[Upload]) -> tuple[list[ValidatedUpload], list[Refused]]:
+    """Check every upload before anything is stored; a bad file refuses only itself.
+
+    Returns:
+        ``(accepted, refused)``: the files to store with their detected content type, and the
+        ones refused — ``empty_file`` (zero bytes) or ``unsupported_media_type`` (not a supported
+        type) — each with its sentence. At least one file is accepted.
 
     Raises:
-        ApiError: 400 ``no_file`` when there is none, 400 ``empty_file`` for a zero-byte file,
-            415 ``unsupported_media_type`` when the bytes are not a supported type, 413
-            ``too_many_files`` above ``MAX_FILES_PER_UPLOAD`` files.
+        ApiError: 400 ``no_file`` when there is none, 413 ``too_many_files`` above
+            ``MAX_FILES_PER_UPLOAD`` files, and the refusal itself (400 ``empty_file``, 415
+            ``unsupported_media_type``) when no file is accepted.
     """
     uploads = list(uploads)
     check_file_count(len(uploads))
-    validated = []
+    validated, refused = [], []
     for upload in uploads:
         filename = clean_filename(upload.filename)
         if not upload.data:
-            raise ApiError(400, "empty_file", f"{filename} is empty (0 bytes); nothing was uploaded.")
+            refused.append(Refused(filename, 400, "empty_file", f"{filename} is empty (0 bytes)."))
+            continue
         content_type = filetypes.detect_content_type(upload.data, filename)
         if content_type is None:
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"{filename} is not a supported document; Docket accepts {filetypes.SUPPORTED_SENTENCE}. "
-                "Nothing was uploaded.",
-            )
+            refused.append(Refused(filename, 415, "unsupported_media_type",
+                                   f"{filename} is not a supported document; Docket accepts "
+                                   f"{filetypes.SUPPORTED_SENTENCE}."))
+            continue
         validated.append(ValidatedUpload(filename, upload.data, content_type))
     if not validated:
-        raise ApiError(400, "no_file", "No file was sent; attach one or more files as form fields named 'file'.")
-    return validated
+        if not refused:
+            raise ApiError(400, "no_file", "No file was sent; attach one or more files as form fields named 'file'.")
+        first = refused[0]
+        others = f" {len(refused) - 1} other file(s) were refused too." if len(refused) > 1 else ""
+        raise ApiError(first.status, first.code, f"{first.message}{others} Nothing was uploaded.")
+    return validated, refused
 
 
 @dataclass
@@ -103,11 +126,15 @@ class UploadResult:
 
     files: list[Accepted]
     batch_id: str | None  # the batch of the new documents; None when every file was a duplicate
+    refused: list[Refused]  # files refused on their own (empty, unsupported); the others went on
 
 
-def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, reprocess: bool = False,
+def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, owner: str, reprocess: bool = False,
                    callback_url: str | None = None) -> UploadResult:
-    """Validate, store and launch uploads; the whole request or nothing is accepted.
+    """Validate, store and launch uploads.
+
+    A file that is empty or of an unsupported type is refused on its own (``refused``) and the
+    others go on; storage and queue failures refuse the whole request (nothing is left half-done).
 
     Files whose bytes (SHA-256) match a document that finished or is still in flight are not
     processed again: the result points at that document (``duplicate``), unless ``reprocess``.
@@ -115,19 +142,21 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, re
 
     Args:
         uploads: files of one request (or one CLI call).
-        password: for encrypted PDFs; kept with the document until its job reaches a terminal state.
+        password: for encrypted PDFs; kept with the document, encrypted with a key derived from
+            ``SECRET_KEY`` (:mod:`webapp.encryption`), until its job reaches a terminal state.
+        owner: whose documents, jobs and batch these are (duplicates are looked up among them only).
         reprocess: process files again even when the same bytes were uploaded before.
         callback_url: ``http(s)://`` URL that gets each job's final state (:mod:`webapp.webhooks`).
 
     Returns:
-        The accepted files and the batch id.
+        The accepted files, the batch id and the refused files.
 
     Raises:
-        ApiError: 400/415 from :func:`validate_uploads` (nothing stored); 400 ``invalid_callback_url``;
+        ApiError: 400/413/415 from :func:`validate_uploads` when no file is accepted (nothing stored); 400 ``invalid_callback_url``;
             503 ``storage_unavailable`` when the bytes cannot be stored; 503 ``queue_unavailable``
             when Redis refuses the jobs (their rows are marked ``failed``; none was enqueued).
     """
-    validated = validate_uploads(uploads)
+    validated, refused = validate_uploads(uploads)
     if callback_url is not None:
         callback_url = check_callback_url(callback_url)
     storage = storage_from_config(current_app.config)
@@ -136,7 +165,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, re
     seen: dict[str, int] = {}  # sha256 → index of the first new file with those bytes
     for upload in validated:
         digest = hashlib.sha256(upload.data).hexdigest()
-        existing = None if reprocess else find_duplicate(digest, finished_only=bool(password))
+        existing = None if reprocess else find_duplicate(digest, owner, finished_only=bool(password))
         if existing is not None:
             files.append(Accepted(existing, duplicate=True))
         elif not reprocess and digest in seen:
@@ -147,19 +176,20 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, re
             files.append(None)
 
     batch_id = new_id() if new else None
+    sealed_password = encrypt_secret(current_app.config, password) if password and new else None
     jobs: list[Job] = []
     stored_keys: list[str] = []
     try:
         with db.database.atomic():
             if batch_id:
-                Batch.create(id=batch_id, size=len(new))
+                Batch.create(id=batch_id, size=len(new), owner=owner)
             for index, upload, digest in new:
                 document_id = new_id()
                 key = f"documents/{document_id[:2]}/{document_id}"
                 storage.put(key, upload.data)
                 stored_keys.append(key)
                 job = new_job("document", {"document_id": document_id}, document_id=document_id,
-                              batch_id=batch_id, callback_url=callback_url)
+                              batch_id=batch_id, callback_url=callback_url, owner=owner)
                 document = Document.create(
                     id=document_id,
                     filename=upload.filename,
@@ -167,9 +197,10 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, re
                     size_bytes=len(upload.data),
                     sha256=digest,
                     storage_key=key,
-                    password=password or None,
+                    password=sealed_password,
                     job_id=job.id,
                     batch_id=batch_id,
+                    owner=owner,
                 )
                 job.save(force_insert=True)
                 files[index] = Accepted(document)
@@ -192,11 +223,11 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, re
         enqueue_jobs(jobs)
     except QueueUnavailable as exc:
         raise ApiError(503, "queue_unavailable", str(exc)) from exc
-    return UploadResult(files=[f for f in files if f is not None], batch_id=batch_id)
+    return UploadResult(files=[f for f in files if f is not None], batch_id=batch_id, refused=refused)
 
 
-def find_duplicate(sha256: str, finished_only: bool = False) -> Document | None:
-    """The newest document with these bytes whose current job finished or is still in flight
+def find_duplicate(sha256: str, owner: str | None, finished_only: bool = False) -> Document | None:
+    """The newest document of ``owner`` with these bytes whose current job finished or is still in flight
     (queued, scheduled, deferred, started); ``None`` otherwise (never uploaded, or every earlier
     copy failed, was stopped or canceled — then it is processed again).
 
@@ -207,18 +238,72 @@ def find_duplicate(sha256: str, finished_only: bool = False) -> Document | None:
     return (
         Document.select()
         .join(Job, on=(Job.id == Document.job_id))
-        .where(Document.sha256 == sha256, Job.status.in_(statuses))
+        .where(Document.sha256 == sha256, Document.owner == owner, Job.status.in_(statuses))
         .order_by(Document.created_at.desc())
         .first()
     )
 
 
+def delete_document(document_id: str) -> None:
+    """Delete a document and everything made from it.
+
+    In order: each of its jobs still waiting is canceled and a running one is stopped
+    (:func:`webapp.job_control.cancel_job`, which waits up to 2 s for the worker), so no job
+    writes chunks afterwards (a stopped job's final write is refused by the state machine, and
+    with its row gone it has nothing to write to); then its chunks, jobs' rows and its own row are
+    deleted in one transaction; then RQ's records of those jobs and the stored bytes (a failure
+    there is logged: the ``orphans`` job deletes an unreferenced file later).
+
+    Args:
+        document_id: the Document row's id (the caller checked the owner).
+    """
+    from redis.exceptions import RedisError
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job as RQJob
+
+    from webapp.job_control import cancel_job
+    from webapp.job_states import JobStateError
+    from webapp.models import Chunk
+    from webapp.queues import rq
+
+    document = Document.get_or_none(Document.id == document_id)
+    if document is None:
+        return
+    jobs = list(Job.select(Job.id, Job.status).where(Job.document == document_id))
+    for job in jobs:
+        if job.status not in TERMINAL:
+            try:
+                cancel_job(job.id)
+            except JobStateError:  # it ended meanwhile
+                pass
+    with db.database.atomic():
+        Chunk.delete().where(Chunk.document == document_id).execute()
+        Job.delete().where(Job.document == document_id).execute()
+        Document.delete().where(Document.id == document_id).execute()
+    for job in jobs:
+        try:
+            RQJob.fetch(job.id, connection=rq.connection).delete()
+        except NoSuchJobError:
+            pass
+        except RedisError as exc:
+            current_app.logger.warning("document %s deleted; RQ's record of job %s stays until it expires: %s",
+                                       document_id, job.id, exc)
+    try:
+        storage_from_config(current_app.config).delete(document.storage_key)
+    except StorageError as exc:
+        current_app.logger.warning("document %s deleted; its file stays until the orphans job: %s", document_id, exc)
+
+
 def check_callback_url(url: str) -> str:
-    """``url`` if it is an absolute ``http``/``https`` URL of at most 2000 characters.
+    """``url`` if it is an absolute ``http``/``https`` URL of at most 2000 characters whose host
+    resolves to public addresses only (:func:`webapp.webhooks.check_destination`; any address with
+    ``WEBHOOK_ALLOW_PRIVATE``).
 
     Raises:
         ApiError: 400 ``invalid_callback_url`` otherwise.
     """
+    from webapp.webhooks import WebhookDestinationError, check_destination
+
     from urllib.parse import urlsplit
 
     url = url.strip()
@@ -226,6 +311,10 @@ def check_callback_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
         raise ApiError(400, "invalid_callback_url",
                        "callback_url must be an absolute http:// or https:// URL (at most 2000 characters).")
+    try:
+        check_destination(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+    except WebhookDestinationError as exc:
+        raise ApiError(400, "invalid_callback_url", f"callback_url is refused: {exc}.") from None
     return url
 
 

@@ -205,7 +205,8 @@ def after_terminal(job_id: str) -> None:
     """
     try:
         with connection():
-            row = (Job.select(Job.document, Job.callback_url, Document.password.is_null(False).alias("has_password"))
+            row = (Job.select(Job.document, Job.callback_url, Job.owner,
+                              Document.password.is_null(False).alias("has_password"))
                    .join(Document, JOIN.LEFT_OUTER, on=(Job.document == Document.id))
                    .where(Job.id == job_id).dicts().first())
             if row is None:
@@ -215,7 +216,7 @@ def after_terminal(job_id: str) -> None:
             if row["callback_url"]:
                 from webapp.launch import launch
 
-                launch("webhook", {"job_id": job_id})
+                launch("webhook", {"job_id": job_id}, owner=row["owner"])
     except Exception:
         log.exception("job %s: follow-up of its terminal state failed", job_id)
 

@@ -68,8 +68,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ApiError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.") from None
 
 
-def list_jobs(status: str | None, kind: str | None, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
-    """A page of jobs, newest first (keyset pagination on ``created_at``, ``id``).
+def list_jobs(status: str | None, kind: str | None, limit: int, cursor: str | None,
+              owner: str | None = None) -> tuple[list[Job], str | None]:
+    """A page of jobs, newest first (keyset pagination on ``created_at``, ``id``); only ``owner``'s
+    jobs when it is given (``None``: every job, for an admin).
 
     Returns:
         ``(jobs, next_cursor)``; ``next_cursor`` is ``None`` on the last page.
@@ -84,6 +86,8 @@ def list_jobs(status: str | None, kind: str | None, limit: int, cursor: str | No
         query = query.where(Job.status == status)
     if kind:
         query = query.where(Job.kind == kind)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     if cursor:
         created_at, job_id = decode_cursor(cursor)
         query = query.where(

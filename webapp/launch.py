@@ -51,11 +51,12 @@ class QueueUnavailable(Exception):
 
 
 def new_job(kind: str, params: dict[str, Any], *, job_id: str | None = None, document_id: str | None = None,
-            batch_id: str | None = None, callback_url: str | None = None) -> Job:
+            batch_id: str | None = None, callback_url: str | None = None, owner: str | None = None) -> Job:
     """An unsaved Job row for ``kind`` with ``params``; save it, then pass it to :func:`enqueue_jobs`.
 
     For producers that create other rows in the same transaction (an upload creates the
-    documents and their jobs together); others use :func:`launch`.
+    documents and their jobs together); others use :func:`launch`. ``owner`` is whose job it is
+    (``None``: the system's, seen by admins only).
 
     Raises:
         UnknownJobKind: ``kind`` is not in the registry.
@@ -63,7 +64,7 @@ def new_job(kind: str, params: dict[str, Any], *, job_id: str | None = None, doc
     """
     json.dumps(params)  # fail here, not in a worker
     return Job(id=job_id or new_id(), kind=kind, queue=get_kind(kind).queue, params=params, document=document_id,
-               batch_id=batch_id, callback_url=callback_url, updated_at=utcnow())
+               batch_id=batch_id, callback_url=callback_url, owner=owner, updated_at=utcnow())
 
 
 def launch(kind: str, params: dict[str, Any], **row_fields: Any) -> Job:
@@ -72,7 +73,7 @@ def launch(kind: str, params: dict[str, Any], **row_fields: Any) -> Job:
     Args:
         kind: a name in :data:`webapp.job_kinds.JOB_KINDS`.
         params: the job function's keyword arguments (JSON values).
-        **row_fields: ``job_id``, ``document_id``, ``batch_id``, ``callback_url`` (see :func:`new_job`).
+        **row_fields: ``job_id``, ``document_id``, ``batch_id``, ``callback_url``, ``owner`` (see :func:`new_job`).
 
     Returns:
         The row, enqueued.

@@ -290,10 +290,46 @@ def _schedules(migrator: SchemaMigrator, database: Database) -> None:
     database.create_tables([_schedules_model(database)], safe=True)
 
 
+def _api_token_model(database: Database) -> type[Model]:
+    """Migration 4's table ``api_token``, frozen as it was first declared."""
+    bound = database
+
+    class ApiToken(Model):
+        id = CharField(primary_key=True, max_length=64)
+        owner = CharField(max_length=64, index=True)
+        name = CharField(max_length=100)
+        token_hash = CharField(max_length=64, unique=True)
+        prefix = CharField(max_length=16)
+        admin = BooleanField()
+        created_at = DateTimeField()
+        last_used_at = DateTimeField(null=True)
+        revoked_at = DateTimeField(null=True)
+
+        class Meta:
+            database = bound
+            table_name = "api_token"
+
+    return ApiToken
+
+
+# Migration 4: whose row it is. Rows from before have no owner: only admins see them.
+OWNER_COLUMNS = tuple(
+    (table, "owner", CharField(max_length=64, null=True, index=True))
+    for table in ("batch", "document", "job", "report", "schedule")
+)
+
+
+def _owners(migrator: SchemaMigrator, database: Database) -> None:
+    """4: API tokens and the owner of every batch, document, job, report and schedule."""
+    database.create_tables([_api_token_model(database)], safe=True)
+    add_missing_columns(migrator, OWNER_COLUMNS)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", _baseline),
     Migration(2, "job protocol", _job_protocol),
     Migration(3, "schedules", _schedules),
+    Migration(4, "owners and tokens", _owners),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

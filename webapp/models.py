@@ -68,6 +68,7 @@ class Batch(db.Model):
 
     id = CharField(primary_key=True, max_length=64, default=new_id)
     size = IntegerField()  # documents accepted in the upload
+    owner = CharField(max_length=64, null=True, index=True)  # ApiToken.owner of the uploader
     created_at = DateTimeField(default=utcnow, index=True)
 
     class Meta:
@@ -91,6 +92,7 @@ class Document(db.Model):
     chars = IntegerField(null=True)  # non-whitespace characters of the extracted text
     chunk_count = IntegerField(null=True)
     warnings = JSONField(default=list)
+    owner = CharField(max_length=64, null=True, index=True)  # ApiToken.owner of the uploader
     created_at = DateTimeField(default=utcnow, index=True)
 
     class Meta:
@@ -125,6 +127,9 @@ class Job(db.Model):
     batch_id = CharField(max_length=64, null=True, index=True)
     callback_url = TextField(null=True)  # webhook: POSTed the final state once (webapp/webhooks.py)
     webhook = JSONField(null=True)  # the webhook's outcome: {"status", "attempts", "http_status", "error", "at"}
+    # Whose job it is (ApiToken.owner); None for the system's own (periodic maintenance) jobs,
+    # which only admins see.
+    owner = CharField(max_length=64, null=True, index=True)
     created_at = DateTimeField(default=utcnow, index=True)
     enqueued_at = DateTimeField(null=True)
     started_at = DateTimeField(null=True)
@@ -163,6 +168,7 @@ class Report(db.Model):
     params = JSONField(default=dict)
     job_id = CharField(max_length=64, null=True)
     files = JSONField(null=True)
+    owner = CharField(max_length=64, null=True, index=True)  # None: made by a built-in schedule
     created_at = DateTimeField(default=utcnow, index=True)
 
     class Meta:
@@ -204,12 +210,43 @@ class Schedule(db.Model):
     created_at = DateTimeField(default=utcnow)
     last_run_at = DateTimeField(null=True)
     last_job_id = CharField(max_length=64, null=True)  # the Job row of its last run
+    owner = CharField(max_length=64, null=True, index=True)  # None for the built-ins
 
     class Meta:
         table_name = "schedule"
 
 
-ALL_MODELS = [Batch, Document, Job, Report, Chunk, Schedule]
+class ApiToken(db.Model):
+    """A bearer token for the API and the UI's sign-in (``flask --app wsgi tokens create``).
+
+    Only the SHA-256 of the token is stored: a token is 256 random bits, so a fast hash is as
+    safe as a slow one and the plain token cannot be recovered from the table. ``owner`` names
+    whose rows its requests see; several tokens may share an owner (rotation). ``admin`` tokens
+    see every owner's rows, the dashboard and the queue statistics.
+    """
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    owner = CharField(max_length=64, index=True)
+    name = CharField(max_length=100)  # what it is for, e.g. "ci" or "laptop"
+    token_hash = CharField(max_length=64, unique=True)  # hex SHA-256 of the token
+    prefix = CharField(max_length=16)  # the token's first characters, to recognise it in lists
+    admin = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+    last_used_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_token"
+
+    @classmethod
+    def find_by_hash(cls, token_hash: str) -> "ApiToken | None":
+        """The row whose ``token_hash`` is this, or ``None`` (SQL built once, as :meth:`Job.find`:
+        every API request authenticates)."""
+        sql = _select_by_id_sql(cls, type(_unproxied(cls._meta.database)), "token_hash")
+        return next(iter(cls.raw(sql, token_hash)), None)
+
+
+ALL_MODELS = [Batch, Document, Job, Report, Chunk, Schedule, ApiToken]
 
 
 def _unproxied(database):
@@ -218,8 +255,8 @@ def _unproxied(database):
 
 
 @lru_cache(maxsize=None)
-def _select_by_id_sql(model: type[Model], database_class: type) -> str:
-    """``SELECT <every column> FROM <table> WHERE id = <placeholder>`` in ``database_class``'s dialect."""
-    sql, params = model.select().where(model.id == "?").sql()
+def _select_by_id_sql(model: type[Model], database_class: type, column: str = "id") -> str:
+    """``SELECT <every column> FROM <table> WHERE <column> = <placeholder>`` in ``database_class``'s dialect."""
+    sql, params = model.select().where(getattr(model, column) == "?").sql()
     assert params == ["?"], params  # exactly one bound parameter: the id
     return sql

@@ -21,12 +21,14 @@ def report_key(report_id: str, fmt: str) -> str:
     return f"reports/{report_id[:2]}/{report_id}.{fmt}"
 
 
-def launch_report(report_type: str, params: dict[str, Any]):
+def launch_report(report_type: str, params: dict[str, Any], owner: str | None = None):
     """Record a Report row and its ``report`` job in one transaction, then enqueue the job.
 
     Args:
         report_type: one of :data:`REPORT_TYPES`.
-        params: the report's validated, normalised parameters (JSON).
+        params: the report's validated, normalised parameters (JSON); ``params["owner"]``, when
+            present, limits it to that owner's documents and jobs.
+        owner: whose report it is (``None``: the system's, from a built-in schedule).
 
     Returns:
         The Report row; its ``job_id`` is enqueued on ``high``.
@@ -38,8 +40,8 @@ def launch_report(report_type: str, params: dict[str, Any]):
     from webapp.launch import enqueue_jobs, new_job
     from webapp.models import Report, new_id
 
-    report = Report(id=new_id(), type=report_type, params=params)
-    job = new_job("report", {"report_id": report.id})
+    report = Report(id=new_id(), type=report_type, params=params, owner=owner)
+    job = new_job("report", {"report_id": report.id}, owner=owner)
     report.job_id = job.id
     with db.database.atomic():
         report.save(force_insert=True)

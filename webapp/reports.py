@@ -44,8 +44,11 @@ def parse_time(value: Any, name: str) -> datetime:
     return parsed
 
 
-def validate_request(report_type: Any, params: Any) -> dict[str, Any]:
+def validate_request(report_type: Any, params: Any, scope: str | None = None) -> dict[str, Any]:
     """The report's normalised ``params`` (JSON), ready for its job.
+
+    ``scope``: the owner whose rows the report may cover (``None``: every owner's, for an admin);
+    ``document_ids`` of other owners are refused like missing ones.
 
     Raises:
         ApiError: 400 ``invalid_report_type`` / ``invalid_params`` with a sentence.
@@ -68,7 +71,10 @@ def validate_request(report_type: Any, params: Any) -> dict[str, Any]:
         if "since" in params or "until" in params:
             raise ApiError(400, "invalid_params", "Give either 'document_ids' or a period ('since'/'until'), not both.")
         ids = list(dict.fromkeys(ids))
-        found = {d.id for d in Document.select(Document.id).where(Document.id.in_(ids))}
+        candidates = Document.select(Document.id).where(Document.id.in_(ids))
+        if scope is not None:
+            candidates = candidates.where(Document.owner == scope)
+        found = {d.id for d in candidates}
         missing = [i for i in ids if i not in found]
         if missing:
             raise ApiError(400, "invalid_params", f"No document with id {', '.join(missing[:5])}.")
@@ -82,15 +88,23 @@ def validate_request(report_type: Any, params: Any) -> dict[str, Any]:
     return {"since": isoformat(since), "until": isoformat(until)}
 
 
-def request_report(report_type: Any, params: Any) -> Report:
+def request_report(report_type: Any, params: Any, *, owner: str, scope: str | None) -> Report:
     """Validate, record and launch a report; returns its row (its ``job_id`` is enqueued on ``high``).
+
+    Args:
+        report_type, params: the request's ``type`` and ``params``.
+        owner: whose report it is (who may see and download it).
+        scope: the owner whose documents and jobs it covers, recorded as ``params["owner"]``;
+            ``None`` (an admin's request): every owner's.
 
     Raises:
         ApiError: 400 for a bad request; 503 ``queue_unavailable`` when Redis refuses.
     """
-    normalised = validate_request(report_type, params)
+    normalised = validate_request(report_type, params, scope)
+    if scope is not None:
+        normalised["owner"] = scope
     try:
-        return launch_report(report_type, normalised)
+        return launch_report(report_type, normalised, owner=owner)
     except QueueUnavailable as exc:
         raise ApiError(503, "queue_unavailable", str(exc)) from exc
 

@@ -25,7 +25,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, url_for
 from redis.exceptions import RedisError
 
-from webapp.errors import ApiError, get_or_404
+from webapp.auth import current_principal, get_visible_or_404, owned
+from webapp.errors import ApiError
 from webapp.models import Job, Schedule, isoformat
 from webapp.scheduling import (SCHEDULABLE_JOBS, ScheduleError, builtin_schedules, next_run_times,
                                put_schedule_entry, remove_schedule_entry, validate_schedule)
@@ -88,18 +89,18 @@ def _one(schedule: Schedule) -> dict[str, Any]:
 
 @bp.get("/schedules")
 def list_schedules():
-    """Every schedule, built-in first (in the order the code declares them), then the added ones
+    """Every schedule the caller may see (an admin: all; others: their own), built-in first (in the order the code declares them), then the added ones
     oldest first: ``{"schedules": [schedule, ...]}``. A schedule with no entry in Redis (paused,
     not synced yet, or Redis unreachable) has ``next_run_at: null``."""
     order = {b.id: i for i, b in enumerate(builtin_schedules(current_app.config))}
-    rows = sorted(Schedule.select(), key=lambda s: (not s.builtin, order.get(s.id, len(order)), s.created_at, s.id))
+    rows = sorted(owned(Schedule.select(), Schedule), key=lambda s: (not s.builtin, order.get(s.id, len(order)), s.created_at, s.id))
     return jsonify({"schedules": _to_dicts(rows)})
 
 
 @bp.get("/schedules/<schedule_id>")
 def get_schedule(schedule_id: str):
     """One schedule, or 404 ``schedule_not_found``."""
-    return jsonify(_one(get_or_404(Schedule, schedule_id, "schedule")))
+    return jsonify(_one(get_visible_or_404(Schedule, schedule_id, "schedule")))
 
 
 @bp.post("/schedules")
@@ -108,7 +109,8 @@ def create_schedule():
     "interval": <seconds, 10 or more>}``, optional ``"params": {...}`` (the job's own, see
     :data:`webapp.scheduling.SCHEDULABLE_JOBS`) → 201 with the schedule and its ``Location``.
 
-    400 ``invalid_json`` when the body is not a JSON object, ``invalid_schedule`` (with the
+    403 ``admin_required`` for a maintenance job (``reconcile``, ``retention``, ``orphans``) from a
+    token that is not an admin's. 400 ``invalid_json`` when the body is not a JSON object, ``invalid_schedule`` (with the
     sentence) when it is not a valid schedule. 503 ``queue_unavailable`` when Redis cannot be
     reached: the row, committed first, is then deleted again, so the answer means "not added" and
     the client's retry adds it once. (Kept, it would claim to be scheduled with no entry in Redis
@@ -127,7 +129,12 @@ def create_schedule():
                                                         body.get("params"))
     except ScheduleError as exc:
         raise ApiError(400, "invalid_schedule", str(exc)) from None
-    schedule = Schedule.create(job=job, cron=cron, interval=interval, params=params, builtin=False)
+    principal = current_principal()
+    if SCHEDULABLE_JOBS[job].admin_only and not principal.admin:
+        raise ApiError(403, "admin_required", f"Only an admin may schedule {job} jobs (they act on every owner's rows).")
+    # An admin's schedule is the system's (its reports cover every owner), like the built-ins.
+    schedule = Schedule.create(job=job, cron=cron, interval=interval, params=params, builtin=False,
+                               owner=None if principal.admin else principal.owner)
     try:
         next_run_at = put_schedule_entry(schedule)
     except RedisError as exc:
@@ -147,7 +154,7 @@ def delete_schedule(schedule_id: str):
     The row goes first. If Redis cannot be reached the answer is still 204: an entry whose row is
     gone never starts a job (the scheduler drops it when it comes due, ``schedule sync`` too).
     """
-    schedule = get_or_404(Schedule, schedule_id, "schedule")
+    schedule = get_visible_or_404(Schedule, schedule_id, "schedule")
     if schedule.builtin:
         raise ApiError(409, "builtin_schedule", "Built-in schedules can be paused and resumed, not deleted.")
     Schedule.delete().where(Schedule.id == schedule_id).execute()
@@ -168,7 +175,7 @@ def pause_schedule(schedule_id: str):
     still 200: the scheduler reads the row before every run and starts nothing for a paused
     schedule (it drops the entry then), and ``schedule sync`` removes it too.
     """
-    schedule = get_or_404(Schedule, schedule_id, "schedule")
+    schedule = get_visible_or_404(Schedule, schedule_id, "schedule")
     Schedule.update(paused=True).where(Schedule.id == schedule_id).execute()
     try:
         remove_schedule_entry(schedule_id)
@@ -188,7 +195,7 @@ def resume_schedule(schedule_id: str):
     503 ``queue_unavailable`` when Redis cannot be reached: the row is paused again, so it never
     claims to run without an entry.
     """
-    schedule = get_or_404(Schedule, schedule_id, "schedule")
+    schedule = get_visible_or_404(Schedule, schedule_id, "schedule")
     was_paused = schedule.paused
     if not was_paused and next_run_times([schedule_id])[schedule_id] is not None:
         return jsonify(_one(schedule))

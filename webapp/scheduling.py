@@ -77,29 +77,36 @@ class SchedulableJob:
         name: the schedule's ``job``.
         description: one sentence for the API and the schedules page.
         params: parameter name → (type, description); nothing else is accepted.
-        start: starts one run with the schedule's ``params`` (and the app config); returns the
-            Job row it launched.
+        start: starts one run with the schedule's ``params``, the app config and the schedule's
+            owner (``None``: the system's); returns the Job row it launched.
+        admin_only: only an admin may add it (maintenance jobs act on every owner's rows).
     """
 
     name: str
     description: str
     params: dict[str, tuple[type, str]]
-    start: Callable[[dict[str, Any], dict[str, Any]], Job]
+    start: Callable[[dict[str, Any], dict[str, Any], str | None], Job]
+    admin_only: bool = True
 
 
-def _start_kind(kind: str, keys: tuple[str, ...] = ()) -> Callable[[dict[str, Any], dict[str, Any]], Job]:
-    def start(params: dict[str, Any], config: dict[str, Any]) -> Job:
+def _start_kind(kind: str, keys: tuple[str, ...] = ()) -> Callable[[dict[str, Any], dict[str, Any], str | None], Job]:
+    def start(params: dict[str, Any], config: dict[str, Any], owner: str | None) -> Job:
         return launch(kind, {key: params[key] for key in keys if key in params})
     return start
 
 
-def _start_activity_report(params: dict[str, Any], config: dict[str, Any]) -> Job:
+def _start_activity_report(params: dict[str, Any], config: dict[str, Any], owner: str | None) -> Job:
+    """An activity report of the last ``hours``: of ``owner``'s jobs, or every job for a system
+    schedule (built-in, or added by an admin)."""
     from webapp.models import isoformat
     from webapp.report_files import launch_report
 
     until = utcnow()
     since = until - timedelta(hours=int(params.get("hours", 24)))
-    report = launch_report("activity", {"since": isoformat(since), "until": isoformat(until)})
+    report_params = {"since": isoformat(since), "until": isoformat(until)}
+    if owner is not None:
+        report_params["owner"] = owner
+    report = launch_report("activity", report_params, owner=owner)
     return Job.find(report.job_id)
 
 
@@ -115,7 +122,7 @@ SCHEDULABLE_JOBS: dict[str, SchedulableJob] = {
                        {}, _start_kind("orphans")),
         SchedulableJob("activity_report", "An activity report of the last hours (parameter hours, default 24), "
                        "on the high queue.",
-                       {"hours": (int, "hours covered (1–8784)")}, _start_activity_report),
+                       {"hours": (int, "hours covered (1–8784)")}, _start_activity_report, admin_only=False),
     )
 }
 
@@ -371,7 +378,7 @@ def fire(schedule_id: str) -> Job | None:
                      previous.status)
             return None
         try:
-            job = SCHEDULABLE_JOBS[schedule.job].start(schedule.params or {}, config)
+            job = SCHEDULABLE_JOBS[schedule.job].start(schedule.params or {}, config, schedule.owner)
         except QueueUnavailable as exc:
             job = None  # launch marked the row failed (queue_unavailable); it is still the last run
             job_id = exc.job_ids[0] if exc.job_ids else None

@@ -11,7 +11,7 @@ from webapp.embeddings import embedder_from_config, from_blobs
 from webapp.models import Chunk, Document
 
 
-def search_chunks(query: str, k: int) -> list[dict[str, Any]]:
+def search_chunks(query: str, k: int, owner: str | None = None) -> list[dict[str, Any]]:
     """Embed ``query`` with the configured embedder and rank the chunks made with the same one.
 
     Chunks embedded by another model (another vector space) are never compared. The scan is
@@ -21,6 +21,8 @@ def search_chunks(query: str, k: int) -> list[dict[str, Any]]:
     Args:
         query: the search text (non-empty).
         k: how many results, ≥ 1.
+        owner: rank only this owner's documents' chunks (the filter is applied before ranking);
+            ``None``: every owner's (an admin's search).
 
     Returns:
         Up to ``k`` dicts ``{"document_id", "filename", "chunk_id", "page_start", "page_end",
@@ -30,12 +32,10 @@ def search_chunks(query: str, k: int) -> list[dict[str, Any]]:
         webapp.embeddings.EmbeddingError: the embedding service failed for the query.
     """
     embedder = embedder_from_config(current_app.config)
-    rows = list(
-        Chunk.select(Chunk.id, Chunk.dimensions, Chunk.embedding)
-        .where(Chunk.embedding_model == embedder.name)
-        .order_by(Chunk.id)
-        .tuples()
-    )
+    candidates = Chunk.select(Chunk.id, Chunk.dimensions, Chunk.embedding).where(Chunk.embedding_model == embedder.name)
+    if owner is not None:
+        candidates = candidates.join(Document).where(Document.owner == owner)
+    rows = list(candidates.order_by(Chunk.id).tuples())
     if not rows:
         return []
     query_vector = embedder.embed([query])[0]
@@ -67,4 +67,5 @@ def search_chunks(query: str, k: int) -> list[dict[str, Any]]:
             "text": details[chunk_id]["text"],
         }
         for i, chunk_id in zip(top, chunk_ids)
+        if chunk_id in details  # deleted or reprocessed between the two queries: skipped, not a 500
     ]

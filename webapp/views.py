@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
+from webapp.auth import current_principal
 from webapp.embeddings import embedder_name
 from webapp.scheduling import MIN_INTERVAL, SCHEDULABLE_JOBS
 
@@ -34,6 +35,10 @@ def reports():
 
 @bp.get("/schedules")
 def schedules():
-    """The schedules page; its job choices are the allow-list of ``POST /api/schedules``."""
-    return render_template("schedules.html", page="schedules", jobs=list(SCHEDULABLE_JOBS.values()),
+    """The schedules page; its job choices are the allow-list of ``POST /api/schedules`` (without
+    the maintenance jobs for a principal who is not an admin)."""
+    admin = current_principal().admin
+    return render_template("schedules.html", page="schedules",
+                           jobs=[job for job in SCHEDULABLE_JOBS.values() if admin or not job.admin_only],
                            min_interval=MIN_INTERVAL)
+

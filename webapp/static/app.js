@@ -68,9 +68,35 @@ function renderDocument(tracker) {
     showError: (text) => { message.textContent = text; },
     onRefused: () => follow(tracker), // the job may have moved on (e.g. finished): show where it is
   });
-  item.append(head, progress, status, detail, note, warnings, controls.node, message);
+  const remove = button("Delete", "link-button doc-delete", () => deleteDocument(tracker, remove));
+  remove.setAttribute("aria-label", `Delete ${name}`);
+  item.append(head, progress, status, detail, note, warnings, controls.node, remove, message);
   tracker.controls = controls;
   return { item, progress, status, detail, note, warnings, message };
+}
+
+// DELETE /api/documents/<id> after a confirmation: the document, its chunks, stored file and jobs
+// are removed (a running job is stopped first); the row leaves the list.
+async function deleteDocument(tracker, control) {
+  const name = tracker.doc.filename || "this document";
+  if (!window.confirm(`Delete ${name}, its chunks and its jobs? This cannot be undone.`)) return;
+  control.disabled = true;
+  try {
+    const result = await readResponse(await fetch(`/api/documents/${encodeURIComponent(tracker.doc.id)}`,
+      { method: "DELETE", headers: csrfHeaders({ Accept: "application/json" }) }));
+    if (!result.ok && result.status !== 404) {
+      tracker.els.message.textContent = errorMessage(result);
+      return;
+    }
+    stopPolling(tracker.poll);
+    tracker.els.item.remove();
+    trackers.delete(tracker.doc.id);
+    announce(`${name} deleted`);
+  } catch (_) {
+    tracker.els.message.textContent = NETWORK_ERROR;
+  } finally {
+    control.disabled = false;
+  }
 }
 
 function setStatus(els, text, kind, hideProgress = true) {
@@ -371,7 +397,7 @@ async function handleUpload(event) {
   submit.disabled = true;
   statusBox.textContent = `Uploading ${plural(files.length, "file")}…`;
   try {
-    const result = await readResponse(await fetch("/api/documents", { method: "POST", body }));
+    const result = await readResponse(await fetch("/api/documents", { method: "POST", body, headers: csrfHeaders() }));
     if (!result.ok) {
       statusBox.textContent = "";
       errorBox.textContent = errorMessage(result);

@@ -68,6 +68,10 @@ function announce(text) {
 
 // Parse a fetch Response; returns {ok, status, data}. Non-JSON bodies give data = null.
 async function readResponse(response) {
+  if (response.status === 401 && !window.location.pathname.startsWith("/signin")) {
+    // signed out meanwhile (token revoked, session expired): sign in again, then come back
+    window.location.assign(`/signin?next=${encodeURIComponent(window.location.pathname)}`);
+  }
   let data = null;
   const type = response.headers.get("Content-Type") || "";
   if (type.includes("json")) {
@@ -95,9 +99,15 @@ async function getJson(url) {
   return readResponse(await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" }));
 }
 
+// Headers of a state-changing request: the page's CSRF token (signed-in sessions must send it).
+function csrfHeaders(headers = {}) {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return meta ? { ...headers, "X-CSRFToken": meta.content } : headers;
+}
+
 // POST with an optional JSON body.
 async function postJson(url, body) {
-  const options = { method: "POST", headers: { Accept: "application/json" } };
+  const options = { method: "POST", headers: csrfHeaders({ Accept: "application/json" }) };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);

@@ -11,7 +11,7 @@ let busy = 0; // actions in flight: the list is not redrawn under the user's cli
 let listPoll = null;
 
 async function deleteJson(url) {
-  return readResponse(await fetch(url, { method: "DELETE", headers: { Accept: "application/json" } }));
+  return readResponse(await fetch(url, { method: "DELETE", headers: csrfHeaders({ Accept: "application/json" }) }));
 }
 
 // "every 90 s", "every 5 min", "every 2 h", "every day"
