@@ -26,7 +26,9 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         # tokens and secrets at rest
         "webapp.tokens", "webapp.encryption",
         # periodic jobs: the schedule table and the rq-scheduler process
-        "webapp.scheduling"}
+        "webapp.scheduling",
+        # queue statistics for operators (RQ's registries + the Job table)
+        "webapp.queue_stats"}
 
 
 def module_names(package: str) -> list[str]:

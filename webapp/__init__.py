@@ -43,10 +43,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
 
-    from webapp import api, health, schedules_api, views
+    from webapp import api, dashboard, health, queues_api, schedules_api, views
 
     app.register_blueprint(api.bp)
     app.register_blueprint(schedules_api.bp)
+    app.register_blueprint(queues_api.bp)
+    dashboard.init_app(app)  # rq-dashboard at /rq, admins only
     app.register_blueprint(health.bp)
     app.register_blueprint(views.bp)
 

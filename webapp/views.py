@@ -42,3 +42,16 @@ def schedules():
                            jobs=[job for job in SCHEDULABLE_JOBS.values() if admin or not job.admin_only],
                            min_interval=MIN_INTERVAL)
 
+
+@bp.get("/queues")
+def queues():
+    """The queues page (admins only): each queue's counts, oldest wait, workers and rates from
+    ``GET /api/queues``, refreshed by ``static/queues.js``; links to ``/rq`` and ``/schedules``.
+
+    Raises:
+        ApiError: 403 ``admin_required`` for a principal who is not an admin.
+    """
+    from webapp.auth import require_admin
+
+    require_admin()
+    return render_template("queues.html", page="queues")
