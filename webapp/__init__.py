@@ -51,6 +51,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     dashboard.init_app(app)  # rq-dashboard at /rq, admins only
     app.register_blueprint(health.bp)
     app.register_blueprint(views.bp)
+    from webapp import openapi
+
+    app.register_blueprint(openapi.bp)  # GET /api/openapi.json, the API's contract
 
     from webapp.cli import dev_command, ingest_command
 

@@ -78,7 +78,12 @@ def init_app(app: Flask) -> None:
                                                              "has more. Send them in several uploads.")
             message = f"The upload is larger than the {limit // (1024 * 1024)} MB limit." if limit else _MESSAGES[413]
             return error_response(413, "payload_too_large", message)
-        return error_response(exc.code or 500, _code_for(exc), _MESSAGES.get(exc.code or 0, exc.description or exc.name))
+        response = error_response(exc.code or 500, _code_for(exc), _MESSAGES.get(exc.code or 0, exc.description or exc.name))
+        # Keep the exception's own headers (405's Allow, which RFC 9110 requires; 416's Content-Range …).
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     # OperationalError: the server refused or dropped the connection; InterfaceError: the
     # connection was already known closed (psycopg2's "connection already closed").
