@@ -23,7 +23,13 @@ worker only through heartbeats and cleans up after it only in some worker's main
    worker's 10-minute maintenance. A job seen there by two runs at least a minute apart (RQ's
    own first-seen marks) and not started is pushed back to the front of its queue; removing it
    from the list is the claim.
-4. **Every row that is not terminal and has not changed for ``RECONCILE_GRACE`` seconds**
+4. **Jobs RQ calls queued that are on no list.** A waiting row whose RQ job says ``queued`` but
+   whose id is on neither its queue nor the intermediate list — read in one ``MULTI`` snapshot, so
+   a job between the two lists is seen on one of them — is pushed back to the front of its
+   queue (the chaos run met one after a Redis restart). A ``SET NX`` claim per job keeps two
+   concurrent passes from pushing it twice; a duplicate would be harmless anyway, as a worker
+   starts a job only through the row's guarded ``queued → started`` transition.
+5. **Every row that is not terminal and has not changed for ``RECONCILE_GRACE`` seconds**
    (younger rows may be between their commit and their enqueue) is compared with what RQ says:
 
    ================================  =========================================================
@@ -98,7 +104,8 @@ class ReconcileResult:
     checked: int = 0
     rq_cleanup: int = 0
     delivered: list[str] = field(default_factory=list)  # overdue delayed retries enqueued
-    unstranded: list[str] = field(default_factory=list)  # dequeued by a worker that died before starting them
+    unstranded: list[str] = field(default_factory=list)  # dequeued by a worker that died before starting
+    # them, or queued in RQ but on no list (pushed back to the front of their queue)
     restored: list[str] = field(default_factory=list)  # waiting rows RQ had lost, enqueued again
     rerun: list[str] = field(default_factory=list)  # started rows enqueued again
     failed: list[str] = field(default_factory=list)  # rows out of runs, failed with a sentence
@@ -160,6 +167,7 @@ def reconcile_jobs(config: dict[str, Any], redis: Redis, exclude: set[str] | fro
         result.unstranded.extend(_restore_stranded(name, redis))
     cutoff = utcnow() - timedelta(seconds=grace)
     last_id = ""
+    queued_in_rq: list[Job] = []  # waiting rows whose RQ job says queued: are they on a list?
     with connection():
         while True:
             page = list(
@@ -174,14 +182,16 @@ def reconcile_jobs(config: dict[str, Any], redis: Redis, exclude: set[str] | fro
             last_id = page[-1].id
             page = [row for row in page if row.id not in exclude]
             result.checked += len(page)
-            _reconcile_page(page, config, redis, result)
+            _reconcile_page(page, config, redis, result, queued_in_rq)
+    result.unstranded.extend(_requeue_unlisted(queued_in_rq, redis))
     if any((result.restored, result.rerun, result.failed, result.followed, result.delivered, result.unstranded)):
         log.warning("reconcile: restored %d, re-ran %d, failed %d, followed RQ for %d job(s)",
                     len(result.restored), len(result.rerun), len(result.failed), len(result.followed))
     return result
 
 
-def _reconcile_page(rows: list[Job], config: dict[str, Any], redis: Redis, result: ReconcileResult) -> None:
+def _reconcile_page(rows: list[Job], config: dict[str, Any], redis: Redis, result: ReconcileResult,
+                    queued_in_rq: list[Job]) -> None:
     with redis.pipeline(transaction=False) as pipe:
         for row in rows:
             pipe.hmget(RQJob.key_for(row.id), "status", "worker_name")
@@ -215,6 +225,8 @@ def _reconcile_page(rows: list[Job], config: dict[str, Any], redis: Redis, resul
         elif rq_status in (CANCELED, STOPPED) and row.status == STARTED:
             if mark_stopped(row.id, "the job was stopped in the job queue"):
                 result.followed.append(row.id)
+        elif rq_status == QUEUED and row.status in WAITING:
+            queued_in_rq.append(row)  # on its queue, unless a list lost it: _requeue_unlisted
         # queued/scheduled/deferred in RQ: waiting there; a started row behind it is a failed
         # run whose row update was lost, and its retry brings the row along when it starts.
     if restore:
@@ -260,6 +272,38 @@ def _restore_stranded(queue_name: str, redis: Redis) -> list[str]:
         log.warning("reconcile: %d job(s) stranded between dequeue and start on %s pushed back", len(restored),
                     queue_name)
     return restored
+
+
+def _requeue_unlisted(rows: list[Job], redis: Redis) -> list[str]:
+    """Push back to the front of its queue each of ``rows`` whose RQ job still says ``queued``
+    but is on neither a queue nor an intermediate list (step 4 of the module docstring).
+
+    Returns:
+        The ids pushed back.
+    """
+    if not rows:
+        return []
+    with redis.pipeline(transaction=True) as pipe:  # MULTI: the lists and the statuses at one instant
+        for name in QUEUE_NAMES:
+            key = Queue(name, connection=redis).key
+            pipe.lrange(key, 0, -1)
+            pipe.lrange(IntermediateQueue(key, connection=redis).key, 0, -1)
+        for row in rows:
+            pipe.hget(RQJob.key_for(row.id), "status")
+        answers = pipe.execute()
+    lists = len(QUEUE_NAMES) * 2
+    listed = {job_id.decode() for ids in answers[:lists] for job_id in ids}
+    pushed = []
+    for row, status in zip(rows, answers[lists:]):
+        if status != QUEUED.encode() or row.id in listed:
+            continue
+        if not redis.set(f"docket:reconcile:requeued:{row.id}", 1, nx=True, ex=60):
+            continue  # another pass pushed it a moment ago
+        Queue(row.queue, connection=redis).push_job_id(row.id, at_front=True)
+        pushed.append(row.id)
+    if pushed:
+        log.warning("reconcile: %d job(s) queued in RQ but on no queue pushed back", len(pushed))
+    return pushed
 
 
 def _live_workers(redis: Redis, names: set[str]) -> set[str]:

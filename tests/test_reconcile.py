@@ -113,6 +113,21 @@ def test_a_job_stranded_between_dequeue_and_start_goes_back_to_its_queue(app, cl
     assert row(app, job_id).status == "queued"
 
 
+def test_a_job_queued_in_rq_but_on_no_list_goes_back_to_its_queue(app, client, redis, run_worker):
+    """RQ's record says queued, but the id is on neither the queue nor the intermediate list (a
+    Redis restart kept the one and not the other): pushed back once, then it runs."""
+    job_id = _upload(client)
+    other = _upload(client, 1)
+    assert redis.lrem(Queue("default", connection=redis).key, 0, job_id) == 1
+    assert _rq(redis, job_id).get_status() == JobStatus.QUEUED and _queued_ids(redis) == [other]
+
+    assert _did(_reconcile(app, redis)) == NOTHING_DONE | {"unstranded": [job_id]}
+    assert _queued_ids(redis) == [job_id, other]  # at the front
+    assert _did(_reconcile(app, redis)) == NOTHING_DONE  # listed now: nothing more
+    run_worker()
+    assert row(app, job_id).status == "finished" and row(app, other).status == "finished"
+
+
 def test_a_queued_row_whose_rq_job_was_deleted_is_enqueued_again(app, client, redis):
     job_id = _upload(client)
     _rq(redis, job_id).delete()  # Redis lost it (evicted, emptied, deleted from rq-dashboard)
