@@ -324,3 +324,23 @@ def test_a_password_encrypted_under_an_old_key_is_read_after_a_rotation(app, cli
     job = client.get(f"/api/jobs/{other['job_id']}").get_json()
     assert (job["status"], job["error_code"]) == ("failed", "password_unreadable")
     assert "SECRET_KEY" in job["error"]
+
+
+def test_the_run_commands_secret_key_file_is_made_once_private_and_read_by_every_process(config, tmp_path,
+                                                                                         monkeypatch):
+    from webapp.config import ensure_instance_secret_key
+
+    instance = tmp_path / "instance"
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    ensure_instance_secret_key(instance)
+    key_file = instance / "secret_key"
+    key = key_file.read_text().strip()
+    assert len(key) >= 64 and (key_file.stat().st_mode & 0o777) == 0o600
+    ensure_instance_secret_key(instance)
+    assert key_file.read_text().strip() == key  # kept: sessions and stored passwords stay valid
+    env = process_env(config, DOCKET_INSTANCE_PATH=str(instance))
+    env.pop("SECRET_KEY")
+    started = subprocess.run([sys.executable, "-c", "from webapp import create_app; "
+                              "print(create_app().config['SECRET_KEY'])"], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+    assert started.returncode == 0 and started.stdout.strip() == key, started.stderr

@@ -124,11 +124,21 @@ def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything
         assert _config_redis_url(env) == embedded_url
         assert set(_honcho_groups(log)) >= {"web.1", "worker.1"}, f"honcho did not start web and worker{_tail(log)}"
 
-        headers = _auth_headers(env)
-        page = requests.get(f"{base}/", headers=headers, timeout=10)
-        assert page.status_code == 200, _tail(log)
-        assert page.headers["Content-Type"].startswith("text/html")
-        assert "Docket" in page.text
+        # The admin token it printed signs the UI in (the link's #token= fragment is what the
+        # sign-in page's script posts) and opens the API.
+        printed = re.search(rf"Sign in: {re.escape(base)}/signin#token=(dkt_[A-Za-z0-9_-]+)", output)
+        assert printed, f"no sign-in link printed{_tail(log)}"
+        token = printed.group(1)
+        assert f"Authorization: Bearer {token}" in output
+        browser = requests.Session()
+        form = browser.get(f"{base}/signin", timeout=10).text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+        signed_in = browser.post(f"{base}/signin", data={"token": token, "csrf_token": csrf}, timeout=10)
+        assert signed_in.status_code == 200 and signed_in.url == f"{base}/", _tail(log)
+        assert signed_in.headers["Content-Type"].startswith("text/html")
+        assert "Docket" in signed_in.text and "admin (admin)" in signed_in.text
+        headers = {"Authorization": f"Bearer {token}"}
+        assert requests.get(f"{base}/api/queues", headers=headers, timeout=10).status_code == 200  # an admin's
 
         with open(CORPUS / "minimal-document.pdf", "rb") as fh:
             response = requests.post(
