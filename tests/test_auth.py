@@ -344,3 +344,18 @@ def test_the_run_commands_secret_key_file_is_made_once_private_and_read_by_every
                               "print(create_app().config['SECRET_KEY'])"], cwd=ROOT, env=env,
                              capture_output=True, text=True)
     assert started.returncode == 0 and started.stdout.strip() == key, started.stderr
+
+
+def test_behind_a_trusted_proxy_the_https_origin_is_this_site(app, config):
+    from webapp import create_app
+
+    token = make_token(app, "jill")
+    headers = {"Origin": "https://docket.example", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "docket.example",
+               "Authorization": f"Bearer {token}"}
+    direct = create_app(config).test_client()
+    assert direct.post("/api/reports", json={"type": "activity"}, headers=headers).status_code == 403
+    behind = create_app({**config, "TRUSTED_PROXY_COUNT": 1}).test_client()
+    answer = behind.post("/api/reports", json={"type": "activity"}, headers=headers)
+    assert answer.status_code != 403, answer.get_json()  # 202, or 503 without a worker's Redis: not refused
+    spoofed = {**headers, "X-Forwarded-Host": "evil.example"}
+    assert behind.post("/api/reports", json={"type": "activity"}, headers=spoofed).status_code == 403

@@ -31,6 +31,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     app.config["WEBHOOK_SECRET"] = app.config.get("WEBHOOK_SECRET") or app.config["SECRET_KEY"]
     os.makedirs(app.instance_path, exist_ok=True)
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Flask's documented way behind a proxy: scheme, host and client address from its headers.
+        hops = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
     if not app.debug and not app.testing:
         app.logger.setLevel(logging.INFO)
 

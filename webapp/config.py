@@ -131,6 +131,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": _bool(env, "SESSION_COOKIE_SECURE", True),
+        # Proxies in front of the web process that set X-Forwarded-For/-Proto/-Host/-Port
+        # (Heroku's router, a load balancer: 1). Behind one, without this the app sees http and
+        # refuses the browser's https Origin as another site's. 0: none (a local run).
+        "TRUSTED_PROXY_COUNT": _int(env, "TRUSTED_PROXY_COUNT", 0),
         # CSRF tokens (Flask-WTF) are checked by webapp.auth for requests signed in by the session
         # cookie only; a bearer token is not sent by browsers on their own.
         "WTF_CSRF_CHECK_DEFAULT": False,
