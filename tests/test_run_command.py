@@ -140,22 +140,8 @@ def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything
         headers = {"Authorization": f"Bearer {token}"}
         assert requests.get(f"{base}/api/queues", headers=headers, timeout=10).status_code == 200  # an admin's
 
-        with open(CORPUS / "minimal-document.pdf", "rb") as fh:
-            response = requests.post(
-                f"{base}/api/documents", files={"file": ("minimal-document.pdf", fh, "application/pdf")},
-                headers=headers, timeout=30,
-            )
-        assert response.status_code == 202, f"{response.status_code} {response.text}{_tail(log)}"
-        (document,) = response.json()["documents"]
-
-        job: dict = {}
-
-        def job_ended() -> bool:
-            nonlocal job
-            job = requests.get(f"{base}/api/jobs/{document['job_id']}", headers=headers, timeout=10).json()
-            return job.get("status") in TERMINAL_STATUSES
-
-        assert _wait_until(job_ended, JOB_DEADLINE, interval=0.5), f"the job never ended: {job}{_tail(log)}"
+        document, job = _upload_and_wait(base, headers, log, "minimal-document.pdf",
+                                         (CORPUS / "minimal-document.pdf").read_bytes(), "application/pdf")
         assert job["status"] == "finished", f"{job}{_tail(log)}"
 
         details = requests.get(f"{base}/api/documents/{document['id']}", headers=headers, timeout=10).json()
@@ -366,7 +352,13 @@ class _HealthWatch(threading.Thread):
 
 def _upload_text_and_wait(base: str, headers: dict[str, str], log: Path, text: str) -> dict:
     """POST a small text file to /api/documents; return its job once it has ended."""
-    response = requests.post(f"{base}/api/documents", files={"file": ("notes.txt", text.encode(), "text/plain")},
+    return _upload_and_wait(base, headers, log, "notes.txt", text.encode(), "text/plain")[1]
+
+
+def _upload_and_wait(base: str, headers: dict[str, str], log: Path, name: str, data: bytes,
+                     content_type: str) -> tuple[dict, dict]:
+    """POST one file to /api/documents; return its document entry and its job once the job ended."""
+    response = requests.post(f"{base}/api/documents", files={"file": (name, data, content_type)},
                              headers=headers, timeout=30)
     assert response.status_code == 202, f"{response.status_code} {response.text}{_tail(log)}"
     (document,) = response.json()["documents"]
@@ -378,7 +370,7 @@ def _upload_text_and_wait(base: str, headers: dict[str, str], log: Path, text: s
         return job.get("status") in TERMINAL_STATUSES
 
     assert _wait_until(job_ended, JOB_DEADLINE, interval=0.5), f"the job never ended: {job}{_tail(log)}"
-    return job
+    return document, job
 
 
 @pytest.mark.parametrize("kind", ["worker", "scheduler"])
