@@ -213,6 +213,9 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
         "OPENAI_MAX_RETRIES": _int(env, "OPENAI_MAX_RETRIES", 3),
         "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
+        # Chunks a search reads and scores at a time: its memory is bounded by one block
+        # (rows × dimensions × 4 bytes: 16 MB at 2,048 rows of the hashing embedder's 2,048).
+        "SEARCH_BLOCK_ROWS": _int(env, "SEARCH_BLOCK_ROWS", 2048),
         # --- periodic jobs and recovery (webapp/scheduling.py, jobs/reconcile.py, jobs/cleanup.py) ---
         # Seconds between two polls of the scheduler process (rq-scheduler's `interval`): a
         # periodic job starts at most this late.
@@ -248,6 +251,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     # Werkzeug refuses a form of more parts than this with a bare 413 (webapp.errors names it):
     # the files and a few other fields (password, reprocess, callback_url).
     config["MAX_FORM_PARTS"] = config["MAX_FILES_PER_UPLOAD"] + 10
+    if config["SEARCH_BLOCK_ROWS"] < 1:
+        raise ValueError("SEARCH_BLOCK_ROWS must be at least 1")
     for name in ("MAX_DOCUMENT_CHARS", "MAX_DOCUMENT_CHUNKS", "MAX_PDF_PAGES", "MAX_UNCOMPRESSED_SIZE",
                  "MAX_COMPRESSION_RATIO"):
         if config[name] < 1:
