@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import requests
 from redis import Redis
 from werkzeug.serving import make_server
 
@@ -346,6 +348,49 @@ def start_scheduler(config: dict[str, Any], tmp_path: Path):
     processes = ServiceProcesses(config, tmp_path, "scheduler", ["schedule", "run"], {"SCHEDULER_INTERVAL": "1"})
     yield processes
     processes.stop_all()
+
+
+def procfile_web_command() -> str:
+    """The command of the Procfile's ``web`` line."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return line.removeprefix("web:").strip()
+    raise AssertionError("the Procfile has no web line")
+
+
+@pytest.fixture
+def web(app, config, tmp_path: Path) -> Iterator[str]:
+    """The Procfile's ``web`` line run as honcho runs it (a shell, ``PORT`` and ``HOST`` set), one
+    gunicorn worker, with the test's config; yields its base URL. Stopped (SIGTERM to its process
+    group) after the test."""
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = process_env(config, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1",
+                      PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    log_path = tmp_path / "web.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(["sh", "-c", procfile_web_command()], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        try:
+            return requests.get(f"{base}/healthz", timeout=5).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(up, 60, "the web process to answer")
+        yield base
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 @pytest.fixture

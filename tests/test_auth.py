@@ -16,35 +16,9 @@ import requests
 
 from tests.conftest import (ROOT, csrf_token_of, make_token, process_env, upload, wait_for)
 from webapp.db import connection
-from webapp.embedded_redis import free_port
 from webapp.models import ApiToken, Document
 
 OPEN_PATHS = ("/healthz", "/readyz", "/signin")
-
-
-@pytest.fixture
-def web(app, config, tmp_path):
-    """The Procfile's web process (gunicorn) on a free port; yields its base URL."""
-    port = free_port()
-    log = open(tmp_path / "web.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "4", "--no-control-socket"],
-        cwd=ROOT, env=process_env(config), stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(f"{base}/healthz", timeout=5).ok
-        except requests.RequestException:
-            assert process.poll() is None, (tmp_path / "web.log").read_text()[-3000:]
-            return False
-
-    wait_for(up, 60, "the web process to answer")
-    yield base
-    process.terminate()
-    process.wait(20)
-    log.close()
 
 
 def bearer(token: str) -> requests.Session:

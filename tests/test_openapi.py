@@ -14,20 +14,17 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema_rs
-import pytest
 import requests
 import schemathesis
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from tests.conftest import ROOT, make_token, process_env, wait_for
-from webapp.embedded_redis import free_port
+from tests.conftest import make_token
 from webapp.openapi import openapi_document
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -115,49 +112,6 @@ def test_a_method_not_allowed_names_the_allowed_ones(client):
     assert response.status_code == 405
     assert response.get_json()["error"]["code"] == "method_not_allowed"
     assert {"GET", "POST"} <= {method.strip() for method in response.headers["Allow"].split(",")}
-
-
-def procfile_web_command() -> str:
-    """The command of the Procfile's ``web`` line."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            return line.removeprefix("web:").strip()
-    raise AssertionError("the Procfile has no web line")
-
-
-@pytest.fixture
-def web(app, config, tmp_path: Path) -> Iterator[str]:
-    """The Procfile's ``web`` line run as honcho runs it (a shell, ``PORT`` and ``HOST`` set), one
-    gunicorn worker, with the test's config; yields its base URL. Stopped (SIGTERM to its process
-    group) after the test."""
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)
-    env = process_env(config, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1",
-                      PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    log_path = tmp_path / "web.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(["sh", "-c", procfile_web_command()], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        try:
-            return requests.get(f"{base}/healthz", timeout=5).ok
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(up, 60, "the web process to answer")
-        yield base
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def test_an_over_long_url_gets_json_414_from_the_web_server(app, web):

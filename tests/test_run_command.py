@@ -79,37 +79,11 @@ def test_run_command_starts_embedded_redis_serves_processes_and_stops_everything
     config, unused_redis_url, tmp_path, stop
 ):
     instance = tmp_path / "instance"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = process_env(
-        config,
-        REDIS_URL=unused_redis_url,
-        DOCKET_INSTANCE_PATH=str(instance),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
-        STORAGE_PATH=str(tmp_path / "dev-uploads"),
-    )
     assert not redis_answers(unused_redis_url), "something already answers at the 'unused' Redis URL"
-    log = tmp_path / "dev-output.log"
-
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    process, base, log, env = _start_run_command(config, unused_redis_url, tmp_path)
     pgid = process.pid  # start_new_session: the command leads its own process group
     embedded_url = None
     try:
-        def ready() -> bool:
-            if process.poll() is not None:
-                return True
-            try:
-                return requests.get(f"{base}/readyz", timeout=5).status_code == 200
-            except requests.RequestException:
-                return False
-
-        assert _wait_until(ready, START_DEADLINE), f"/readyz never answered 200{_tail(log)}"
-        assert process.poll() is None, f"the run command exited early (status {process.returncode}){_tail(log)}"
-
         output = log.read_text(errors="replace")
         found = re.search(r"started an embedded one at (redis://127\.0\.0\.1:\d+/\d+) \(data in (.+?)\)", output)
         assert found, f"no 'started an embedded one at redis://…' line{_tail(log)}"
