@@ -26,7 +26,8 @@ from flask import (Blueprint, Flask, current_app, flash, g, redirect, render_tem
                    url_for)
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from webapp.errors import ApiError, error_response
+from webapp.errors import ApiError, error_response, get_or_404
+from webapp.models import Job
 from webapp.tokens import Principal, authenticate, principal_for
 
 csrf = CSRFProtect()
@@ -221,8 +222,6 @@ def get_visible_or_404(model, row_id: str, noun: str):
         ApiError: 404 ``<noun>_not_found`` when there is no such row *or* it is another owner's
             (the same answer, so another owner's ids cannot be confirmed).
     """
-    from webapp.errors import get_or_404
-
     row = get_or_404(model, row_id, noun)
     if not can_see(row.owner):
         raise ApiError(404, f"{noun}_not_found", f"There is no {noun} with id {row_id}.")
@@ -235,8 +234,6 @@ def visible_job(job_id: str):
     Raises:
         ApiError: 404 ``job_not_found`` when there is none or it is another owner's.
     """
-    from webapp.models import Job
-
     job = Job.find(job_id)
     if job is None or not can_see(job.owner):
         raise ApiError(404, "job_not_found", f"There is no job with id {job_id}.")

@@ -15,13 +15,19 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from flask import current_app
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+
 from webapp import filetypes
 from webapp.db import db
 from webapp.encryption import encrypt_secret
 from webapp.errors import ApiError
-from webapp.job_states import FINISHED, STARTED, TERMINAL, WAITING
+from webapp.job_control import cancel_job
+from webapp.job_states import FINISHED, STARTED, TERMINAL, WAITING, JobStateError
 from webapp.launch import QueueUnavailable, enqueue_jobs, new_job
-from webapp.models import Batch, Document, Job, isoformat, new_id
+from webapp.models import Batch, Chunk, Document, Job, isoformat, new_id
+from webapp.queues import rq
 from webapp.storage import StorageError, storage_from_config
 
 MAX_FILENAME = 255
@@ -257,15 +263,6 @@ def delete_document(document_id: str) -> None:
     Args:
         document_id: the Document row's id (the caller checked the owner).
     """
-    from redis.exceptions import RedisError
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job as RQJob
-
-    from webapp.job_control import cancel_job
-    from webapp.job_states import JobStateError
-    from webapp.models import Chunk
-    from webapp.queues import rq
-
     document = Document.get_or_none(Document.id == document_id)
     if document is None:
         return
