@@ -8,9 +8,15 @@ temporary folder; skips only when neither is possible. Each test gets a fresh da
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import api_client, upload
 from webapp import create_app
 from webapp.db import create_tables
+
+# The whole suite runs on PostgreSQL too (TEST_DATABASE_URL); this module is the SQLite run's
+# PostgreSQL check, so that run does not repeat it.
+pytestmark = pytest.mark.own_database("runs on the test PostgreSQL in the SQLite run already")
 
 
 def test_documents_are_processed_and_searchable_on_postgresql(config, postgres_url, run_worker):

@@ -183,6 +183,21 @@ def test_a_busy_port_is_refused_before_anything_starts(config, unused_redis_url,
     assert "embedded" not in result.stdout and not (instance / "redis").exists(), "a Redis was started anyway"
 
 
+def test_the_run_command_takes_its_port_from_PORT_as_platforms_set_it(config, unused_redis_url, tmp_path):
+    """No --port: $PORT is the port (here a busy one, so the command names it and stops at once)."""
+    import socket
+
+    env = process_env(config, REDIS_URL=unused_redis_url, DOCKET_INSTANCE_PATH=str(tmp_path / "instance"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "dev"], cwd=ROOT,
+                                env={**env, "PORT": str(port)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"Port {port} " in result.stderr and "already in use" in result.stderr, result.stderr
+
+
 def test_a_second_run_command_for_the_same_instance_is_refused(config, redis_url, tmp_path):
     """The URL file of a running embedded Redis (here: the test's own Redis standing in for it)."""
     instance = tmp_path / "instance"

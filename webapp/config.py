@@ -142,6 +142,11 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "DATABASE_URL": normalize_database_url(
             env.get("DATABASE_URL") or f"sqlite:///{instance / 'docket.sqlite3'}"
         ),
+        # PostgreSQL: connections one process (gunicorn worker, worker process, scheduler) may
+        # hold at once, and seconds a request waits for one when all are in use (then 503).
+        # Sum over all processes must stay under the server's max_connections (webapp/db.py).
+        "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 8),
+        "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
         # Unset: the embedded Redis of a running `flask dev` for this instance (it writes its URL
         # to instance/redis.url), so every command of the project finds it; else localhost.
         "REDIS_URL": env.get("REDIS_URL") or embedded_redis_url(instance) or "redis://localhost:6379/0",
@@ -259,6 +264,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
             raise ValueError(f"{name} must be at least 1")
     if config["WORKER_CONCURRENCY"] < 1:
         raise ValueError("WORKER_CONCURRENCY must be at least 1")
+    if config["DATABASE_POOL_SIZE"] < 1 or config["DATABASE_POOL_TIMEOUT"] < 0:
+        raise ValueError("DATABASE_POOL_SIZE must be at least 1 and DATABASE_POOL_TIMEOUT not negative")
     if config["HIGH_QUEUE_WORKERS"] < 0:
         raise ValueError("HIGH_QUEUE_WORKERS must not be negative")
     if config["WORKER_MAX_MEMORY"] < 0 or config["JOB_KILL_GRACE"] < 0:

@@ -11,14 +11,18 @@ FlaskDB does); job code and CLI commands use :func:`connection`. Nothing connect
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import click
 from flask import Flask, current_app, has_app_context, request
-from peewee import Database, DatabaseProxy, SqliteDatabase
+from peewee import Database, DatabaseProxy, OperationalError, SqliteDatabase
 from playhouse.db_url import connect as connect_url
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
 
 # Endpoints that never touch the database, so they do not take a connection per request.
 EXCLUDED_ENDPOINTS = ("health.healthz", "health.readyz", "static")
@@ -69,7 +73,8 @@ class DocketDatabase:
 
     def init_app(self, app: Flask) -> None:
         """Give ``app`` its own database and per-request connections; register ``flask init-db``."""
-        database = make_database(app.config["DATABASE_URL"])
+        database = make_database(app.config["DATABASE_URL"], pool_size=app.config.get("DATABASE_POOL_SIZE"),
+                                 pool_timeout=app.config.get("DATABASE_POOL_TIMEOUT"))
         if isinstance(database, SqliteDatabase):
             Path(database.database).parent.mkdir(parents=True, exist_ok=True)
         app.extensions["database"] = database
@@ -94,7 +99,14 @@ def _connect_for_request() -> None:
     if request.endpoint in EXCLUDED_ENDPOINTS:
         return
     # reuse_if_open: a CLI command or a test may already hold this thread's connection.
-    current_app.extensions["database"].connect(reuse_if_open=True)
+    database = current_app.extensions["database"]
+    try:
+        database.connect(reuse_if_open=True)
+    except MaxConnectionsExceeded:
+        # Every pooled connection of this process stayed in use for DATABASE_POOL_TIMEOUT
+        # seconds: a 503 (webapp/errors.py), as when the database is away, not a 500.
+        raise OperationalError(f"all {database._max_connections} database connections of this process "
+                               "are in use") from None
 
 
 def _close_after_request(exc: BaseException | None) -> None:
@@ -116,35 +128,111 @@ SQLITE_PRAGMAS = {
 }
 
 
-# Connections per process for the pool (peewee's playhouse.pool): a web process needs one per
-# request thread, a worker process one; the bound only stops a leak from growing without end.
+# Connections per process for SQLite's pool (peewee's playhouse.pool): a web process needs one
+# per request thread, a worker process one; the bound only stops a leak from growing without end.
 MAX_CONNECTIONS = 32
 STALE_TIMEOUT = 300  # seconds an idle pooled connection is kept before it is reopened
+# PostgreSQL's pool per process when the config does not say (DATABASE_POOL_SIZE,
+# DATABASE_POOL_TIMEOUT, webapp/config.py): twice the Procfile's 4 request threads per web process.
+DEFAULT_POOL_SIZE = 8
+DEFAULT_POOL_TIMEOUT = 10  # seconds a request waits for a free connection before its 503
+
+# Every pooled database this process made, so a forked child can forget their connections.
+_POOLED: "weakref.WeakSet[Database]" = weakref.WeakSet()
 
 
-def make_database(url: str) -> Database:
+def make_database(url: str, pool_size: int | None = None, pool_timeout: float | None = None) -> Database:
     """Return an unconnected, pooled Peewee database for a ``DATABASE_URL``.
 
     Connections are pooled per process (``playhouse.pool``): a request or a job takes one and
     gives it back, instead of opening a connection (and, on SQLite, re-running its PRAGMAs and
-    re-reading the schema) every time. A pool must not cross a ``fork()``: the processes that
-    fork (the worker pool's parent) never keep one open (see ``jobs/runtime.py``).
+    re-reading the schema) every time. Nothing connects here: the first connection is opened by
+    the first request or job, in the process that runs it, so a web worker forked by gunicorn
+    (with or without ``--preload``) or a worker process forked by the worker pool opens its own.
+    A pool never crosses a ``fork()``: a child forgets the connections it inherited (see
+    :func:`_forget_inherited_connections`) and opens new ones.
 
     Args:
-        url: ``sqlite:///path``, ``postgresql://…`` or ``postgres://…``.
+        url: ``sqlite:///path``, ``postgresql://…`` or ``postgres://…`` (Heroku's spelling).
+        pool_size: PostgreSQL: connections one process may hold at once (``DATABASE_POOL_SIZE``;
+            :data:`DEFAULT_POOL_SIZE` when ``None``). A server's ``max_connections`` (100 by
+            default) must cover the sum over all processes. SQLite: :data:`MAX_CONNECTIONS`.
+        pool_timeout: PostgreSQL: seconds a caller waits for a connection when all are in use
+            before ``MaxConnectionsExceeded`` (``DATABASE_POOL_TIMEOUT``; :data:`DEFAULT_POOL_TIMEOUT`
+            when ``None``; a request then answers 503). SQLite does not wait.
 
     Raises:
         RuntimeError: the URL's scheme is not one Peewee knows.
     """
     scheme, separator, rest = url.partition(":")
     pooled = f"{scheme}+pool{separator}{rest}" if "+" not in scheme else url
-    options = {"max_connections": MAX_CONNECTIONS, "stale_timeout": STALE_TIMEOUT}
     if scheme == "sqlite":
-        return connect_url(pooled, pragmas=SQLITE_PRAGMAS, check_same_thread=False, **options)
+        database = connect_url(pooled, pragmas=SQLITE_PRAGMAS, check_same_thread=False,
+                               max_connections=MAX_CONNECTIONS, stale_timeout=STALE_TIMEOUT)
+    else:
+        options = {
+            "max_connections": pool_size or DEFAULT_POOL_SIZE,
+            "stale_timeout": STALE_TIMEOUT,
+            # peewee treats 0 as "wait forever"; a tiny positive wait is as good as none.
+            "timeout": DEFAULT_POOL_TIMEOUT if pool_timeout is None else (pool_timeout or 0.001),
+        }
+        try:
+            database = connect_url(pooled, autoconnect=True, **options)
+        except RuntimeError as exc:
+            raise RuntimeError(f"DATABASE_URL is not a database Docket can use: {exc}") from None
+    if isinstance(database, PooledDatabase):
+        _POOLED.add(database)
+    return database
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child: make every pooled database of the parent start with no connection.
+
+    The child's copies of the parent's connections share the parent's sockets. Using one would
+    interleave two processes' messages on one session; closing one normally would send
+    PostgreSQL's Terminate on the shared socket and end the *parent's* session. So the child
+    points each inherited PostgreSQL socket's descriptor at ``/dev/null`` first (the parent's
+    socket is untouched) and then closes the connection: its goodbye goes nowhere. SQLite
+    connections cannot be closed safely in a child at all (SQLite's own rule), so they are kept
+    referenced forever and never used. The pool's locks are replaced too: another thread of the
+    parent may have held one at the fork, and it would stay held in the child.
+    """
+    for database in list(_POOLED):
+        inherited = [conn for _, _, conn in database._connections]
+        inherited += [pooled.connection for pooled in database._in_use.values()]
+        if database._state.conn is not None:
+            inherited.append(database._state.conn)
+        database._connections, database._in_use = [], {}
+        database._pool_lock = threading.RLock()
+        database._pool_available = threading.Condition(database._pool_lock)
+        database._lock = threading.Lock()
+        database._state.reset()
+        for conn in {id(conn): conn for conn in inherited}.values():
+            _discard_in_child(conn)
+
+
+_KEPT_FROM_PARENT: list = []  # SQLite connections a child inherited: never used, never closed
+
+
+def _discard_in_child(conn) -> None:
+    fileno = getattr(conn, "fileno", None)
+    if fileno is None or getattr(conn, "closed", 0):  # SQLite, or a closed psycopg2 connection
+        if fileno is None:
+            _KEPT_FROM_PARENT.append(conn)
+        return
     try:
-        return connect_url(pooled, autoconnect=True, **options)
-    except RuntimeError as exc:
-        raise RuntimeError(f"DATABASE_URL is not a database Docket can use: {exc}") from None
+        fd = fileno()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        conn.close()
+    except Exception:  # never let a fork fail over a connection it will not use
+        _KEPT_FROM_PARENT.append(conn)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 def create_tables() -> list[int]:
