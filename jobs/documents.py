@@ -27,6 +27,7 @@ from webapp.db import connection
 from webapp.encryption import DecryptionError, decrypt_secret
 from webapp.embeddings import EmbeddingError, embedder_from_config, to_blob
 from webapp.models import Chunk, Document
+from webapp.vector_index import ensure_vector_index, store_vectors
 from webapp.storage import StorageError, storage_from_config
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,13 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
         for chunk, vector in zip(chunks, vectors)
     ]
     database = Document._meta.database
+    if rows:  # PostgreSQL: the vector space's HNSW index, before (not inside) the writing transaction
+        ensure_vector_index(database, embedder.name, int(vectors.shape[1]))
     with database.atomic() as transaction:
         Chunk.delete().where(Chunk.document == document.id).execute()
         for start in range(0, len(rows), INSERT_BATCH):
             Chunk.insert_many(rows[start:start + INSERT_BATCH]).execute()
+        store_vectors(database, document.id, [chunk.ordinal for chunk in chunks], vectors)
         Document.update(
             pages=extraction.page_count,
             chars=extraction.chars,

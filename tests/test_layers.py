@@ -28,7 +28,9 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         # periodic jobs: the schedule table and the rq-scheduler process
         "webapp.scheduling",
         # queue statistics for operators (RQ's registries + the Job table)
-        "webapp.queue_stats"}
+        "webapp.queue_stats",
+        # pgvector columns and HNSW indexes, full-text index (search structures beside the models)
+        "webapp.vector_index"}
 
 
 def module_names(package: str) -> list[str]:

@@ -57,13 +57,13 @@ def test_blocks_of_any_size_give_the_exact_ranking(indexed, block, owner):
     indexed.config["SEARCH_BLOCK_ROWS"] = block
     with indexed.test_request_context(), connection():
         for query, k in (("termination notice", 5), ("payment invoice", 3), ("arbitration", 24)):
-            got = [(r["chunk_id"], r["score"]) for r in search_chunks(query, k, owner=owner)]
+            got = [(r["chunk_id"], r["score"]) for r in search_chunks(query, k, owner=owner, mode="vector")]
             assert got == exact(indexed, query, k, owner), (query, k, block, owner)
 
 
 def test_an_owner_filter_ranks_only_that_owners_chunks(indexed):
     with indexed.test_request_context(), connection():
-        results = search_chunks("termination notice", 50, owner="bob")
+        results = search_chunks("termination notice", 50, owner="bob", mode="vector")
         owners = {Document.get_by_id(r["document_id"]).owner for r in results}
     assert owners == {"bob"} and len(results) == len(TEXTS) // 3
     assert np.all(np.diff([r["score"] for r in results]) <= 0)

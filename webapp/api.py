@@ -16,7 +16,7 @@ from webapp.models import Batch, Document, Job, Report
 from webapp.report_files import CONTENT_TYPES, FORMATS
 from webapp.reports import report_to_dict, request_report
 from webapp.storage import StorageError, storage_from_config
-from webapp.search import search_chunks
+from webapp.search import MODES as SEARCH_MODES, search_chunks
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -241,9 +241,12 @@ MAX_QUERY_CHARS = 2000  # a search text longer than this is refused (400 query_t
 
 @bp.route("/search", methods=["GET", "POST"])
 def search():
-    """Top-k of the caller's chunks for the query by cosine similarity (``k`` 1–SEARCH_MAX_K,
-    default 5). ``GET ?q=&k=``, or ``POST`` with JSON ``{"q": "...", "k": 5}`` for a query too
-    long for a URL (at most 2,000 characters either way)."""
+    """Top-k of the caller's chunks for the query (``k`` 1–SEARCH_MAX_K, default 5), ranked by
+    ``mode``: ``hybrid`` (default: vector and full-text rankings fused), ``vector`` or ``text``;
+    optionally only one document's (``document_id``) or one batch's (``batch_id``) chunks (another
+    owner's or an unknown id: 404, as everywhere). ``GET ?q=&k=&mode=&document_id=&batch_id=``, or
+    ``POST`` with the same names in a JSON object, for a query too long for a URL (at most 2,000
+    characters either way)."""
     if request.method == "POST":
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
@@ -254,15 +257,28 @@ def search():
         if isinstance(raw_k, bool) or not isinstance(raw_k, int) or not 1 <= raw_k <= current_app.config["SEARCH_MAX_K"]:
             raise ApiError(400, "invalid_k", f"'k' must be a whole number between 1 and {current_app.config['SEARCH_MAX_K']}.")
         query, k = query.strip(), raw_k
+        options = {name: body.get(name) for name in ("mode", "document_id", "batch_id")}
+        for name, value in options.items():
+            if value is not None and not isinstance(value, str):
+                raise ApiError(400, f"invalid_{name}", f"'{name}' must be a string.")
     else:
         query = (request.args.get("q") or "").strip()
         k = _int_arg("k", 5, 1, current_app.config["SEARCH_MAX_K"])
+        options = {name: request.args.get(name) for name in ("mode", "document_id", "batch_id")}
+    mode = options["mode"] or "hybrid"
+    if mode not in SEARCH_MODES:
+        raise ApiError(400, "invalid_mode", f"'mode' must be one of {', '.join(SEARCH_MODES)}.")
     if not query:
         raise ApiError(400, "missing_query", "Give the text to search for as the 'q' parameter.")
     if len(query) > MAX_QUERY_CHARS:
         raise ApiError(400, "query_too_long", f"The query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,}.")
+    if options["document_id"] is not None:
+        get_visible_or_404(Document, options["document_id"], "document")
+    if options["batch_id"] is not None:
+        get_visible_or_404(Batch, options["batch_id"], "batch")
     try:
-        results = search_chunks(query, k, owner=owner_filter())
+        results = search_chunks(query, k, owner=owner_filter(), document_id=options["document_id"],
+                                batch_id=options["batch_id"], mode=mode)
     except EmbeddingError as exc:
         raise ApiError(502, "embedding_unavailable", f"The query could not be embedded: {exc}") from exc
     return jsonify({"results": results})

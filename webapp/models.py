@@ -83,10 +83,10 @@ class Document(db.Model):
     content_type = CharField(max_length=100)
     size_bytes = IntegerField()
     sha256 = CharField(max_length=64, index=True)
-    storage_key = CharField(max_length=255)
+    storage_key = CharField(max_length=255, index=True)
     # Password for an encrypted PDF, kept only until its job reaches a terminal state.
     password = TextField(null=True)
-    job_id = CharField(max_length=64, null=True)  # the current job (Job.id)
+    job_id = CharField(max_length=64, null=True, index=True)  # the current job (Job.id)
     batch_id = CharField(max_length=64, null=True, index=True)  # Batch.id of its upload
     pages = IntegerField(null=True)
     chars = IntegerField(null=True)  # non-whitespace characters of the extracted text
@@ -176,7 +176,12 @@ class Report(db.Model):
 
 
 class Chunk(db.Model):
-    """A searchable piece of a document's text with its embedding (float32 bytes)."""
+    """A searchable piece of a document's text with its embedding (float32 bytes).
+
+    Beside these columns (migration 5, :mod:`webapp.vector_index`): on PostgreSQL the pgvector
+    copy ``embedding_vector`` with one HNSW index per vector space and a full-text GIN index; on
+    SQLite the FTS5 table ``chunk_fts`` kept in step by triggers.
+    """
 
     document = ForeignKeyField(Document, backref="chunks", on_delete="CASCADE")
     ordinal = IntegerField()  # 0-based position in the document

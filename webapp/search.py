@@ -1,8 +1,34 @@
-"""Search: the top-k chunks by cosine similarity to a query, within one vector space."""
+"""Search: the top-k chunks for a query, by vector similarity, by full text, or both fused.
+
+Three rankings of one vector space's chunks (the configured embedder's), always filtered inside
+the queries (owner, document, batch), never after:
+
+* **vector**: cosine similarity to the query's embedding. On PostgreSQL pgvector's HNSW index of
+  the vector space (:mod:`webapp.vector_index`) proposes ``max(k, CANDIDATES)`` candidates (with
+  filters, pgvector ≥ 0.8 keeps scanning the graph until enough pass them:
+  ``hnsw.iterative_scan = relaxed_order``); on SQLite an exact scan streams the vectors in blocks
+  of ``SEARCH_BLOCK_ROWS``. Either way the candidates' scores are then computed exactly in Python
+  from the stored float32 vectors (float64 dot product rounded to 6 decimals, ties by chunk id),
+  so both databases rank identically when the index finds the same candidates.
+* **text**: the database's full-text index (FTS5 on SQLite, a ``tsvector`` GIN index on
+  PostgreSQL, configuration ``simple``) finds up to ``TEXT_POOL`` chunks containing any query
+  word (best native rank first); they are ranked by BM25 (k1 = 1.2, b = 0.75) computed over that
+  pool from the words ``\\w+`` of the texts: the same ranking on both databases whenever every
+  match fits in the pool. The user's text never reaches FTS syntax: it is split into words, each
+  quoted.
+* **hybrid** (default): reciprocal rank fusion (Cormack, Clarke & Büttcher 2009) of the vector
+  and text rankings, each cut at ``CANDIDATES``: score = Σ 1 / (``RRF_K`` + rank), rank from 1.
+
+Memory per request is bounded by the candidates and one block of vectors, whatever the number of
+chunks; nothing loads a vector space into Python.
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
+import re
+from collections import Counter
 from typing import Any, Iterator
 
 import numpy as np
@@ -10,52 +36,245 @@ from flask import current_app
 
 from webapp.embeddings import embedder_from_config, from_blobs
 from webapp.models import Chunk, Document
+from webapp.vector_index import is_postgres, space_predicate, vector_expression, vector_literal
+
+MODES = ("hybrid", "vector", "text")
+CANDIDATES = 50  # each ranking's length before fusion (and the least pgvector is asked for)
+TEXT_POOL = 200  # chunks the full-text index proposes for the BM25 ranking
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+MAX_QUERY_TERMS = 32  # words of a query used by the text ranking (the first ones)
+BM25_K1, BM25_B = 1.2, 0.75
+HNSW_MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
+WORD = re.compile(r"\w+")
 
 
-def search_chunks(query: str, k: int, owner: str | None = None) -> list[dict[str, Any]]:
-    """Embed ``query`` with the configured embedder and rank the chunks made with the same one.
+def search_chunks(query: str, k: int, owner: str | None = None, document_id: str | None = None,
+                  batch_id: str | None = None, mode: str = "hybrid") -> list[dict[str, Any]]:
+    """Rank the chunks of the configured embedder's vector space for ``query``.
 
-    Chunks embedded by another model (another vector space) are never compared. The scan is
-    exact and streams: the chunks are read in blocks of ``SEARCH_BLOCK_ROWS`` rows (keyset
-    pagination on the id) and only the best ``k`` so far are kept, so a request's memory is bounded
-    by the block (≈ rows × dimensions × 4 bytes, 16 MB at 2,048 rows of 2,048 dimensions), not by
-    the number of chunks. Time still grows with the chunks of the vector space: a vector index
-    (pgvector) is the step beyond that.
+    Chunks embedded by another model (another vector space) are never returned.
 
     Args:
         query: the search text (non-empty).
         k: how many results, ≥ 1.
-        owner: rank only this owner's documents' chunks (the filter is applied before ranking);
-            ``None``: every owner's (an admin's search).
+        owner: only this owner's documents' chunks; ``None``: every owner's (an admin's search).
+        document_id: only this document's chunks (the caller checks the document is visible).
+        batch_id: only the chunks of this batch's documents.
+        mode: ``"hybrid"`` (default), ``"vector"`` or ``"text"`` (see the module docstring).
 
     Returns:
         Up to ``k`` dicts ``{"document_id", "filename", "chunk_id", "page_start", "page_end",
-        "score", "text"}``, best first (equal scores: the older chunk first); ``score`` is the
-        cosine similarity (−1…1).
+        "score", "text"}``, best first (equal scores: the older chunk first). ``score``: vector
+        mode the cosine similarity (−1…1); text mode the BM25 score (≥ 0); hybrid the fused RRF
+        score (at most 2 / 61). All rounded to 6 decimals.
 
     Raises:
-        webapp.embeddings.EmbeddingError: the embedding service failed for the query.
+        ValueError: ``mode`` is not one of :data:`MODES`.
+        webapp.embeddings.EmbeddingError: the embedding service failed for the query (vector
+            and hybrid modes).
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     config = current_app.config
     embedder = embedder_from_config(config)
-    blocks = _blocks(embedder.name, owner, config["SEARCH_BLOCK_ROWS"])
+    scope = _Scope(embedder.name, owner, document_id, batch_id)
+    if mode == "vector":
+        ranked = _vector_ranking(scope, query, embedder, k, config["SEARCH_BLOCK_ROWS"])
+    elif mode == "text":
+        ranked = _text_ranking(scope, query, k)
+    else:
+        vector = _vector_ranking(scope, query, embedder, max(k, CANDIDATES), config["SEARCH_BLOCK_ROWS"])
+        text = _text_ranking(scope, query, max(k, CANDIDATES))
+        ranked = fuse([vector, text])[:k]
+    return _details(ranked)
+
+
+class _Scope:
+    """Which chunks a search ranks: one vector space, optionally one owner, document, batch."""
+
+    def __init__(self, space: str, owner: str | None, document_id: str | None, batch_id: str | None) -> None:
+        self.space, self.owner, self.document_id, self.batch_id = space, owner, document_id, batch_id
+
+    def peewee(self, query):
+        """``query`` (over ``Chunk``) restricted to the scope."""
+        query = query.where(Chunk.embedding_model == self.space)
+        if self.document_id is not None:
+            query = query.where(Chunk.document == self.document_id)
+        if self.owner is not None or self.batch_id is not None:
+            query = query.join(Document)
+            if self.owner is not None:
+                query = query.where(Document.owner == self.owner)
+            if self.batch_id is not None:
+                query = query.where(Document.batch_id == self.batch_id)
+        return query
+
+    def sql(self, param: str) -> tuple[str, list[Any]]:
+        """SQL conditions on ``c`` (chunk) and ``d`` (document) for the filters, and their values."""
+        conditions, values = [], []
+        for column, value in (("c.document_id", self.document_id), ("d.owner", self.owner),
+                              ("d.batch_id", self.batch_id)):
+            if value is not None:
+                conditions.append(f"{column} = {param}")
+                values.append(value)
+        return "".join(f" AND {condition}" for condition in conditions), values
+
+
+# --- rankings: lists of (chunk id, score), best first ------------------------------------------
+
+
+def _vector_ranking(scope: _Scope, query: str, embedder, n: int, block_rows: int) -> list[tuple[int, float]]:
+    database = Chunk._meta.database
+    if is_postgres(database):
+        if not _pg_has_space(database, scope.space):
+            return []
+        query_vector = np.asarray(embedder.embed([query])[0], dtype=np.float32)
+        ids, matrix = _pg_vector_candidates(database, scope, query_vector, n)
+        return _exact(ids, matrix, query_vector, n)
+    blocks = _blocks(scope, block_rows)
     first = next(blocks, None)
     if first is None:
         return []  # nothing to rank: the query is not embedded at all
-    query_vector = np.asarray(embedder.embed([query])[0], dtype=np.float64)
-    best_ids = np.zeros(0, dtype=np.int64)
-    best_scores = np.zeros(0, dtype=np.float64)
+    query_vector = np.asarray(embedder.embed([query])[0], dtype=np.float32)
+    best: list[tuple[int, float]] = []
     for ids, matrix in itertools.chain([first], blocks):
-        best_ids = np.concatenate([best_ids, ids])
-        # Rounded to the 6 decimals the API shows: the same vector scores the same in a block of
-        # any size (BLAS kernels differ in the last bits), so equal scores rank by id everywhere.
-        best_scores = np.concatenate([best_scores, np.round(matrix.astype(np.float64) @ query_vector, 6)])
-        if len(best_ids) > k:
-            keep = _top(best_ids, best_scores, k)
-            best_ids, best_scores = best_ids[keep], best_scores[keep]
-    order = _top(best_ids, best_scores, min(k, len(best_ids)))
-    chunk_ids = [int(i) for i in best_ids[order]]
-    score_of = {int(i): float(score) for i, score in zip(best_ids[order], best_scores[order])}
+        if best:
+            ids = np.concatenate([np.asarray([i for i, _ in best], dtype=np.int64), ids])
+            previous = np.asarray([s for _, s in best], dtype=np.float64)
+        else:
+            previous = np.zeros(0, dtype=np.float64)
+        scores = np.concatenate([previous, _scores(matrix, query_vector)])
+        keep = _top(ids, scores, n)
+        best = [(int(ids[i]), float(scores[i])) for i in keep]
+    return best
+
+
+def _scores(matrix: np.ndarray, query_vector: np.ndarray) -> np.ndarray:
+    # Rounded to the 6 decimals the API shows: the same vector scores the same in a block of any
+    # size and on either database (BLAS kernels differ in the last bits), so ties rank by id.
+    return np.round(matrix.astype(np.float64) @ query_vector.astype(np.float64), 6)
+
+
+def _exact(ids: np.ndarray, matrix: np.ndarray, query_vector: np.ndarray, n: int) -> list[tuple[int, float]]:
+    if len(ids) == 0:
+        return []
+    scores = _scores(matrix, query_vector)
+    return [(int(ids[i]), float(scores[i])) for i in _top(ids, scores, n)]
+
+
+def _pg_has_space(database, space: str) -> bool:
+    return database.execute_sql('SELECT 1 FROM "chunk" WHERE "embedding_model" = %s LIMIT 1',
+                                (space,)).fetchone() is not None
+
+
+def _pg_vector_candidates(database, scope: _Scope, query_vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` candidates from the vector space's HNSW index (same expression and partial-index
+    predicate as :func:`webapp.vector_index.ensure_vector_index`), with their stored vectors."""
+    dims = len(query_vector)
+    filters, values = scope.sql("%s")
+    distance = f"{vector_expression(dims)} <=> %s::vector({dims})"
+    sql = (f'SELECT c.id, c.embedding FROM "chunk" c JOIN "document" d ON d.id = c.document_id '
+           f"WHERE {space_predicate(scope.space, dims)}{filters} ORDER BY {distance} LIMIT %s")
+    with database.atomic():
+        # pgvector ≥ 0.8: with filters, keep scanning the graph until n rows pass them (older
+        # versions ignore the setting); ef_search ≥ n so the index can return n rows at all.
+        database.execute_sql("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        database.execute_sql(f"SET LOCAL hnsw.ef_search = {min(HNSW_MAX_EF_SEARCH, max(100, 2 * n))}")
+        rows = database.execute_sql(sql, (*values, vector_literal(query_vector), n)).fetchall()
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, dims), dtype=np.float32)
+    return np.asarray([row[0] for row in rows], dtype=np.int64), from_blobs([bytes(row[1]) for row in rows], dims)
+
+
+def _blocks(scope: _Scope, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The scope's chunks in id order, ``size`` rows at a time: ``(ids, matrix)`` with ``matrix``
+    of shape (rows, dimensions)."""
+    last_id = 0
+    while True:
+        query = scope.peewee(Chunk.select(Chunk.id, Chunk.dimensions, Chunk.embedding).where(Chunk.id > last_id))
+        rows = list(query.order_by(Chunk.id).limit(size).tuples())
+        if not rows:
+            return
+        last_id = rows[-1][0]
+        yield np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)), \
+            from_blobs([row[2] for row in rows], rows[0][1])
+
+
+def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` best of ``scores``, best first; equal scores by ascending id."""
+    order = np.lexsort((ids, -scores))
+    return order[:k]
+
+
+def query_terms(query: str) -> list[str]:
+    """The words of ``query`` the text ranking looks for: lower-cased ``\\w+`` runs, each once, the
+    first :data:`MAX_QUERY_TERMS`. Punctuation and FTS operators (``"``, ``*``, ``NEAR(``, ``-``)
+    are not words, so they never reach the full-text engine as syntax."""
+    return list(dict.fromkeys(WORD.findall(query.lower())))[:MAX_QUERY_TERMS]
+
+
+def fts5_match(terms: list[str]) -> str:
+    """An FTS5 MATCH expression finding any of ``terms``: each a quoted string (``"`` doubled), OR-ed."""
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def _text_ranking(scope: _Scope, query: str, n: int) -> list[tuple[int, float]]:
+    terms = query_terms(query)
+    if not terms:
+        return []
+    database = Chunk._meta.database
+    filters, values = scope.sql("%s" if is_postgres(database) else "?")
+    if is_postgres(database):
+        tsquery = " || ".join(["plainto_tsquery('simple', %s)"] * len(terms))
+        document = "to_tsvector('simple', c.text)"
+        sql = (f'SELECT c.id, c.text FROM "chunk" c JOIN "document" d ON d.id = c.document_id '
+               f"WHERE {document} @@ ({tsquery}) AND c.embedding_model = %s{filters} "
+               f"ORDER BY ts_rank_cd({document}, ({tsquery})) DESC, c.id LIMIT %s")
+        params = (*terms, scope.space, *values, *terms, TEXT_POOL)
+    else:
+        sql = ('SELECT c.id, c.text FROM (SELECT rowid AS id, bm25("chunk_fts") AS rank FROM "chunk_fts" '
+               'WHERE "chunk_fts" MATCH ?) m JOIN "chunk" c ON c.id = m.id JOIN "document" d ON d.id = c.document_id '
+               f"WHERE c.embedding_model = ?{filters} ORDER BY m.rank, c.id LIMIT ?")
+        params = (fts5_match(terms), scope.space, *values, TEXT_POOL)
+    pool = database.execute_sql(sql, params).fetchall()
+    return bm25(pool, terms)[:n]
+
+
+def bm25(pool: list[tuple[int, str]], terms: list[str]) -> list[tuple[int, float]]:
+    """BM25 (k1 = 1.2, b = 0.75) of each ``(chunk id, text)`` of ``pool`` for ``terms``, with the
+    document frequencies and average length taken over the pool; best first, ties by id; chunks
+    with none of the words (the index matched a form the word split does not) are left out."""
+    if not pool:
+        return []
+    counts = [Counter(WORD.findall(text.lower())) for _, text in pool]
+    lengths = [sum(c.values()) for c in counts]
+    average = max(sum(lengths) / len(lengths), 1.0)
+    size = len(pool)
+    idf = {t: math.log(1 + (size - df + 0.5) / (df + 0.5))
+           for t in terms for df in [sum(1 for c in counts if t in c)]}
+    scored = []
+    for (chunk_id, _), count, length in zip(pool, counts, lengths):
+        score = sum(idf[t] * count[t] * (BM25_K1 + 1) / (count[t] + BM25_K1 * (1 - BM25_B + BM25_B * length / average))
+                    for t in terms if t in count)
+        if score > 0:
+            scored.append((int(chunk_id), round(score, 6)))
+    return sorted(scored, key=lambda item: (-item[1], item[0]))
+
+
+def fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: each chunk scores Σ 1 / (``RRF_K`` + rank) over the rankings it is
+    in (rank 1 = best); best first, ties by chunk id; scores rounded to 6 decimals."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (chunk_id, _) in enumerate(ranking, start=1):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(((i, round(s, 6)) for i, s in fused.items()), key=lambda item: (-item[1], item[0]))
+
+
+def _details(ranked: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    chunk_ids = [chunk_id for chunk_id, _ in ranked]
+    if not chunk_ids:
+        return []
     details = {
         row["id"]: row
         for row in Chunk.select(
@@ -73,32 +292,9 @@ def search_chunks(query: str, k: int, owner: str | None = None) -> list[dict[str
             "chunk_id": chunk_id,
             "page_start": details[chunk_id]["page_start"],
             "page_end": details[chunk_id]["page_end"],
-            "score": round(score_of[chunk_id], 6),
+            "score": round(score, 6),
             "text": details[chunk_id]["text"],
         }
-        for chunk_id in chunk_ids
+        for chunk_id, score in ranked
         if chunk_id in details  # deleted or reprocessed between the two queries: skipped, not a 500
     ]
-
-
-def _blocks(model: str, owner: str | None, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The chunks of vector space ``model`` (of ``owner``'s documents, if given) in id order,
-    ``size`` rows at a time: ``(ids, matrix)`` with ``matrix`` of shape (rows, dimensions)."""
-    last_id = 0
-    while True:
-        query = Chunk.select(Chunk.id, Chunk.dimensions, Chunk.embedding).where(
-            Chunk.embedding_model == model, Chunk.id > last_id)
-        if owner is not None:
-            query = query.join(Document).where(Document.owner == owner)
-        rows = list(query.order_by(Chunk.id).limit(size).tuples())
-        if not rows:
-            return
-        last_id = rows[-1][0]
-        yield np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows)), \
-            from_blobs([row[2] for row in rows], rows[0][1])
-
-
-def _top(ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` best of ``scores``, best first; equal scores by ascending id."""
-    order = np.lexsort((ids, -scores))
-    return order[:k]
