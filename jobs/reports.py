@@ -19,6 +19,7 @@ from jobs.summaries import SummaryError, chat_summary, extractive_summary
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.db import connection
 from webapp.embeddings import EmbeddingError, embedder_from_config, from_blobs
+from webapp.logs import begin_stage, end_stage
 from webapp.models import Chunk, Document, Job, Report, isoformat, utcnow
 from webapp.report_files import FORMATS, report_key
 from webapp.storage import StorageError, storage_from_config
@@ -50,6 +51,7 @@ def build_report(report_id: str) -> dict[str, Any]:
         if report is None:
             raise JobError(f"report {report_id} does not exist", code="not_found")
         tracker.set_progress("gather", 0)
+        begin_stage("gather")  # one log line per stage as it ends (webapp/logs.py)
         if report.type == "activity":
             data = activity_report(report.params)
         else:
@@ -58,6 +60,7 @@ def build_report(report_id: str) -> dict[str, Any]:
         data.update(type=report.type, params=report.params, generated_at=isoformat(utcnow()))
         files = {}
         storage = storage_from_config(config)
+        begin_stage("render")
         for index, fmt in enumerate(FORMATS):
             tracker.set_progress("render", 70 + 7 * index)
             key = report_key(report.id, fmt)
@@ -68,12 +71,14 @@ def build_report(report_id: str) -> dict[str, Any]:
                                transient=exc.transient) from exc
             files[fmt] = key
         result = {"report_id": report.id, "files": files}
+        begin_stage("store")
         with database.atomic() as transaction:
             Report.update(files=files).where(Report.id == report.id).execute()
             if not tracker.finish_query(result).execute():
                 transaction.rollback()
                 return {"skipped": "the job row changed while the job ran"}
     tracker.finished()
+    end_stage()
     return result
 
 

@@ -57,6 +57,8 @@ from rq.worker_pool import WorkerData, WorkerPool, run_worker
 from webapp.db import db
 from webapp.job_errors import JobError, JobStopped, WorkerProcessDied
 from webapp.job_states import mark_handed_back, on_job_failure
+from webapp import metrics
+from webapp.logs import end_stage, log_context
 from webapp.processes import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,16 @@ class DocketJob(RQJob):
             super().save_meta()
         except RedisError as exc:
             log.warning("job %s: live progress not saved, Redis is unavailable: %s", self.id, exc)
+
+
+def _log_fields(job: RQJob) -> dict[str, Any]:
+    """The ids every log line of ``job`` carries: its id, kind, launching request and document."""
+    try:
+        document_id = (job.kwargs or {}).get("document_id")
+    except Exception:  # arguments that cannot be read: RQ fails the job with the reason
+        document_id = None
+    return {"job_id": job.id, "kind": job.meta.get("kind"), "request_id": job.meta.get("request_id"),
+            "document_id": document_id}
 
 
 def peak_memory_bytes() -> int:
@@ -215,11 +227,17 @@ class DocketWorker(SimpleWorker):
                                 name=f"heartbeat {job.id}")
         beat.start()
         try:
-            self.perform_job(job, queue, execution)
+            # Every line logged while the job runs carries its ids (webapp/logs.py).
+            with log_context(**_log_fields(job)):
+                self.perform_job(job, queue, execution)
+                # The stage a failed job was in: its line says "failed" (a finished one closed its own).
+                end_stage("ok" if job.get_status(refresh=False) == "finished" else "failed")
         finally:
             done.set()
             beat.join()
             self._cancel_handback()
+        metrics.observe_job(job.meta.get("kind"), job.get_status(refresh=False), job.started_at, job.ended_at,
+                            job.enqueued_at)
         self.set_state(WorkerStatus.IDLE)
         # In burst mode the pool starts no replacement, so a burst worker never leaves early.
         if not self._burst and self.max_memory_bytes and peak_memory_bytes() > self.max_memory_bytes:

@@ -13,14 +13,13 @@ running one job at a time; the pool replaces a process that dies and fails its j
 
 from __future__ import annotations
 
-import logging
-
 import click
 from flask import current_app
 from flask.cli import AppGroup
 from rq.results import Result
 
 from jobs.runtime import DocketWorkerPool, prepare_worker_process
+from webapp.logs import configure_logging as configure_process_logging
 from webapp.queues import QUEUE_NAMES, rq
 
 rq_cli = AppGroup("rq", help="RQ worker for Docket's queues.")
@@ -48,15 +47,9 @@ def make_worker_pool(queue_names: tuple[str, ...] | list[str], concurrency: int,
 
 
 def configure_logging(level: str) -> None:
-    """Send Docket's log lines to stderr; RQ configures its own (its loggers do not propagate)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("jobs", "webapp"):
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        if not logger.handlers:
-            logger.addHandler(handler)
-        logger.propagate = False
+    """Docket's, RQ's and the jobs' log lines at ``level``, on stderr in ``LOG_FORMAT``
+    (:func:`webapp.logs.configure_logging`: one handler; RQ then adds none of its own)."""
+    configure_process_logging(level, current_app.config["LOG_FORMAT"])
 
 
 @rq_cli.command("worker")
@@ -66,14 +59,14 @@ def configure_logging(level: str) -> None:
 @click.option("--reserved", type=click.IntRange(min=0), default=None,
               help="Further processes that take only the first queue's jobs (default: HIGH_QUEUE_WORKERS).")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
-@click.option("--logging-level", default="INFO", show_default=True)
+@click.option("--logging-level", default=None, help="Log level (default: LOG_LEVEL, INFO).")
 def worker_command(queues, concurrency, reserved, burst, logging_level) -> None:
     """Run a pool of workers on QUEUES (default: high then default).
 
     With several queues, HIGH_QUEUE_WORKERS (or --reserved) more processes listen on the first
     one only, so a `high` job starts at once even while every other process runs a long job.
     """
-    level = logging_level.upper()
+    level = (logging_level or current_app.config["LOG_LEVEL"]).upper()
     configure_logging(level)
     queue_names = tuple(queues) or QUEUE_NAMES
     concurrency = concurrency or current_app.config["WORKER_CONCURRENCY"]

@@ -88,7 +88,8 @@ def require_admin() -> Principal:
 
 
 def _is_api() -> bool:
-    return request.path == "/api" or request.path.startswith("/api/")
+    # /metrics is for a scraper, not a browser: a bearer token, and 401 instead of the sign-in page.
+    return request.path == "/api" or request.path.startswith("/api/") or request.path == "/metrics"
 
 
 def _same_origin(origin: str) -> bool:

@@ -30,6 +30,7 @@ from rq.job import Job as RQJob
 from webapp.db import db
 from webapp.job_kinds import get_kind
 from webapp.job_states import FAILED, mark_failed, mark_requeued
+from webapp.logs import current_request_id
 from webapp.models import Job, new_id, utcnow
 from webapp.queues import rq
 
@@ -140,7 +141,8 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
             result_ttl=config[kind.result_ttl_setting],
             failure_ttl=config[kind.failure_ttl_setting],
             description=describe(job),
-            meta={"stage": None, "progress": 0, "kind": job.kind},
+            # request_id: the web request (or job) that launched it, so the worker's log lines carry it too
+            meta={"stage": None, "progress": 0, "kind": job.kind, "request_id": current_request_id()},
             retry=Retry(max=retry.max_retries, interval=retry.delays()) if retry.max_retries else None,
             on_failure=ON_FAILURE,
             on_stopped=ON_STOPPED,

@@ -56,6 +56,7 @@ from rq_scheduler import Scheduler
 from webapp.db import connection, db
 from webapp.job_states import WAITING
 from webapp.launch import QueueUnavailable, launch
+from webapp.logs import configure_logging
 from webapp.models import Job, Schedule, utcnow
 from webapp.queues import QUEUE_NAMES, rq
 
@@ -561,13 +562,6 @@ def scheduler_command(interval: float | None, burst: bool) -> None:
     """Run rq-scheduler: start every periodic job when it is due (one process per deployment;
     a second one waits for rq-scheduler's lock)."""
     app = current_app._get_current_object()
-    logging.getLogger("rq_scheduler").setLevel(logging.INFO)
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in ("webapp", "rq_scheduler"):
-            if not logging.getLogger(name).handlers:  # "webapp" is the app's logger: Flask's handler is there
-                logging.getLogger(name).addHandler(handler)
-            logging.getLogger(name).setLevel(logging.INFO)
-            logging.getLogger(name).propagate = False
+    # Docket's and rq-scheduler's lines on stderr, one handler (webapp/logs.py; create_app did it once too).
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     run_scheduler(app, interval or app.config["SCHEDULER_INTERVAL"], burst=burst)

@@ -183,6 +183,28 @@ class RestartingManager(Manager):
         return any(p.get('returncode') is not None and 'restart_at' not in p for p in self._processes.values())
 
 
+def wipe_metrics(app_root: Path, app_env: dict[str, str]) -> Path:
+    """Empty the Prometheus multiprocess folder before any process starts (``prometheus_client``'s
+    rule: metric files of an earlier run must not be summed with this one's), and hand the same
+    folder to every process through ``PROMETHEUS_MULTIPROC_DIR``.
+
+    The folder is ``PROMETHEUS_MULTIPROC_DIR`` (``.env`` first, then the environment), else
+    ``<instance>/prometheus`` as :func:`webapp.config.load_config` defaults it. Worker and scheduler
+    restarts do not wipe it: a restarted process's predecessor's counts must still count.
+
+    Returns:
+        The folder.
+    """
+    from webapp.metrics import MULTIPROC_ENV, wipe
+
+    instance = Path(app_env.get("DOCKET_INSTANCE_PATH") or os.environ.get("DOCKET_INSTANCE_PATH")
+                    or app_root / "instance")
+    directory = Path(app_env.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV) or instance / "prometheus")
+    wipe(directory)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m webapp.supervisor``: honcho's ``start`` with restarts; exits with the manager's status."""
     parser = argparse.ArgumentParser(prog="python -m webapp.supervisor", description=__doc__.splitlines()[0])
@@ -200,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"not in {args.procfile}: {', '.join(unknown)}")
     dotenv = args.app_root / ".env"  # as honcho start does: its variables win over the environment
     app_env = environ.parse(dotenv.read_text()) if dotenv.is_file() else {}
+    wipe_metrics(args.app_root, app_env)
     manager = RestartingManager(Printer(sys.stdout), restart=filter(None, args.restart.split(",")))
     for process in environ.expand_processes({name: procfile.processes[name] for name in names}, env=app_env,
                                             port=args.port):
