@@ -43,7 +43,7 @@ TEST_SECRET_KEY = "test-secret-key-not-for-production"
 # Settings a developer's shell may carry that would change what the tests exercise.
 _SCRUBBED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL", "REDIS_URL", "STORAGE_PATH",
                  "DOCKET_INSTANCE_PATH", "EMBEDDING_MODEL", "MAX_CONTENT_LENGTH", "FLASK_APP", "SECRET_KEY",
-                 "SECRET_KEY_FALLBACKS", "SESSION_COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE")
+                 "SECRET_KEY_FALLBACKS", "SESSION_COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE", "EMBEDDER")
 
 
 def corpus_manifest() -> list[dict[str, str]]:

@@ -173,7 +173,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Worker processes `flask rq worker` runs: one per core, as document jobs are CPU-bound;
         # two per core with remote embeddings, where each job also waits on the network.
         "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY",
-                                   default_worker_concurrency(remote_embeddings=bool(env.get("OPENAI_API_KEY")))),
+                                   default_worker_concurrency(remote_embeddings=bool(env.get("OPENAI_API_KEY")) and (
+                                       env.get("EMBEDDER") or "openai").strip().lower() == "openai")),
         # Worker processes, beside WORKER_CONCURRENCY, that take only `high` jobs (reports, webhooks): they
         # start at once while every other process runs a long document job.
         "HIGH_QUEUE_WORKERS": _int(env, "HIGH_QUEUE_WORKERS", 1),
@@ -208,6 +209,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Characters per chunk (upper bound) and overlap between neighbouring chunks.
         "CHUNK_SIZE": _int(env, "CHUNK_SIZE", 1500),
         "CHUNK_OVERLAP": _int(env, "CHUNK_OVERLAP", 150),
+        # What makes the chunks' vectors (webapp/embeddings.py): wordllama (offline, semantic),
+        # hashing (offline, lexical) or openai. Unset: openai with OPENAI_API_KEY, else wordllama
+        # (the better offline one on bench/retrieval.py). Vectors of one are never compared with another's.
+        "EMBEDDER": (env.get("EMBEDDER") or "").strip().lower() or None,
         "OPENAI_API_KEY": env.get("OPENAI_API_KEY") or None,
         "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL") or None,
         "EMBEDDING_MODEL": env.get("EMBEDDING_MODEL", "text-embedding-3-small"),
@@ -249,6 +254,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     # least one byte, so 2048 characters stay under OpenAI's 8192-token per-input limit.
     if not 100 <= config["CHUNK_SIZE"] <= 2048:
         raise ValueError("CHUNK_SIZE must be between 100 and 2048 characters")
+    if config["EMBEDDER"] not in (None, "wordllama", "hashing", "openai"):
+        raise ValueError("EMBEDDER must be wordllama, hashing or openai")
+    if config["EMBEDDER"] == "openai" and not config["OPENAI_API_KEY"]:
+        raise ValueError("EMBEDDER=openai needs OPENAI_API_KEY")
     if not 1 <= config["EMBEDDING_BATCH_SIZE"] <= 2048:
         raise ValueError("EMBEDDING_BATCH_SIZE must be between 1 and 2048 (OpenAI's limit per request)")
     if config["MAX_FILES_PER_UPLOAD"] < 1:

@@ -1,11 +1,15 @@
 """Embeddings: the vectors that make chunks searchable.
 
-Two embedders share one interface (:class:`Embedder`):
+Three embedders share one interface (:class:`Embedder`), chosen by ``EMBEDDER``
+(:func:`embedder_kind`):
 
-* :class:`OpenAIEmbedder` — the official ``openai`` client; any OpenAI-compatible server via
-  ``OPENAI_BASE_URL``. Used when ``OPENAI_API_KEY`` is set.
-* :class:`HashingEmbedder` — the offline default: feature hashing of word and character n-grams
-  (scikit-learn's ``HashingVectorizer``). No network, no model download, deterministic.
+* :class:`WordLlamaEmbedder` (``wordllama``) — the offline default: WordLlama's static token
+  embeddings (256 dimensions, weights and tokenizer inside the ``wordllama`` wheel), mean-pooled.
+  Semantic, CPU only, never downloads. Best of the offline embedders on ``bench/retrieval.py``.
+* :class:`HashingEmbedder` (``hashing``) — feature hashing of word and character n-grams
+  (scikit-learn's ``HashingVectorizer``). Lexical, no model at all, deterministic.
+* :class:`OpenAIEmbedder` (``openai``) — the official ``openai`` client; any OpenAI-compatible
+  server via ``OPENAI_BASE_URL``. Chosen when ``OPENAI_API_KEY`` is set and ``EMBEDDER`` is not.
 
 Every vector is float32 and L2-normalised, so cosine similarity is a dot product. Each chunk
 records :attr:`Embedder.name`; a search only compares vectors of the same name (one vector space).
@@ -14,11 +18,15 @@ records :attr:`Embedder.name`; a search only compares vectors of the same name (
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 from collections import Counter
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from webapp.metrics import counted_embed
 
 # OpenAI embeddings API limits (platform.openai.com/docs/api-reference/embeddings/create):
 OPENAI_MAX_INPUTS_PER_REQUEST = 2048
@@ -94,7 +102,7 @@ def _normalise(matrix: np.ndarray) -> np.ndarray:
 
 
 class HashingEmbedder:
-    """Offline default: hashed word 1–2-grams and character 3–5-grams, 2 × 1024 dimensions.
+    """Offline and lexical: hashed word 1–2-grams and character 3–5-grams, 2 × 1024 dimensions.
 
     Stateless and deterministic (MurmurHash3), so the web process and every worker produce the
     same vector for the same text. Good for lexical similarity; not a semantic model.
@@ -115,6 +123,7 @@ class HashingEmbedder:
         self._char_of_word = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), norm=None,
                                                lowercase=False, **common)
 
+    @counted_embed  # embedding calls and errors, by embedder (GET /metrics)
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
@@ -158,6 +167,105 @@ class HashingEmbedder:
         return normalize(words_of_texts @ self._char_of_word.transform(list(vocabulary))).toarray()
 
 
+class WordLlamaEmbedder:
+    """Offline and semantic: WordLlama's static token embeddings, mean-pooled (the default).
+
+    WordLlama (``wordllama`` on PyPI, MIT) distils the token-embedding table of a large language
+    model into 256-dimensional vectors; its wheel holds the weights (``l2_supercat_256``, 16 MB of
+    float16) and the tokenizer, so nothing is downloaded. A text's vector is the mean of its
+    tokens' vectors, L2-normalised: synonyms and paraphrases land close ("cancel the contract" ↔
+    "termination clause"), which hashing n-grams cannot do.
+
+    The model is loaded on the first :meth:`embed` (0.5–0.8 s and +65 MB of RSS, measured: the
+    32,000 × 256 table as float32 plus the tokenizer), once per process and never at import. The
+    worker embeds its warm-up texts before it forks (``jobs/runtime.py``), so its processes share
+    the loaded table. Loading writes no file and opens no socket: see :func:`_load_wordllama`.
+    """
+
+    config_name = "l2_supercat"
+    dimensions = 256
+    name = f"wordllama:{config_name}-{dimensions}"
+    batch_size = 256  # texts per sparse product: bounds memory (a 256 × 32,000 count matrix, sparse)
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _loaded(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = _load_wordllama(self.config_name, self.dimensions)
+        return self._model
+
+    @counted_embed  # embedding calls and errors, by embedder (GET /metrics)
+    def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """See :class:`Embedder`. Empty and whitespace-only texts get a zero vector (as with hashing).
+
+        The pooling is a sparse product (token counts × embedding table) rather than
+        ``WordLlamaInference.embed``, which gathers a (texts × longest text's tokens × 256) float32
+        array per batch (≈ 100 MB for 256 chunks of 400 tokens): here memory grows with the
+        tokens themselves, and a text of any length is embedded whole (never truncated).
+
+        Raises:
+            EmbeddingError: the packaged model files are missing (a broken installation).
+        """
+        from scipy import sparse
+
+        model = self._loaded()
+        table = model.embedding  # (vocabulary, 256) float32
+        vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start:start + self.batch_size]
+            # One text at a time: Tokenizer.encode stays on this thread, while encode_batch starts
+            # a Rust thread pool that must not exist before the worker forks.
+            ids = [model.tokenizer.encode(text, add_special_tokens=False).ids if text.strip() else []
+                   for text in batch]
+            rows = np.repeat(np.arange(len(batch)), [len(row) for row in ids])
+            columns = np.clip(np.fromiter((i for row in ids for i in row), dtype=np.int64, count=len(rows)),
+                              0, table.shape[0] - 1)
+            counts = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)),
+                                       shape=(len(batch), table.shape[0]))
+            vectors[start:start + len(batch)] = _normalise(counts @ table)  # the mean's direction
+            if on_batch:
+                on_batch(start + len(batch), len(texts))
+        return vectors
+
+
+def _load_wordllama(config_name: str, dimensions: int) -> Any:
+    """Load the WordLlama model packaged in the ``wordllama`` wheel, without the network.
+
+    ``WordLlama.load`` looks for the packaged weights in ``wordllama/weights/`` (found) but for
+    the tokenizer in ``wordllama/tokenizer/`` while the wheel has it in ``wordllama/tokenizers/``;
+    it then tries ``<cache_dir>/tokenizers/``. With ``cache_dir`` set to the package's own folder
+    that second place is the packaged file, so nothing is copied or written; and
+    ``disable_download=True`` turns any miss into ``FileNotFoundError`` instead of an HTTP request
+    to Hugging Face.
+
+    Returns:
+        A ``wordllama.WordLlamaInference`` (its tokenizer truncates nothing; padding is set to the
+        longest text of a batch, which leaves a single ``encode`` unpadded).
+
+    Raises:
+        EmbeddingError: (permanent) the packaged files are not there.
+    """
+    from pathlib import Path
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import wordllama  # its __init__ calls logging.basicConfig(level=INFO): undone below
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    package = Path(wordllama.__file__).parent
+    try:
+        model = wordllama.WordLlama.load(config_name, cache_dir=package, dim=dimensions, disable_download=True)
+    except FileNotFoundError as exc:
+        raise EmbeddingError(f"the WordLlama model packaged with wordllama {wordllama.__version__} "
+                             f"was not found ({exc}); reinstall requirements.txt or set EMBEDDER=hashing") from exc
+    return model
+
+
 class OpenAIEmbedder:
     """Embeddings from the OpenAI API (or any OpenAI-compatible server at ``base_url``).
 
@@ -174,6 +282,7 @@ class OpenAIEmbedder:
         self.name = f"openai:{model}"
         self.batch_size = batch_size
 
+    @counted_embed  # embedding calls and errors, by embedder (GET /metrics)
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
         import openai
 
@@ -229,22 +338,59 @@ def api_message(exc: Any) -> str:
     return str(getattr(exc, "message", exc))
 
 
+EMBEDDERS = ("wordllama", "hashing", "openai")  # the values of EMBEDDER
+DEFAULT_EMBEDDER = "wordllama"  # without EMBEDDER and OPENAI_API_KEY: see bench/results/retrieval.md
+
+
+def embedder_kind(config: Mapping[str, Any]) -> str:
+    """Which embedder the configuration selects: ``EMBEDDER`` when set; else ``openai`` when
+    ``OPENAI_API_KEY`` is set (as before ``EMBEDDER`` existed); else :data:`DEFAULT_EMBEDDER`.
+
+    Raises:
+        ValueError: ``EMBEDDER`` is not one of :data:`EMBEDDERS`, or is ``openai`` without
+            ``OPENAI_API_KEY``.
+    """
+    kind = (config.get("EMBEDDER") or "").strip().lower()
+    if not kind:
+        return "openai" if config.get("OPENAI_API_KEY") else DEFAULT_EMBEDDER
+    if kind not in EMBEDDERS:
+        raise ValueError(f"EMBEDDER must be one of {', '.join(EMBEDDERS)}, not {config.get('EMBEDDER')!r}")
+    if kind == "openai" and not config.get("OPENAI_API_KEY"):
+        raise ValueError("EMBEDDER=openai needs OPENAI_API_KEY")
+    return kind
+
+
 def embedder_name(config: Mapping[str, Any]) -> str:
-    """The vector-space name the configuration selects, without building the embedder."""
-    if config.get("OPENAI_API_KEY"):
+    """The vector-space name the configuration selects, without building the embedder (or
+    loading a model): ``wordllama:l2_supercat-256``, ``hashing-v1:2048`` or ``openai:<model>``.
+
+    Raises:
+        ValueError: see :func:`embedder_kind`.
+    """
+    kind = embedder_kind(config)
+    if kind == "openai":
         return f"openai:{config['EMBEDDING_MODEL']}"
-    return HashingEmbedder.name
+    return WordLlamaEmbedder.name if kind == "wordllama" else HashingEmbedder.name
 
 
 def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
-    """The embedder the configuration selects: OpenAI with ``OPENAI_API_KEY``, else hashing.
+    """The embedder the configuration selects (:func:`embedder_kind`).
 
     Built once per process for the same settings and reused: the worker builds it before it
-    forks its worker processes (see ``jobs/runtime.py``), so a job never pays for it. Neither
-    embedder holds a connection when built (the OpenAI client connects on its first request, in
-    the worker process), so the shared instance is safe to fork.
+    forks its worker processes (see ``jobs/runtime.py``), so a job never pays for it. No
+    embedder holds a connection, a file or a thread when built (the OpenAI client connects on
+    its first request, in the worker process; WordLlama loads its table on the first
+    :meth:`~WordLlamaEmbedder.embed`, which the worker's warm-up calls before forking), so the
+    shared instance is safe to fork.
+
+    Raises:
+        ValueError: see :func:`embedder_kind`.
     """
+    kind = embedder_kind(config)
+    if kind != "openai":
+        return _build_embedder(kind, None, "", None, 0, 0, 0)
     return _build_embedder(
+        kind,
         config.get("OPENAI_API_KEY"),
         config["EMBEDDING_MODEL"],
         config.get("OPENAI_BASE_URL"),
@@ -256,11 +402,14 @@ def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
 
 @lru_cache(maxsize=8)
 def _build_embedder(
-    api_key: str | None, model: str, base_url: str | None, timeout: float, max_retries: int, batch_size: int
+    kind: str, api_key: str | None, model: str, base_url: str | None, timeout: float, max_retries: int,
+    batch_size: int,
 ) -> Embedder:
-    if api_key:
+    if kind == "openai":
         return OpenAIEmbedder(api_key=api_key, model=model, base_url=base_url, timeout=timeout,
                               max_retries=max_retries, batch_size=batch_size)
+    if kind == "wordllama":
+        return WordLlamaEmbedder()
     return HashingEmbedder()
 
 
