@@ -29,7 +29,8 @@ Why this is safe:
   deleted file would be worse. The orphans job deletes only files older than ``ORPHAN_GRACE``
   (an upload's bytes, and a report's files, are stored before the row naming them commits),
   never a file of a report whose job is still running, and refuses to act on a storage that
-  lists no file at all while documents exist (an unmounted ``STORAGE_PATH``).
+  lists no file at all while documents exist (an unmounted ``STORAGE_PATH``, a ``STORAGE_URL``
+  naming the wrong bucket or prefix).
 """
 
 from __future__ import annotations
@@ -319,7 +320,8 @@ def _clean_orphans(storage: Storage, grace: float, progress: Progress) -> dict[s
             progress("files", 10)
     if not present and Document.select().exists():
         raise JobError("the storage lists no file at all although documents are recorded (is STORAGE_PATH "
-                       "mounted?); nothing was changed", code="storage_unavailable", transient=False)
+                       "mounted, or STORAGE_URL the right bucket and prefix?); nothing was changed",
+                       code="storage_unavailable", transient=False)
 
     progress("documents", 40)
     after = ""

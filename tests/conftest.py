@@ -40,10 +40,15 @@ PASSWORDS = {
     "doclaynet-p3-password.pdf": "1234",
 }
 TEST_SECRET_KEY = "test-secret-key-not-for-production"
+# boto3's own settings (S3 storage): a test that uses them puts them in its config, which
+# process_env passes on (tests/test_s3_storage.py); a developer's real ones never reach a test.
+AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+           "AWS_DEFAULT_REGION", "AWS_PROFILE")
 # Settings a developer's shell may carry that would change what the tests exercise.
 _SCRUBBED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL", "REDIS_URL", "STORAGE_PATH",
                  "DOCKET_INSTANCE_PATH", "EMBEDDING_MODEL", "MAX_CONTENT_LENGTH", "FLASK_APP", "SECRET_KEY",
-                 "SECRET_KEY_FALLBACKS", "SESSION_COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE", "EMBEDDER")
+                 "SECRET_KEY_FALLBACKS", "SESSION_COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE", "EMBEDDER",
+                 "STORAGE_URL", "REPORT_URL_EXPIRY", *AWS_ENV)
 
 
 def corpus_manifest() -> list[dict[str, str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, redirect, request, url_for
 
 from webapp.auth import current_owner, get_visible_or_404, owned, owner_filter, visible_job
 from webapp.documents import accept_uploads, batch_to_dict, delete_document, document_to_dict, read_upload
@@ -212,7 +212,11 @@ def get_report(report_id: str):
 @bp.get("/reports/<report_id>/download")
 def download_report(report_id: str):
     """The report file in ``format`` (html, csv, json, pdf; default html): 404 until it finished,
-    409 ``report_failed`` with the reason when its job failed, stopped or was canceled."""
+    409 ``report_failed`` with the reason when its job failed, stopped or was canceled.
+
+    From S3 storage: 302 to a presigned URL of the file, valid ``REPORT_URL_EXPIRY`` seconds,
+    whose answer carries the same Content-Type and Content-Disposition (the bytes never pass
+    through the web process). From a local folder: the bytes, 200."""
     report = get_visible_or_404(Report, report_id, "report")
     fmt = request.args.get("format", "html")
     if fmt not in FORMATS:
@@ -222,15 +226,23 @@ def download_report(report_id: str):
         raise ApiError(409, "report_failed", f"The report was not made: {job.error or job.status}.")
     if job is None or job.status != "finished" or not report.files or fmt not in report.files:
         raise ApiError(404, "report_not_ready", "The report is not ready yet; follow its status_url.")
+    disposition = "inline" if fmt == "html" else "attachment"
+    disposition = f'{disposition}; filename="docket-{report.type}-{report.id}.{fmt}"'
+    storage = storage_from_config(current_app.config)
     try:
-        data = storage_from_config(current_app.config).get(report.files[fmt])
+        url = storage.presigned_url(report.files[fmt], current_app.config["REPORT_URL_EXPIRY"],
+                                    content_type=CONTENT_TYPES[fmt], content_disposition=disposition)
+        if url is not None:
+            response = redirect(url, 302)
+            response.headers["Cache-Control"] = "no-store"  # the URL expires; ask again next time
+            return response
+        data = storage.get(report.files[fmt])
     except StorageError as exc:
         raise ApiError(404 if not exc.transient else 503, "report_file_unavailable",
                        f"The report file could not be read: {exc}.") from exc
-    disposition = "inline" if fmt == "html" else "attachment"
     response = current_app.response_class(data, mimetype=CONTENT_TYPES[fmt].split(";")[0],
                                           content_type=CONTENT_TYPES[fmt])
-    response.headers["Content-Disposition"] = f'{disposition}; filename="docket-{report.type}-{report.id}.{fmt}"'
+    response.headers["Content-Disposition"] = disposition
     if fmt == "html":  # the report page embeds its chart and style; it needs nothing else
         response.headers["Content-Security-Policy"] = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
     return response

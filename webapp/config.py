@@ -154,6 +154,14 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "REDIS_TLS_VERIFY": _bool(env, "REDIS_TLS_VERIFY", True),
         # Local folder for uploaded bytes (see webapp/storage.py); web and worker must share it.
         "STORAGE_PATH": env.get("STORAGE_PATH") or str(instance / "uploads"),
+        # Where uploads and report files live, for web and workers alike (webapp/storage.py):
+        # s3://bucket/prefix (an S3-compatible bucket; boto3 reads AWS_ENDPOINT_URL,
+        # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION itself, so no secret
+        # passes through this config) or file:///path. Unset: the folder STORAGE_PATH.
+        "STORAGE_URL": env.get("STORAGE_URL") or None,
+        # Seconds a report download's presigned URL stays valid (S3 storage: the download answers
+        # 302 to it); SigV4 allows at most 7 days (604800).
+        "REPORT_URL_EXPIRY": _int(env, "REPORT_URL_EXPIRY", 300),
         # Bytes; Flask answers 413 above it. 50 MB by default.
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 50 * MB),
         # Files in one upload (one batch); more are refused with 413 too_many_files.
@@ -267,6 +275,12 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     config["MAX_FORM_PARTS"] = config["MAX_FILES_PER_UPLOAD"] + 10
     if config["SEARCH_BLOCK_ROWS"] < 1:
         raise ValueError("SEARCH_BLOCK_ROWS must be at least 1")
+    if config["STORAGE_URL"]:
+        from webapp.storage import parse_storage_url
+
+        parse_storage_url(config["STORAGE_URL"])  # ValueError with a sentence that never repeats the URL
+    if not 1 <= config["REPORT_URL_EXPIRY"] <= 7 * 24 * 3600:
+        raise ValueError("REPORT_URL_EXPIRY must be between 1 and 604800 seconds (7 days, SigV4's limit)")
     for name in ("MAX_DOCUMENT_CHARS", "MAX_DOCUMENT_CHUNKS", "MAX_PDF_PAGES", "MAX_UNCOMPRESSED_SIZE",
                  "MAX_COMPRESSION_RATIO"):
         if config[name] < 1:

@@ -10,9 +10,10 @@ is left saying ``queued`` forever and no file is left queued. No parsing happens
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
 
 from flask import current_app
 from redis.exceptions import RedisError
@@ -37,17 +38,20 @@ DUPLICATE_STATUSES = tuple(WAITING | {STARTED, FINISHED})
 
 @dataclass
 class Upload:
-    """One file of a request: the client's name and its bytes."""
+    """One file of a request: the client's name and its bytes, as a readable, seekable binary
+    file (a Werkzeug upload's spooled temporary file: never read whole into memory)."""
 
     filename: str
-    data: bytes
+    file: BinaryIO
 
 
 @dataclass
 class ValidatedUpload:
     filename: str
-    data: bytes
+    file: BinaryIO  # rewound
     content_type: str
+    size: int  # bytes
+    sha256: str  # hex digest of the bytes
 
 
 def clean_filename(name: str | None) -> str:
@@ -98,16 +102,18 @@ def validate_uploads(uploads: Iterable[Upload]) -> tuple[list[ValidatedUpload], 
     validated, refused = [], []
     for upload in uploads:
         filename = clean_filename(upload.filename)
-        if not upload.data:
+        size, digest, sample = inspect_upload(upload.file)
+        if not size:
             refused.append(Refused(filename, 400, "empty_file", f"{filename} is empty (0 bytes)."))
             continue
-        content_type = filetypes.detect_content_type(upload.data, filename)
+        content_type = filetypes.detect_content_type(sample, filename)
+        del sample
         if content_type is None:
             refused.append(Refused(filename, 415, "unsupported_media_type",
                                    f"{filename} is not a supported document; Docket accepts "
                                    f"{filetypes.SUPPORTED_SENTENCE}."))
             continue
-        validated.append(ValidatedUpload(filename, upload.data, content_type))
+        validated.append(ValidatedUpload(filename, upload.file, content_type, size, digest))
     if not validated:
         if not refused:
             raise ApiError(400, "no_file", "No file was sent; attach one or more files as form fields named 'file'.")
@@ -170,7 +176,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
     new: list[tuple[int, ValidatedUpload, str]] = []
     seen: dict[str, int] = {}  # sha256 → index of the first new file with those bytes
     for upload in validated:
-        digest = hashlib.sha256(upload.data).hexdigest()
+        digest = upload.sha256
         existing = None if reprocess else find_duplicate(digest, owner, finished_only=bool(password))
         if existing is not None:
             files.append(Accepted(existing, duplicate=True))
@@ -192,7 +198,8 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
             for index, upload, digest in new:
                 document_id = new_id()
                 key = f"documents/{document_id[:2]}/{document_id}"
-                storage.put(key, upload.data)
+                upload.file.seek(0)
+                storage.put_stream(key, upload.file)  # in blocks: the upload is never held in memory
                 stored_keys.append(key)
                 job = new_job("document", {"document_id": document_id}, document_id=document_id,
                               batch_id=batch_id, callback_url=callback_url, owner=owner)
@@ -200,7 +207,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
                     id=document_id,
                     filename=upload.filename,
                     content_type=upload.content_type,
-                    size_bytes=len(upload.data),
+                    size_bytes=upload.size,
                     sha256=digest,
                     storage_key=key,
                     password=sealed_password,
@@ -223,7 +230,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
 
     for index, upload in enumerate(validated):  # repeated bytes within the request
         if files[index] is None:
-            first = files[seen[hashlib.sha256(upload.data).hexdigest()]]
+            first = files[seen[upload.sha256]]
             files[index] = Accepted(first.document, duplicate=True)
     try:
         enqueue_jobs(jobs)
@@ -370,11 +377,37 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
 
 
 def read_upload(file_storage) -> Upload:
-    """An :class:`Upload` from a Werkzeug ``FileStorage`` (the size is bounded by MAX_CONTENT_LENGTH)."""
-    return Upload(filename=file_storage.filename or "", data=file_storage.read())
+    """An :class:`Upload` of a Werkzeug ``FileStorage``: its stream (in memory up to 500 KB,
+    a temporary file above; the size is bounded by MAX_CONTENT_LENGTH), not a copy of its bytes."""
+    return Upload(filename=file_storage.filename or "", file=file_storage.stream)
 
 
 def read_path(path: str | os.PathLike[str]) -> Upload:
-    """An :class:`Upload` from a local file (for ``flask ingest``)."""
+    """An :class:`Upload` from a local file (for ``flask ingest``; read into memory once)."""
     with open(path, "rb") as fh:
-        return Upload(filename=os.path.basename(path), data=fh.read())
+        return Upload(filename=os.path.basename(path), file=io.BytesIO(fh.read()))
+
+
+# Bytes of an upload read at a time while it is hashed, and the head given to type detection:
+# filetypes.detect_content_type looks at no more than 64 KiB past a header in the first KiB,
+# except for a zip (.docx), whose directory is at its end: that one is read whole (once).
+INSPECT_BLOCK = 1024 * 1024
+
+
+def inspect_upload(file: BinaryIO) -> tuple[int, str, bytes]:
+    """Read an upload once, in blocks of :data:`INSPECT_BLOCK` bytes: its size (bytes), SHA-256
+    (hex) and the bytes type detection needs (the first block; the whole file when it is a zip).
+    Leaves ``file`` rewound."""
+    file.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    while block := file.read(INSPECT_BLOCK):
+        head = head or block
+        digest.update(block)
+        size += len(block)
+    file.seek(0)
+    if head[:4] == b"PK\x03\x04" and size > len(head):
+        head = file.read()
+        file.seek(0)
+    return size, digest.hexdigest(), head
