@@ -446,6 +446,9 @@ class DocketWorkerPool(WorkerPool):
             job.ended_at = now()
             worker.handle_job_failure(job, Queue(job.origin, connection=self.connection), exc_string=error.message,
                                       execution=execution)
+            # Its process died before it could record the job: the pool does (its own metric file).
+            metrics.observe_job(job.meta.get("kind"), job.get_status(refresh=False), job.started_at, job.ended_at,
+                                job.enqueued_at)
         worker.register_death()
         return job.id if job is not None else None
 

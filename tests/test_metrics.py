@@ -4,14 +4,17 @@ its counts must survive it (prometheus_client's multiprocess mode, :mod:`webapp.
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import requests
+from rq import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CORPUS, make_token, row, wait_for
 from webapp.db import connection
-from webapp.models import Document
+from webapp.models import Document, Job
 
 WORKER_ENV = {"WORKER_CONCURRENCY": "1", "HIGH_QUEUE_WORKERS": "0"}
 TERMINAL = {"finished", "failed", "stopped", "canceled"}
@@ -124,6 +127,34 @@ def test_metrics_sum_every_worker_process_even_a_replaced_one(app, web, config, 
     assert len(embedders) == 1 and embedders <= {row_.embedding_model for row_ in _chunks_models(app)}
 
 
+def test_a_job_whose_worker_process_was_killed_is_counted_by_the_pool(app, web, redis, start_worker):
+    """A SIGKILLed process records nothing: the pool, which fails its job, observes it instead."""
+    admin = make_token(app, "ops", admin=True)
+    queue = Queue("default", connection=redis)
+    with app.app_context(), connection():
+        row_ = Job.create(kind="test", queue="default")
+    killed = queue.enqueue("tests.jobs_for_tests.report_pid_and_sleep", 60, job_id=row_.id, job_timeout=120,
+                           meta={"kind": "sleeper"})
+    worker = start_worker(**WORKER_ENV)
+
+    def process_pid():
+        killed.refresh()
+        return killed.meta.get("pid")
+
+    pid = wait_for(process_pid, 60, "the job to start")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: killed.get_status(refresh=True).value == "failed", 60, "the pool to fail the job")
+    second = queue.enqueue("tests.jobs_for_tests.report_pid_and_sleep", 0, meta={"kind": "sleeper"})
+    wait_for(lambda: second.get_status(refresh=True).value == "finished", 60, "the replacement process to run a job")
+    assert worker.poll() is None
+
+    samples = scrape(web, admin)
+    assert value(samples, "docket_job_duration_seconds_count", kind="sleeper", status="failed") == 1
+    assert value(samples, "docket_job_duration_seconds_count", kind="sleeper", status="finished") == 1
+    assert value(samples, "docket_job_queue_wait_seconds_count", kind="sleeper") == 2
+    assert value(samples, "docket_job_duration_seconds_sum", kind="sleeper", status="failed") > 0
+
+
 def _chunks_models(app):
     from webapp.models import Chunk
 
@@ -141,8 +172,6 @@ def test_metrics_files_of_an_earlier_run_are_wiped_at_start(tmp_path: Path):
     (folder / "counter_123.db").write_bytes(b"x")
     (folder / "histogram_124.db").write_bytes(b"x")
     (folder / "notes.txt").write_text("kept")
-    import os
-
     saved = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     try:
         assert wipe_metrics(tmp_path, {"DOCKET_INSTANCE_PATH": str(tmp_path / "instance")}) == folder

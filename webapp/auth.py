@@ -5,6 +5,8 @@ The rules (the README's "Security model"):
 * ``/api/*`` needs ``Authorization: Bearer <token>`` (:mod:`webapp.tokens`) or the UI's signed-in
   session; without either it answers ``401 authentication_required``, with a revoked or unknown
   token ``401 invalid_token``. The HTML pages and ``/rq`` send a signed-out browser to ``/signin``.
+* ``/metrics`` (Prometheus) is authenticated like ``/api/*`` (a scraper sends a bearer token) and
+  answers admins only (:mod:`webapp.metrics_api`).
 * Open to everyone: ``/healthz``, ``/readyz`` (they reveal nothing but "ok"/"down"), ``/signin``,
   the static files and ``/api/openapi.json``.
 * Every row has an owner; a principal sees its own rows and an admin sees all. Another owner's row

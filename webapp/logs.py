@@ -123,6 +123,19 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class StderrHandler(logging.StreamHandler):
+    """A ``StreamHandler`` on whatever ``sys.stderr`` is when a line is written (as Flask's
+    default handler), not the stream of the moment it was made: a test runner replaces it."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 class TextFormatter(logging.Formatter):
     """``time level logger: message key=value …``: the JSON line's fields, for a person."""
 
@@ -171,7 +184,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "docket", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.docket = True  # type: ignore[attr-defined]
         handler.addFilter(ContextFilter())
         root.addHandler(handler)
