@@ -23,9 +23,11 @@ from jobs.chunking import chunk_pages
 from jobs.errors import JobError
 from jobs.extract import Limits, extract
 from jobs.tracking import NOT_RUNNING, JobTracker
+from webapp import metrics
 from webapp.db import connection
 from webapp.encryption import DecryptionError, decrypt_secret
 from webapp.embeddings import EmbeddingError, embedder_from_config, to_blob
+from webapp.logs import begin_stage, end_stage
 from webapp.models import Chunk, Document
 from webapp.vector_index import ensure_vector_index, store_vectors
 from webapp.storage import StorageError, storage_from_config
@@ -110,6 +112,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
         raise JobError(f"document {document_id} does not exist", code="not_found")
 
     tracker.set_progress("extract", 0)
+    begin_stage("extract")  # one log line per stage as it ends (webapp/logs.py)
     try:
         data = storage_from_config(config).get(document.storage_key)
     except StorageError as exc:
@@ -124,10 +127,12 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
     )
 
     tracker.set_progress("chunk", EXTRACT_END)
+    begin_stage("chunk")
     chunks = chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"],
                          max_chunks=config["MAX_DOCUMENT_CHUNKS"])
 
     tracker.set_progress("embed", CHUNK_END)
+    begin_stage("embed")
     embedder = embedder_from_config(config)
     try:
         vectors = embedder.embed(
@@ -141,6 +146,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
                        transient=exc.transient) from exc
 
     tracker.set_progress("store", EMBED_END)
+    begin_stage("store")
     result = {
         "document_id": document.id,
         "pages": extraction.page_count,
@@ -182,6 +188,8 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
             transaction.rollback()
             return {"skipped": "the job row changed while the job ran"}
     tracker.finished()
+    end_stage()
+    metrics.count_document(pages=extraction.page_count, chunks=len(chunks))
     return result
 
 
