@@ -260,6 +260,16 @@ def test_put_stream_of_50_mb_holds_a_few_parts_not_the_file(bucket):
     with storage.open("documents/ab/big") as fh:
         assert sha256_of(fh) == sha256_of(source)
 
+    # A job's read (get: the bytes extraction needs) holds them once, not once more on the way.
+    tracemalloc.start()
+    try:
+        data = storage.get("documents/ab/big")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) == size and peak < size + 4 * MB, f"peak {peak / MB:.1f} MB"
+    assert hashlib.sha256(data).hexdigest() == sha256_of(source)
+
 
 def test_the_upload_path_streams_a_50_mb_file_into_the_bucket(app, bucket):
     """accept_uploads (validation, SHA-256 for duplicates, type detection, storing, rows,

@@ -326,8 +326,8 @@ class S3Storage:
             raise _s3_error("store", key, exc) from exc
 
     def get(self, key: str) -> bytes:
-        """The object's bytes, read through a temporary file (see :meth:`open`) so that they are
-        held in memory once, not once more while the HTTP answer is assembled."""
+        """The object's bytes, read through :meth:`open`'s temporary file: the whole object is in
+        memory once, as the result (tests/test_s3_storage.py measures the peak: ≈ its size)."""
         with self.open(key) as fh:
             return fh.read()
 
