@@ -50,9 +50,15 @@ def test_the_request_id_travels_from_the_upload_into_the_jobs_log_lines(app, web
                             timeout=30)
     assert too_long.status_code == 200 and uuid.UUID(too_long.headers["X-Request-ID"]).version == 4
 
+    report_request_id = f"report-{uuid.uuid4().hex}"
+    report = requests.post(f"{web}/api/reports", json={"type": "activity", "params": {}}, timeout=30,
+                           headers={"Authorization": f"Bearer {token}", "X-Request-ID": report_request_id})
+    assert report.status_code == 202, report.text
+    report_job = report.json()["job_id"]
+
     worker = start_worker(WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0")
-    wait_for(lambda: row(app, document["job_id"]).status == "finished"
-             and row(app, failing["job_id"]).status == "failed", 120, "both jobs to end")
+    wait_for(lambda: row(app, document["job_id"]).status == "finished" and row(app, report_job).status == "finished"
+             and row(app, failing["job_id"]).status == "failed", 120, "the three jobs to end")
     worker.terminate()
     assert worker.wait(30) == 0
 
@@ -76,6 +82,12 @@ def test_the_request_id_travels_from_the_upload_into_the_jobs_log_lines(app, web
     failed_stages = [line for line in failed_lines if line["logger"] == "docket.stages"]
     assert [(line["stage"], line["outcome"]) for line in failed_stages] == [("extract", "failed")], failed_stages
     assert any(f"job {failing['job_id']} failed (password_required)" in line["message"] for line in failed_lines)
+
+    report_lines = [line for line in worker_lines if line.get("job_id") == report_job]
+    assert report_lines and all(line["request_id"] == report_request_id and line["kind"] == "report"
+                                for line in report_lines), report_lines
+    assert [(line["stage"], line["outcome"]) for line in report_lines if line["logger"] == "docket.stages"] == \
+        [("gather", "ok"), ("render", "ok"), ("store", "ok")]
 
     # The web process: one request line per request, with its id, status and duration.
     request_lines = [line for line in json_lines("\n".join(
