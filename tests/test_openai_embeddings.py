@@ -23,6 +23,7 @@ from webapp.embeddings import (
     OPENAI_MAX_TOKENS_PER_INPUT,
     OPENAI_MAX_TOKENS_PER_REQUEST,
     batches,
+    embedder_name,
     token_upper_bound,
 )
 from webapp.db import connection
@@ -67,13 +68,14 @@ def assert_openai_chunks(chunks: list[Chunk], model: str = DEFAULT_MODEL) -> Non
 def test_openai_embedded_chunks_are_normalised_searchable_and_kept_apart_from_hashing_ones(
     app, client, openai_app, openai_client, openai_server, run_worker
 ):
-    # A document embedded by the offline hashing embedder first: a second vector space in the database.
+    # A document embedded by the offline default embedder first: a second vector space in the database.
     hashed = upload(client, "minimal-document.pdf").get_json()["documents"][0]
     run_worker()
     assert client.get(hashed["status_url"]).get_json()["status"] == "finished"
     assert openai_server.requests == []  # no key, no request
     hashed_chunks = chunks_of(app, hashed["id"])
-    assert hashed_chunks and all(c.embedding_model.startswith("hashing-") for c in hashed_chunks)
+    assert hashed_chunks and all(c.embedding_model == embedder_name(app.config) != f"openai:{DEFAULT_MODEL}"
+                                 for c in hashed_chunks)
 
     response = upload(openai_client, "dpr-paper-two-column.pdf", "latex-two-column-lorem.pdf")
     assert response.status_code == 202
@@ -117,7 +119,7 @@ def test_openai_embedded_chunks_are_normalised_searchable_and_kept_apart_from_ha
     top = by_id[results[0]["chunk_id"]]
     assert results[0]["score"] == pytest.approx(float(vectors_of([top])[0] @ query_vector), abs=1e-5)
 
-    # Search on an app without a key (hashing embedder): only the hashing chunk, no OpenAI chunk.
+    # Search on an app without a key (the offline embedder): only its chunk, no OpenAI chunk.
     hashing_hits = client.get("/api/search", query_string={"q": DPR_QUERY, "k": 50})
     assert hashing_hits.status_code == 200
     assert [r["chunk_id"] for r in hashing_hits.get_json()["results"]] == [c.id for c in hashed_chunks]
