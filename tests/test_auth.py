@@ -68,6 +68,8 @@ def id_routes(world) -> list[tuple[str, str]]:
     document, report, schedule = world["document"], world["report"], world["schedule"]
     return [
         ("GET", f"/api/batches/{document['batch_id']}"),
+        ("GET", f"/api/batches/{document['batch_id']}/events"),
+        ("GET", f"/api/jobs/{document['job_id']}/events"),
         ("GET", f"/api/documents/{document['id']}"),
         ("DELETE", f"/api/documents/{document['id']}"),
         ("GET", f"/api/jobs/{document['job_id']}"),
@@ -84,6 +86,7 @@ def id_routes(world) -> list[tuple[str, str]]:
 
 def test_every_route_with_an_id_is_covered(app):
     tried = {("GET", "/api/batches/<batch_id>"), ("GET", "/api/documents/<document_id>"),
+             ("GET", "/api/batches/<batch_id>/events"), ("GET", "/api/jobs/<job_id>/events"),
              ("DELETE", "/api/documents/<document_id>"), ("GET", "/api/jobs/<job_id>"),
              ("POST", "/api/jobs/<job_id>/cancel"), ("POST", "/api/jobs/<job_id>/retry"),
              ("GET", "/api/reports/<report_id>"), ("GET", "/api/reports/<report_id>/download"),

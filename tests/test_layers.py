@@ -22,6 +22,7 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         "webapp.embeddings", "webapp.filetypes", "webapp.processes", "webapp.embedded_redis", "webapp.supervisor",
         # the job protocol: registry, launch, state machine, errors, control, webhooks
         "webapp.job_kinds", "webapp.launch", "webapp.job_states", "webapp.job_errors", "webapp.job_control",
+        "webapp.job_events",  # live job events on Redis pub/sub, published by the state machine
         "webapp.webhooks", "webapp.report_files",
         # tokens and secrets at rest
         "webapp.tokens", "webapp.encryption",

@@ -52,6 +52,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from webapp import api, dashboard, health, queues_api, schedules_api, views
 
     app.register_blueprint(api.bp)
+    from webapp import events_api
+
+    app.register_blueprint(events_api.bp)  # GET /api/jobs/<id>/events, /api/batches/<id>/events (SSE)
     app.register_blueprint(schedules_api.bp)
     app.register_blueprint(queues_api.bp)
     dashboard.init_app(app)  # rq-dashboard at /rq, admins only

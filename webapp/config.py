@@ -152,6 +152,11 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "REDIS_URL": env.get("REDIS_URL") or embedded_redis_url(instance) or "redis://localhost:6379/0",
         # Managed rediss:// services often use self-signed certificates: REDIS_TLS_VERIFY=false.
         "REDIS_TLS_VERIFY": _bool(env, "REDIS_TLS_VERIFY", True),
+        # Live progress streams (webapp/events_api.py): seconds between keep-alive comments
+        # (Heroku's router closes a connection silent for 55 s), and seconds a stream lasts at
+        # most before the browser reconnects.
+        "EVENTS_HEARTBEAT": _int(env, "EVENTS_HEARTBEAT", 15),
+        "EVENTS_MAX_STREAM": _int(env, "EVENTS_MAX_STREAM", 600),
         # Local folder for uploaded bytes (see webapp/storage.py); web and worker must share it.
         "STORAGE_PATH": env.get("STORAGE_PATH") or str(instance / "uploads"),
         # Where uploads and report files live, for web and workers alike (webapp/storage.py):

@@ -18,8 +18,9 @@ worker, the web process and the scheduler acting at once can never move a row ba
 
 The web process (cancel, retry), the worker (start, progress, finish, fail) and RQ's callbacks
 (:func:`on_job_failure`, :func:`on_job_stopped`, also run by RQ's abandoned-job cleanup) all
-use these functions. Entering a terminal state forgets the document's PDF password and sends
-the job's webhook, if it has one.
+use these functions. Every change is published as a live event on Redis pub/sub
+(:mod:`webapp.job_events`). Entering a terminal state forgets the document's PDF password and
+sends the job's webhook, if it has one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from peewee import JOIN
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import JobStatus
 
+from webapp import job_events
 from webapp.db import connection
+from webapp.job_events import EVENT_COLUMNS
 from webapp.job_errors import JobError, JobStopped, WorkerProcessDied
 from webapp.models import TERMINAL_STATUSES, Document, Job, utcnow
 
@@ -99,12 +102,19 @@ def transition(job_id: str, to: str, from_: frozenset[str] | None = None, **fiel
         if not from_ <= allowed:
             raise ValueError(f"{sorted(from_ - allowed)} → {to} is not a transition of the state machine")
         allowed = from_
-    updated = (
-        Job.update(status=to, updated_at=utcnow(), **fields)
-        .where(Job.id == job_id, Job.status.in_(tuple(allowed)))
-        .execute()
-    )
-    return bool(updated)
+    return _update(job_id, Job.update(status=to, updated_at=utcnow(), **fields)
+                   .where(Job.id == job_id, Job.status.in_(tuple(allowed))), publish=to not in TERMINAL)
+
+
+def _update(job_id: str, query, publish: bool) -> bool:
+    """Run the guarded ``UPDATE`` ``query`` of row ``job_id``; if it changed the row and
+    ``publish``, publish the row as a live event (:mod:`webapp.job_events`). The row's columns
+    come back with the ``UPDATE`` (``RETURNING``, SQLite ≥ 3.35 and PostgreSQL): no extra query.
+    Terminal states are published by :func:`after_terminal`, after their transaction committed."""
+    rows = list(query.returning(*[getattr(Job, name) for name in EVENT_COLUMNS]).dicts().execute())
+    if rows and publish:
+        job_events.publish(rows[0])
+    return bool(rows)
 
 
 def mark_started(job_id: str) -> bool:
@@ -123,12 +133,8 @@ def record_progress(job_id: str, stage: str | None, progress: int) -> bool:
         ``False`` when the row is no longer ``started`` (canceled, stopped, ended elsewhere):
         the job must stop at this point.
     """
-    updated = (
-        Job.update(stage=stage, progress=progress, updated_at=utcnow())
-        .where(Job.id == job_id, Job.status == STARTED)
-        .execute()
-    )
-    return bool(updated)
+    return _update(job_id, Job.update(stage=stage, progress=progress, updated_at=utcnow())
+                   .where(Job.id == job_id, Job.status == STARTED), publish=True)
 
 
 def finish_query(job_id: str, result: dict[str, Any]):
@@ -198,19 +204,24 @@ def _end(job_id: str, to: str, message: str, code: str) -> bool:
 
 
 def after_terminal(job_id: str) -> None:
-    """What follows a row's entering a terminal state: forget the document's PDF password and,
-    if the job has a ``callback_url``, launch its webhook delivery. Never raises (logged).
+    """What follows a row's entering a terminal state: publish it as a live event
+    (:mod:`webapp.job_events`), forget the document's PDF password and, if the job has a
+    ``callback_url``, launch its webhook delivery. Never raises (logged).
 
     One ``SELECT`` in the common case (no password left, no webhook): it runs after every job.
+    Every path into a terminal state calls it after its transaction committed (:func:`_end`,
+    the jobs' final store), so the event is never sent for a change that was rolled back.
     """
     try:
         with connection():
             row = (Job.select(Job.document, Job.callback_url, Job.owner,
-                              Document.password.is_null(False).alias("has_password"))
+                              Document.password.is_null(False).alias("has_password"),
+                              *[getattr(Job, name) for name in EVENT_COLUMNS])
                    .join(Document, JOIN.LEFT_OUTER, on=(Job.document == Document.id))
                    .where(Job.id == job_id).dicts().first())
             if row is None:
                 return
+            job_events.publish(row)
             if row["has_password"]:
                 Document.update(password=None).where(Document.id == row["document"]).execute()
             if row["callback_url"]:

@@ -8,7 +8,7 @@ const BATCH_POLL_INTERVAL_MS = 1500;
 const STATUS_ORDER = ["finished", "started", "queued", "scheduled", "deferred", "failed", "stopped", "canceled", "unknown"];
 const SNIPPET_CHARS = 400;
 
-const trackers = new Map(); // document id -> {doc, els, controls, poll, gen, stage}
+const trackers = new Map(); // document id -> {doc, els, controls, poll, live, gen, stage}
 const batchPanels = new Map(); // batch id -> {resume()}: follow the batch again after a Retry
 
 function formatPages(start, end) {
@@ -88,7 +88,7 @@ async function deleteDocument(tracker, control) {
       tracker.els.message.textContent = errorMessage(result);
       return;
     }
-    stopPolling(tracker.poll);
+    stopFollowing(tracker);
     tracker.els.item.remove();
     trackers.delete(tracker.doc.id);
     announce(`${name} deleted`);
@@ -141,31 +141,44 @@ function showJobState(tracker, job) {
   }
 }
 
-// Poll the document's job until it ends. Answers to polls started before the last Cancel/Retry
-// (tracker.gen changed meanwhile) are ignored, so a late "started" cannot undo a "stopped".
+// Follow the document's job until it ends: live from its event stream, else by polling (see
+// followLive). Answers and events that arrive after the last Cancel/Retry (tracker.gen changed
+// meanwhile) are ignored, so a late "started" cannot undo a "stopped".
 function follow(tracker, jobUrl = null) {
-  stopPolling(tracker.poll);
-  const url = jobUrl || `/api/jobs/${encodeURIComponent(tracker.doc.job_id)}`;
+  stopFollowing(tracker);
+  const jobId = encodeURIComponent(tracker.doc.job_id);
+  const url = jobUrl || `/api/jobs/${jobId}`;
   const gen = tracker.gen;
-  tracker.poll = startPolling({
+  const show = (job) => {
+    if (ACTIVE_STATUSES.has(job.status)) { showJobState(tracker, job); return true; }
+    finishTracking(tracker, job);
+    return false;
+  };
+  tracker.poll = {
     step: async () => {
       const result = await getJson(url);
       if (gen !== tracker.gen) return false;
       if (result.status === 404) { await finishTracking(tracker, null); return false; }
       if (!result.ok || !result.data) throw new Error(`HTTP ${result.status}`);
-      const job = Object.assign({}, result.data, { status: result.data.status || result.data.rq_status });
-      if (ACTIVE_STATUSES.has(job.status)) { showJobState(tracker, job); return true; }
-      await finishTracking(tracker, job);
-      return false;
+      return show(Object.assign({}, result.data, { status: result.data.status || result.data.rq_status }));
     },
     onTrouble: (text) => { tracker.els.status.textContent = text; },
+  };
+  tracker.live = followLive(tracker.poll, `/api/jobs/${jobId}/events`, (name, job) => {
+    if (gen !== tracker.gen) return false;
+    return name === "job" ? show(job) : true;
   });
+}
+
+function stopFollowing(tracker) {
+  stopPolling(tracker.poll);
+  stopLive(tracker.live);
 }
 
 // A Cancel or Retry was accepted: show the job the server answered and follow it if it runs.
 function jobChanged(tracker, job) {
   tracker.gen += 1;
-  stopPolling(tracker.poll);
+  stopFollowing(tracker);
   tracker.doc.status = job.status;
   if (ACTIVE_STATUSES.has(job.status)) {
     showJobState(tracker, job);
@@ -182,10 +195,10 @@ function jobChanged(tracker, job) {
 function addDocument(doc, { prepend = false, jobUrl = null } = {}) {
   const old = trackers.get(doc.id);
   if (old) {
-    stopPolling(old.poll);
+    stopFollowing(old);
     old.els.item.remove();
   }
-  const tracker = { doc, els: null, controls: null, poll: null, gen: 0, stage: null };
+  const tracker = { doc, els: null, controls: null, poll: null, live: null, gen: 0, stage: null };
   tracker.els = renderDocument(tracker);
   const list = $("documents");
   if (prepend) list.prepend(tracker.els.item); else list.append(tracker.els.item);
@@ -206,7 +219,7 @@ async function loadDocuments() {
   try {
     const result = await getJson("/api/documents?limit=20");
     if (!result.ok) { message.textContent = errorMessage(result); return; }
-    trackers.forEach((t) => stopPolling(t.poll));
+    trackers.forEach((t) => stopFollowing(t));
     trackers.clear();
     $("documents").replaceChildren();
     const docs = (result.data && result.data.documents) || [];
@@ -259,17 +272,19 @@ function totalsText(totals) {
   return [...known, ...others].map((s) => `${totals[s]} ${s}`).join(" · ");
 }
 
-// A panel for one upload: the batch's overall progress (polled until finished) and the files
+// A panel for one upload: the batch's overall progress (live, or polled, until finished) and the files
 // that were not processed again because the same bytes had been uploaded before.
 function addBatch(body, fileCount) {
   const docs = body.documents || [];
   const duplicates = docs.filter((d) => d.duplicate);
   const item = el("li", "batch");
-  let poll = null; // the batch's poll while it runs
+  let poll = null; // the batch's poll while it runs (the fallback of its live stream)
+  let live = null; // the batch's live stream (followLive)
   let gen = 0; // bumped by a Retry in the batch: an answer fetched before it may be stale
   const label = `the upload of ${plural(fileCount, "file")}`;
   const dismiss = button("Dismiss", "link-button", () => {
     stopPolling(poll);
+    stopLive(live);
     batchPanels.delete(body.batch_id);
     item.remove();
   });
@@ -288,6 +303,22 @@ function addBatch(body, fileCount) {
     const status = el("p", "doc-status", "Queued — waiting for a worker");
     status.dataset.kind = "active";
     item.append(progress, status);
+    // Show a batch ({progress, totals, finished}); returns whether it still runs.
+    const show = (batch) => {
+      const percent = clampProgress(batch.progress);
+      const totals = totalsText(batch.totals || {});
+      progress.value = percent;
+      if (batch.finished) {
+        const bad = ["failed", "stopped", "canceled"].some((s) => (batch.totals || {})[s]);
+        status.textContent = `Done: ${totals || "no documents"}`;
+        status.dataset.kind = bad ? "failed" : "finished";
+        announce(`Done with ${label}: ${totals}`);
+        dismiss.hidden = false;
+        return false;
+      }
+      status.textContent = `${percent}% · ${totals}`;
+      return true;
+    };
     poll = {
       interval: BATCH_POLL_INTERVAL_MS,
       step: async () => {
@@ -301,33 +332,44 @@ function addBatch(body, fileCount) {
           return false;
         }
         if (!result.ok || !result.data) throw new Error(`HTTP ${result.status}`);
-        const batch = result.data;
-        const percent = clampProgress(batch.progress);
-        const totals = totalsText(batch.totals || {});
-        progress.value = percent;
-        if (batch.finished) {
-          const bad = ["failed", "stopped", "canceled"].some((s) => (batch.totals || {})[s]);
-          status.textContent = `Done: ${totals || "no documents"}`;
-          status.dataset.kind = bad ? "failed" : "finished";
-          announce(`Done with ${label}: ${totals}`);
-          dismiss.hidden = false;
-          return false;
-        }
-        status.textContent = `${percent}% · ${totals}`;
-        return true;
+        return show(result.data);
       },
       onTrouble: (text) => { status.textContent = text; },
     };
-    startPolling(poll);
+    // Live: the stream's first "batch" event lists the jobs; each "job" event updates one, and
+    // the totals and progress (an ended job counts 100 %) are counted here as the server does.
+    let jobs = new Map();
+    const showJobs = () => {
+      const totals = {};
+      let done = 0;
+      jobs.forEach((job) => {
+        totals[job.status] = (totals[job.status] || 0) + 1;
+        done += ACTIVE_STATUSES.has(job.status) ? clampProgress(job.progress) : 100;
+      });
+      const finished = [...jobs.values()].every((job) => !ACTIVE_STATUSES.has(job.status));
+      return show({ totals, finished, progress: jobs.size ? Math.floor(done / jobs.size) : 100 });
+    };
+    const followBatch = () => {
+      stopLive(live);
+      live = followLive(poll, `/api/batches/${encodeURIComponent(body.batch_id)}/events`, (name, data) => {
+        if (name === "batch") {
+          jobs = new Map((data.jobs || []).map((job) => [job.id, job]));
+          return show(data);
+        }
+        jobs.set(data.id, data);
+        return showJobs();
+      });
+    };
+    if (body.batch_id) followBatch(); else startPolling(poll);
     if (body.batch_id) {
       batchPanels.set(body.batch_id, {
         resume() {
           gen += 1;
-          if (!item.isConnected || isPolling(poll)) return;
+          if (!item.isConnected || isPolling(poll) || (live && !live.closed)) return;
           dismiss.hidden = true;
           progress.hidden = false;
           status.dataset.kind = "active";
-          startPolling(poll);
+          followBatch();
         },
       });
     }

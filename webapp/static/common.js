@@ -176,6 +176,69 @@ document.addEventListener("DOMContentLoaded", () => {
   setInterval(pollTick, TICK_MS);
 });
 
+// ---------- live progress (Server-Sent Events) ----------
+
+// followLive(poll, url, onEvent) shows a job's or a batch's changes as the server streams them
+// (GET /api/jobs/<id>/events, /api/batches/<id>/events: an EventSource, signed in by the session
+// cookie, same origin) instead of polling. onEvent(name, data) gets the "job" and "batch" events
+// in order and returns true to keep listening, false when done. The poll is the fallback: it
+// starts when the browser has no EventSource, when LIVE_MAX_STREAMS streams are open already
+// (a browser opens at most 6 HTTP/1.1 connections per site: the page's fetches need some), or
+// when the stream fails LIVE_MAX_ERRORS times in a row (refused, a proxy that buffers it).
+// A stream the server ends after its maximum lifetime is reopened by the EventSource itself and
+// starts again with the current state. Returns the follower; stopLive(follower) ends it.
+const LIVE_MAX_STREAMS = 4;
+const LIVE_MAX_ERRORS = 3;
+const liveFollowers = new Set();
+
+function followLive(poll, url, onEvent) {
+  const live = { poll, source: null, errors: 0, closed: false };
+  if (typeof window.EventSource !== "function" || liveFollowers.size >= LIVE_MAX_STREAMS) {
+    live.closed = true; // not live: polled
+    startPolling(poll);
+    return live;
+  }
+  const source = new EventSource(url);
+  live.source = source;
+  liveFollowers.add(live);
+  const fallBack = () => {
+    if (live.closed) return;
+    stopLive(live);
+    startPolling(poll);
+  };
+  const handle = (message) => {
+    if (live.closed) return;
+    live.errors = 0;
+    let data;
+    try { data = JSON.parse(message.data); } catch (_) { return; }
+    let keepGoing;
+    try { keepGoing = onEvent(message.type, data); } catch (_) { return fallBack(); }
+    if (keepGoing === false) stopLive(live);
+  };
+  source.addEventListener("job", handle);
+  source.addEventListener("batch", handle);
+  // The server ends the stream after the terminal event; if onEvent did not stop (it missed
+  // it), one poll shows the final state.
+  source.addEventListener("end", () => { if (!live.closed) fallBack(); });
+  source.addEventListener("open", () => { live.errors = 0; });
+  source.addEventListener("error", () => {
+    if (live.closed) return;
+    live.errors += 1;
+    // CLOSED: the server refused the stream (401, 404, 503): the poll shows why.
+    if (source.readyState === EventSource.CLOSED || live.errors >= LIVE_MAX_ERRORS) fallBack();
+    else if (poll.onTrouble && live.errors > 1) poll.onTrouble("Live progress interrupted; reconnecting…");
+  });
+  return live;
+}
+
+function stopLive(live) {
+  if (!live) return;
+  live.closed = true;
+  liveFollowers.delete(live);
+  if (live.source) live.source.close();
+  stopPolling(live.poll);
+}
+
 // ---------- jobs ----------
 
 // The sentence for a job that has not ended (queued, deferred, scheduled, started).

@@ -170,7 +170,7 @@ function renderReport(row) {
   const message = el("p", "row-error");
   message.setAttribute("role", "alert");
   const remove = button("Remove from list", "link-button", () => {
-    stopPolling(row.poll);
+    stopFollowing(row);
     reportRows.delete(row.id);
     item.remove();
     showEmptyMessage();
@@ -250,12 +250,14 @@ function showReport(row, job = null) {
   row.controls.update(report.status);
 }
 
-// Poll the report until its job ends. A scheduled report (waiting for an automatic retry) also
-// asks its job for the retry time, which the report does not carry.
+// Follow the report until its job ends: each change its job's event stream announces (see
+// followLive in common.js) fetches the report once; without the stream, poll it. A scheduled
+// report (waiting for an automatic retry) also asks its job for the retry time, which the report
+// does not carry.
 function follow(row) {
-  stopPolling(row.poll);
+  stopFollowing(row);
   const gen = row.gen;
-  row.poll = startPolling({
+  row.poll = {
     interval: REPORT_POLL_INTERVAL_MS,
     step: async () => {
       const result = await getJson(row.url);
@@ -284,16 +286,32 @@ function follow(row) {
       return active;
     },
     onTrouble: (text) => { row.els.status.textContent = text; },
+  };
+  const jobId = row.report && row.report.job_id;
+  if (!jobId || !ACTIVE_STATUSES.has(row.report.status)) {
+    startPolling(row.poll);
+    return;
+  }
+  row.live = followLive(row.poll, `/api/jobs/${encodeURIComponent(jobId)}/events`, (name, job) => {
+    if (gen !== row.gen) return false;
+    if (name !== "job") return true;
+    row.poll.step().catch(() => row.poll.onTrouble("Could not load the report; it will be shown when it changes."));
+    return ACTIVE_STATUSES.has(job.status);
   });
+}
+
+function stopFollowing(row) {
+  stopPolling(row.poll);
+  stopLive(row.live);
 }
 
 function addReport(id, { prepend = false, url = null, report = null } = {}) {
   const old = reportRows.get(id);
   if (old) {
-    stopPolling(old.poll);
+    stopFollowing(old);
     old.els.item.remove();
   }
-  const row = { id, url: url || `/api/reports/${encodeURIComponent(id)}`, report: report || { id }, poll: null, gen: 0 };
+  const row = { id, url: url || `/api/reports/${encodeURIComponent(id)}`, report: report || { id }, poll: null, live: null, gen: 0 };
   row.els = renderReport(row);
   if (report) showReport(row);
   const list = $("reports");
