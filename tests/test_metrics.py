@@ -25,8 +25,13 @@ def scrape(web: str, token: str) -> dict[str, dict[tuple, float]]:
     response = requests.get(f"{web}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain; version="), response.headers
+    return parse(response.text)
+
+
+def parse(text: str) -> dict[str, dict[tuple, float]]:
+    """Prometheus's text format, parsed by prometheus_client's own parser."""
     samples: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
@@ -181,3 +186,22 @@ def test_metrics_files_of_an_earlier_run_are_wiped_at_start(tmp_path: Path):
         if saved is not None:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = saved
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_a_scrape_answers_when_redis_is_away_and_says_so(config, unused_redis_url):
+    """The queue gauges are left out and ``docket_scrape_source_up{source="redis"}`` is 0; the
+    job counts (the database) are still there. Never a 500 to the scraper."""
+    from tests.conftest import api_client
+    from webapp import create_app
+    from webapp.db import create_tables
+
+    app = create_app({**config, "REDIS_URL": unused_redis_url})
+    with app.app_context():
+        create_tables()
+    response = api_client(app, "ops", admin=True).get("/metrics")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    samples = parse(response.get_data(as_text=True))
+    assert value(samples, "docket_scrape_source_up", source="redis") == 0
+    assert value(samples, "docket_scrape_source_up", source="database") == 1
+    assert "docket_queue_jobs" not in samples
+    assert value(samples, "docket_jobs", kind="document", status="queued") == 0
