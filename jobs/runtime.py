@@ -504,7 +504,7 @@ def prepare_worker_process(app: Flask) -> float:
     from jobs.errors import DocumentError
     from jobs.extract import extract
     from webapp import filetypes
-    from webapp.embeddings import embedder_from_config
+    from webapp.embeddings import embedder_from_config, embedder_kind
 
     config = app.config
     texts = []
@@ -515,7 +515,7 @@ def prepare_worker_process(app: Flask) -> float:
             continue
         texts.extend(chunk.text for chunk in chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"]))
     embedder = embedder_from_config(config)
-    if not config.get("OPENAI_API_KEY"):  # embedding with OpenAI would send a request
+    if embedder_kind(config) != "openai":  # embedding with OpenAI would send a request
         embedder.embed(texts)
     filetypes.detect_content_type(b"warm-up text", "warm-up.txt")
     gc.collect()
