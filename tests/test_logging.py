@@ -117,3 +117,21 @@ def test_request_ids_are_validated():
     assert logs.valid_request_id("x" * 200) == "x" * 200
     for bad in ("x" * 201, "", None, "a b", "a\nb", "ä"):
         assert uuid.UUID(logs.valid_request_id(bad)).version == 4
+
+
+def test_the_request_line_names_the_client_behind_a_trusted_proxy(config, capsys):
+    """Behind Heroku's router (TRUSTED_PROXY_COUNT=1) the line's remote_addr is the client's, from
+    X-Forwarded-For as ProxyFix reads it, and the router's X-Request-ID is kept."""
+    from webapp import create_app
+
+    app = create_app({**config, "TRUSTED_PROXY_COUNT": 1})
+    capsys.readouterr()
+    answer = app.test_client().get("/healthz", headers={"X-Forwarded-For": "203.0.113.7",
+                                                        "X-Request-ID": "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"})
+    assert answer.headers["X-Request-ID"] == "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    request_lines = [line for line in lines if line["logger"] == "webapp.requests"]
+    assert len(request_lines) == 1, lines
+    assert request_lines[0]["remote_addr"] == "203.0.113.7"
+    assert request_lines[0]["request_id"] == "f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
+    assert (request_lines[0]["path"], request_lines[0]["status"]) == ("/healthz", 200)
