@@ -483,11 +483,18 @@ def web(app, config, tmp_path: Path) -> Iterator[str]:
     """The Procfile's ``web`` line run as honcho runs it (a shell, ``PORT`` and ``HOST`` set), one
     gunicorn worker, with the test's config; yields its base URL. Stopped (SIGTERM to its process
     group) after the test."""
+    with procfile_web(config, tmp_path / "web.log") as base:
+        yield base
+
+
+@contextmanager
+def procfile_web(config: dict[str, Any], log_path: Path, **extra_env: str) -> Iterator[str]:
+    """Run the Procfile's ``web`` line (see the ``web`` fixture) with ``config`` for the block, its
+    output in ``log_path``; yields its base URL. For fixtures of a wider scope than a test's."""
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = process_env(config, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1",
-                      PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    log_path = tmp_path / "web.log"
+                      PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(["sh", "-c", procfile_web_command()], cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,22 +2,19 @@
 schedules page.
 
 The pages are static shells whose scripts talk to the JSON API; these tests read the markup
-(forms, fields, labels, links, no inline script) and the static files. One end-to-end test
-drives the real scripts in headless Chromium through Playwright, against a real server thread
-and a real worker; it is skipped when either the browser or the ``playwright`` package is missing.
+(forms, fields, labels, links, no inline script) and the static files. tests/test_browser.py
+drives the real scripts in Chromium as a person does.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
 from urllib.parse import urlsplit
 
 import pytest
 from bs4 import BeautifulSoup
 
-from tests.conftest import CORPUS, browser_client, make_token, serve_wsgi, upload
+from tests.conftest import browser_client, upload
 
 PAGES = ("/", "/reports", "/schedules")
 
@@ -158,88 +155,3 @@ def test_the_api_answers_what_the_pages_read(client, run_worker):
     refused = client.post(f"/api/jobs/{body['documents'][0]['job_id']}/cancel")
     assert refused.status_code == 409 and refused.get_json()["error"]["message"]
 
-
-# ---------- the real scripts in a real browser ----------
-
-BROWSER = next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
-HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
-E2E_FILES = ("war-and-peace-ch1.txt", "pypdf-extract-text.md")
-
-
-@pytest.fixture
-def live_server(app):
-    """The test's app served over HTTP by werkzeug in a thread; yields its base URL."""
-    with serve_wsgi(app) as url:
-        yield url
-
-
-@pytest.mark.skipif(BROWSER is None, reason="no chromium, chromium-browser or google-chrome on PATH")
-@pytest.mark.skipif(not HAVE_PLAYWRIGHT, reason="the Python 'playwright' package is not installed "
-                                                "(it is not a project requirement; pip install playwright to run this)")
-def test_browser_uploads_two_files_and_gets_a_report(app, live_server, start_worker):
-    from playwright.sync_api import expect, sync_playwright
-
-    start_worker()
-    problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-            # (Chromium logs every 4xx answer as a console error; the one 400 below is expected.)
-            page.on("console", lambda msg: problems.append(f"console: {msg.text}")
-                    if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
-
-            page.goto(f"{live_server}/")  # signed out: the sign-in page, then the run command's kind of link
-            expect(page).to_have_url(re.compile(r"/signin"))
-            page.goto(f"{live_server}/signin#token={make_token(app, 'browser', admin=False)}")
-            expect(page).to_have_url(f"{live_server}/")
-            expect(page.locator("#documents-message")).to_have_text("No documents yet. Upload one above.")
-            page.set_input_files("#upload-file", [str(CORPUS / name) for name in E2E_FILES])
-            page.get_by_role("button", name="Upload", exact=True).click()
-            batch = page.locator("#batches .batch").first
-            expect(batch).to_contain_text("Upload of 2 files")
-            expect(batch.locator(".doc-status")).to_have_text("Done: 2 finished", timeout=120_000)
-            assert batch.locator("progress").evaluate("p => p.value") == 100
-            for name in E2E_FILES:
-                row = page.locator("#documents .doc", has_text=name)
-                expect(row.locator(".doc-status")).to_contain_text("Finished:", timeout=30_000)
-                expect(row.get_by_role("button", name="Retry")).to_be_hidden()
-
-            # The same file again: shown as already uploaded, pointing at the existing document.
-            page.set_input_files("#upload-file", str(CORPUS / E2E_FILES[0]))
-            page.get_by_role("button", name="Upload", exact=True).click()
-            expect(page.locator("#upload-status")).to_contain_text("already uploaded")
-            link = page.locator("#batches .batch").first.get_by_role("link", name="Show the existing document")
-            expect(link).to_be_visible()
-            target = link.get_attribute("href")
-            assert page.locator(target).count() == 1
-
-            page.get_by_role("navigation", name="Main").get_by_role("link", name="Reports").click()
-            expect(page).to_have_url(f"{live_server}/reports")
-            page.get_by_role("radio", name="Activity").check()
-            page.get_by_role("button", name="Request report", exact=True).click()
-            report = page.locator("#reports .report").first
-            expect(report.locator(".doc-status")).to_have_text("Ready", timeout=120_000)
-            open_link = report.get_by_role("link", name="Open the report (HTML, in a new tab)")
-            assert open_link.get_attribute("target") == "_blank"
-            hrefs = {fmt: report.get_by_role("link", name=f"Download {fmt.upper()}").get_attribute("href")
-                     for fmt in ("csv", "json", "pdf")}
-            hrefs["html"] = open_link.get_attribute("href")
-            for fmt, href in hrefs.items():
-                response = page.request.get(f"{live_server}{href}")
-                assert response.status == 200 and response.body(), (fmt, response.status)
-
-            # A second request with a bad period: the server's sentence, not a dump.
-            page.fill("#report-since", "2026-01-02T00:00")
-            page.fill("#report-until", "2026-01-01T00:00")
-            page.get_by_role("button", name="Request report", exact=True).click()
-            expect(page.locator("#report-error")).to_have_text("'since' must be before 'until'.")
-
-            # The list survives a reload (it is the server's).
-            page.reload()
-            expect(page.locator("#reports .report")).to_have_count(1)
-            expect(page.locator("#reports .report .doc-status")).to_have_text("Ready")
-        finally:
-            browser.close()
-    assert not problems, problems

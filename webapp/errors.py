@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, render_template, request
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -58,11 +58,19 @@ def _wants_json() -> bool:
     return request.path.startswith("/api") or request.path in ("/healthz", "/readyz")
 
 
+def _wants_html() -> bool:
+    """Whether the client prefers an HTML page to JSON (a browser's navigation does; fetch and
+    scripts, which send no ``Accept: text/html``, do not)."""
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
 def init_app(app: Flask) -> None:
     """Register the handlers that turn errors into JSON for API paths."""
 
     @app.errorhandler(ApiError)
     def handle_api_error(exc: ApiError):
+        if not _wants_json() and _wants_html():  # a person following a link to a page (e.g. /rq)
+            return render_template("error.html", status=exc.status, message=exc.message), exc.status
         return error_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)

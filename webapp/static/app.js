@@ -436,7 +436,8 @@ async function handleUpload(event) {
   if ($("upload-reprocess").checked) body.append("reprocess", "true");
   if (callbackUrl) body.append("callback_url", callbackUrl);
 
-  submit.disabled = true;
+  const hadFocus = document.activeElement === submit;
+  submit.disabled = true; // (which drops the keyboard focus: given back below)
   statusBox.textContent = `Uploading ${plural(files.length, "file")}…`;
   try {
     const result = await readResponse(await fetch("/api/documents", { method: "POST", body, headers: csrfHeaders() }));
@@ -470,6 +471,7 @@ async function handleUpload(event) {
     errorBox.textContent = NETWORK_ERROR;
   } finally {
     submit.disabled = false;
+    if (hadFocus && document.activeElement === document.body) submit.focus();
   }
 }
 

@@ -286,10 +286,20 @@ function createJobControls({ subject, getJobId, onChanged, showError, onRefused 
   cancel.setAttribute("aria-label", `Cancel ${subject}`);
   retry.setAttribute("aria-label", `Retry ${subject}`);
   box.append(cancel, retry);
+  // Disabling or hiding the pressed button drops the keyboard focus to the page: for a while after
+  // a press, keep it on whichever of the two buttons is shown.
+  let keepFocusUntil = 0;
+  function keepFocus() {
+    const active = document.activeElement;
+    if (Date.now() > keepFocusUntil || !(active === document.body || active === cancel || active === retry)) return;
+    const shown = [cancel, retry].find((b) => !b.hidden && !b.disabled);
+    if (shown && (active === document.body || active.hidden)) shown.focus();
+  }
 
   async function act(action, which) {
     const jobId = getJobId();
     if (!jobId) return;
+    if (document.activeElement === which) keepFocusUntil = Date.now() + 10000;
     showError("");
     cancel.disabled = retry.disabled = true;
     const label = which.textContent;
@@ -307,6 +317,7 @@ function createJobControls({ subject, getJobId, onChanged, showError, onRefused 
     } finally {
       which.textContent = label;
       cancel.disabled = retry.disabled = false;
+      keepFocus();
     }
   }
 
@@ -320,6 +331,7 @@ function createJobControls({ subject, getJobId, onChanged, showError, onRefused 
       cancel.hidden = !CANCELABLE_STATUSES.has(status);
       retry.hidden = !RETRYABLE_STATUSES.has(status);
       box.hidden = cancel.hidden && retry.hidden;
+      keepFocus();
     },
   };
 }

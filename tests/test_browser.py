@@ -1,0 +1,650 @@
+"""The UI as a person uses it: Debian's Chromium, driven by Playwright, against the Procfile's web
+process and a real RQ worker.
+
+One web process, one worker and one browser serve the whole module (a fresh browser context,
+i.e. fresh cookies, per test; each test signs in as its own owner, so the documents of one test
+never show up in another's list). Chromium is ``/usr/bin/chromium``: the :func:`chromium` fixture
+installs Debian's package when it is missing (as root, with apt-get), since Playwright's own
+browser download cannot work on a machine without internet access.
+
+What is checked is what a person sees: texts, progress bars, buttons, downloads — never how the
+page gets its updates (polling or Server-Sent Events). Every page's console errors, uncaught
+exceptions (which include Content-Security-Policy violations) and 5xx answers fail the test.
+
+Screenshots of the key states go to ``tests/artifacts/browser/`` (ignored by git).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.conftest import (CORPUS, PASSWORDS, ROOT, TEST_SECRET_KEY, ServiceProcesses, make_token,
+                            procfile_web, wait_for)
+
+CHROMIUM = "/usr/bin/chromium"
+# --headless: no display here. --no-sandbox: root has no user namespace sandbox. The rest keep
+# Chromium from calling home (update checks, sync, QUIC probes): on a machine without internet
+# those connections are refused and can stall or crash the start.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
+JOB_MS = 180_000  # a document job on a loaded 2-CPU machine (a generous bound, not a speed claim)
+UI_MS = 30_000  # any other visible change
+
+TEXT_PDF = "federal-register-2020-17221.pdf"  # 15 pages of text
+SCANNED_PDF = "huck-finn-p22-scan.pdf"  # image only, no text layer
+ENCRYPTED_PDF = "libreoffice-writer-password.pdf"  # needs its password
+NARROW = {"width": 375, "height": 740}
+
+# The whole module's worker, web process and browser start once; apt-get may run first.
+pytestmark = [pytest.mark.timeout(900),
+              pytest.mark.own_database("the pages are the subject; the module runs once, on SQLite")]
+
+
+# ---------- Chromium, installed when missing ----------
+
+def _apt_install_chromium() -> None:
+    """``apt-get install chromium`` (``apt-get update`` first when the package is unknown).
+
+    Skips the calling test when it cannot work here (not root, no apt-get); fails it with apt's
+    output when the install itself fails."""
+    apt_get = shutil.which("apt-get")
+    if os.geteuid() != 0:
+        pytest.skip(f"{CHROMIUM} is missing and installing it needs root (apt-get install chromium)")
+    if apt_get is None:
+        pytest.skip(f"{CHROMIUM} is missing and there is no apt-get to install Debian's chromium package")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        # Other sessions may hold the dpkg lock: wait for it instead of failing at once.
+        return subprocess.run([apt_get, "-o", "DPkg::Lock::Timeout=600", *args], env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=900)
+
+    install = ("install", "-y", "-q", "--no-install-recommends", "chromium")
+    result = run(*install)
+    if result.returncode != 0:
+        update = run("update", "-q")
+        result = run(*install) if update.returncode == 0 else update
+    if result.returncode != 0 or not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"could not install Debian's chromium with apt-get (exit {result.returncode}):\n"
+                    f"{(result.stdout + result.stderr)[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of Debian's Chromium, installed first when missing (see :func:`_apt_install_chromium`)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        _apt_install_chromium()
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Browser]:
+    expect.set_options(timeout=UI_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# ---------- the service: one web process, one worker ----------
+
+class Docket:
+    """The module's running service: ``base`` URL, an ``app`` on the same database (for tokens),
+    and its worker, which a test can stop (jobs then stay queued) and start again."""
+
+    def __init__(self, base: str, app, workers: ServiceProcesses, redis) -> None:
+        self.base, self.app, self.workers, self.redis = base, app, workers, redis
+        self.worker = None
+
+    def start_worker(self) -> None:
+        """Start the Procfile's worker (a pool) unless it runs; return once RQ lists a worker of it
+        (so that stopping it later finds its signal handlers in place)."""
+        from rq import Worker
+
+        if self.worker is None or self.worker.poll() is not None:
+            self.worker = self.workers()
+            wait_for(lambda: Worker.count(connection=self.redis) > 0, 120, "the worker to register")
+
+    def stop_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            problems = self.workers.stop_all()
+            assert not any(problems.values()), problems
+        self.worker = None
+
+    def token(self, owner: str, admin: bool = False) -> str:
+        return make_token(self.app, owner, admin=admin)
+
+
+@pytest.fixture(scope="module")
+def docket(redis_server, tmp_path_factory) -> Iterator[Docket]:
+    from redis import Redis
+
+    from webapp import create_app
+    from webapp.db import create_tables
+
+    tmp = tmp_path_factory.mktemp("browser")
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": f"sqlite:///{tmp / 'docket.sqlite3'}",
+        "REDIS_URL": redis_server.url,
+        "STORAGE_PATH": str(tmp / "uploads"),
+        "OPENAI_API_KEY": None,
+        "OPENAI_BASE_URL": None,
+        "SECRET_KEY": TEST_SECRET_KEY,
+        "SESSION_COOKIE_SECURE": False,  # plain http on 127.0.0.1
+    }
+    app = create_app(config)
+    with app.app_context():
+        create_tables()
+    workers = ServiceProcesses(config, tmp, "worker", ["rq", "worker"])
+    try:
+        with procfile_web(config, tmp / "web.log") as base:
+            yield Docket(base, app, workers, Redis.from_url(redis_server.url))
+    finally:
+        problems = workers.stop_all()
+        Redis.from_url(redis_server.url).flushall()
+    assert not any(problems.values()), problems
+
+
+@pytest.fixture
+def worker(docket: Docket) -> Docket:
+    """The module's worker, running."""
+    docket.start_worker()
+    return docket
+
+
+# ---------- pages ----------
+
+class Watched:
+    """What went wrong on a page, besides what the test looks at: console errors (CSP violations
+    are reported there), uncaught exceptions and 5xx answers."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def watch(self, page: Page) -> Page:
+        def console(message) -> None:
+            # Chromium logs each 4xx/5xx answer as a console error too; the 4xx ones the tests
+            # provoke are expected, and a 5xx is caught by the response handler below.
+            if message.type == "error" and not message.text.startswith("Failed to load resource"):
+                self.problems.append(f"console error on {page.url}: {message.text}")
+
+        page.on("console", console)
+        page.on("pageerror", lambda exc: self.problems.append(f"uncaught exception on {page.url}: {exc}"))
+        page.on("response", lambda r: self.problems.append(f"HTTP {r.status} for {r.request.method} {r.url}")
+                if r.status >= 500 else None)
+        return page
+
+
+@pytest.fixture
+def watched() -> Iterator[Watched]:
+    watched = Watched()
+    yield watched
+    assert not watched.problems, "\n".join(watched.problems)
+
+
+def new_context(browser: Browser, docket: Docket, **options) -> BrowserContext:
+    context = browser.new_context(base_url=docket.base, accept_downloads=True, **options)
+    context.set_default_timeout(UI_MS)
+    return context
+
+
+@pytest.fixture
+def context(browser: Browser, docket: Docket) -> Iterator[BrowserContext]:
+    context = new_context(browser, docket)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext, watched: Watched) -> Page:
+    return watched.watch(context.new_page())
+
+
+def shot(page: Page, name: str) -> Path:
+    """Save a full-page screenshot as ``tests/artifacts/browser/<name>.png``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page: Page, token: str) -> None:
+    """Sign in through the sign-in page as a person does: type the token, press Enter."""
+    page.goto("/signin")
+    page.get_by_label("Token").fill(token)
+    page.get_by_label("Token").press("Enter")
+    expect(page).to_have_url(re.compile(r"/$"))
+
+
+def upload(page: Page, *names: str, password: str | None = None) -> None:
+    """Choose corpus files in the upload form (and the password), press Upload."""
+    page.get_by_label("Files", exact=True).set_input_files([str(CORPUS / name) for name in names])
+    if password is not None:
+        page.get_by_label("Password (only for encrypted PDFs)").fill(password)
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+
+def doc_row(page: Page, name: str):
+    """The newest row of the documents list for file ``name``."""
+    return page.locator("#documents .doc", has=page.locator(".doc-name", has_text=re.compile(f"^{re.escape(name)}$"))).first
+
+
+def scroll_width(page: Page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+def text_lines(locator) -> int:
+    """On how many lines the element's text is laid out."""
+    return locator.evaluate("""(e) => {
+      const range = document.createRange();
+      range.selectNodeContents(e);
+      return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+    }""")
+
+
+# ---------- sign in, sign out ----------
+
+def test_sign_in_with_a_token_and_sign_out(page: Page, docket: Docket):
+    token = docket.token("signin-person")
+    page.goto("/")  # signed out: the sign-in page, which comes back here afterwards
+    expect(page).to_have_url(re.compile(r"/signin\?next=(/|%2F)$"))
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    page.get_by_label("Token").fill("dkt_not-a-real-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("This token is not valid: it is unknown or was revoked.")
+    expect(page.get_by_label("Token")).to_have_attribute("aria-invalid", "true")
+    shot(page, "signin-refused")
+
+    page.get_by_label("Token").fill(token)
+    page.get_by_label("Token").press("Enter")
+    expect(page).to_have_url(f"{docket.base}/")
+    expect(page.locator(".signed-in-as")).to_have_text("signin-person")
+    expect(page.get_by_role("navigation", name="Operator")).to_have_count(0)  # not an admin
+    expect(page.locator("#documents-message")).to_have_text("No documents yet. Upload one above.")
+    shot(page, "signed-in-empty")
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/signin$"))
+    expect(page.get_by_role("status").filter(has_text="Signed out.")).to_be_visible()
+    page.goto("/reports")
+    expect(page).to_have_url(re.compile(r"/signin\?next=(/|%2F)reports$"))
+
+    # The run command's kind of link: the token in the fragment, never sent to the server.
+    page.goto(f"/signin#token={token}")
+    expect(page).to_have_url(f"{docket.base}/")  # signed in, the fragment gone from the address bar
+    expect(page.locator(".signed-in-as")).to_have_text("signin-person")
+
+
+# ---------- cancel and retry ----------
+
+def test_cancel_a_queued_job_and_retry_it(page: Page, docket: Docket):
+    docket.stop_worker()  # no worker: the job waits in its queue
+    sign_in(page, docket.token("canceller"))
+    name = "latex-two-column-lorem.pdf"
+    upload(page, name)
+    row = doc_row(page, name)
+    expect(row.locator(".doc-status")).to_have_text("Queued — waiting for a worker")
+    expect(page.locator("#upload-status")).to_have_text("Uploaded 1 file; processing in the background.")
+    cancel = row.get_by_role("button", name=f"Cancel processing of {name}")
+    retry = row.get_by_role("button", name=f"Retry processing of {name}")
+    cancel.press("Enter")  # from the keyboard: the focus must stay on the job's buttons
+    expect(row.locator(".doc-status")).to_have_text(re.compile(r"^Canceled"))
+    expect(cancel).to_be_hidden()
+    expect(retry).to_be_focused()
+    shot(page, "job-canceled")
+
+    retry.press("Enter")
+    expect(row.locator(".doc-status")).to_have_text(re.compile(r"^Queued( again)? — waiting for a worker$"))
+    expect(cancel).to_be_focused()
+    docket.start_worker()
+    expect(row.locator(".doc-status")).to_have_text(re.compile(r"^Finished: \d+ chunks? from 3 pages"),
+                                                    timeout=JOB_MS)
+    expect(retry).to_be_hidden()
+    shot(page, "job-retried-finished")
+
+    # Still canceled after a reload? No: the server's state is the finished one.
+    page.reload()
+    expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Finished: "))
+
+
+# ---------- upload real documents, watch the progress, read the outcomes ----------
+
+# Records every value the upload panels' progress bars take (the attribute follows .value).
+RECORD_PROGRESS = """() => {
+  window.__docketPage = "not reloaded";
+  window.__batchProgress = [];
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.target.matches && r.target.matches("#batches progress")) window.__batchProgress.push(r.target.value);
+    }
+  }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ["value"] });
+}"""
+
+
+def test_upload_text_scanned_and_encrypted_pdfs(page: Page, worker: Docket):
+    sign_in(page, worker.token("uploader"))
+    page.evaluate(RECORD_PROGRESS)
+    upload(page, TEXT_PDF, SCANNED_PDF, ENCRYPTED_PDF)
+
+    batch = page.locator("#batches .batch").first
+    expect(batch).to_contain_text("Upload of 3 files")
+    bar = batch.get_by_role("progressbar", name="Overall progress of the upload of 3 files")
+    expect(bar).to_be_visible()
+    shot(page, "upload-in-progress")
+    expect(batch.locator(".doc-status")).to_have_text("Done: 2 finished · 1 failed", timeout=JOB_MS)
+    expect(bar).to_have_js_property("value", 100)
+    expect(bar).to_be_visible()
+    # The page followed the jobs by itself: never reloaded, the bar only went forward.
+    assert page.evaluate("window.__docketPage") == "not reloaded"
+    seen = page.evaluate("window.__batchProgress")  # empty if the bar was drawn anew each time
+    assert seen == sorted(seen) and (not seen or seen[-1] == 100), seen
+
+    text_row = doc_row(page, TEXT_PDF)
+    expect(text_row.locator(".doc-status")).to_have_text(
+        re.compile(r"^Finished: [\d,]+ chunks from 15 pages \([\d,]+ characters\)$"))
+    scan_row = doc_row(page, SCANNED_PDF)
+    expect(scan_row.locator(".doc-status")).to_have_text(re.compile(r"^Finished with (a warning|\d+ warnings): "))
+    expect(scan_row).to_contain_text("no text layer (needs OCR)")
+    locked_row = doc_row(page, ENCRYPTED_PDF)
+    expect(locked_row.locator(".doc-status")).to_have_text(
+        "Failed: password required: this PDF is encrypted; upload it again with its password")
+    expect(locked_row.get_by_role("button", name=f"Retry processing of {ENCRYPTED_PDF}")).to_be_visible()
+    for row in (text_row, scan_row, locked_row):
+        expect(row.get_by_role("progressbar")).to_be_hidden()  # the sentence replaces the bar
+    shot(page, "upload-outcomes")
+
+    # Again with its password: processed (not refused as already uploaded), and it finishes.
+    upload(page, ENCRYPTED_PDF, password=PASSWORDS[ENCRYPTED_PDF])
+    expect(page.locator("#upload-status")).to_have_text("Uploaded 1 file; processing in the background.")
+    expect(page.get_by_label("Password (only for encrypted PDFs)")).to_have_value("")  # not kept in the form
+    expect(page.locator("#documents .doc", has_text=ENCRYPTED_PDF)).to_have_count(2)
+    expect(doc_row(page, ENCRYPTED_PDF).locator(".doc-status")).to_have_text(re.compile(r"^Finished: \d+ chunks? "),
+                                                                             timeout=JOB_MS)
+    assert page.evaluate("window.__docketPage") == "not reloaded"
+    shot(page, "upload-encrypted-with-password")
+
+
+# ---------- search ----------
+
+def test_search_shows_the_passage(page: Page, worker: Docket):
+    sign_in(page, worker.token("searcher"))
+    name = "war-and-peace-ch1.txt"
+    upload(page, name)
+    expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Finished: "), timeout=JOB_MS)
+
+    search = page.get_by_label("Search documents")
+    search.fill("Anna Pavlovna Scherer")
+    search.press("Enter")
+    expect(page.locator("#search-summary")).to_have_text(re.compile(r"^\d+ results? for “Anna Pavlovna Scherer”$"))
+    first = page.locator("#search-results .result").first
+    expect(first.locator(".result-name")).to_have_text(name)
+    more = first.get_by_role("button", name="Show more")
+    if more.count():  # a long passage shows a snippet first
+        more.click()
+        expect(first.get_by_role("button", name="Show less")).to_have_attribute("aria-expanded", "true")
+    expect(first.locator(".result-text")).to_contain_text("Anna Pavlovna")
+    shot(page, "search-results")
+
+    search.fill("")
+    search.press("Enter")
+    expect(page.locator("#search-error")).not_to_be_empty()  # the server's sentence for an empty query
+    expect(page.locator("#search-results .result")).to_have_count(0)
+
+
+# ---------- reports ----------
+
+E2E_FILES = ("war-and-peace-ch1.txt", "pypdf-extract-text.md")
+
+
+def test_upload_two_files_request_and_download_a_report(page: Page, worker: Docket):
+    sign_in(page, worker.token("reporter"))
+    upload(page, *E2E_FILES)
+    batch = page.locator("#batches .batch").first
+    expect(batch).to_contain_text("Upload of 2 files")
+    expect(batch.locator(".doc-status")).to_have_text("Done: 2 finished", timeout=JOB_MS)
+    for name in E2E_FILES:
+        expect(doc_row(page, name).locator(".doc-status")).to_contain_text("Finished:")
+
+    # The same file again: shown as already uploaded, with a link to the existing document.
+    upload(page, E2E_FILES[0])
+    expect(page.locator("#upload-status")).to_contain_text("already uploaded")
+    link = page.locator("#batches .batch").first.get_by_role(
+        "link", name=f"Show the existing document for {E2E_FILES[0]}")
+    link.click()
+    expect(doc_row(page, E2E_FILES[0])).to_be_focused()
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Reports").click()
+    expect(page).to_have_url(f"{worker.base}/reports")
+    page.get_by_role("radio", name="Documents", exact=True).check()
+    page.get_by_role("button", name="Request report", exact=True).click()
+    report = page.locator("#reports .report").first
+    expect(report.locator(".doc-status")).to_have_text("Ready", timeout=JOB_MS)
+    shot(page, "report-ready")
+
+    with page.expect_download() as download_info:
+        report.get_by_role("link", name="Download CSV").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".csv"), download.suggested_filename
+    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8-sig"))))
+    assert {name for name in E2E_FILES} <= {value for row in rows for value in row.values()}, rows[:3]
+    with page.expect_download() as download_info:
+        report.get_by_role("link", name="Download PDF").click()
+    assert Path(download_info.value.path()).read_bytes().startswith(b"%PDF-")
+    open_link = report.get_by_role("link", name="Open the report (HTML, in a new tab)")
+    assert open_link.get_attribute("target") == "_blank"
+    with page.context.expect_page() as tab_info:
+        open_link.click()
+    tab = tab_info.value
+    expect(tab.locator("body")).to_contain_text(E2E_FILES[1])
+    tab.close()
+
+    # A bad period: the server's sentence, not a dump.
+    page.get_by_role("radio", name="Activity", exact=True).check()
+    page.get_by_label("From").fill("2026-01-02T00:00")
+    page.get_by_label("Until").fill("2026-01-01T00:00")
+    page.get_by_role("button", name="Request report", exact=True).click()
+    expect(page.locator("#report-error")).to_have_text("'since' must be before 'until'.")
+
+    page.reload()  # the list is the server's
+    expect(page.locator("#reports .report")).to_have_count(1)
+    expect(page.locator("#reports .report .doc-status")).to_have_text("Ready")
+
+
+# ---------- the operator's dashboard ----------
+
+def test_dashboard_opens_for_an_admin_and_refuses_others(browser: Browser, page: Page, worker: Docket,
+                                                         watched: Watched):
+    sign_in(page, worker.token("operator", admin=True))
+    expect(page.locator(".signed-in-as")).to_have_text("operator (admin)")
+    upload(page, "minimal-document.pdf")  # a job, so that RQ knows the queue
+    expect(doc_row(page, "minimal-document.pdf").locator(".doc-status")).to_have_text(re.compile(r"^Finished: "),
+                                                                                    timeout=JOB_MS)
+    page.get_by_role("navigation", name="Operator").get_by_role("link", name="Dashboard").click()
+    expect(page).to_have_url(re.compile(r"/rq/?$"))
+    # Its scripts ran (jQuery, underscore templates under the dashboard's own CSP): they fetched
+    # the queues and the workers and filled the tables.
+    expect(page.locator("table#queues tbody").get_by_role("cell", name="default", exact=True)).to_be_visible()
+    shot(page, "dashboard-admin")
+    page.get_by_role("link", name="Workers", exact=True).click()
+    expect(page.locator("table#workers tbody tr[data-role=worker]").first).to_be_visible()
+    shot(page, "dashboard-workers")
+
+    page.goto("/queues")
+    expect(page.locator("#queues")).to_contain_text("default")
+    shot(page, "queues-admin")
+
+    other = new_context(browser, worker)
+    try:
+        person = watched.watch(other.new_page())
+        sign_in(person, worker.token("not-an-operator"))
+        expect(person.get_by_role("navigation", name="Operator")).to_have_count(0)
+        for path in ("/rq", "/queues"):  # a page with the sentence, not a JSON dump
+            response = person.goto(path)
+            assert response is not None and response.status == 403, path
+            expect(person.get_by_role("heading", name="Not allowed")).to_be_visible()
+            expect(person.get_by_role("alert")).to_have_text("This needs an admin token.")
+        shot(person, "dashboard-refused")
+        person.get_by_role("link", name="Back to your documents").click()
+        expect(person).to_have_url(f"{worker.base}/")
+    finally:
+        other.close()
+
+
+# ---------- a phone-sized screen ----------
+
+def test_usable_at_375_px(browser: Browser, worker: Docket, watched: Watched):
+    context = new_context(browser, worker, viewport=NARROW, device_scale_factor=2, is_mobile=True, has_touch=True)
+    try:
+        page = watched.watch(context.new_page())
+        page.goto("/signin")
+        assert scroll_width(page) <= NARROW["width"]
+        shot(page, "narrow-signin")
+        sign_in(page, worker.token("phone-person-with-a-rather-long-owner-name"))
+        assert scroll_width(page) <= NARROW["width"]
+        # A long label stays beside its checkbox; "Sign out" stays on one line.
+        box, label = (page.locator(s).bounding_box() for s in ("#upload-reprocess", "label[for=upload-reprocess]"))
+        assert label["x"] > box["x"] + box["width"] and label["y"] < box["y"] + box["height"], (box, label)
+        assert text_lines(page.get_by_role("button", name="Sign out")) == 1
+
+        name = "unreadable-metadata-broken-xref.pdf"  # a long name, and a failure sentence to wrap
+        upload(page, name, "war-and-peace-ch1.txt")
+        expect(page.locator("#batches .batch .doc-status").first).to_have_text(re.compile(r"^Done: "),
+                                                                                timeout=JOB_MS)
+        expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Failed: "))
+        search = page.get_by_label("Search documents")
+        search.fill("Anna Pavlovna")
+        page.get_by_role("button", name="Search", exact=True).tap()
+        expect(page.locator("#search-results .result").first).to_be_visible()
+        for control in (page.get_by_label("Files", exact=True), page.get_by_role("button", name="Upload", exact=True),
+                        search, page.get_by_role("button", name="Search", exact=True),
+                        doc_row(page, name).get_by_role("button", name=f"Retry processing of {name}")):
+            box = control.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= NARROW["width"], (control, box)
+        assert scroll_width(page) <= NARROW["width"]
+        shot(page, "narrow-documents")
+
+        page.goto("/reports")
+        expect(page.locator("#reports-message")).to_have_text("No reports yet.")
+        assert scroll_width(page) <= NARROW["width"]
+        shot(page, "narrow-reports")
+
+        page.goto("/schedules")  # add one: its row, with its buttons, must fit too
+        page.get_by_role("button", name="Add schedule").tap()
+        expect(page.locator("#schedules > li").first).to_contain_text("activity_report")
+        assert scroll_width(page) <= NARROW["width"]
+        shot(page, "narrow-schedules")
+    finally:
+        context.close()
+
+
+# ---------- the keyboard ----------
+
+FOCUS_STYLE = """(e) => {
+  const style = getComputedStyle(e);
+  return { tag: e.tagName.toLowerCase(), id: e.id, text: (e.textContent || "").trim().slice(0, 40),
+           outline: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) > 0,
+           shadow: style.boxShadow !== "none" };
+}"""
+
+CONTROLS_AND_LABELS = """() => [...document.querySelectorAll("input, select, textarea")]
+  .filter((e) => e.type !== "hidden" && e.getClientRects().length)
+  .map((e) => ({ id: e.id, label: e.labels && e.labels.length ? e.labels[0].textContent.trim() : null }))"""
+
+
+def focus_stops(page: Page, count: int) -> list[dict]:
+    """Press Tab ``count`` times from the top of a freshly loaded page; each focused element and
+    whether its focus is visible (an outline or a box shadow)."""
+    stops = []
+    for _ in range(count):
+        page.keyboard.press("Tab")
+        stops.append(page.evaluate_handle("document.activeElement").evaluate(FOCUS_STYLE))
+    return stops
+
+
+def test_every_control_is_labelled(page: Page, worker: Docket):
+    page.goto("/signin")
+    pages = ["/signin", "/", "/reports", "/schedules"]
+    for path in pages:
+        if path == "/":
+            sign_in(page, worker.token("labels-person", admin=True))
+        page.goto(path)
+        expect(page.get_by_role("heading", level=2).first).to_be_visible()
+        if path == "/reports":
+            page.get_by_role("radio", name="Documents", exact=True).check()
+            page.get_by_role("radio", name="Documents I select").check()
+        controls = page.evaluate(CONTROLS_AND_LABELS)
+        assert controls, path
+        for control in controls:
+            assert control["label"], f"no label for #{control['id']} on {path}"
+            found = page.get_by_label(control["label"], exact=True)
+            expect(found).to_have_count(1)
+            assert found.evaluate("e => e.id") == control["id"], (path, control)
+
+
+def test_keyboard_only_upload_and_search(page: Page, worker: Docket):
+    # Sign in without the mouse.
+    page.goto("/signin")
+    token_stops = focus_stops(page, 6)
+    assert "signin-token" in [s["id"] for s in token_stops], token_stops
+    page.get_by_label("Token").focus()
+    page.keyboard.type(worker.token("keyboard-person"))
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.locator("#documents-message")).to_have_text("No documents yet. Upload one above.")
+
+    # Tab order: skip link, the navigation, sign out, then the upload form top to bottom, search.
+    stops = focus_stops(page, 13)
+    names = [s["id"] or s["text"] for s in stops]
+    assert names == ["Skip to content", "Documents", "Reports", "Schedules", "Sign out", "upload-file",
+                     "upload-password", "upload-reprocess", "upload-callback", "upload-button", "search-q",
+                     "Search", "refresh-button"], names
+    invisible = [s for s in stops if not (s["outline"] or s["shadow"])]
+    assert not invisible, f"focus not visible on: {invisible}"
+    page.keyboard.press("Shift+Tab")
+    expect(page.get_by_role("button", name="Search", exact=True)).to_be_focused()
+
+    # The skip link takes the keyboard past the header.
+    page.reload()
+    expect(page.locator("#documents-message")).to_have_text("No documents yet. Upload one above.")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    shot(page, "keyboard-skip-link")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Files", exact=True)).to_be_focused()
+    shot(page, "keyboard-focus-files")
+
+    # Choose a file from the keyboard, move to Upload, press Enter.
+    name = "war-and-peace-ch1.txt"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(CORPUS / name))
+    for expected in ("upload-password", "upload-reprocess", "upload-callback", "upload-button"):
+        page.keyboard.press("Tab")
+        expect(page.locator(f"#{expected}")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Finished: "), timeout=JOB_MS)
+    expect(page.locator("#upload-button")).to_be_focused()  # the keyboard's place is kept
+
+    # Search: type, Enter.
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Search documents")).to_be_focused()
+    page.keyboard.type("Prince Vasili")
+    page.keyboard.press("Enter")
+    expect(page.locator("#search-results .result").first.locator(".result-name")).to_have_text(name)
+    shot(page, "keyboard-search")
