@@ -201,7 +201,8 @@ def test_presigned_urls_carry_the_headers_and_expire_when_told(bucket):
 def test_an_unreachable_endpoint_or_missing_bucket_is_a_transient_storage_error(s3_env, bucket):
     nowhere = S3Storage(bucket, PREFIX, endpoint_url=f"http://127.0.0.1:{free_port()}")
     no_bucket = S3Storage(f"{bucket}-missing", PREFIX)
-    for storage in (nowhere, no_bucket):
+    malformed = S3Storage(bucket, PREFIX, endpoint_url="not an endpoint")
+    for storage in (nowhere, no_bucket, malformed):
         for action in (lambda s: s.get("documents/ab/x"), lambda s: s.put("documents/ab/x", b"x"),
                        lambda s: s.put_stream("documents/ab/x", io.BytesIO(b"x")),
                        lambda s: s.delete("documents/ab/x"), lambda s: list(s.keys())):

@@ -233,21 +233,30 @@ def _s3_client(endpoint_url: str | None) -> Any:
     """This process's boto3 S3 client for ``endpoint_url`` (``None``: ``AWS_ENDPOINT_URL``, else
     AWS), made on first use. boto3 reads the credentials and region from its usual variables and
     files; they are part of the cache key by identity only (the access key id, never the secret),
-    so a changed environment (a test) gets a new client."""
+    so a changed environment (a test) gets a new client.
+
+    Raises:
+        StorageError: the client cannot be made (a malformed endpoint URL); transient, as the
+            storage is unusable until its settings are fixed.
+    """
     import boto3
     from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
 
     cache_key = (os.getpid(), endpoint_url, os.environ.get("AWS_ENDPOINT_URL"),
                  os.environ.get("AWS_DEFAULT_REGION"), os.environ.get("AWS_ACCESS_KEY_ID"))
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is None:
-            # A session per client: boto3's default session is not thread-safe to create clients from.
-            client = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint_url,
-                config=Config(signature_version="s3v4", connect_timeout=5, read_timeout=60,
-                              retries={"mode": "standard", "max_attempts": 3}),
-            )
+            try:
+                # A session per client: boto3's default session is not thread-safe to create clients from.
+                client = boto3.session.Session().client(
+                    "s3", endpoint_url=endpoint_url,
+                    config=Config(signature_version="s3v4", connect_timeout=5, read_timeout=60,
+                                  retries={"mode": "standard", "max_attempts": 3}),
+                )
+            except (BotoCoreError, ValueError) as exc:  # e.g. a malformed AWS_ENDPOINT_URL or region
+                raise StorageError(f"the S3 client could not be set up: {exc}") from exc
             _clients[cache_key] = client
         return client
 
