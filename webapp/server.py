@@ -20,6 +20,17 @@ Werkzeug's errors (``URI Too Long`` → ``uri_too_long``), except ``500`` → ``
 Every such answer is JSON, not only under ``/api``: when the request line cannot be read there is
 no path to decide by.
 
+Threads and streams: a live-progress stream (``/api/jobs/<id>/events``, :mod:`webapp.events_api`)
+holds one of the worker's threads for as long as it is open, so the Procfile gives each worker
+many threads (``--threads ${WEB_THREADS:-256}``: 200 open streams and room for everything else;
+an idle thread costs a little memory, no CPU). But threads that all run Python at once only
+contend for the GIL: measured with the status-endpoint benchmark (32 concurrent clients), 256
+threads running requests unchecked served ``GET /api/jobs/<id>`` 35–45 % slower than 4 threads.
+So :class:`ActiveRequestLimit` lets at most ``WEB_ACTIVE_REQUESTS`` (4) requests per process
+run the application at a time — what the 4 threads allowed before; the others wait, idle, for
+a slot. A stream takes a slot only while the application sets it up (auth, the first read):
+the events it sends afterwards are written outside the limit.
+
 Used in the Procfile: ``gunicorn wsgi:app --worker-class webapp.server.JsonErrorWorker …``. This
 module is part of the HTTP edge and imports nothing else of Docket.
 """
@@ -27,13 +38,16 @@ module is part of the HTTP edge and imports nothing else of Docket.
 from __future__ import annotations
 
 import json
+import os
 import re
-from typing import Any
+import threading
+from typing import Any, Callable, Iterable
 
 from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
 from gunicorn.workers.gthread import ThreadWorker
 
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
+DEFAULT_ACTIVE_REQUESTS = 4  # the threads per worker before streams; measured above
 
 
 def error_message(status: int, exc: BaseException, limit_request_line: int) -> str:
@@ -87,8 +101,51 @@ class _JsonErrorSocket:
         return getattr(self._sock, name)
 
 
+class ActiveRequestLimit:
+    """WSGI middleware: at most ``limit`` requests of this process run the application at once.
+
+    The slot is held while the application is called — for an ordinary Flask response that is
+    all the work, the body is ready when it returns — and released before the body is sent, so
+    a streamed body (Server-Sent Events) never holds one.
+
+    Args:
+        app: the WSGI application.
+        limit: concurrent application calls, at least 1.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], limit: int) -> None:
+        self.app = app
+        self.limit = max(1, limit)
+        self._slots = threading.BoundedSemaphore(self.limit)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._slots:
+            return self.app(environ, start_response)
+
+
+def active_requests(env: dict[str, str] | os._Environ = os.environ) -> int:
+    """``WEB_ACTIVE_REQUESTS`` from the environment (default 4), at least 1.
+
+    Raises:
+        ValueError: it is not a whole number.
+    """
+    raw = (env.get("WEB_ACTIVE_REQUESTS") or "").strip()
+    if not raw:
+        return DEFAULT_ACTIVE_REQUESTS
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        raise ValueError(f"WEB_ACTIVE_REQUESTS must be a whole number, got {raw!r}") from None
+
+
 class JsonErrorWorker(ThreadWorker):
-    """gunicorn's threaded worker, answering its own HTTP errors in Docket's JSON error shape."""
+    """gunicorn's threaded worker, answering its own HTTP errors in Docket's JSON error shape,
+    and running at most ``WEB_ACTIVE_REQUESTS`` application calls at once (:class:`ActiveRequestLimit`)."""
+
+    def load_wsgi(self):
+        """Load the application (after the fork), wrapped in the process's request limit."""
+        super().load_wsgi()
+        self.wsgi = ActiveRequestLimit(self.wsgi, active_requests())
 
     def handle_error(self, req, client, addr, exc):
         """gunicorn's handling (status, logs, access log), with the answer written as JSON."""
