@@ -48,6 +48,11 @@ def total(samples, name: str, **labels: str) -> float:
     return sum(v for key, v in samples.get(name, {}).items() if wanted <= set(key))
 
 
+def recorded(samples, kind: str, jobs: int):
+    """``samples`` once ``jobs`` jobs of ``kind`` are in the queue-wait histogram, else ``None``."""
+    return samples if value(samples, "docket_job_queue_wait_seconds_count", kind=kind) >= jobs else None
+
+
 def upload(web: str, token: str, *names: str) -> list[dict]:
     handles = [open(CORPUS / name, "rb") for name in names]
     try:
@@ -96,7 +101,8 @@ def test_metrics_sum_every_worker_process_even_a_replaced_one(app, web, config, 
     assert ended == {second[0]["job_id"]: "finished", second[1]["job_id"]: "failed"}, ended
     assert worker_b.poll() is None
 
-    samples = scrape(web, admin)
+    # The row ends (state machine) a moment before the worker records the job's duration.
+    samples = wait_for(lambda: recorded(scrape(web, admin), "document", 4), 30, "the worker to record the last job")
     # Jobs by kind and status (the Job table) and RQ's registries (Redis), read at scrape time.
     assert value(samples, "docket_jobs", kind="document", status="finished") == 3
     assert value(samples, "docket_jobs", kind="document", status="failed") == 1
@@ -153,7 +159,7 @@ def test_a_job_whose_worker_process_was_killed_is_counted_by_the_pool(app, web, 
     wait_for(lambda: second.get_status(refresh=True).value == "finished", 60, "the replacement process to run a job")
     assert worker.poll() is None
 
-    samples = scrape(web, admin)
+    samples = wait_for(lambda: recorded(scrape(web, admin), "sleeper", 2), 30, "the jobs to be recorded")
     assert value(samples, "docket_job_duration_seconds_count", kind="sleeper", status="failed") == 1
     assert value(samples, "docket_job_duration_seconds_count", kind="sleeper", status="finished") == 1
     assert value(samples, "docket_job_queue_wait_seconds_count", kind="sleeper") == 2
