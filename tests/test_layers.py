@@ -31,7 +31,9 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         # queue statistics for operators (RQ's registries + the Job table)
         "webapp.queue_stats",
         # pgvector columns and HNSW indexes, full-text index (search structures beside the models)
-        "webapp.vector_index"}
+        "webapp.vector_index",
+        # operations: structured logs, Prometheus metrics
+        "webapp.logs", "webapp.metrics"}
 
 
 def module_names(package: str) -> list[str]:

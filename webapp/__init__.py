@@ -6,7 +6,6 @@ it in tests. Nothing connects to Redis or the database here: clients connect on 
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Mapping
 
@@ -37,8 +36,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # Flask's documented way behind a proxy: scheme, host and client address from its headers.
         hops = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
-    if not app.debug and not app.testing:
-        app.logger.setLevel(logging.INFO)
+    from webapp import logs, metrics
+
+    logs.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])  # before app.logger is first used
+    metrics.init_app(app)  # PROMETHEUS_MULTIPROC_DIR, before anything imports prometheus_client
 
     from webapp import auth, errors
     from webapp.db import db
@@ -47,6 +48,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     rq.init_app(app)
     errors.init_app(app)
+    logs.init_app(app)  # request id and one log line per request; its hooks run before auth's
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
 
     from webapp import api, dashboard, health, queues_api, schedules_api, views
@@ -57,6 +59,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(events_api.bp)  # GET /api/jobs/<id>/events, /api/batches/<id>/events (SSE)
     app.register_blueprint(schedules_api.bp)
     app.register_blueprint(queues_api.bp)
+    from webapp import metrics_api
+
+    app.register_blueprint(metrics_api.bp)  # GET /metrics (Prometheus), admins only
     dashboard.init_app(app)  # rq-dashboard at /rq, admins only
     app.register_blueprint(health.bp)
     app.register_blueprint(views.bp)

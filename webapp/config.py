@@ -262,6 +262,14 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Seconds a stored file must be old before the orphans job deletes it when no row
         # references it (an upload's bytes are stored before its row is committed).
         "ORPHAN_GRACE": _int(env, "ORPHAN_GRACE", 3600),
+        # --- operations (webapp/logs.py, webapp/metrics.py) ---
+        # Log lines on stderr: "json" (one object per line, for a log service) or "text" (for a
+        # person); the level of Docket's, RQ's and rq-scheduler's loggers.
+        "LOG_FORMAT": (env.get("LOG_FORMAT") or "json").strip().lower(),
+        "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").strip().upper(),
+        # Folder where every process of this machine keeps its Prometheus counters (one file per
+        # process, summed by GET /metrics); the run command empties it at start.
+        "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or str(instance / "prometheus"),
     }
     # A chunk of N characters is at most 4*N UTF-8 bytes, and a byte-level BPE token covers at
     # least one byte, so 2048 characters stay under OpenAI's 8192-token per-input limit.
@@ -304,6 +312,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     for name in ("RECONCILE_GRACE", "STUCK_JOB_MARGIN", "SHUTDOWN_GRACE", "ORPHAN_GRACE"):
         if config[name] < 0:
             raise ValueError(f"{name} must not be negative")
+    if config["LOG_FORMAT"] not in ("json", "text"):
+        raise ValueError(f"LOG_FORMAT must be json or text, got {config['LOG_FORMAT']!r}")
     if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:
         raise ValueError("CHUNK_OVERLAP must be at least 0 and less than half of CHUNK_SIZE")
     return config
