@@ -388,11 +388,14 @@ def _backfill_vectors(database: Database, block: int = 500) -> None:
             'WHERE "chunk"."id" = u.i', (ids, literals))
     spaces = database.execute_sql('SELECT DISTINCT "embedding_model", "dimensions" FROM "chunk"').fetchall()
     for space, dims in spaces:
+        if dims > 4000:  # beyond pgvector's HNSW (halfvec: 4,000 dimensions): no index
+            continue
+        kind = "vector" if dims <= 2000 else "halfvec"
         name = "chunk_hnsw_" + hashlib.sha1(f"{space}\0{dims}".encode("utf-8")).hexdigest()[:16] + f"_{int(dims)}"
         literal = space.replace("'", "''")
         database.execute_sql(
-            f'CREATE INDEX IF NOT EXISTS "{name}" ON "chunk" USING hnsw (("embedding_vector"::vector({int(dims)})) '
-            f"vector_cosine_ops) WHERE \"embedding_model\" = '{literal}' AND \"dimensions\" = {int(dims)}")
+            f'CREATE INDEX IF NOT EXISTS "{name}" ON "chunk" USING hnsw (("embedding_vector"::{kind}({int(dims)})) '
+            f"{kind}_cosine_ops) WHERE \"embedding_model\" = '{literal}' AND \"dimensions\" = {int(dims)}")
 
 
 def _search(migrator: SchemaMigrator, database: Database) -> None:

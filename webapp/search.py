@@ -12,10 +12,11 @@ the queries (owner, document, batch), never after:
   so both databases rank identically when the index finds the same candidates.
 * **text**: the database's full-text index (FTS5 on SQLite, a ``tsvector`` GIN index on
   PostgreSQL, configuration ``simple``) finds up to ``TEXT_POOL`` chunks containing any query
-  word (best native rank first); they are ranked by BM25 (k1 = 1.2, b = 0.75) computed over that
-  pool from the words ``\\w+`` of the texts: the same ranking on both databases whenever every
-  match fits in the pool. The user's text never reaches FTS syntax: it is split into words, each
-  quoted.
+  word (best native rank first); they are ranked by BM25 (k1 = 1.2, b = 0.75) computed from the
+  words ``\\w+`` of their texts, with document frequencies counted in the index: the same
+  ranking on both databases whenever every match fits in the pool (N and df are counted over
+  every chunk, not only the filtered ones). The user's text never reaches FTS syntax: it is
+  split into words, each quoted.
 * **hybrid** (default): reciprocal rank fusion (Cormack, Clarke & Büttcher 2009) of the vector
   and text rankings, each cut at ``CANDIDATES``: score = Σ 1 / (``RRF_K`` + rank), rank from 1.
 
@@ -36,13 +37,14 @@ from flask import current_app
 
 from webapp.embeddings import embedder_from_config, from_blobs
 from webapp.models import Chunk, Document
-from webapp.vector_index import is_postgres, space_predicate, vector_expression, vector_literal
+from webapp.vector_index import is_postgres, space_predicate, vector_expression, vector_literal, vector_type
 
 MODES = ("hybrid", "vector", "text")
 CANDIDATES = 50  # each ranking's length before fusion (and the least pgvector is asked for)
 TEXT_POOL = 200  # chunks the full-text index proposes for the BM25 ranking
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 MAX_QUERY_TERMS = 32  # words of a query used by the text ranking (the first ones)
+DF_CAP = 10_000  # chunks counted per query word for its document frequency (bounds the time)
 BM25_K1, BM25_B = 1.2, 0.75
 HNSW_MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 
@@ -129,7 +131,9 @@ def _vector_ranking(scope: _Scope, query: str, embedder, n: int, block_rows: int
         if not _pg_has_space(database, scope.space):
             return []
         query_vector = np.asarray(embedder.embed([query])[0], dtype=np.float32)
-        ids, matrix = _pg_vector_candidates(database, scope, query_vector, n)
+        # At least CANDIDATES: the index's order is approximate, and chunks with equal scores
+        # (the same text twice) must all be candidates for the exact ranking to break ties by id.
+        ids, matrix = _pg_vector_candidates(database, scope, query_vector, max(n, CANDIDATES))
         return _exact(ids, matrix, query_vector, n)
     blocks = _blocks(scope, block_rows)
     first = next(blocks, None)
@@ -171,10 +175,7 @@ def _pg_vector_candidates(database, scope: _Scope, query_vector: np.ndarray, n: 
     """``n`` candidates from the vector space's HNSW index (same expression and partial-index
     predicate as :func:`webapp.vector_index.ensure_vector_index`), with their stored vectors."""
     dims = len(query_vector)
-    filters, values = scope.sql("%s")
-    distance = f"{vector_expression(dims)} <=> %s::vector({dims})"
-    sql = (f'SELECT c.id, c.embedding FROM "chunk" c JOIN "document" d ON d.id = c.document_id '
-           f"WHERE {space_predicate(scope.space, dims)}{filters} ORDER BY {distance} LIMIT %s")
+    sql, values = pg_vector_query(scope, dims)
     with database.atomic():
         # pgvector ≥ 0.8: with filters, keep scanning the graph until n rows pass them (older
         # versions ignore the setting); ef_search ≥ n so the index can return n rows at all.
@@ -184,6 +185,18 @@ def _pg_vector_candidates(database, scope: _Scope, query_vector: np.ndarray, n: 
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros((0, dims), dtype=np.float32)
     return np.asarray([row[0] for row in rows], dtype=np.int64), from_blobs([bytes(row[1]) for row in rows], dims)
+
+
+def pg_vector_query(scope: _Scope, dims: int) -> tuple[str, list[Any]]:
+    """The PostgreSQL query for a scope's nearest chunks: SQL with ``%s`` for the filters' values
+    (returned), then the query vector (pgvector text) and the limit. It orders by the cosine
+    distance on the indexed expression within the partial index's predicate, so the planner can
+    walk the vector space's HNSW index."""
+    filters, values = scope.sql("%s")
+    distance = f"{vector_expression(dims)} <=> %s::{vector_type(dims)}({dims})"
+    sql = (f'SELECT c.id, c.embedding FROM "chunk" c JOIN "document" d ON d.id = c.document_id '
+           f"WHERE {space_predicate(scope.space, dims)}{filters} ORDER BY {distance} LIMIT %s")
+    return sql, values
 
 
 def _blocks(scope: _Scope, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -237,21 +250,48 @@ def _text_ranking(scope: _Scope, query: str, n: int) -> list[tuple[int, float]]:
                f"WHERE c.embedding_model = ?{filters} ORDER BY m.rank, c.id LIMIT ?")
         params = (fts5_match(terms), scope.space, *values, TEXT_POOL)
     pool = database.execute_sql(sql, params).fetchall()
-    return bm25(pool, terms)[:n]
+    if not pool:
+        return []
+    return bm25(pool, terms, _frequencies(database, terms))[:n]
 
 
-def bm25(pool: list[tuple[int, str]], terms: list[str]) -> list[tuple[int, float]]:
-    """BM25 (k1 = 1.2, b = 0.75) of each ``(chunk id, text)`` of ``pool`` for ``terms``, with the
-    document frequencies and average length taken over the pool; best first, ties by id; chunks
-    with none of the words (the index matched a form the word split does not) are left out."""
+def _frequencies(database, terms: list[str]) -> tuple[int, dict[str, int]]:
+    """``(N, {term: df})`` for BM25's idf, from the indexes, in bounded time and memory: N is the
+    highest chunk id (the primary key's last entry: an upper bound of the number of chunks,
+    exact while none was deleted), df the chunks whose text has the term, counted up to
+    ``DF_CAP`` (a word in more chunks than that is common anyway)."""
+    top = database.execute_sql('SELECT max("id") FROM "chunk"').fetchone()[0] or 0
+    if is_postgres(database):
+        sql = ("SELECT count(*) FROM (SELECT 1 FROM \"chunk\" WHERE to_tsvector('simple', \"text\") @@ "
+               "plainto_tsquery('simple', %s) LIMIT %s) t")
+        counts = {t: database.execute_sql(sql, (t, DF_CAP)).fetchone()[0] for t in terms}
+    else:
+        sql = 'SELECT count(*) FROM (SELECT 1 FROM "chunk_fts" WHERE "chunk_fts" MATCH ? LIMIT ?)'
+        counts = {t: database.execute_sql(sql, (fts5_match([t]), DF_CAP)).fetchone()[0] for t in terms}
+    return max(top, *counts.values(), 1), counts
+
+
+def bm25(pool: list[tuple[int, str]], terms: list[str],
+         frequencies: tuple[int, dict[str, int]]) -> list[tuple[int, float]]:
+    """BM25 (k1 = 1.2, b = 0.75) of each ``(chunk id, text)`` of ``pool`` for ``terms``.
+
+    Args:
+        pool: the candidates; their words are ``\w+`` runs, lower-cased; the average length is
+            taken over the pool.
+        terms: the query's words.
+        frequencies: ``(N, {term: df})``: chunks in all, and chunks with each term.
+
+    Returns:
+        ``(chunk id, score)`` best first, ties by id, scores rounded to 6 decimals; chunks with
+        none of the words (the index matched a form the word split does not) are left out.
+    """
     if not pool:
         return []
     counts = [Counter(WORD.findall(text.lower())) for _, text in pool]
     lengths = [sum(c.values()) for c in counts]
     average = max(sum(lengths) / len(lengths), 1.0)
-    size = len(pool)
-    idf = {t: math.log(1 + (size - df + 0.5) / (df + 0.5))
-           for t in terms for df in [sum(1 for c in counts if t in c)]}
+    size, df = frequencies
+    idf = {t: math.log(1 + (size - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
     scored = []
     for (chunk_id, _), count, length in zip(pool, counts, lengths):
         score = sum(idf[t] * count[t] * (BM25_K1 + 1) / (count[t] + BM25_K1 * (1 - BM25_B + BM25_B * length / average))

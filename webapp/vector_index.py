@@ -7,9 +7,9 @@ What migration 5 (:mod:`webapp.migrations`) adds next to the ``chunk`` table:
   fixed dimension, a copy of ``chunk.embedding`` that this module writes when a document's chunks
   are stored); a GIN index on ``to_tsvector('simple', text)`` (``simple``: no stemming nor stop
   words, as the documents are in many languages); and, per vector space (embedding model and
-  dimensions), one partial HNSW index on ``embedding_vector::vector(D)`` restricted to that
-  space's rows (an HNSW index needs one fixed dimension), created by :func:`ensure_vector_index`
-  when a space is first stored.
+  dimensions), one partial HNSW index on ``embedding_vector::vector(D)`` (``halfvec(D)`` above
+  2,000 dimensions; none above 4,000) restricted to that space's rows (an HNSW index needs one
+  fixed dimension), created by :func:`ensure_vector_index` when a space is first stored.
 * SQLite: ``chunk_fts``, an FTS5 external-content table over ``chunk.text`` kept in step by
   triggers on ``chunk`` (insert, delete, update; document deletes cascade to chunks and fire them).
   Vectors stay in ``chunk.embedding`` (float32 bytes) and are scanned exactly in bounded blocks
@@ -48,6 +48,10 @@ SEARCH_SCHEMA: dict[str, tuple[str, ...]] = {
 }
 
 HNSW_INDEX_PREFIX = "chunk_hnsw_"
+# pgvector's HNSW limits (pgvector README, "Indexing"): ``vector`` up to 2,000 dimensions,
+# ``halfvec`` (half precision) up to 4,000. Longer vectors get no index: exact, slower scans.
+VECTOR_INDEX_MAX_DIMS = 2000
+HALFVEC_INDEX_MAX_DIMS = 4000
 # PostgreSQL advisory lock key taken while creating a vector space's index ("dkhnsw" in ASCII).
 HNSW_LOCK_ID = 0x646B686E7377
 
@@ -74,10 +78,22 @@ def space_predicate(space: str, dimensions: int) -> str:
     return f"\"embedding_model\" = '{space.replace(chr(39), chr(39) * 2)}' AND \"dimensions\" = {int(dimensions)}"
 
 
+def vector_type(dimensions: int) -> str:
+    """The pgvector type a space of ``dimensions`` is indexed (and searched) as: ``vector`` up to
+    2,000 dimensions, ``halfvec`` up to 4,000 (e.g. hashing's 2,048, OpenAI's 3,072: the index
+    finds candidates in half precision; their scores are then computed exactly)."""
+    return "vector" if dimensions <= VECTOR_INDEX_MAX_DIMS else "halfvec"
+
+
+def indexable(dimensions: int) -> bool:
+    """Whether pgvector's HNSW can index vectors of ``dimensions`` (at most 4,000)."""
+    return dimensions <= HALFVEC_INDEX_MAX_DIMS
+
+
 def vector_expression(dimensions: int, table: str = "") -> str:
-    """The indexed expression: the column cast to the space's fixed dimension."""
+    """The indexed expression: the column cast to the space's type of fixed dimension."""
     column = f'{table}."embedding_vector"' if table else '"embedding_vector"'
-    return f"({column}::vector({int(dimensions)}))"
+    return f"({column}::{vector_type(dimensions)}({int(dimensions)}))"
 
 
 def ensure_vector_index(database: Database, space: str, dimensions: int) -> bool:
@@ -94,9 +110,10 @@ def ensure_vector_index(database: Database, space: str, dimensions: int) -> bool
         dimensions: the vectors' length.
 
     Returns:
-        True if this call created the index; False if it existed, or on SQLite (nothing to do).
+        True if this call created the index; False if it existed, on SQLite (nothing to do), or
+        when the vectors are longer than pgvector's HNSW can index (4,000 dimensions).
     """
-    if not is_postgres(database):
+    if not is_postgres(database) or not indexable(dimensions):
         return False
     name = hnsw_index_name(space, dimensions)
     if _index_exists(database, name):
@@ -107,7 +124,7 @@ def ensure_vector_index(database: Database, space: str, dimensions: int) -> bool
             return False
         database.execute_sql(
             f'CREATE INDEX IF NOT EXISTS "{name}" ON "chunk" USING hnsw ({vector_expression(dimensions)} '
-            f"vector_cosine_ops) WHERE {space_predicate(space, dimensions)}")
+            f"{vector_type(dimensions)}_cosine_ops) WHERE {space_predicate(space, dimensions)}")
     return True
 
 
