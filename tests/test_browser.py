@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
@@ -196,17 +196,35 @@ def watched() -> Iterator[Watched]:
     assert not watched.problems, "\n".join(watched.problems)
 
 
-def new_context(browser: Browser, docket: Docket, **options) -> BrowserContext:
-    context = browser.new_context(base_url=docket.base, accept_downloads=True, **options)
-    context.set_default_timeout(UI_MS)
-    return context
+@pytest.fixture
+def new_context(request, browser: Browser, docket: Docket) -> Iterator[Callable[..., BrowserContext]]:
+    """Open browser contexts (fresh cookies) with Playwright's ``new_context`` options; each is
+    closed after the test, and when the test failed each of its pages is saved first as
+    ``tests/artifacts/browser/FAILED-<test>-<n>.png``."""
+    contexts: list[BrowserContext] = []
+    failed_before = request.session.testsfailed
+
+    def new(**options) -> BrowserContext:
+        context = browser.new_context(base_url=docket.base, accept_downloads=True, **options)
+        context.set_default_timeout(UI_MS)
+        contexts.append(context)
+        return context
+
+    yield new
+    failed = request.session.testsfailed > failed_before  # the call's report is in by teardown
+    pages = [page for context in contexts for page in context.pages]
+    for n, page in enumerate(pages if failed else []):
+        try:
+            shot(page, f"FAILED-{request.node.name}-{n}")
+        except Exception:  # a page that crashed or is closing: nothing to save
+            pass
+    for context in contexts:
+        context.close()
 
 
 @pytest.fixture
-def context(browser: Browser, docket: Docket) -> Iterator[BrowserContext]:
-    context = new_context(browser, docket)
-    yield context
-    context.close()
+def context(new_context) -> BrowserContext:
+    return new_context()
 
 
 @pytest.fixture
@@ -228,6 +246,7 @@ def sign_in(page: Page, token: str) -> None:
     page.get_by_label("Token").fill(token)
     page.get_by_label("Token").press("Enter")
     expect(page).to_have_url(re.compile(r"/$"))
+    page.wait_for_load_state()  # its stylesheet too (the URL changes before the page has loaded)
 
 
 def upload(page: Page, *names: str, password: str | None = None) -> None:
@@ -467,7 +486,7 @@ def test_upload_two_files_request_and_download_a_report(page: Page, worker: Dock
 
 # ---------- the operator's dashboard ----------
 
-def test_dashboard_opens_for_an_admin_and_refuses_others(browser: Browser, page: Page, worker: Docket,
+def test_dashboard_opens_for_an_admin_and_refuses_others(new_context, page: Page, worker: Docket,
                                                          watched: Watched):
     sign_in(page, worker.token("operator", admin=True))
     expect(page.locator(".signed-in-as")).to_have_text("operator (admin)")
@@ -488,68 +507,60 @@ def test_dashboard_opens_for_an_admin_and_refuses_others(browser: Browser, page:
     expect(page.locator("#queues")).to_contain_text("default")
     shot(page, "queues-admin")
 
-    other = new_context(browser, worker)
-    try:
-        person = watched.watch(other.new_page())
-        sign_in(person, worker.token("not-an-operator"))
-        expect(person.get_by_role("navigation", name="Operator")).to_have_count(0)
-        for path in ("/rq", "/queues"):  # a page with the sentence, not a JSON dump
-            response = person.goto(path)
-            assert response is not None and response.status == 403, path
-            expect(person.get_by_role("heading", name="Not allowed")).to_be_visible()
-            expect(person.get_by_role("alert")).to_have_text("This needs an admin token.")
-        shot(person, "dashboard-refused")
-        person.get_by_role("link", name="Back to your documents").click()
-        expect(person).to_have_url(f"{worker.base}/")
-    finally:
-        other.close()
+    person = watched.watch(new_context().new_page())
+    sign_in(person, worker.token("not-an-operator"))
+    expect(person.get_by_role("navigation", name="Operator")).to_have_count(0)
+    for path in ("/rq", "/queues"):  # a page with the sentence, not a JSON dump
+        response = person.goto(path)
+        assert response is not None and response.status == 403, path
+        expect(person.get_by_role("heading", name="Not allowed")).to_be_visible()
+        expect(person.get_by_role("alert")).to_have_text("This needs an admin token.")
+    shot(person, "dashboard-refused")
+    person.get_by_role("link", name="Back to your documents").click()
+    expect(person).to_have_url(f"{worker.base}/")
 
 
 # ---------- a phone-sized screen ----------
 
-def test_usable_at_375_px(browser: Browser, worker: Docket, watched: Watched):
-    context = new_context(browser, worker, viewport=NARROW, device_scale_factor=2, is_mobile=True, has_touch=True)
-    try:
-        page = watched.watch(context.new_page())
-        page.goto("/signin")
-        assert scroll_width(page) <= NARROW["width"]
-        shot(page, "narrow-signin")
-        sign_in(page, worker.token("phone-person-with-a-rather-long-owner-name"))
-        assert scroll_width(page) <= NARROW["width"]
-        # A long label stays beside its checkbox; "Sign out" stays on one line.
-        box, label = (page.locator(s).bounding_box() for s in ("#upload-reprocess", "label[for=upload-reprocess]"))
-        assert label["x"] > box["x"] + box["width"] and label["y"] < box["y"] + box["height"], (box, label)
-        assert text_lines(page.get_by_role("button", name="Sign out")) == 1
+def test_usable_at_375_px(new_context, worker: Docket, watched: Watched):
+    context = new_context(viewport=NARROW, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = watched.watch(context.new_page())
+    page.goto("/signin")
+    assert scroll_width(page) <= NARROW["width"]
+    shot(page, "narrow-signin")
+    sign_in(page, worker.token("phone-person-with-a-rather-long-owner-name"))
+    assert scroll_width(page) <= NARROW["width"]
+    # A long label stays beside its checkbox; "Sign out" stays on one line.
+    box, label = (page.locator(s).bounding_box() for s in ("#upload-reprocess", "label[for=upload-reprocess]"))
+    assert label["x"] > box["x"] + box["width"] and label["y"] < box["y"] + box["height"], (box, label)
+    assert text_lines(page.get_by_role("button", name="Sign out")) == 1
 
-        name = "unreadable-metadata-broken-xref.pdf"  # a long name, and a failure sentence to wrap
-        upload(page, name, "war-and-peace-ch1.txt")
-        expect(page.locator("#batches .batch .doc-status").first).to_have_text(re.compile(r"^Done: "),
-                                                                                timeout=JOB_MS)
-        expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Failed: "))
-        search = page.get_by_label("Search documents")
-        search.fill("Anna Pavlovna")
-        page.get_by_role("button", name="Search", exact=True).tap()
-        expect(page.locator("#search-results .result").first).to_be_visible()
-        for control in (page.get_by_label("Files", exact=True), page.get_by_role("button", name="Upload", exact=True),
-                        search, page.get_by_role("button", name="Search", exact=True),
-                        doc_row(page, name).get_by_role("button", name=f"Retry processing of {name}")):
-            box = control.bounding_box()
-            assert box and box["x"] >= 0 and box["x"] + box["width"] <= NARROW["width"], (control, box)
-        assert scroll_width(page) <= NARROW["width"]
-        shot(page, "narrow-documents")
+    name = "unreadable-metadata-broken-xref.pdf"  # a long name, and a failure sentence to wrap
+    upload(page, name, "war-and-peace-ch1.txt")
+    expect(page.locator("#batches .batch .doc-status").first).to_have_text(re.compile(r"^Done: "), timeout=JOB_MS)
+    expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Failed: "))
+    search = page.get_by_label("Search documents")
+    search.fill("Anna Pavlovna")
+    page.get_by_role("button", name="Search", exact=True).tap()
+    expect(page.locator("#search-results .result").first).to_be_visible()
+    for control in (page.get_by_label("Files", exact=True), page.get_by_role("button", name="Upload", exact=True),
+                    search, page.get_by_role("button", name="Search", exact=True),
+                    doc_row(page, name).get_by_role("button", name=f"Retry processing of {name}")):
+        box = control.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= NARROW["width"], (control, box)
+    assert scroll_width(page) <= NARROW["width"]
+    shot(page, "narrow-documents")
 
-        page.goto("/reports")
-        expect(page.locator("#reports-message")).to_have_text("No reports yet.")
-        assert scroll_width(page) <= NARROW["width"]
-        shot(page, "narrow-reports")
+    page.goto("/reports")
+    expect(page.locator("#reports-message")).to_have_text("No reports yet.")
+    assert scroll_width(page) <= NARROW["width"]
+    shot(page, "narrow-reports")
 
-        page.goto("/schedules")  # add one: its row, with its buttons, must fit too
-        page.get_by_role("button", name="Add schedule").tap()
-        expect(page.locator("#schedules > li").first).to_contain_text("activity_report")
-        assert scroll_width(page) <= NARROW["width"]
-        shot(page, "narrow-schedules")
-    finally:
-        context.close()
+    page.goto("/schedules")  # add one: its row, with its buttons, must fit too
+    page.get_by_role("button", name="Add schedule").tap()
+    expect(page.locator("#schedules > li").first).to_contain_text("activity_report")
+    assert scroll_width(page) <= NARROW["width"]
+    shot(page, "narrow-schedules")
 
 
 # ---------- the keyboard ----------
