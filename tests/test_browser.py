@@ -168,6 +168,12 @@ def worker(docket: Docket) -> Docket:
 
 # ---------- pages ----------
 
+# Every Content-Security-Policy violation of a page, as a console error (Playwright's init
+# scripts are not subject to the page's policy).
+REPORT_CSP_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) =>
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`));"""
+
+
 class Watched:
     """What went wrong on a page, besides what the test looks at: console errors (CSP violations
     are reported there), uncaught exceptions and 5xx answers."""
@@ -183,6 +189,7 @@ class Watched:
                 self.problems.append(f"console error on {page.url}: {message.text}")
 
         page.on("console", console)
+        page.add_init_script(REPORT_CSP_VIOLATIONS)
         page.on("pageerror", lambda exc: self.problems.append(f"uncaught exception on {page.url}: {exc}"))
         page.on("response", lambda r: self.problems.append(f"HTTP {r.status} for {r.request.method} {r.url}")
                 if r.status >= 500 else None)
