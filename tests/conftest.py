@@ -264,6 +264,7 @@ class PostgresTestDatabases:
         self.prefix = f"docket_t_{uuid.uuid4().hex[:8]}"
         self.count = 0
         self.template: str | None = None
+        self.leftover: list[str] = []  # databases of wider scopes, dropped by close()
         self._drops: "queue.Queue[str | None]" = queue.Queue()
         self._dropper = threading.Thread(target=self._drop_loop, name="drop test databases", daemon=True)
         self._dropper.start()
@@ -314,6 +315,8 @@ class PostgresTestDatabases:
 
     def close(self) -> None:
         """Drop every database left, the template last; close the server connections."""
+        for name in self.leftover:
+            self._drops.put(name)
         if self.template:
             self._drops.put(self.template)
         self._drops.put(None)
@@ -353,6 +356,22 @@ def database_url(request, tmp_path: Path, suite_databases: PostgresTestDatabases
     name, url = suite_databases.new(migrated="app" in request.fixturenames)
     yield url
     suite_databases.drop(name)
+
+
+@pytest.fixture(scope="session")
+def make_suite_database(suite_databases: PostgresTestDatabases | None, tmp_path_factory) -> Callable[[], str]:
+    """A function that makes a fresh, empty database of the run's kind (``TEST_DATABASE_URL``) and
+    returns its URL: for fixtures wider than one test (a module's live server). Dropped at the end
+    of the session."""
+
+    def make() -> str:
+        if suite_databases is None:
+            return f"sqlite:///{tmp_path_factory.mktemp('database') / 'docket.sqlite3'}"
+        name, url = suite_databases.new(migrated=False)
+        suite_databases.leftover.append(name)
+        return url
+
+    return make
 
 
 def pytest_configure(config) -> None:
