@@ -48,7 +48,9 @@ AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AW
 _SCRUBBED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DATABASE_URL", "REDIS_URL", "STORAGE_PATH",
                  "DOCKET_INSTANCE_PATH", "EMBEDDING_MODEL", "MAX_CONTENT_LENGTH", "FLASK_APP", "SECRET_KEY",
                  "SECRET_KEY_FALLBACKS", "SESSION_COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE", "EMBEDDER",
-                 "STORAGE_URL", "REPORT_URL_EXPIRY", *AWS_ENV)
+                 "STORAGE_URL", "REPORT_URL_EXPIRY", *AWS_ENV,
+                 # the test process's own app sets it; each test's processes use their instance's
+                 "PROMETHEUS_MULTIPROC_DIR")
 
 
 def corpus_manifest() -> list[dict[str, str]]:
