@@ -321,8 +321,9 @@ class PgvectorPostgres:
     runs as the ``postgres`` account (initdb refuses root) and its data folder lives in the system
     temporary folder (pytest's are private to root)."""
 
-    def __init__(self, work_dir: Path) -> None:
-        self.bin = pgserver_bin()
+    def __init__(self, work_dir: Path, bin_dir: Path | None = None) -> None:
+        """``bin_dir``: another PostgreSQL's ``bin`` folder (initdb, pg_ctl) to run instead."""
+        self.bin = bin_dir or pgserver_bin()
         self.prefix: list[str] = []
         if os.geteuid() == 0:
             import pwd

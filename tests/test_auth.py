@@ -109,6 +109,10 @@ def test_another_owner_gets_404_on_every_route_and_sees_nothing_in_lists(web, al
         assert bob.get(f"{web}{path}").json()[key] == [], path
     assert bob.get(f"{web}/api/search", params={"q": "termination notice"}).json()["results"] == []
     assert bob.post(f"{web}/api/search", json={"q": "termination notice"}).json()["results"] == []
+    # Searching within alice's document or batch: the same 404 as for ids that do not exist.
+    for params in ({"document_id": alice_world["document"]["id"]}, {"batch_id": alice_world["document"]["batch_id"]}):
+        response = bob.get(f"{web}/api/search", params={"q": "termination notice", **params})
+        assert response.status_code == 404 and response.json()["error"]["code"].endswith("_not_found"), params
     # A documents report of alice's document is refused like a missing one.
     refused = bob.post(f"{web}/api/reports", json={"type": "documents",
                                                    "params": {"document_ids": [alice_world["document"]["id"]]}})

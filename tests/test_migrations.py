@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -472,3 +473,36 @@ def test_a_database_with_only_some_of_dockets_tables_is_refused(tmp_path, open_d
         upgrade(database)
     with connection_to(database):
         assert SCHEMA_VERSION_TABLE not in database.get_tables()  # the failed upgrade left nothing behind
+
+
+@pytest.mark.own_database("starts a PostgreSQL without pgvector itself")
+def test_migration_5_says_what_to_install_when_postgresql_has_no_pgvector(open_database):
+    """On a PostgreSQL server without the extension's files (the machine's own binaries; skipped
+    where they are missing, or where they have pgvector), migration 5 fails with a sentence naming
+    the package, and the database keeps version 4."""
+    import glob
+    import tempfile
+
+    from tests.local_services import PgvectorPostgres
+    from webapp.migrations import PGVECTOR_MISSING
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("no PostgreSQL binaries of the machine's (apt-get install postgresql)")
+    work_dir = Path(tempfile.mkdtemp(prefix="docket-no-pgvector-"))
+    server = PgvectorPostgres(work_dir, bin_dir=Path(found[-1]).parent)
+    server.start()
+    try:
+        database = open_database(server.url)
+        with connection_to(database):
+            if database.execute_sql("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'").fetchone()[0]:
+                pytest.skip("this machine's PostgreSQL has pgvector")
+        assert upgrade(database, target=4) == [1, 2, 3, 4]
+        with pytest.raises(RuntimeError, match="install pgvector") as raised:
+            upgrade(database)
+        assert str(raised.value) == PGVECTOR_MISSING
+        assert current_version(database) == 4
+        database.close_all()
+    finally:
+        server.remove()
+        shutil.rmtree(work_dir, ignore_errors=True)

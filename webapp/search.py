@@ -276,7 +276,7 @@ def bm25(pool: list[tuple[int, str]], terms: list[str],
     """BM25 (k1 = 1.2, b = 0.75) of each ``(chunk id, text)`` of ``pool`` for ``terms``.
 
     Args:
-        pool: the candidates; their words are ``\w+`` runs, lower-cased; the average length is
+        pool: the candidates; their words are ``\\w+`` runs, lower-cased; the average length is
             taken over the pool.
         terms: the query's words.
         frequencies: ``(N, {term: df})``: chunks in all, and chunks with each term.
