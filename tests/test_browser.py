@@ -310,7 +310,11 @@ def test_sign_in_with_a_token_and_sign_out(page: Page, docket: Docket):
     page.goto("/reports")
     expect(page).to_have_url(re.compile(r"/signin\?next=(/|%2F)reports$"))
 
-    # The run command's kind of link: the token in the fragment, never sent to the server.
+    # The run command's kind of link: the token in the fragment, never sent to the server. A
+    # refused one is said once (no loop of submits), and leaves the address bar.
+    page.goto("/signin#token=dkt_revoked-or-mistyped")
+    expect(page.get_by_role("alert")).to_have_text("This token is not valid: it is unknown or was revoked.")
+    expect(page).to_have_url(re.compile(r"/signin$"))
     page.goto(f"/signin#token={token}")
     expect(page).to_have_url(f"{docket.base}/")  # signed in, the fragment gone from the address bar
     expect(page.locator(".signed-in-as")).to_have_text("signin-person")
