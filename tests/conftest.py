@@ -401,8 +401,8 @@ def pytest_report_header(config) -> str:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if "database" in _MATRIX:
-        terminalreporter.write_line(f"Tests ran on: {_MATRIX['database']}")
+    used = _MATRIX.get("database") or f"{suite_database_kind()} (no test used the app's database)"
+    terminalreporter.write_line(f"Tests ran on: {used}")
 
 
 def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
