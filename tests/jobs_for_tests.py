@@ -31,7 +31,7 @@ def describe_process() -> dict:
     return {
         "pid": os.getpid(),
         "frozen_objects": gc.get_freeze_count(),
-        "modules": sorted(name for name in ("sklearn.feature_extraction.text", "pypdfium2", "docx", "bs4", "lxml",
+        "modules": sorted(name for name in ("wordllama", "pypdfium2", "docx", "bs4", "lxml",
                                             "charset_normalizer", "semantic_text_splitter", "jobs.documents")
                           if name in sys.modules),
     }

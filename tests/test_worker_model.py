@@ -15,7 +15,7 @@ from webapp.db import connection
 from webapp.models import Job
 
 EXPECTED_MODULES = ["bs4", "charset_normalizer", "docx", "jobs.documents", "lxml", "pypdfium2",
-                    "semantic_text_splitter", "sklearn.feature_extraction.text"]
+                    "semantic_text_splitter", "wordllama"]
 
 
 
