@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 from peewee import Database, DatabaseProxy, PostgresqlDatabase
+from pgvector import Vector
 
 # What a database has next to the models' tables (see the module docstring), per dialect.
 SEARCH_SCHEMA: dict[str, tuple[str, ...]] = {
@@ -134,8 +135,9 @@ def _index_exists(database: Database, name: str) -> bool:
 
 
 def vector_literal(vector: np.ndarray) -> str:
-    """pgvector's text form ``[x,y,…]`` of a float32 vector (``repr`` precision: exact round trip)."""
-    return "[" + ",".join(repr(float(x)) for x in np.asarray(vector, dtype=np.float32)) + "]"
+    """pgvector's text form ``[x,y,…]`` of a float32 vector (the pgvector package's, exact:
+    each float32 written with the shortest decimal that reads back as the same value)."""
+    return Vector(np.asarray(vector, dtype=np.float32)).to_text()
 
 
 def store_vectors(database: Database, document_id: str, ordinals: Sequence[int], vectors: np.ndarray,
