@@ -303,6 +303,27 @@ def test_clients_that_go_away_release_their_stream(app, client, config, tmp_path
         assert requests.get(f"{base}/api/jobs/{document['job_id']}", headers=bearer(token), timeout=10).ok
 
 
+def test_a_web_worker_shutting_down_ends_its_streams(app, client, config, tmp_path):
+    """SIGTERM (a deploy): the streams end at once, without ``end``, so their clients reconnect
+    elsewhere — not after the keep-alive (60 s here) or gunicorn's graceful timeout (30 s)."""
+    import psutil
+
+    token = make_token(app)
+    document = upload_text(client, "A deploy happens while this one waits.")
+    with procfile_web(config, tmp_path / "web.log", EVENTS_HEARTBEAT="60") as base:
+        stream = EventStream(base, f"/api/jobs/{document['job_id']}/events", bearer(token), timeout=25)
+        events = stream.events()
+        assert next(events)[1]["status"] == "queued"
+        port = base.rsplit(":", 1)[1]
+        worker = next(child for process in psutil.process_iter(["cmdline"])
+                      if "gunicorn" in " ".join(process.info["cmdline"] or []) and f":{port}" in
+                      " ".join(process.info["cmdline"] or []) for child in process.children())
+        worker.terminate()  # gunicorn's worker: SIGTERM, its graceful shutdown
+        rest = list(events)  # a socket timeout (25 s) here fails the test
+        stream.close()
+    assert [name for name, _ in rest] == []  # no "end": the client reconnects
+
+
 def test_streams_need_a_token_or_session_and_hide_other_owners_jobs(app, client, events_web):
     document = upload_text(client, "Tester's note, no worker.")  # the owner "tester"
     paths = (f"/api/jobs/{document['job_id']}/events", f"/api/batches/{document['batch_id']}/events")

@@ -45,7 +45,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from flask import Blueprint, Flask, Response, current_app
@@ -58,6 +58,7 @@ from webapp.errors import ApiError
 from webapp.job_events import CHANNEL_PREFIX, EVENT_COLUMNS, batch_channel, job_channel, job_event
 from webapp.models import TERMINAL_STATUSES, Batch, Job
 from webapp.queues import rq
+from webapp.server import on_graceful_exit
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class EventHub:
                     continue
                 if message["type"] == "psubscribe":
                     if self._ready.is_set():  # subscribed again after a reconnection: a gap
-                        self._end_all()
+                        self.end_all()
                     self._ready.set()
                 elif message["type"] == "pmessage":
                     channel = message["channel"]
@@ -198,13 +199,15 @@ class EventHub:
             log.warning("the subscription to live job events failed: %s", exc)
         finally:
             self._ready.clear()
-            self._end_all()
+            self.end_all()
             try:
                 pubsub.close()
             except Exception:
                 pass
 
-    def _end_all(self) -> None:
+    def end_all(self) -> None:
+        """End every stream of this process (without ``end``): their clients reconnect and read the
+        state again. Called when the subscription broke and when the worker shuts down."""
         with self._lock:
             targets = [target for queues in self._listeners.values() for target in queues]
         for target in targets:
@@ -233,6 +236,7 @@ def event_hub(app: Flask) -> EventHub:
         hub = app.extensions.get("job_event_hub")
         if hub is None:
             hub = app.extensions["job_event_hub"] = EventHub(rq.connection)
+            on_graceful_exit(hub.end_all)  # a worker shutting down ends its streams; clients reconnect
         return hub
 
 
@@ -271,6 +275,8 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 def _newer(event: dict[str, Any], seen: dict[str, datetime | None]) -> bool:
     """Whether ``event`` is newer than the last state sent of its job (and note it if so)."""
     at = datetime.fromisoformat(event["updated_at"]) if event.get("updated_at") else None
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
     last = seen.get(event["id"])
     if last is not None and (at is None or at <= last):
         return False

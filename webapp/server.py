@@ -138,9 +138,30 @@ def active_requests(env: dict[str, str] | os._Environ = os.environ) -> int:
         raise ValueError(f"WEB_ACTIVE_REQUESTS must be a whole number, got {raw!r}") from None
 
 
+_graceful_exit_callbacks: list[Callable[[], None]] = []
+
+
+def on_graceful_exit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` (no arguments, quick, never blocking) when this process's gunicorn worker
+    begins its graceful shutdown (SIGTERM: a deploy, a restart, scaling down), from the signal
+    handler. Live-progress streams end then, so their clients reconnect to a worker that stays
+    instead of holding this one open until its graceful timeout. Outside gunicorn it is never
+    called."""
+    _graceful_exit_callbacks.append(callback)
+
+
 class JsonErrorWorker(ThreadWorker):
     """gunicorn's threaded worker, answering its own HTTP errors in Docket's JSON error shape,
     and running at most ``WEB_ACTIVE_REQUESTS`` application calls at once (:class:`ActiveRequestLimit`)."""
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: gunicorn's graceful shutdown, then the :func:`on_graceful_exit` callbacks."""
+        super().handle_exit(sig, frame)
+        for callback in list(_graceful_exit_callbacks):
+            try:
+                callback()
+            except Exception:  # a signal handler must not raise
+                self.log.exception("a graceful-exit callback failed")
 
     def load_wsgi(self):
         """Load the application (after the fork), wrapped in the process's request limit."""
