@@ -91,6 +91,11 @@ def transition(job_id: str, to: str, from_: frozenset[str] | None = None, **fiel
         from_: narrow the allowed current statuses further (a subset of ``TRANSITIONS[to]``).
         **fields: other columns to set in the same ``UPDATE``.
 
+    A change to a non-terminal status is published as a live event at once (one ``PUBLISH``,
+    :mod:`webapp.job_events`; call it outside a transaction, as the functions here do); a
+    terminal one by :func:`after_terminal`, which every path into a terminal state calls after
+    its commit.
+
     Returns:
         Whether the row changed (``False``: no row, or a status that does not allow ``to``).
 
