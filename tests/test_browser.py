@@ -29,7 +29,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.conftest import (CORPUS, PASSWORDS, ROOT, TEST_SECRET_KEY, ServiceProcesses, make_token,
-                            procfile_web, wait_for)
+                            procfile_web, serve_wsgi, wait_for)
+from tests.local_services import LocalEmbeddingServer, slow_worker_env
 
 CHROMIUM = "/usr/bin/chromium"
 # --headless: no display here. --no-sandbox: root has no user namespace sandbox. The rest keep
@@ -109,13 +110,14 @@ class Docket:
         self.base, self.app, self.workers, self.redis = base, app, workers, redis
         self.worker = None
 
-    def start_worker(self) -> None:
-        """Start the Procfile's worker (a pool) unless it runs; return once RQ lists a worker of it
-        (so that stopping it later finds its signal handlers in place)."""
+    def start_worker(self, **env: str) -> None:
+        """Start the Procfile's worker (a pool; ``env`` added to its environment) unless it runs;
+        return once RQ lists a worker of it (so that stopping it later finds its signal handlers
+        in place)."""
         from rq import Worker
 
         if self.worker is None or self.worker.poll() is not None:
-            self.worker = self.workers()
+            self.worker = self.workers(**env)
             wait_for(lambda: Worker.count(connection=self.redis) > 0, 120, "the worker to register")
 
     def stop_worker(self) -> None:
@@ -350,6 +352,43 @@ def test_cancel_a_queued_job_and_retry_it(page: Page, docket: Docket):
     # Still canceled after a reload? No: the server's state is the finished one.
     page.reload()
     expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Finished: "))
+
+
+def test_stop_a_running_job_and_retry_it(page: Page, docket: Docket):
+    """A long document on a worker whose embeddings service is slow: its bar moves, Cancel stops
+    it while it runs, Retry runs it again."""
+    name = "geotopo-117p-de.pdf"  # 117 pages: many chunks, each embedding answered after 0.2 s
+    service = LocalEmbeddingServer()
+    with serve_wsgi(service.wsgi_app) as url:
+        service.url = f"{url}/v1"
+        docket.stop_worker()
+        docket.start_worker(**slow_worker_env(service, delay=0.2))
+        try:
+            sign_in(page, docket.token("stopper"))
+            upload(page, name)
+            row = doc_row(page, name)
+            status = row.locator(".doc-status")
+            bar = row.get_by_role("progressbar", name=f"Progress for {name}")
+            cancel = row.get_by_role("button", name=f"Cancel processing of {name}")
+            retry = row.get_by_role("button", name=f"Retry processing of {name}")
+            expect(status).to_have_text(re.compile(r"^Embedding… \d+%$"), timeout=JOB_MS)
+            page.wait_for_function("([bar, first]) => bar.value > first", arg=[bar.element_handle(), bar.evaluate(
+                "p => p.value")], timeout=JOB_MS)  # the bar moves by itself
+            expect(bar).to_be_visible()
+            shot(page, "job-running")
+
+            cancel.press("Enter")
+            expect(status).to_have_text(re.compile(r"^Stopped"))
+            expect(bar).to_be_hidden()
+            expect(retry).to_be_focused()
+            shot(page, "job-stopped")
+            retry.press("Enter")
+            expect(status).to_have_text(re.compile(r"^Embedding… \d+% \(attempt 2\)$"), timeout=JOB_MS)  # again
+            expect(cancel).to_be_focused()
+            cancel.press("Enter")  # and stopped again: the worker is idle when it is stopped
+            expect(status).to_have_text(re.compile(r"^Stopped"))
+        finally:
+            docket.stop_worker()
 
 
 # ---------- upload real documents, watch the progress, read the outcomes ----------
