@@ -92,6 +92,7 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Browser]:
     expect.set_options(timeout=UI_MS)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # the screenshots are this run's
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
