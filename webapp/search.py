@@ -11,12 +11,14 @@ the queries (owner, document, batch), never after:
   from the stored float32 vectors (float64 dot product rounded to 6 decimals, ties by chunk id),
   so both databases rank identically when the index finds the same candidates.
 * **text**: the database's full-text index (FTS5 on SQLite, a ``tsvector`` GIN index on
-  PostgreSQL, configuration ``simple``) finds up to ``TEXT_POOL`` chunks containing any query
-  word (best native rank first); they are ranked by BM25 (k1 = 1.2, b = 0.75) computed from the
-  words ``\\w+`` of their texts, with document frequencies counted in the index: the same
-  ranking on both databases whenever every match fits in the pool (N and df are counted over
-  every chunk, not only the filtered ones). The user's text never reaches FTS syntax: it is
-  split into words, each quoted.
+  PostgreSQL, configuration ``simple``) finds, for each query word, up to
+  max(50, ``TEXT_POOL`` / words) chunks containing it (best native rank first), so a rare
+  word's chunks are always candidates; they are ranked by BM25 (k1 = 1.2, b = 0.75) computed
+  from the words ``\\w+`` of their texts, with document frequencies counted in the index: the
+  same ranking on both databases whenever each word's matches fit in its share of the pool (N
+  and df are counted over every chunk, not only the filtered ones; words in ``DF_CAP`` chunks
+  or more add no candidates unless all words do). The user's text never reaches FTS syntax:
+  it is split into words, each quoted.
 * **hybrid** (default): reciprocal rank fusion (Cormack, Clarke & Büttcher 2009) of the vector
   and text rankings, each cut at ``CANDIDATES``: score = Σ 1 / (``RRF_K`` + rank), rank from 1.
 
@@ -41,7 +43,12 @@ from webapp.vector_index import is_postgres, space_predicate, vector_expression,
 
 MODES = ("hybrid", "vector", "text")
 CANDIDATES = 50  # each ranking's length before fusion (and the least pgvector is asked for)
-TEXT_POOL = 200  # chunks the full-text index proposes for the BM25 ranking
+TEXT_POOL = 400  # chunks the full-text index proposes for the BM25 ranking (≥ 50 per query word)
+TEXT_POOL_PER_TERM = 50
+# BM25's "average length" in words: a constant, so that a chunk's score depends on its own text
+# and the index's counts only, never on which other chunks are candidates (≈ a full chunk of the
+# default CHUNK_SIZE, 1,500 characters).
+BM25_AVERAGE_WORDS = 200
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 MAX_QUERY_TERMS = 32  # words of a query used by the text ranking (the first ones)
 DF_CAP = 10_000  # chunks counted per query word for its document frequency (bounds the time)
@@ -236,23 +243,38 @@ def _text_ranking(scope: _Scope, query: str, n: int) -> list[tuple[int, float]]:
     if not terms:
         return []
     database = Chunk._meta.database
-    filters, values = scope.sql("%s" if is_postgres(database) else "?")
+    frequencies = _frequencies(database, terms)
+    # The pool is gathered word by word, so a rare word's chunks are always in it (a single
+    # ranked query would let the common words' many matches crowd them out: PostgreSQL's
+    # ts_rank has no notion of rarity).
+    # A word in DF_CAP chunks or more is nearly a stop word: it adds no candidates (ranking all
+    # its matches would cost the most and find the least), unless every word is that common.
+    df = frequencies[1]
+    useful = [t for t in terms if 0 < df[t] < DF_CAP] or [t for t in terms if df[t]]
+    per_term = max(TEXT_POOL_PER_TERM, TEXT_POOL // max(len(useful), 1))
+    pool: dict[int, str] = {}
+    for term in useful:
+        pool.update(_matches(database, scope, term, per_term))
+    return bm25(sorted(pool.items()), terms, frequencies)[:n]
+
+
+def _matches(database, scope: _Scope, term: str, limit: int) -> list[tuple[int, str]]:
+    """Up to ``limit`` ``(chunk id, text)`` of the scope whose text has the word ``term``, best
+    first by the database's own rank (FTS5's bm25, PostgreSQL's ts_rank_cd), ties by id."""
     if is_postgres(database):
-        tsquery = " || ".join(["plainto_tsquery('simple', %s)"] * len(terms))
-        document = "to_tsvector('simple', c.text)"
+        filters, values = scope.sql("%s")
+        document, tsquery = "to_tsvector('simple', c.text)", "plainto_tsquery('simple', %s)"
         sql = (f'SELECT c.id, c.text FROM "chunk" c JOIN "document" d ON d.id = c.document_id '
-               f"WHERE {document} @@ ({tsquery}) AND c.embedding_model = %s{filters} "
-               f"ORDER BY ts_rank_cd({document}, ({tsquery})) DESC, c.id LIMIT %s")
-        params = (*terms, scope.space, *values, *terms, TEXT_POOL)
+               f"WHERE {document} @@ {tsquery} AND c.embedding_model = %s{filters} "
+               f"ORDER BY ts_rank_cd({document}, {tsquery}) DESC, c.id LIMIT %s")
+        params = (term, scope.space, *values, term, limit)
     else:
+        filters, values = scope.sql("?")
         sql = ('SELECT c.id, c.text FROM (SELECT rowid AS id, bm25("chunk_fts") AS rank FROM "chunk_fts" '
                'WHERE "chunk_fts" MATCH ?) m JOIN "chunk" c ON c.id = m.id JOIN "document" d ON d.id = c.document_id '
                f"WHERE c.embedding_model = ?{filters} ORDER BY m.rank, c.id LIMIT ?")
-        params = (fts5_match(terms), scope.space, *values, TEXT_POOL)
-    pool = database.execute_sql(sql, params).fetchall()
-    if not pool:
-        return []
-    return bm25(pool, terms, _frequencies(database, terms))[:n]
+        params = (fts5_match([term]), scope.space, *values, limit)
+    return [(int(row[0]), row[1]) for row in database.execute_sql(sql, params).fetchall()]
 
 
 def _frequencies(database, terms: list[str]) -> tuple[int, dict[str, int]]:
@@ -276,8 +298,8 @@ def bm25(pool: list[tuple[int, str]], terms: list[str],
     """BM25 (k1 = 1.2, b = 0.75) of each ``(chunk id, text)`` of ``pool`` for ``terms``.
 
     Args:
-        pool: the candidates; their words are ``\\w+`` runs, lower-cased; the average length is
-            taken over the pool.
+        pool: the candidates; their words are ``\\w+`` runs, lower-cased; lengths are compared
+            with :data:`BM25_AVERAGE_WORDS`.
         terms: the query's words.
         frequencies: ``(N, {term: df})``: chunks in all, and chunks with each term.
 
@@ -289,7 +311,7 @@ def bm25(pool: list[tuple[int, str]], terms: list[str],
         return []
     counts = [Counter(WORD.findall(text.lower())) for _, text in pool]
     lengths = [sum(c.values()) for c in counts]
-    average = max(sum(lengths) / len(lengths), 1.0)
+    average = BM25_AVERAGE_WORDS
     size, df = frequencies
     idf = {t: math.log(1 + (size - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in terms}
     scored = []
