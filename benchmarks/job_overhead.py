@@ -18,6 +18,7 @@ uploaded through ``accept_uploads``, against the same document's pipeline run in
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -96,7 +97,7 @@ def tiny_document_cpu(app, pid: int) -> float:
     with app.app_context(), connection():
         before = tree_cpu_seconds(pid)
         for index in range(TINY_DOCUMENTS):
-            document = accept_uploads([Upload(f"tiny-{index}.txt", TINY_TEXT)], reprocess=True, owner="bench").files[0].document
+            document = accept_uploads([Upload(f"tiny-{index}.txt", io.BytesIO(TINY_TEXT))], reprocess=True, owner="bench").files[0].document
             wait_until(lambda: Job.get_by_id(document.job_id).status in TERMINAL_STATUSES, 30, interval=0.002,
                        what="a tiny document")
         return (tree_cpu_seconds(pid) - before) / TINY_DOCUMENTS
@@ -113,7 +114,7 @@ def tiny_document_pipeline_cpu(app) -> float:
     with app.app_context():
         prepare_worker_process(app)
         with connection():
-            documents = [accept_uploads([Upload(f"base-{i}.txt", TINY_TEXT)], reprocess=True, owner="bench").files[0].document
+            documents = [accept_uploads([Upload(f"base-{i}.txt", io.BytesIO(TINY_TEXT))], reprocess=True, owner="bench").files[0].document
                          for i in range(TINY_DOCUMENTS)]
         started = time.process_time()
         for document in documents:
