@@ -7,7 +7,7 @@ Procfile ``web`` process (gunicorn) and to the baseline, the two alternating for
 each round is 3 untimed warm-up uploads, then 30 timed ones.
 
 Baseline: the same bytes, POSTed the same way to the same gunicorn command line (the Procfile's
-``web`` command: same worker class, threads, access log) serving :func:`drain_body_app`, a WSGI app
+``web`` command: same worker class and threads) serving :func:`drain_body_app`, a WSGI app
 that reads the whole body and throws it away — the cost of getting 10 MB through gunicorn on this
 machine, which any upload endpoint pays. (A rejected upload, or an endpoint that does not read the
 body, is no baseline: the server answers before the client has sent the bytes.)
