@@ -102,7 +102,7 @@ def test_openai_embedded_chunks_are_normalised_searchable_and_kept_apart_from_ha
     assert any(recorded.shuffled for recorded in worker_requests)
 
     # Search on the OpenAI-configured app: the query goes through the local server as well.
-    hits = openai_client.get("/api/search", query_string={"q": DPR_QUERY, "k": 50})
+    hits = openai_client.get("/api/search", query_string={"q": DPR_QUERY, "k": 50, "mode": "vector"})
     assert hits.status_code == 200, hits.get_json()
     results = hits.get_json()["results"]
     query_request = openai_server.requests[-1]
