@@ -406,8 +406,15 @@ RECORD_PROGRESS = """() => {
 }"""
 
 
-def test_upload_text_scanned_and_encrypted_pdfs(page: Page, worker: Docket):
-    sign_in(page, worker.token("uploader"))
+@pytest.mark.parametrize("updates", ["as the browser gets them", "without EventSource"])
+def test_upload_text_scanned_and_encrypted_pdfs(page: Page, worker: Docket, updates: str):
+    """The same for a person whatever the page's way of following jobs: Server-Sent Events, or
+    polling in a browser without ``EventSource``."""
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
+    if updates == "without EventSource":
+        page.add_init_script("delete window.EventSource;")
+    sign_in(page, worker.token("uploader" if updates.startswith("as") else "uploader-polling"))
     page.evaluate(RECORD_PROGRESS)
     upload(page, TEXT_PDF, SCANNED_PDF, ENCRYPTED_PDF)
 
@@ -415,7 +422,8 @@ def test_upload_text_scanned_and_encrypted_pdfs(page: Page, worker: Docket):
     expect(batch).to_contain_text("Upload of 3 files")
     bar = batch.get_by_role("progressbar", name="Overall progress of the upload of 3 files")
     expect(bar).to_be_visible()
-    shot(page, "upload-in-progress")
+    suffix = "" if updates.startswith("as") else "-polling"
+    shot(page, f"upload-in-progress{suffix}")
     expect(batch.locator(".doc-status")).to_have_text("Done: 2 finished · 1 failed", timeout=JOB_MS)
     expect(bar).to_have_js_property("value", 100)
     expect(bar).to_be_visible()
@@ -436,7 +444,7 @@ def test_upload_text_scanned_and_encrypted_pdfs(page: Page, worker: Docket):
     expect(locked_row.get_by_role("button", name=f"Retry processing of {ENCRYPTED_PDF}")).to_be_visible()
     for row in (text_row, scan_row, locked_row):
         expect(row.get_by_role("progressbar")).to_be_hidden()  # the sentence replaces the bar
-    shot(page, "upload-outcomes")
+    shot(page, f"upload-outcomes{suffix}")
 
     # Again with its password: processed (not refused as already uploaded), and it finishes.
     upload(page, ENCRYPTED_PDF, password=PASSWORDS[ENCRYPTED_PDF])
@@ -446,7 +454,9 @@ def test_upload_text_scanned_and_encrypted_pdfs(page: Page, worker: Docket):
     expect(doc_row(page, ENCRYPTED_PDF).locator(".doc-status")).to_have_text(re.compile(r"^Finished: \d+ chunks? "),
                                                                              timeout=JOB_MS)
     assert page.evaluate("window.__docketPage") == "not reloaded"
-    shot(page, "upload-encrypted-with-password")
+    shot(page, f"upload-encrypted-with-password{suffix}")
+    if suffix:
+        assert not streams, streams  # the fallback did the work
 
 
 # ---------- search ----------
