@@ -355,7 +355,8 @@ class PgvectorPostgres:
     def start(self) -> None:
         """Start the server and wait until it accepts connections (at most 60 s)."""
         subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data / "db"),
-                        "-o", f"-p {self.port} -k {self.data} -h 127.0.0.1", "-l", str(self.data / "server.log"),
+                        "-o", f"-p {self.port} -k {self.data} -h 127.0.0.1 -c fsync=off -c full_page_writes=off "
+                              "-c synchronous_commit=off", "-l", str(self.data / "server.log"),
                         "-w", "-t", "60", "start"], check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

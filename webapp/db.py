@@ -263,7 +263,10 @@ def init_db_command() -> None:
     """
     from webapp.migrations import LATEST_VERSION, MIGRATIONS, current_version
 
-    applied = create_tables()
+    try:
+        applied = create_tables()
+    except RuntimeError as exc:  # e.g. PostgreSQL without pgvector: the sentence says what to install
+        raise click.ClickException(str(exc)) from None
     where = redact_url(current_app.config["DATABASE_URL"])
     if applied:
         names = {migration.version: migration.name for migration in MIGRATIONS}
