@@ -291,15 +291,20 @@ def _start_run_command(config, redis_url: str, tmp_path: Path) -> tuple[subproce
 PROCFILE_COMMANDS = {"web": ["gunicorn", "wsgi:app"], "worker": ["rq", "worker"], "scheduler": ["schedule", "run"]}
 
 
-def _procfile_process(run_command: subprocess.Popen, kind: str) -> psutil.Process | None:
+def _procfile_process(run_command: subprocess.Popen, kind: str,
+                      ignore: frozenset[int] = frozenset()) -> psutil.Process | None:
     """The run command's live descendant running the Procfile's ``kind`` command, or None.
 
     For the worker, the pool's parent (for web, gunicorn's master): it forks its worker processes,
     which share its command line, so it is the one whose parent is not such a process.
+    ``ignore``: pids not to count (a killed pool parent's worker processes, orphaned for the moment
+    it takes them to shut down).
     """
     words = PROCFILE_COMMANDS[kind]
     found = {}  # pid: (process, its parent's pid)
     for child in psutil.Process(run_command.pid).children(recursive=True):
+        if child.pid in ignore:
+            continue
         try:
             cmdline = [os.path.basename(word) for word in child.cmdline()]
             if child.status() != psutil.STATUS_ZOMBIE and any(
@@ -310,6 +315,14 @@ def _procfile_process(run_command: subprocess.Popen, kind: str) -> psutil.Proces
     tops = [child for child, parent in found.values() if parent not in found]
     assert len(tops) <= 1, f"more than one {kind} command: {tops}"
     return tops[0] if tops else None
+
+
+def _pid_ended(pid: int) -> bool:
+    """Whether process ``pid`` has exited (or is a zombie)."""
+    try:
+        return _ended(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _ended(process: psutil.Process) -> bool:
@@ -370,6 +383,9 @@ def test_a_killed_worker_or_scheduler_is_restarted_while_web_keeps_serving(confi
     try:
         victim = _procfile_process(process, kind)
         assert victim is not None, f"no {kind} process among the run command's descendants{_tail(log)}"
+        # The pool's worker processes: orphaned by the kill, they get SIGTERM from the kernel
+        # (PR_SET_PDEATHSIG) and end their shutdown on their own, which can take a moment.
+        orphans = frozenset(child.pid for child in victim.children(recursive=True))
         watch.start()
         victim.kill()  # SIGKILL: no cleanup, as the out-of-memory killer does it
 
@@ -377,10 +393,12 @@ def test_a_killed_worker_or_scheduler_is_restarted_while_web_keeps_serving(confi
 
         def replaced() -> bool:
             nonlocal replacement
-            replacement = _procfile_process(process, kind)
+            replacement = _procfile_process(process, kind, ignore=orphans)
             return replacement is not None and replacement.pid != victim.pid
 
         assert _wait_until(replaced, START_DEADLINE), f"no new {kind} process{_tail(log, 120)}"
+        assert _wait_until(lambda: all(_pid_ended(pid) for pid in orphans), STOP_DEADLINE), \
+            f"the killed {kind}'s processes outlived it{_tail(log)}"
         output = log.read_text(errors="replace")
         assert re.search(fr"{kind}\.1 exited unexpectedly \(rc=(137|-9), killed by SIGKILL\)", output), _tail(log)
         # honcho's new process (``sh -c`` running the command) leads the replacement's group
