@@ -167,7 +167,10 @@ def make_database(url: str, pool_size: int | None = None, pool_timeout: float | 
     scheme, separator, rest = url.partition(":")
     pooled = f"{scheme}+pool{separator}{rest}" if "+" not in scheme else url
     if scheme == "sqlite":
-        database = connect_url(pooled, pragmas=SQLITE_PRAGMAS, check_same_thread=False,
+        # Every transaction BEGIN IMMEDIATE: a deferred one that reads first (preparing a statement
+        # on `chunk` connects its FTS5 table, which reads) cannot wait for another process's write
+        # lock when it upgrades: SQLite answers "database is locked" at once, busy_timeout unused.
+        database = connect_url(pooled, pragmas=SQLITE_PRAGMAS, check_same_thread=False, lock_type="IMMEDIATE",
                                max_connections=MAX_CONNECTIONS, stale_timeout=STALE_TIMEOUT)
     else:
         options = {
