@@ -213,6 +213,8 @@ def dev_command(port: int) -> None:
     env.setdefault("SHUTDOWN_GRACE", "3")
     # A local run serves plain http://127.0.0.1: a Secure cookie would never come back.
     env.setdefault("SESSION_COOKIE_SECURE", "false")
+    # A person reads this terminal: the same log fields as text (a platform's log service gets JSON).
+    env.setdefault("LOG_FORMAT", "text")
     env.pop("FLASK_RUN_FROM_CLI", None)
 
     def stop_on_signal(signum, frame):  # kill, a closed terminal: shut down like Ctrl-C
