@@ -1,4 +1,4 @@
-"""Run Docket's seven benchmarks: a table per benchmark and a summary on stdout, JSON on disk.
+"""Run Docket's benchmarks: a table per benchmark and a summary on stdout, JSON on disk.
 
 Each benchmark starts the processes it measures itself (private Redis servers, the Procfile's
 web and worker, the Celery peer) and compares Docket against a baseline measured in the same
@@ -30,6 +30,7 @@ BENCHMARKS = (
     ("upload_path", "benchmarks.upload_path", "run"),
     ("remote_embeddings", "benchmarks.remote_embeddings", "run"),
     ("memory", "benchmarks.memory", "run"),
+    ("rate_limit", "benchmarks.rate_limit", "run"),
 )
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -35,7 +35,11 @@ worker only through heartbeats and cleans up after it only in some worker's main
    ================================  =========================================================
    row                                RQ says                        → action
    ================================  =========================================================
-   queued / scheduled / deferred      nothing (Redis restarted,      enqueued again from the
+   scheduled, delayed (``run_at``)    no entry in the scheduler's    the entry written again
+                                      timetable                      for its planned time
+   deferred (a batch's callback)      (not asked: not in RQ yet)     released if its batch
+                                                                     ended (webapp/chords.py)
+   queued / scheduled                 nothing (Redis restarted,      enqueued again from the
                                       wiped, the key evicted)        row's ``params``
    started                            nothing                        re-run or fail
    started (or queued: the row is     started, but its worker is     re-run or fail
@@ -80,7 +84,9 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
 from jobs.tracking import NOT_RUNNING, JobTracker
+from webapp import chords, delayed_jobs
 from webapp.db import connection
+from webapp.delayed_jobs import is_delayed
 from webapp.job_kinds import UnknownJobKind, get_kind
 from webapp.job_states import (
     CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, STOPPED, WAITING,
@@ -110,11 +116,12 @@ class ReconcileResult:
     rerun: list[str] = field(default_factory=list)  # started rows enqueued again
     failed: list[str] = field(default_factory=list)  # rows out of runs, failed with a sentence
     followed: list[str] = field(default_factory=list)  # rows moved to RQ's canceled/stopped
+    released: list[str] = field(default_factory=list)  # deferred batch callbacks whose batch had ended
 
     def as_dict(self) -> dict[str, Any]:
         """JSON for the job's ``result`` (id lists capped at 100 each, with their counts)."""
         data: dict[str, Any] = {"checked": self.checked, "rq_cleanup": self.rq_cleanup}
-        for name in ("delivered", "unstranded", "restored", "rerun", "failed", "followed"):
+        for name in ("delivered", "unstranded", "restored", "rerun", "failed", "followed", "released"):
             ids = getattr(self, name)
             data[name] = ids[:100]
             data[f"{name}_count"] = len(ids)
@@ -182,7 +189,9 @@ def reconcile_jobs(config: dict[str, Any], redis: Redis, exclude: set[str] | fro
             last_id = page[-1].id
             page = [row for row in page if row.id not in exclude]
             result.checked += len(page)
-            _reconcile_page(page, config, redis, result, queued_in_rq)
+            waiting = {row.id for row in page if is_delayed(row) or row.status == DEFERRED}
+            _reconcile_waiting([row for row in page if row.id in waiting], redis, result)
+            _reconcile_page([row for row in page if row.id not in waiting], config, redis, result, queued_in_rq)
     result.unstranded.extend(_requeue_unlisted(queued_in_rq, redis))
     if any((result.restored, result.rerun, result.failed, result.followed, result.delivered, result.unstranded)):
         log.warning("reconcile: restored %d, re-ran %d, failed %d, followed RQ for %d job(s)",
@@ -231,6 +240,24 @@ def _reconcile_page(rows: list[Job], config: dict[str, Any], redis: Redis, resul
         # run whose row update was lost, and its retry brings the row along when it starts.
     if restore:
         _restore(restore, result)
+
+
+def _reconcile_waiting(rows: list[Job], redis: Redis, result: ReconcileResult) -> None:
+    """Step 5 for the rows that wait by design: a delayed job whose entry the scheduler's
+    timetable lost gets it again for its planned time; a deferred batch callback whose batch has
+    ended is released (its trigger, the last job's terminal state, was lost with its process)."""
+    delayed = [row for row in rows if is_delayed(row)]
+    missing = delayed_jobs.missing_entries(redis, [row.id for row in delayed])
+    if missing:
+        try:
+            result.restored.extend(delayed_jobs.restore_entries([row for row in delayed if row.id in missing]))
+        except QueueUnavailable:
+            result.failed.extend(sorted(missing))
+    for batch_id in sorted({row.batch_id for row in rows if row.status == DEFERRED and row.batch_id}):
+        released = chords.release_callbacks(batch_id)
+        result.released.extend(released)
+        if released:
+            log.warning("reconcile: batch %s had ended; its callback job(s) %s released", batch_id, released)
 
 
 def _deliver_overdue_retries(queue_name: str, redis: Redis, grace: int) -> list[str]:

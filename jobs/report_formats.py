@@ -31,7 +31,9 @@ Report shapes (timestamps are ISO-8601 UTC strings):
   ``per_hour`` (``hour``, ``finished``, ``failed``, ``stopped``, ``canceled``),
   ``failures_by_code`` (``error_code``, ``count``, ``example``);
 * documents: ``documents`` (``id``, ``filename``, ``status``, ``pages``, ``chars``, ``chunks``,
-  ``warnings``, ``summary``, ``summary_method``, ``error``).
+  ``warnings``, ``summary``, ``summary_method``, ``error``, ``error_code``), ``not_finished``
+  (``id``, ``filename``, ``status``, ``error_code``, ``error``: the documents whose job did not
+  finish) and ``missing_ids`` (requested ids with no document, e.g. deleted).
 
 HTML and PDF table the outcomes per hour up to ``MAX_HOUR_ROWS`` listed hours and per day beyond
 (the chart, CSV and JSON keep every hour). Missing keys render as empty sections or "—", so a
@@ -196,6 +198,11 @@ def _documents_blocks(report: dict[str, Any]) -> list[_Table | _Chart]:
         rows.append([str(document.get("filename") or document.get("id") or DASH), str(document.get("status") or DASH),
                      _count(document.get("pages")), _count(document.get("chars")), _count(document.get("chunks")),
                      "; ".join(notes) or DASH])
+    not_finished = [[str(entry.get("filename") or entry.get("id") or DASH), str(entry.get("status") or DASH),
+                     str(entry.get("error_code") or DASH), str(entry.get("error") or DASH)]
+                    for entry in report.get("not_finished") or []]
+    not_finished += [[str(document_id), "deleted", DASH, "the document no longer exists"]
+                     for document_id in report.get("missing_ids") or []]
     summaries = [[str(document.get("filename") or document.get("id") or DASH),
                   str(document.get("summary") or DASH), str(document.get("summary_method") or DASH)]
                  for document in documents]
@@ -203,6 +210,8 @@ def _documents_blocks(report: dict[str, Any]) -> list[_Table | _Chart]:
         _Table("Overview", None, overview, widths=(1, 3)),
         _Table("Documents", ["Document", "Status", "Pages", "Characters", "Chunks", "Warnings and errors"], rows,
                numeric={2, 3, 4}, widths=(3, 1.3, 1, 1.4, 1, 3), empty="No documents."),
+        _Table("Documents that did not finish", ["Document", "Status", "Error code", "Reason"], not_finished,
+               widths=(3, 1.3, 1.6, 4), empty="Every document finished."),
         _Table("Summaries", ["Document", "Summary", "Method"], summaries, widths=(2, 5, 1.5), empty="No documents."),
         _params_table(report),
     ]

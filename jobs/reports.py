@@ -178,10 +178,20 @@ def documents_report(params: Mapping[str, Any], config: Mapping[str, Any], on_do
             "summary": summary,
             "summary_method": method,
             "error": job.error if job else None,
+            "error_code": job.error_code if job else None,
         })
         if on_document:
             on_document(index + 1, len(documents))
-    return {"title": "Docket documents", "documents": rows}
+    found = {document.id for document in documents}
+    return {
+        "title": "Docket documents",
+        "documents": rows,
+        # What did not come through, said once more on its own (a batch's report lists the
+        # documents of the batch that failed, were stopped or canceled, and any deleted since).
+        "not_finished": [{key: row[key] for key in ("id", "filename", "status", "error_code", "error")}
+                         for row in rows if row["status"] != "finished"],
+        "missing_ids": [i for i in params.get("document_ids", []) if i not in found],
+    }
 
 
 def _summary(document: Document, config: Mapping[str, Any]) -> tuple[str | None, str | None]:

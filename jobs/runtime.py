@@ -22,6 +22,12 @@
   document). :class:`DocketWorker` beats every ``WORKER_HEARTBEAT_INTERVAL`` seconds from a
   thread while its job runs, with records that expire 3 beats later; the reconcile job then
   hands a vanished worker's job to RQ's own abandoned-job handling (retry or fail).
+* **A used-up rate limit reschedules, never fails.** A job of a kind with a budget in
+  ``JOB_RATE_LIMITS`` takes a unit right before its function runs; an OpenAI request inside it
+  takes from ``openai.requests`` and ``openai.tokens`` (:mod:`webapp.rate_limits`: shared by every
+  process on every machine). Not free within ``RATE_LIMIT_MAX_WAIT`` seconds, the job is given to
+  RQ's scheduler for when the budget frees units — its row ``scheduled`` with ``error_code``
+  ``rate_limited``, RQ's retries untouched — and the worker takes the next job.
 * **SIGTERM hands the job back.** Every deploy and restart sends SIGTERM, and platforms send
   SIGKILL ≈30 s later. The running job gets ``SHUTDOWN_GRACE`` seconds to finish; then it is
   interrupted and handed back — its row ``queued`` again, its RQ job at the front of its queue —
@@ -39,7 +45,9 @@ import os
 import resource
 import signal
 import threading
+import math
 import time
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
@@ -55,8 +63,9 @@ from rq.worker.worker_classes import SimpleWorker
 from rq.worker_pool import WorkerData, WorkerPool, run_worker
 
 from webapp.db import db
-from webapp.job_errors import JobError, JobStopped, WorkerProcessDied
-from webapp.job_states import mark_handed_back, on_job_failure
+from webapp.job_errors import JobError, JobStopped, RateLimited, WorkerProcessDied
+from webapp.job_states import mark_handed_back, mark_rate_limited, on_job_failure
+from webapp.rate_limits import acquire, begin_run
 from webapp import metrics
 from webapp.logs import end_stage, log_context
 from webapp.processes import die_with_parent
@@ -87,9 +96,19 @@ class DocketJob(RQJob):
         global _job_in_body
         _job_in_body = self.id
         try:
+            begin_run()  # nothing of an outside service's budget spent by this run yet
+            self._take_kind_budget()
             return super()._execute()
         finally:
             _job_in_body = None
+
+    def _take_kind_budget(self) -> None:
+        """Take one unit of the job kind's budget (``JOB_RATE_LIMITS``), before the job's function
+        runs: a budget used up for longer than ``RATE_LIMIT_MAX_WAIT`` raises :class:`RateLimited`,
+        which :class:`DocketWorker` turns into a rescheduled job. Free for an unlimited kind."""
+        kind = self.meta.get("kind")
+        if kind and has_app_context():
+            acquire(current_app.config, f"job.{kind}")
 
     def save_meta(self) -> None:
         """Write ``meta`` (a running job's live stage and progress) to Redis, unless Redis is
@@ -231,7 +250,8 @@ class DocketWorker(SimpleWorker):
             with log_context(**_log_fields(job)):
                 self.perform_job(job, queue, execution)
                 # The stage a failed job was in: its line says "failed" (a finished one closed its own).
-                end_stage("ok" if job.get_status(refresh=False) == "finished" else "failed")
+                status = job.get_status(refresh=False)
+                end_stage("ok" if status == "finished" else "rescheduled" if status == "scheduled" else "failed")
         finally:
             done.set()
             beat.join()
@@ -305,9 +325,32 @@ class DocketWorker(SimpleWorker):
             queue._enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.execute()
 
+    def reschedule(self, job: RQJob, queue: Queue, execution: Any, limited: RateLimited) -> None:
+        """Give a job whose rate limit is used up to RQ's scheduler: its row ``queued/started →
+        scheduled`` (``error_code`` ``rate_limited``; a cut-short run's attempt taken back), then
+        in one Redis transaction its execution removed and the job put in its queue's
+        ``ScheduledJobRegistry`` for when the budget frees units (at least 1 s on: RQ's scheduler
+        works in whole seconds). RQ's retry count is untouched: waiting is not a failure."""
+        retry_at = now() + timedelta(seconds=max(1, math.ceil(limited.retry_after)))
+        message = (f"waiting for the {limited.name} rate limit" + (f" ({limited.limit})" if limited.limit else "")
+                   + f"; runs again at {retry_at:%Y-%m-%d %H:%M:%S} UTC")
+        self.log.info("Worker %s: job %s rescheduled for %s: %s", self.name, job.id, retry_at.isoformat(), message)
+        try:
+            mark_rate_limited(job.id, retry_at, message)
+        except Exception:  # the database is away: the job still runs later and its start brings the row along
+            self.log.exception("Worker %s: could not mark job %s rate limited", self.name, job.id)
+        job.ended_at = None
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            queue.schedule_job(job, retry_at, pipeline=pipe)
+            pipe.execute()
+
     def _finalize_failure(self, job: RQJob, queue: Queue, execution: Any, exc_info: Any) -> None:
         if isinstance(exc_info[1], JobHandedBack):
             self.hand_back(job, queue, execution)
+            return
+        if isinstance(exc_info[1], RateLimited):
+            self.reschedule(job, queue, execution, exc_info[1])
             return
         # A job that stopped itself (its row was canceled or stopped meanwhile) ends as RQ's
         # stop command would end it: STOPPED, never retried.
@@ -397,7 +440,20 @@ class DocketWorkerPool(WorkerPool):
         )
 
     def _find_worker(self, name: str) -> DocketWorker | None:
-        return DocketWorker.find_by_key(DocketWorker.redis_worker_namespace_prefix + name, connection=self.connection)
+        """Worker process ``name``'s RQ record, or ``None`` while it has none.
+
+        Not ``Worker.find_by_key``: for a missing record it also removes the name from RQ's set
+        of workers (``EXISTS``, then ``SREM``: two commands). Asked about a process that was just
+        starting, it removed the registration made between the two, and the live worker was
+        missing from ``Worker.all()`` (rq-dashboard, ``flask rq ping``) for good — seen in about
+        1 of 4 starts of three worker commands (benchmarks/rate_limit.py).
+        """
+        key = DocketWorker.redis_worker_namespace_prefix + name
+        if not self.connection.exists(key):
+            return None
+        worker = DocketWorker([], name, connection=self.connection, prepare_for_work=False)
+        worker.refresh()
+        return worker
 
     def kill_overdue_workers(self) -> None:
         """SIGKILL every worker process whose job has run ``kill_grace`` s past its timeout."""

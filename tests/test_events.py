@@ -398,5 +398,7 @@ def upload_text(client, text: str) -> dict[str, Any]:
 
 
 def _pubsub_clients(redis: Redis) -> int:
-    return len(redis.client_list(_type="pubsub"))
+    """Docket's event listeners (PSUBSCRIBE) connected to ``redis``; RQ workers' command
+    channels (SUBSCRIBE) of another test's worker still shutting down are not counted."""
+    return sum(1 for client in redis.client_list(_type="pubsub") if int(client.get("psub", 0)))
 

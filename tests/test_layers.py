@@ -23,6 +23,7 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         # the job protocol: registry, launch, state machine, errors, control, webhooks
         "webapp.job_kinds", "webapp.launch", "webapp.job_states", "webapp.job_errors", "webapp.job_control",
         "webapp.job_events",  # live job events on Redis pub/sub, published by the state machine
+        "webapp.rate_limits",  # rate limits shared by every worker on every machine (Redis)
         "webapp.webhooks", "webapp.report_files",
         # tokens and secrets at rest
         "webapp.tokens", "webapp.encryption",
@@ -32,6 +33,8 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         "webapp.queue_stats",
         # pgvector columns and HNSW indexes, full-text index (search structures beside the models)
         "webapp.vector_index",
+        # workflows: delayed jobs (rq-scheduler timetable), batch callbacks (chords)
+        "webapp.delayed_jobs", "webapp.chords",
         # operations: structured logs, Prometheus metrics
         "webapp.logs", "webapp.metrics"}
 

@@ -37,9 +37,10 @@ def statistics(client) -> dict[str, dict]:
     assert datetime.fromisoformat(body["generated_at"]).utcoffset() == timedelta(0)
     assert [q["name"] for q in body["queues"]] == list(QUEUE_NAMES)
     for queue in body["queues"]:
-        assert set(queue) == {"name", "counts", "oldest_queued_age_seconds", "workers", "jobs_per_minute"}
+        assert set(queue) == {"name", "counts", "oldest_queued_age_seconds", "workers", "jobs_per_minute", "waiting"}
         assert set(queue["counts"]) == COUNT_KEYS
         assert set(queue["jobs_per_minute"]) == {"last_5_minutes", "last_60_minutes"}
+        assert set(queue["waiting"]) == {"delayed", "for_batch"}
     assert answer.headers["Cache-Control"] == "no-store"
     return {q["name"]: q for q in body["queues"]}
 
@@ -50,6 +51,7 @@ def test_counts_age_workers_and_rates_of_each_queue(app, client, redis, run_work
         assert queue["counts"] == dict.fromkeys(COUNT_KEYS, 0)
         assert queue["oldest_queued_age_seconds"] is None and queue["workers"] == 0
         assert queue["jobs_per_minute"] == {"last_5_minutes": 0.0, "last_60_minutes": 0.0}
+        assert queue["waiting"] == {"delayed": 0, "for_batch": 0}
 
     # A burst worker: on default a finished, a failed and a canceled document; on high a finished report.
     finished = text_document(client, "A note that is processed.")
@@ -79,7 +81,17 @@ def test_counts_age_workers_and_rates_of_each_queue(app, client, redis, run_work
                                                        depends_on=waiting_document, job_id="deferred-job")
             Queue("high", connection=redis).enqueue_in(timedelta(hours=1), "tests.jobs_for_tests.describe_process")
 
+            # Waiting outside RQ's registries: two delayed documents with their batch's report, a
+            # delayed report (rows, not RQ's scheduled registry: that one holds RQ's own delayed job).
+            client.post("/api/documents", data={"file": [(io.BytesIO(b"later one"), "a.txt"),
+                                                          (io.BytesIO(b"later two"), "b.txt")],
+                                                 "delay": "3600", "report": "documents"},
+                        content_type="multipart/form-data")
+            client.post("/api/reports", json={"type": "activity", "delay": 3600})
+
             stats = statistics(client)
+            assert stats["default"]["waiting"] == {"delayed": 2, "for_batch": 0}
+            assert stats["high"]["waiting"] == {"delayed": 1, "for_batch": 1}
             assert stats["high"]["counts"] == {"queued": 1, "started": 2, "scheduled": 1, "deferred": 0,
                                                "failed": 0, "finished": 1, "canceled": 0}
             assert stats["default"]["counts"] == {"queued": 1, "started": 0, "scheduled": 0, "deferred": 1,

@@ -76,3 +76,24 @@ def test_ping_reports_the_worker_that_answered_each_queue(config, redis, start_w
     lines = answered.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["high", "default"]
     assert all(" answered by " in line and line.endswith(" ms") for line in lines), lines
+
+
+def test_the_pool_asking_about_a_starting_worker_leaves_its_registration_alone(app, redis):
+    """The pool looks up its processes' records (overdue jobs, dead processes). RQ's
+    ``Worker.find_by_key`` removes a name whose record it does not find from RQ's set of
+    workers; a process registering between its two commands then vanished from ``Worker.all()``
+    for good. Docket's lookup only reads."""
+    from rq import Worker
+
+    from jobs.runtime import DocketWorkerPool
+
+    with app.app_context():
+        pool = DocketWorkerPool(["high", "default"], connection=redis, num_workers=1)
+        key = Worker.redis_worker_namespace_prefix + "starting-worker"
+        redis.sadd(Worker.redis_workers_keys, key)  # registered in the set, its hash not written yet
+        assert pool._find_worker("starting-worker") is None
+        assert redis.sismember(Worker.redis_workers_keys, key)
+        worker = Worker(["default"], name="registered-worker", connection=redis)
+        worker.register_birth()
+        found = pool._find_worker("registered-worker")
+        assert found is not None and found.name == "registered-worker"

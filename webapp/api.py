@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from flask import Blueprint, current_app, jsonify, redirect, request, url_for
 
 from webapp.auth import current_owner, get_visible_or_404, owned, owner_filter, visible_job
 from webapp.documents import accept_uploads, batch_to_dict, delete_document, document_to_dict, read_upload
+from webapp.delayed_jobs import StartTimeError, start_time
 from webapp.embeddings import EmbeddingError
 from webapp.errors import ApiError
 from webapp.job_control import cancel_job
@@ -58,7 +61,10 @@ def upload_documents():
     """Accept one or more files (parts named ``file``) as one batch; 202 with job and batch links.
 
     Form fields: ``password`` (encrypted PDFs), ``reprocess`` (``true``: process again even if the
-    same bytes were uploaded before), ``callback_url`` (webhook for each job's final state).
+    same bytes were uploaded before), ``callback_url`` (webhook for each job's final state),
+    ``run_at`` (ISO-8601 UTC) or ``delay`` (seconds): start the jobs then (``scheduled`` until
+    then), ``report=documents``: a documents report of the files once every job of the batch
+    ended (its links under ``report``).
     A file whose bytes match a document of the same owner that finished or is in flight is not
     processed again: its entry has ``"duplicate": true`` and points at that document and its job.
     An empty or unsupported file is listed under ``refused`` with its reason while the others are
@@ -71,6 +77,8 @@ def upload_documents():
         owner=current_owner(),
         reprocess=_flag("reprocess"),
         callback_url=request.form.get("callback_url") or None,
+        run_at=_start_time(request.form),
+        report=request.form.get("report") or None,
     )
     duplicates = Job.by_id(accepted.document.job_id for accepted in result.files if accepted.duplicate)
     body = {
@@ -82,7 +90,7 @@ def upload_documents():
                 "filename": accepted.document.filename,
                 "job_id": accepted.document.job_id,
                 "duplicate": accepted.duplicate,
-                "status": duplicates[accepted.document.job_id].status if accepted.duplicate else "queued",
+                "status": duplicates[accepted.document.job_id].status if accepted.duplicate else result.status,
                 "batch_id": accepted.document.batch_id,
                 "status_url": url_for("api.get_job", job_id=accepted.document.job_id),
                 "document_url": url_for("api.get_document", document_id=accepted.document.id),
@@ -90,8 +98,27 @@ def upload_documents():
             for accepted in result.files
         ],
         "refused": [refused.to_dict() for refused in result.refused],
+        "report": _report_links(result.report) if result.report else None,
     }
     return jsonify(body), 202
+
+
+def _start_time(source):
+    """The planned start from ``run_at``/``delay`` in ``source`` (form or JSON object), or
+    ``None`` (at once). Raises 400 ``invalid_start_time`` with the sentence."""
+    try:
+        return start_time(source.get("run_at"), source.get("delay"))
+    except StartTimeError as exc:
+        raise ApiError(400, "invalid_start_time", str(exc)) from None
+
+
+def _report_links(report: Report) -> dict:
+    return {
+        "id": report.id,
+        "job_id": report.job_id,
+        "status_url": url_for("api.get_job", job_id=report.job_id),
+        "report_url": url_for("api.get_report", report_id=report.id),
+    }
 
 
 @bp.get("/batches/<batch_id>")
@@ -180,18 +207,16 @@ def get_jobs():
 
 @bp.post("/reports")
 def create_report():
-    """Request a report: JSON ``{"type": "activity"|"documents", "params": {...}}`` → 202
-    ``{"id", "job_id", "status_url", "report_url"}``; the job runs on the ``high`` queue."""
+    """Request a report: JSON ``{"type": "activity"|"documents", "params": {...}}``, optionally
+    ``"run_at"`` (ISO-8601 UTC) or ``"delay"`` (seconds) → 202 ``{"id", "job_id", "status_url",
+    "report_url"}``; the job runs on the ``high`` queue (at its planned time: ``scheduled`` until
+    then). A default period (``since``/``until``) is fixed when the request is made."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", 'Send a JSON object such as {"type": "activity", "params": {}}.')
-    report = request_report(body.get("type"), body.get("params"), owner=current_owner(), scope=owner_filter())
-    return jsonify({
-        "id": report.id,
-        "job_id": report.job_id,
-        "status_url": url_for("api.get_job", job_id=report.job_id),
-        "report_url": url_for("api.get_report", report_id=report.id),
-    }), 202
+    report = request_report(body.get("type"), body.get("params"), owner=current_owner(), scope=owner_filter(),
+                            run_at=_start_time(body))
+    return jsonify(_report_links(report)), 202
 
 
 @bp.get("/reports")
@@ -292,5 +317,8 @@ def search():
         results = search_chunks(query, k, owner=owner_filter(), document_id=options["document_id"],
                                 batch_id=options["batch_id"], mode=mode)
     except EmbeddingError as exc:
+        if exc.retry_after is not None:  # Docket's shared OpenAI budget, not the service, said no
+            raise ApiError(429, "rate_limited", f"The query could not be embedded now: {exc}. Try again later.",
+                           headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from exc
         raise ApiError(502, "embedding_unavailable", f"The query could not be embedded: {exc}") from exc
     return jsonify({"results": results})

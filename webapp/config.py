@@ -13,14 +13,24 @@ from typing import Any, Mapping
 MB = 1024 * 1024
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _number(env: Mapping[str, str], name: str, default: Any, kind: type, words: str) -> Any:
+    """``env[name]`` read as ``kind``; ``default`` when unset or blank. Raises ValueError with a
+    sentence ("<name> must be <words>") for anything else."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        raise ValueError(f"{name} must be {words}, got {raw!r}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _number(env, name, default, int, "a whole number")
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, float, "a number")
 
 
 def _optional_int(env: Mapping[str, str], name: str) -> int | None:
@@ -235,6 +245,17 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "SUMMARY_MODEL": env.get("SUMMARY_MODEL", "gpt-4o-mini"),
         "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
         "OPENAI_MAX_RETRIES": _int(env, "OPENAI_MAX_RETRIES", 3),
+        # --- rate limits shared by every worker process on every machine (webapp/rate_limits.py) ---
+        # OpenAI API requests and tokens (upper bound: UTF-8 bytes) per minute, summed over all
+        # processes, as OpenAI publishes its limits; 0: unlimited. OPENAI_RATE_WINDOW is the
+        # window in seconds they are counted over: 60 (OpenAI's); shorter only for tests.
+        "OPENAI_REQUESTS_PER_MINUTE": _int(env, "OPENAI_REQUESTS_PER_MINUTE", 0),
+        "OPENAI_TOKENS_PER_MINUTE": _int(env, "OPENAI_TOKENS_PER_MINUTE", 0),
+        "OPENAI_RATE_WINDOW": _int(env, "OPENAI_RATE_WINDOW", 60),
+        # Job starts per kind, in the limits notation: "document=600/minute;report=10/minute".
+        "JOB_RATE_LIMITS": env.get("JOB_RATE_LIMITS") or "",
+        # Seconds a job may wait in place for a rate limit's budget before it is rescheduled.
+        "RATE_LIMIT_MAX_WAIT": _float(env, "RATE_LIMIT_MAX_WAIT", 5.0),
         "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
         # Chunks a search reads and scores at a time: its memory is bounded by one block
         # (rows × dimensions × 4 bytes: 16 MB at 2,048 rows of the hashing embedder's 2,048).
@@ -316,4 +337,22 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError(f"LOG_FORMAT must be json or text, got {config['LOG_FORMAT']!r}")
     if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:
         raise ValueError("CHUNK_OVERLAP must be at least 0 and less than half of CHUNK_SIZE")
+    _check_rate_limits(config)
     return config
+
+
+def _check_rate_limits(config: dict[str, Any]) -> None:
+    """Validate the rate-limit settings; ``JOB_RATE_LIMITS`` becomes ``{kind: RateLimit}``."""
+    from webapp.job_kinds import JOB_KINDS
+    from webapp.rate_limits import parse_job_rate_limits
+
+    if config["OPENAI_REQUESTS_PER_MINUTE"] < 0:
+        raise ValueError("OPENAI_REQUESTS_PER_MINUTE must not be negative (0: unlimited)")
+    # One input may have OpenAI's per-input maximum of 8192 tokens: a smaller budget could never send it.
+    if 0 < config["OPENAI_TOKENS_PER_MINUTE"] < 8192 or config["OPENAI_TOKENS_PER_MINUTE"] < 0:
+        raise ValueError("OPENAI_TOKENS_PER_MINUTE must be 0 (unlimited) or at least 8192 (OpenAI's tokens per input)")
+    if not 1 <= config["OPENAI_RATE_WINDOW"] <= 60:
+        raise ValueError("OPENAI_RATE_WINDOW must be between 1 and 60 seconds")
+    if config["RATE_LIMIT_MAX_WAIT"] < 0:
+        raise ValueError("RATE_LIMIT_MAX_WAIT must not be negative")
+    config["JOB_RATE_LIMITS"] = parse_job_rate_limits(config["JOB_RATE_LIMITS"], JOB_KINDS)

@@ -13,9 +13,10 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, BinaryIO, Iterable
 
-from flask import current_app
+from flask import current_app, url_for
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -27,7 +28,8 @@ from webapp.errors import ApiError
 from webapp.job_control import cancel_job
 from webapp.job_states import FINISHED, STARTED, TERMINAL, WAITING, JobStateError
 from webapp.launch import QueueUnavailable, enqueue_jobs, new_job
-from webapp.models import Batch, Chunk, Document, Job, isoformat, new_id
+from webapp.models import Batch, Chunk, Document, Job, Report, isoformat, new_id
+from webapp.report_files import launch_report, new_report
 from webapp.queues import rq
 from webapp.storage import StorageError, storage_from_config
 
@@ -139,10 +141,13 @@ class UploadResult:
     files: list[Accepted]
     batch_id: str | None  # the batch of the new documents; None when every file was a duplicate
     refused: list[Refused]  # files refused on their own (empty, unsupported); the others went on
+    report: Report | None = None  # the documents report asked for (the batch's callback)
+    status: str = "queued"  # the new documents' jobs': queued, or scheduled (run_at)
 
 
 def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, owner: str, reprocess: bool = False,
-                   callback_url: str | None = None) -> UploadResult:
+                   callback_url: str | None = None, run_at: datetime | None = None,
+                   report: str | None = None) -> UploadResult:
     """Validate, store and launch uploads.
 
     A file that is empty or of an unsupported type is refused on its own (``refused``) and the
@@ -159,6 +164,11 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
         owner: whose documents, jobs and batch these are (duplicates are looked up among them only).
         reprocess: process files again even when the same bytes were uploaded before.
         callback_url: ``http(s)://`` URL that gets each job's final state (:mod:`webapp.webhooks`).
+        run_at: planned start of the new documents' jobs (naive UTC, from
+            :func:`webapp.delayed_jobs.start_time`); ``None``: at once.
+        report: ``"documents"``: a documents report of the upload's files, made once every job
+            of the batch ended, whatever their outcome (a chord, :mod:`webapp.chords`); at once
+            when every file was a duplicate (there is no batch to wait for).
 
     Returns:
         The accepted files, the batch id and the refused files.
@@ -168,6 +178,9 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
             503 ``storage_unavailable`` when the bytes cannot be stored; 503 ``queue_unavailable``
             when Redis refuses the jobs (their rows are marked ``failed``; none was enqueued).
     """
+    if report not in (None, "documents"):
+        raise ApiError(400, "invalid_report_type", "'report' may only be \"documents\": a documents report of "
+                                                   "the upload's files once every one of them ended.")
     validated, refused = validate_uploads(uploads)
     if callback_url is not None:
         callback_url = check_callback_url(callback_url)
@@ -191,6 +204,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
     sealed_password = encrypt_secret(current_app.config, password) if password and new else None
     jobs: list[Job] = []
     stored_keys: list[str] = []
+    report_row: Report | None = None
     try:
         with db.database.atomic():
             if batch_id:
@@ -202,7 +216,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
                 storage.put_stream(key, upload.file)  # in blocks: the upload is never held in memory
                 stored_keys.append(key)
                 job = new_job("document", {"document_id": document_id}, document_id=document_id,
-                              batch_id=batch_id, callback_url=callback_url, owner=owner)
+                              batch_id=batch_id, callback_url=callback_url, owner=owner, run_at=run_at)
                 document = Document.create(
                     id=document_id,
                     filename=upload.filename,
@@ -218,6 +232,11 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
                 job.save(force_insert=True)
                 files[index] = Accepted(document)
                 jobs.append(job)
+            if report and batch_id:  # the batch's callback, deferred until its jobs ended
+                report_row, report_job = new_report(report, _report_params(files, owner), owner,
+                                                    batch_id=batch_id)
+                report_row.save(force_insert=True)
+                report_job.save(force_insert=True)
     except StorageError as exc:
         for key in stored_keys:
             storage.delete(key)
@@ -234,9 +253,18 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
             files[index] = Accepted(first.document, duplicate=True)
     try:
         enqueue_jobs(jobs)
+        if report and not batch_id:  # every file a duplicate: nothing to wait for
+            report_row = launch_report(report, _report_params(files, owner), owner)
     except QueueUnavailable as exc:
         raise ApiError(503, "queue_unavailable", str(exc)) from exc
-    return UploadResult(files=[f for f in files if f is not None], batch_id=batch_id, refused=refused)
+    return UploadResult(files=[f for f in files if f is not None], batch_id=batch_id, refused=refused,
+                        report=report_row, status=jobs[0].status if jobs else "queued")
+
+
+def _report_params(files: list["Accepted | None"], owner: str) -> dict[str, Any]:
+    """A documents report's parameters for an upload's files (new ones and duplicates, once each)."""
+    ids = [accepted.document.id for accepted in files if accepted is not None]
+    return {"document_ids": list(dict.fromkeys(ids)), "owner": owner}
 
 
 def find_duplicate(sha256: str, owner: str | None, finished_only: bool = False) -> Document | None:
@@ -352,7 +380,8 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
     """The API representation of a batch (``GET /api/batches/<id>``).
 
     ``totals`` counts the documents by their current job's status; ``progress`` (0–100 %) is
-    the mean over the documents, an ended job counting 100.
+    the mean over the documents, an ended job counting 100; ``report`` is the documents report
+    asked for with the upload (``{"id", "status", "report_url"}``) or ``None``.
     """
     documents = list(Document.select().where(Document.batch_id == batch.id).order_by(Document.created_at, Document.id))
     jobs = Job.by_id(d.job_id for d in documents)
@@ -364,6 +393,8 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         totals[status] = totals.get(status, 0) + 1
         done += 100 if status in TERMINAL else (job.progress if job else 0)
     ended = sum(count for status, count in totals.items() if status in TERMINAL)
+    report = (Report.select(Report.id, Job.status.alias("job_status")).join(Job, on=(Job.id == Report.job_id))
+              .where(Job.batch_id == batch.id, Job.kind == "report").dicts().first())
     return {
         "id": batch.id,
         "size": batch.size,
@@ -373,6 +404,9 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         "finished": ended == len(documents),
         "progress": done // len(documents) if documents else 100,
         "documents": [document_to_dict(d, jobs.get(d.job_id)) for d in documents],
+        # The documents report asked for with the upload (deferred until every document ended).
+        "report": {"id": report["id"], "status": report["job_status"],
+                   "report_url": url_for("api.get_report", report_id=report["id"])} if report else None,
     }
 
 

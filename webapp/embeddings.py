@@ -41,11 +41,14 @@ class EmbeddingError(Exception):
         transient: ``True`` for failures that may pass (HTTP 408/409/429/5xx, timeouts, an
             unreachable service), after the client's own retries; ``False`` for a refusal
             that will repeat (401, 400, a malformed answer).
+        retry_after: seconds until Docket's own rate limit frees budget, when that is why the
+            request was not sent (:mod:`webapp.rate_limits`); ``None`` otherwise.
     """
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    def __init__(self, message: str, transient: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.retry_after = retry_after
 
 
 class Embedder(Protocol):
@@ -271,30 +274,100 @@ class OpenAIEmbedder:
 
     The client retries rate limits and 5xx answers itself (``max_retries``, exponential backoff).
     ``batch_size`` caps the inputs per request below OpenAI's 2048 for servers that take fewer.
+
+    ``rate_limits``: the settings of the budgets shared by every process
+    (:func:`rate_limit_settings`; ``None``: unlimited). Each request first takes 1 unit of
+    ``openai.requests`` and its inputs' :func:`token_upper_bound` of ``openai.tokens``
+    (:func:`webapp.rate_limits.acquire_all`), and requests are cut to fit the tokens budget.
+    A job's first request waits at most ``RATE_LIMIT_MAX_WAIT`` seconds (then the job is
+    rescheduled: nothing is lost); once the job has made requests
+    (:func:`webapp.rate_limits.spent_in_run`) it waits up to one window (``OPENAI_RATE_WINDOW``,
+    60 s) if that is longer, since rescheduling then would throw away the requests already made
+    — and a document that needs more than one window's budget would be rescheduled for ever.
     """
 
     def __init__(self, api_key: str, model: str, base_url: str | None = None, timeout: float = 60,
-                 max_retries: int = 3, batch_size: int = OPENAI_MAX_INPUTS_PER_REQUEST) -> None:
+                 max_retries: int = 3, batch_size: int = OPENAI_MAX_INPUTS_PER_REQUEST,
+                 rate_limits: Mapping[str, Any] | None = None) -> None:
         import openai
 
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
         self.model = model
         self.name = f"openai:{model}"
         self.batch_size = batch_size
+        self.rate_limits = dict(rate_limits) if rate_limits else None
+        # The request being sent by this thread: {"texts", "sent"} (a retry takes budget too).
+        self._sending = threading.local()
+        http_client = (openai.DefaultHttpxClient(event_hooks={"request": [self._before_send]})
+                       if self.rate_limits else None)
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+                                     http_client=http_client)
+
+    def _before_send(self, request: Any) -> None:
+        """httpx's hook before every HTTP attempt: a retry of the ``openai`` client (after a 429,
+        a 5xx or a timeout) is a request the API counts too, so it takes the budget again; the
+        first attempt's units were taken by :meth:`embed` (which can cut a request to the budget).
+
+        Raises:
+            RateLimited: see :meth:`_take_budget` (a ``BaseException``: the client's retry loop,
+                which catches ``Exception``, lets it through).
+        """
+        sending = getattr(self._sending, "request", None)
+        if sending is None:
+            return
+        if sending["sent"]:
+            self._take_budget(sending["texts"])
+        sending["sent"] = True
+
+    def _take_budget(self, texts: Sequence[str]) -> None:
+        """Take this request's units of the shared OpenAI budgets, waiting in place for at most
+        ``RATE_LIMIT_MAX_WAIT`` seconds; in a job that already made requests, for at most the
+        longer of that and ``OPENAI_RATE_WINDOW``.
+
+        Raises:
+            RateLimited: the budget stays used up longer (in an RQ job the worker reschedules
+                the job, ``jobs/runtime.py``; elsewhere :meth:`embed` answers an EmbeddingError).
+        """
+        from rq import get_current_job
+
+        from webapp.rate_limits import SEND_MARGIN, acquire_all, spent_in_run
+
+        settings = self.rate_limits or {}
+        max_wait = float(settings.get("RATE_LIMIT_MAX_WAIT", 5))
+        if get_current_job() is not None and spent_in_run():
+            max_wait = max(max_wait, float(settings.get("OPENAI_RATE_WINDOW") or 60) + SEND_MARGIN)
+        acquire_all(settings, {"openai.requests": 1,
+                               "openai.tokens": sum(token_upper_bound(text) for text in texts)}, max_wait=max_wait)
 
     @counted_embed  # embedding calls and errors, by embedder (GET /metrics)
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
         import openai
+        from rq import get_current_job
+
+        from webapp.job_errors import RateLimited
+        from webapp.rate_limits import largest_cost
 
         rows: list[np.ndarray] = []
-        for start, stop in batches(texts, max_inputs=self.batch_size):
+        max_tokens = OPENAI_MAX_TOKENS_PER_REQUEST
+        if self.rate_limits:
+            max_tokens = min(max_tokens, largest_cost(self.rate_limits, "openai.tokens") or max_tokens)
+        for start, stop in batches(texts, max_inputs=self.batch_size, max_tokens=max_tokens):
             try:
+                if self.rate_limits:
+                    self._take_budget(texts[start:stop])
+                    self._sending.request = {"texts": texts[start:stop], "sent": False}
                 # base64: the client hands the string through and numpy decodes it at once; with
                 # "float" the client builds a Python float per dimension through its models
                 # (≈1.3 s of CPU for 644 inputs of 64 dimensions, measured).
                 response = self._client.embeddings.create(
                     model=self.model, input=list(texts[start:stop]), encoding_format="base64"
                 )
+            except RateLimited as exc:
+                if get_current_job() is not None:
+                    raise  # the worker reschedules the job
+                # Outside a job (a search query, a script) nothing can reschedule it: a transient
+                # error, answered as for a 429 (the API: 429 rate_limited with Retry-After).
+                raise EmbeddingError(f"the embedding service's rate limit is used up: {exc.message}",
+                                     transient=True, retry_after=exc.retry_after) from None
             except openai.APIStatusError as exc:
                 raise EmbeddingError(
                     f"the embedding service answered HTTP {exc.status_code}: {api_message(exc)}",
@@ -305,6 +378,8 @@ class OpenAIEmbedder:
                     f"the embedding service at {self._client.base_url} could not be reached: {exc}",
                     transient=True,
                 ) from exc
+            finally:
+                self._sending.request = None
             data = sorted(response.data, key=lambda item: item.index)
             if len(data) != stop - start:
                 raise EmbeddingError(
@@ -397,17 +472,32 @@ def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
         config.get("OPENAI_TIMEOUT", 60),
         config.get("OPENAI_MAX_RETRIES", 3),
         config.get("EMBEDDING_BATCH_SIZE", OPENAI_MAX_INPUTS_PER_REQUEST),
+        rate_limit_settings(config),
     )
+
+
+#: What the OpenAI budgets need from the configuration (webapp/rate_limits.py).
+RATE_LIMIT_SETTINGS = ("REDIS_URL", "REDIS_TLS_VERIFY", "OPENAI_REQUESTS_PER_MINUTE", "OPENAI_TOKENS_PER_MINUTE",
+                       "OPENAI_RATE_WINDOW", "RATE_LIMIT_MAX_WAIT")
+
+
+def rate_limit_settings(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...] | None:
+    """The settings of the shared OpenAI budgets as ``((name, value), …)`` (hashable: part of the
+    embedder's cache key), or ``None`` when neither ``OPENAI_REQUESTS_PER_MINUTE`` nor
+    ``OPENAI_TOKENS_PER_MINUTE`` is set (then no request touches Redis)."""
+    if not (config.get("OPENAI_REQUESTS_PER_MINUTE") or config.get("OPENAI_TOKENS_PER_MINUTE")):
+        return None
+    return tuple((name, config.get(name)) for name in RATE_LIMIT_SETTINGS)
 
 
 @lru_cache(maxsize=8)
 def _build_embedder(
     kind: str, api_key: str | None, model: str, base_url: str | None, timeout: float, max_retries: int,
-    batch_size: int,
+    batch_size: int, rate_limits: tuple[tuple[str, Any], ...] | None = None,
 ) -> Embedder:
     if kind == "openai":
         return OpenAIEmbedder(api_key=api_key, model=model, base_url=base_url, timeout=timeout,
-                              max_retries=max_retries, batch_size=batch_size)
+                              max_retries=max_retries, batch_size=batch_size, rate_limits=dict(rate_limits or ()))
     if kind == "wordllama":
         return WordLlamaEmbedder()
     return HashingEmbedder()

@@ -14,13 +14,15 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 
 class ApiError(Exception):
-    """An error answer: HTTP ``status``, snake_case ``code`` and a human ``message``."""
+    """An error answer: HTTP ``status``, snake_case ``code``, a human ``message`` and extra
+    response ``headers`` (e.g. ``Retry-After`` on a 429)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 def get_or_404(model, row_id: str, noun: str):
@@ -71,7 +73,9 @@ def init_app(app: Flask) -> None:
     def handle_api_error(exc: ApiError):
         if not _wants_json() and _wants_html():  # a person following a link to a page (e.g. /rq)
             return render_template("error.html", status=exc.status, message=exc.message), exc.status
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException):

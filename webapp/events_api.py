@@ -102,11 +102,12 @@ def batch_events(batch_id: str):
 
 
 def batch_state(batch_id: str) -> dict[str, Any]:
-    """The ``batch`` event of upload ``batch_id``, read now: its jobs' events (oldest first),
+    """The ``batch`` event of upload ``batch_id``, read now: its document jobs' events (oldest first;
+    not the batch's report job, as ``GET /api/batches/<id>`` counts documents only),
     the count of jobs per status, the mean progress (0–100 %, a terminal job counting 100) and
     whether every job is terminal. Needs a database connection."""
     rows = list(Job.select(*[getattr(Job, name) for name in EVENT_COLUMNS])
-                .where(Job.batch_id == batch_id).order_by(Job.created_at, Job.id).dicts())
+                .where(Job.batch_id == batch_id, Job.kind == "document").order_by(Job.created_at, Job.id).dicts())
     jobs = [job_event(row) for row in rows]
     totals: dict[str, int] = {}
     for job in jobs:

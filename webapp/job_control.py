@@ -14,6 +14,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 
+from webapp.delayed_jobs import remove_entry
 from webapp.job_states import STARTED, WAITING, JobStateError, mark_canceled, mark_stopped
 from webapp.models import Job
 from webapp.queues import rq
@@ -69,7 +70,12 @@ def cancel_job(job_id: str, wait: float = STOP_WAIT) -> Job:
 
 
 def _cancel_in_rq(job_id: str) -> None:
-    """Cancel RQ's job, if RQ still has it (it may never have been enqueued, or expired)."""
+    """Cancel RQ's job, if RQ still has it (it may never have been enqueued, or expired), and
+    remove a delayed job's entry from the scheduler's timetable."""
+    try:
+        remove_entry(rq.connection, job_id)
+    except RedisError:
+        pass  # the scheduler finds the row canceled and leaves it
     try:
         RQJob.fetch(job_id, connection=rq.connection).cancel()
     except (NoSuchJobError, InvalidJobOperation):

@@ -54,3 +54,31 @@ class WorkerProcessDied(JobError):
 
     code = "worker_died"
     transient = True
+
+
+class RateLimited(BaseException):
+    """A rate limit's budget (:mod:`webapp.rate_limits`) is not free within ``RATE_LIMIT_MAX_WAIT``.
+
+    Raised in a job (before its function runs, or inside it at an API request), the worker
+    reschedules the job for when the budget frees units: row ``scheduled`` with ``error_code``
+    ``rate_limited``, never a failure, RQ's retries untouched (``jobs/runtime.py``). A
+    ``BaseException``, like the worker's hand-back, so that no ``except Exception`` in a job or
+    a library turns waiting into the job's own failure.
+
+    Attributes:
+        name: the budget, e.g. ``openai.requests`` or ``job.document``.
+        retry_after: seconds until the budget frees units (> 0).
+        limit: the limit as configured, e.g. ``600/minute`` or ``OPENAI_REQUESTS_PER_MINUTE=3000``.
+        code: ``rate_limited`` (the row's ``error_code``).
+        message: one human sentence.
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, name: str, retry_after: float, limit: str = "") -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.limit = limit
+        self.message = (f"waiting for the {name} rate limit" + (f" ({limit})" if limit else "")
+                        + f"; units free again in {retry_after:.1f} s")
+        super().__init__(self.message)

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "docket:events:"
 # The Job columns a message is made of (the RETURNING list of the state machine's UPDATEs).
-EVENT_COLUMNS = ("id", "kind", "status", "progress", "stage", "error", "error_code", "attempts", "retry_at", "batch_id",
-                 "updated_at")
+EVENT_COLUMNS = ("id", "kind", "status", "progress", "stage", "error", "error_code", "attempts", "retry_at", "run_at",
+                 "batch_id", "updated_at")
 
 _failing = False  # the last publish of this process failed (logged once until one succeeds)
 
@@ -70,6 +70,7 @@ def job_event(row: Mapping[str, Any]) -> dict[str, Any]:
         "error_code": row.get("error_code"),
         "attempts": row.get("attempts") or 0,
         "retry_at": _iso(row.get("retry_at")),
+        "run_at": _iso(row.get("run_at")),
         "batch_id": row.get("batch_id"),
         "updated_at": _iso(row.get("updated_at")),
         "terminal": row.get("status") in TERMINAL_STATUSES,
@@ -81,8 +82,10 @@ def _iso(value: Any) -> str | None:
 
 
 def publish(row: Mapping[str, Any]) -> None:
-    """Publish the event of ``row`` (see :func:`job_event`) on its job's channel and, when it
-    belongs to a batch, on the batch's channel: one round trip to Redis.
+    """Publish the event of ``row`` (see :func:`job_event`) on its job's channel and, when it is
+    the document job of a batch, on the batch's channel: one round trip to Redis. (A batch's
+    report job, :mod:`webapp.chords`, has its own channel only, as ``GET /api/batches/<id>``
+    counts documents only.)
 
     Never raises: a failure (Redis unreachable, no application context) is logged — a warning
     for the first one, debug after that until a publish succeeds again — and the caller's change
@@ -94,7 +97,7 @@ def publish(row: Mapping[str, Any]) -> None:
         message = json.dumps(event, separators=(",", ":"))
         pipeline = rq.connection.pipeline(transaction=False)
         pipeline.publish(job_channel(event["id"]), message)
-        if event["batch_id"]:
+        if event["batch_id"] and event["kind"] == "document":  # a batch is its documents (not its report)
             pipeline.publish(batch_channel(event["batch_id"]), message)
         pipeline.execute()
     except Exception as exc:

@@ -15,6 +15,11 @@ worker, the web process and the scheduler acting at once can never move a row ba
 
     started, scheduled ──▶ queued   (a worker shutting down hands its job back; reconcile
                                      re-runs a job whose worker or RQ record vanished)
+    scheduled ──▶ queued            (a delayed job's ``run_at`` came: webapp/delayed_jobs.py)
+    deferred ──▶ queued             (a batch's callback: every job of the batch ended,
+                                     webapp/chords.py); both may be canceled while they wait
+    queued, started ──▶ scheduled   (a rate limit's budget is used up: the job runs again when
+                                     it frees units, webapp/rate_limits.py; not a failure)
 
 The web process (cancel, retry), the worker (start, progress, finish, fail) and RQ's callbacks
 (:func:`on_job_failure`, :func:`on_job_stopped`, also run by RQ's abandoned-job cleanup) all
@@ -26,7 +31,7 @@ sends the job's webhook, if it has one.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import peewee
@@ -59,11 +64,14 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset({QUEUED, SCHEDULED, DEFERRED, STARTED}),
     STOPPED: frozenset({STARTED}),
     CANCELED: WAITING,
-    SCHEDULED: frozenset({STARTED}),  # a transient failure, waiting for its automatic retry
+    # A transient failure, waiting for its automatic retry (started); a rate limit's budget
+    # used up before or while the job ran, waiting for it to free units (queued, started).
+    SCHEDULED: frozenset({STARTED, QUEUED}),
     # Retried on request (failed/stopped/canceled: RETRYABLE); handed back by a worker told to
     # shut down, or re-run by reconcile after its worker vanished (started); restored by
-    # reconcile after Redis lost it (scheduled).
-    QUEUED: frozenset({FAILED, STOPPED, CANCELED, STARTED, SCHEDULED}),
+    # reconcile after Redis lost it, or a delayed job whose time came (scheduled); a batch's
+    # callback whose batch ended (deferred, webapp/chords.py).
+    QUEUED: frozenset({FAILED, STOPPED, CANCELED, STARTED, SCHEDULED, DEFERRED}),
 }
 RETRYABLE = frozenset({FAILED, STOPPED, CANCELED})  # what a user may retry
 
@@ -82,13 +90,15 @@ class JobStateError(Exception):
         self.status = status
 
 
-def transition(job_id: str, to: str, from_: frozenset[str] | None = None, **fields: Any) -> bool:
+def transition(job_id: str, to: str, from_: frozenset[str] | None = None, when: Any = None, **fields: Any) -> bool:
     """Move row ``job_id`` to status ``to`` if its current status allows it (:data:`TRANSITIONS`).
 
     Args:
         job_id: the Job row (= RQ job id).
         to: the target status word.
         from_: narrow the allowed current statuses further (a subset of ``TRANSITIONS[to]``).
+        when: one more condition of the same ``WHERE`` (a peewee expression), e.g. "no
+            ``retry_at``" or "every job of the batch ended": checked atomically with the status.
         **fields: other columns to set in the same ``UPDATE``.
 
     A change to a non-terminal status is published as a live event at once (one ``PUBLISH``,
@@ -107,8 +117,9 @@ def transition(job_id: str, to: str, from_: frozenset[str] | None = None, **fiel
         if not from_ <= allowed:
             raise ValueError(f"{sorted(from_ - allowed)} → {to} is not a transition of the state machine")
         allowed = from_
-    return _update(job_id, Job.update(status=to, updated_at=utcnow(), **fields)
-                   .where(Job.id == job_id, Job.status.in_(tuple(allowed))), publish=to not in TERMINAL)
+    conditions = [Job.id == job_id, Job.status.in_(tuple(allowed))] + ([when] if when is not None else [])
+    return _update(job_id, Job.update(status=to, updated_at=utcnow(), **fields).where(*conditions),
+                   publish=to not in TERMINAL)
 
 
 def _update(job_id: str, query, publish: bool) -> bool:
@@ -170,8 +181,8 @@ def mark_scheduled(job_id: str, message: str, code: str, retry_at: datetime) -> 
     """``started → scheduled``: a transient failure; RQ retries the job at ``retry_at`` (UTC).
     The row keeps the error that caused it. Returns whether the row changed."""
     with connection():
-        return transition(job_id, SCHEDULED, error=message[:MAX_ERROR], error_code=code, retry_at=retry_at,
-                          stage=None)
+        return transition(job_id, SCHEDULED, from_=frozenset({STARTED}), error=message[:MAX_ERROR],
+                          error_code=code, retry_at=retry_at, stage=None)
 
 
 def mark_requeued(job_id: str) -> bool:
@@ -181,12 +192,38 @@ def mark_requeued(job_id: str) -> bool:
                       started_at=None, ended_at=None, enqueued_at=None, retry_at=None, webhook=None)
 
 
+def mark_rate_limited(job_id: str, retry_at: datetime, message: str) -> bool:
+    """``queued/started → scheduled``: a rate limit's budget (:mod:`webapp.rate_limits`) was not
+    free within ``RATE_LIMIT_MAX_WAIT``, so the worker gave the job to RQ's scheduler for
+    ``retry_at`` (UTC). ``error_code`` ``rate_limited`` and ``message`` (a sentence) say why
+    until the next start clears them. A run that was cut short (``started``: the budget of an API
+    request inside the job) did no useful work, so its ``attempts`` is taken back: ``attempts``
+    counts runs, and reconcile compares it with the kind's retry limit.
+
+    Returns whether the row changed.
+    """
+    if retry_at.tzinfo is not None:  # RQ's clock is aware; rows hold naive UTC (a PostgreSQL
+        retry_at = retry_at.astimezone(timezone.utc).replace(tzinfo=None)  # session zone would shift it)
+    with connection():
+        return transition(job_id, SCHEDULED, from_=frozenset({QUEUED, STARTED}), error=message[:MAX_ERROR],
+                          error_code="rate_limited", retry_at=retry_at, stage=None, progress=0,
+                          attempts=peewee.Case(None, ((Job.status == STARTED, Job.attempts - 1),), Job.attempts))
+
+
 def mark_handed_back(job_id: str) -> bool:
     """``started → queued``: a worker told to shut down (SIGTERM) gave its unfinished job back to
     the queue; another worker runs it again from the start. The row keeps ``attempts`` (the
     next start counts one more). Returns whether the row changed."""
     with connection():
         return transition(job_id, QUEUED, from_=frozenset({STARTED}), stage=None, progress=0, retry_at=None)
+
+
+def mark_due(job_id: str) -> bool:
+    """``scheduled → queued`` for a delayed job whose planned time (``run_at``) came: only a row
+    still waiting for its start (no ``retry_at``: an automatic retry is RQ's to deliver), so a
+    canceled job or a second delivery changes nothing. Returns whether the row changed."""
+    with connection():
+        return transition(job_id, QUEUED, from_=frozenset({SCHEDULED}), when=Job.retry_at.is_null())
 
 
 def mark_rerun(job_id: str, reason: str, code: str) -> bool:
@@ -210,8 +247,9 @@ def _end(job_id: str, to: str, message: str, code: str) -> bool:
 
 def after_terminal(job_id: str) -> None:
     """What follows a row's entering a terminal state: publish it as a live event
-    (:mod:`webapp.job_events`), forget the document's PDF password and, if the job has a
-    ``callback_url``, launch its webhook delivery. Never raises (logged).
+    (:mod:`webapp.job_events`), forget the document's PDF password, if the job has a
+    ``callback_url`` launch its webhook delivery and, if it was the last running document job
+    of a batch with a callback, release that (:mod:`webapp.chords`). Never raises (logged).
 
     One ``SELECT`` in the common case (no password left, no webhook): it runs after every job.
     Every path into a terminal state calls it after its transaction committed (:func:`_end`,
@@ -233,6 +271,10 @@ def after_terminal(job_id: str) -> None:
                 from webapp.launch import launch
 
                 launch("webhook", {"job_id": job_id}, owner=row["owner"])
+            if row["batch_id"] and row["kind"] == "document":
+                from webapp.chords import release_callbacks
+
+                release_callbacks(row["batch_id"])  # the batch's report, once its last job ended
     except Exception:
         log.exception("job %s: follow-up of its terminal state failed", job_id)
 

@@ -45,6 +45,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": isoformat(job.started_at),
         "ended_at": isoformat(job.ended_at),
         "retry_at": isoformat(job.retry_at),
+        "run_at": isoformat(job.run_at),  # a delayed job's planned start
         "updated_at": isoformat(job.updated_at),
         "document_id": job.document_id,
         "batch_id": job.batch_id,

@@ -12,6 +12,10 @@ goes through here, in the job protocol's order:
    pipeline, all or none;
 3. the rows get ``enqueued_at``.
 
+A delayed job (``run_at``) waits in the scheduler's timetable until its time, then goes the
+same way (:mod:`webapp.delayed_jobs`); a deferred one (a batch's callback) waits for its batch
+(:mod:`webapp.chords`).
+
 If Redis refuses, the rows are marked ``failed`` (``queue_unavailable``) and
 :class:`QueueUnavailable` is raised: no row is left saying ``queued`` forever.
 """
@@ -19,6 +23,7 @@ If Redis refuses, the rows are marked ``failed`` (``queue_unavailable``) and
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from flask import current_app
@@ -27,9 +32,10 @@ from rq import Callback, Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 
+from webapp import delayed_jobs
 from webapp.db import db
 from webapp.job_kinds import get_kind
-from webapp.job_states import FAILED, mark_failed, mark_requeued
+from webapp.job_states import DEFERRED, FAILED, QUEUED, SCHEDULED, mark_failed, mark_requeued
 from webapp.logs import current_request_id
 from webapp.models import Job, new_id, utcnow
 from webapp.queues import rq
@@ -52,20 +58,32 @@ class QueueUnavailable(Exception):
 
 
 def new_job(kind: str, params: dict[str, Any], *, job_id: str | None = None, document_id: str | None = None,
-            batch_id: str | None = None, callback_url: str | None = None, owner: str | None = None) -> Job:
+            batch_id: str | None = None, callback_url: str | None = None, owner: str | None = None,
+            run_at: datetime | None = None, status: str = QUEUED) -> Job:
     """An unsaved Job row for ``kind`` with ``params``; save it, then pass it to :func:`enqueue_jobs`.
 
     For producers that create other rows in the same transaction (an upload creates the
     documents and their jobs together); others use :func:`launch`. ``owner`` is whose job it is
     (``None``: the system's, seen by admins only).
 
+    ``run_at`` (naive UTC, from :func:`webapp.delayed_jobs.start_time`) makes it a delayed job:
+    the row is ``scheduled`` until then (:mod:`webapp.delayed_jobs`). ``status="deferred"``
+    makes it wait for other jobs instead and is not enqueued by :func:`enqueue_jobs`
+    (a batch's callback, :mod:`webapp.chords`).
+
     Raises:
         UnknownJobKind: ``kind`` is not in the registry.
         TypeError: ``params`` is not JSON-serialisable.
+        ValueError: ``status`` is not ``queued`` or ``deferred``.
     """
     json.dumps(params)  # fail here, not in a worker
+    if status not in (QUEUED, DEFERRED):
+        raise ValueError(f"a new job is queued or deferred, not {status}")
+    if run_at is not None and status == QUEUED:
+        status = SCHEDULED
     return Job(id=job_id or new_id(), kind=kind, queue=get_kind(kind).queue, params=params, document=document_id,
-               batch_id=batch_id, callback_url=callback_url, owner=owner, updated_at=utcnow())
+               batch_id=batch_id, callback_url=callback_url, owner=owner, updated_at=utcnow(), run_at=run_at,
+               status=status)
 
 
 def launch(kind: str, params: dict[str, Any], **row_fields: Any) -> Job:
@@ -74,10 +92,11 @@ def launch(kind: str, params: dict[str, Any], **row_fields: Any) -> Job:
     Args:
         kind: a name in :data:`webapp.job_kinds.JOB_KINDS`.
         params: the job function's keyword arguments (JSON values).
-        **row_fields: ``job_id``, ``document_id``, ``batch_id``, ``callback_url``, ``owner`` (see :func:`new_job`).
+        **row_fields: ``job_id``, ``document_id``, ``batch_id``, ``callback_url``, ``owner``,
+            ``run_at`` (see :func:`new_job`).
 
     Returns:
-        The row, enqueued.
+        The row, enqueued (or, with ``run_at``, waiting in the scheduler's timetable).
 
     Raises:
         QueueUnavailable: Redis refused (the row is marked ``failed``).
@@ -115,6 +134,11 @@ def relaunch(job_id: str) -> Job:
 def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
     """Enqueue committed rows in one Redis transaction (all or none) and stamp ``enqueued_at``.
 
+    A delayed row (``scheduled`` with ``run_at``, :func:`webapp.delayed_jobs.is_delayed`) gets
+    its RQ record and its entry in the scheduler's timetable instead, in the same transaction;
+    ``enqueued_at`` is stamped when its time comes and it is enqueued. Deferred rows are skipped
+    (:mod:`webapp.chords` enqueues them when they may run).
+
     Args:
         jobs: committed rows with ``kind`` and ``params``.
         replace: delete RQ's earlier record of each job first (a retry reuses the job id).
@@ -124,16 +148,18 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
             before the row it reads is committed.
         QueueUnavailable: Redis refused; every row is marked ``failed`` (``queue_unavailable``).
     """
+    jobs = [job for job in jobs if job.status != DEFERRED]
     if not jobs:
         return
     if db.database.in_transaction():
         raise RuntimeError("enqueue_jobs must run after the rows are committed, outside a transaction")
     config = current_app.config
     by_queue: dict[str, list] = {}
+    delayed: list[tuple[Job, Any]] = []
     for job in jobs:
         kind = get_kind(job.kind)
         retry = kind.retry_policy(config)
-        by_queue.setdefault(job.queue, []).append(Queue.prepare_data(
+        data = Queue.prepare_data(
             kind.function,
             kwargs=job.params or {},
             job_id=job.id,
@@ -146,7 +172,11 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
             retry=Retry(max=retry.max_retries, interval=retry.delays()) if retry.max_retries else None,
             on_failure=ON_FAILURE,
             on_stopped=ON_STOPPED,
-        ))
+        )
+        if delayed_jobs.is_delayed(job):
+            delayed.append((job, data))
+        else:
+            by_queue.setdefault(job.queue, []).append(data)
     try:
         if replace:
             for job in jobs:
@@ -157,13 +187,17 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
         with rq.connection.pipeline() as pipeline:  # MULTI … EXEC: every job or none
             for queue_name, datas in by_queue.items():
                 rq.get_queue(queue_name).enqueue_many(datas, pipeline=pipeline)
+            for job, data in delayed:
+                delayed_jobs.add_entry(rq.get_queue(job.queue), job, data, pipeline)
             pipeline.execute()
     except RedisError as exc:
         current_app.logger.error("enqueueing %d job(s) failed: %s", len(jobs), exc)
         for job in jobs:
             mark_failed(job.id, QUEUE_UNAVAILABLE, "queue_unavailable")
         raise QueueUnavailable(QUEUE_UNAVAILABLE, [job.id for job in jobs]) from exc
-    Job.update(enqueued_at=utcnow()).where(Job.id.in_([job.id for job in jobs]), Job.status != FAILED).execute()
+    enqueued = [data.job_id for datas in by_queue.values() for data in datas]
+    if enqueued:
+        Job.update(enqueued_at=utcnow()).where(Job.id.in_(enqueued), Job.status != FAILED).execute()
 
 
 def describe(job: Job) -> str:

@@ -414,12 +414,22 @@ def _search(migrator: SchemaMigrator, database: Database) -> None:
             database.execute_sql(statement)
 
 
+# Migration 6: delayed jobs (frozen copy).
+DELAYED_JOB_COLUMNS = (("job", "run_at", DateTimeField(null=True)),)
+
+
+def _delayed_jobs(migrator: SchemaMigrator, database: Database) -> None:
+    """6: the planned start of a delayed job (``job.run_at``)."""
+    add_missing_columns(migrator, DELAYED_JOB_COLUMNS)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline", _baseline),
     Migration(2, "job protocol", _job_protocol),
     Migration(3, "schedules", _schedules),
     Migration(4, "owners and tokens", _owners),
     Migration(5, "search indexes", _search),
+    Migration(6, "delayed jobs", _delayed_jobs),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

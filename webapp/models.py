@@ -135,6 +135,9 @@ class Job(db.Model):
     started_at = DateTimeField(null=True)
     ended_at = DateTimeField(null=True)
     retry_at = DateTimeField(null=True)  # when a scheduled retry is due
+    # A delayed job's planned start (``run_at``/``delay`` of the request): the row is
+    # ``scheduled`` until then, with no ``retry_at`` (webapp/delayed_jobs.py).
+    run_at = DateTimeField(null=True)
     updated_at = DateTimeField(null=True, index=True)  # the last transition or persisted progress
 
     class Meta:

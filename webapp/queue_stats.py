@@ -10,7 +10,10 @@ Read from two sources, each for what it knows best:
   callbacks in the web process; the workers' maintenance does it.
 * **The Job table** says what *ended*: the rate of jobs that reached a terminal state (their
   ``ended_at``) in the last 5 and 60 minutes. RQ's finished registry forgets jobs after
-  ``JOB_RESULT_TTL`` and keeps no failure times; the rows keep both.
+  ``JOB_RESULT_TTL`` and keeps no failure times; the rows keep both. It also says what waits
+  outside RQ's registries: delayed jobs (in rq-scheduler's timetable until their ``run_at``,
+  :mod:`webapp.delayed_jobs`) and batch reports waiting for their batch (not in Redis at all,
+  :mod:`webapp.chords`).
 
 Core module: no Flask request code (the edge answers ``GET /api/queues`` with
 :func:`queue_statistics`, see :mod:`webapp.queues_api`).
@@ -29,7 +32,7 @@ from rq.job import Job as RQJob
 from rq.registry import (CanceledJobRegistry, DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry,
                          ScheduledJobRegistry, StartedJobRegistry)
 
-from webapp.job_states import TERMINAL
+from webapp.job_states import DEFERRED, SCHEDULED, TERMINAL
 from webapp.models import Job, isoformat, utcnow
 from webapp.queues import QUEUE_NAMES, rq
 
@@ -61,7 +64,9 @@ def queue_statistics(connection: Redis | None = None, now: datetime | None = Non
         "finished", "canceled"} (job counts), "oldest_queued_age_seconds" (seconds, float, or
         ``None`` for an empty queue), "workers" (count of workers listening on the queue),
         "jobs_per_minute": {"last_5_minutes", "last_60_minutes"} (jobs that reached a terminal
-        state in the window ÷ the window's minutes, rounded to 3 decimals)}, …],
+        state in the window ÷ the window's minutes, rounded to 3 decimals), "waiting": {"delayed",
+        "for_batch"} (rows: delayed jobs before their ``run_at``; batch reports whose batch has
+        not ended)}, …],
         "generated_at": ISO-8601 UTC}``.
 
     Raises:
@@ -71,6 +76,7 @@ def queue_statistics(connection: Redis | None = None, now: datetime | None = Non
     connection = connection or rq.connection
     now = now or utcnow()
     rates = jobs_per_minute(now)
+    waiting = waiting_rows()
     queues = []
     for name in QUEUE_NAMES:
         queue = Queue(name, connection=connection)
@@ -83,6 +89,7 @@ def queue_statistics(connection: Redis | None = None, now: datetime | None = Non
             "oldest_queued_age_seconds": oldest_queued_age(queue, now),
             "workers": len(Worker.all(queue=queue)),
             "jobs_per_minute": rates[name],
+            "waiting": waiting[name],
         })
     return {"queues": queues, "generated_at": isoformat(now)}
 
@@ -109,6 +116,24 @@ def oldest_queued_age(queue: Queue, now: datetime) -> float | None:
             enqueued_at = enqueued_at.astimezone(timezone.utc).replace(tzinfo=None)
         return round(max(0.0, (now - enqueued_at).total_seconds()), 1)
     return None
+
+
+def waiting_rows() -> dict[str, dict[str, int]]:
+    """Per queue name, the rows waiting outside RQ's registries: ``delayed`` (``scheduled`` with a
+    ``run_at`` and no ``retry_at``) and ``for_batch`` (``deferred``: a batch's report). One query.
+
+    Raises:
+        peewee.DatabaseError: the database cannot be reached.
+    """
+    delayed = (Job.status == SCHEDULED) & Job.run_at.is_null(False) & Job.retry_at.is_null()
+    counts = {name: {"delayed": 0, "for_batch": 0} for name in QUEUE_NAMES}
+    query = (Job.select(Job.queue, fn.SUM(Case(None, ((delayed, 1),), 0)).alias("delayed"),
+                        fn.SUM(Case(None, ((Job.status == DEFERRED, 1),), 0)).alias("for_batch"))
+             .where(Job.status.in_((SCHEDULED, DEFERRED))).group_by(Job.queue).dicts())
+    for found in query:
+        if found["queue"] in counts:
+            counts[found["queue"]] = {"delayed": int(found["delayed"] or 0), "for_batch": int(found["for_batch"] or 0)}
+    return counts
 
 
 def jobs_per_minute(now: datetime) -> dict[str, dict[str, float]]:

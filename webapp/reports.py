@@ -88,7 +88,8 @@ def validate_request(report_type: Any, params: Any, scope: str | None = None) ->
     return {"since": isoformat(since), "until": isoformat(until)}
 
 
-def request_report(report_type: Any, params: Any, *, owner: str, scope: str | None) -> Report:
+def request_report(report_type: Any, params: Any, *, owner: str, scope: str | None,
+                   run_at: datetime | None = None) -> Report:
     """Validate, record and launch a report; returns its row (its ``job_id`` is enqueued on ``high``).
 
     Args:
@@ -96,6 +97,7 @@ def request_report(report_type: Any, params: Any, *, owner: str, scope: str | No
         owner: whose report it is (who may see and download it).
         scope: the owner whose documents and jobs it covers, recorded as ``params["owner"]``;
             ``None`` (an admin's request): every owner's.
+        run_at: planned start (naive UTC; :func:`webapp.delayed_jobs.start_time`), or ``None``: at once.
 
     Raises:
         ApiError: 400 for a bad request; 503 ``queue_unavailable`` when Redis refuses.
@@ -104,7 +106,7 @@ def request_report(report_type: Any, params: Any, *, owner: str, scope: str | No
     if scope is not None:
         normalised["owner"] = scope
     try:
-        return launch_report(report_type, normalised, owner=owner)
+        return launch_report(report_type, normalised, owner=owner, run_at=run_at)
     except QueueUnavailable as exc:
         raise ApiError(503, "queue_unavailable", str(exc)) from exc
 
@@ -126,6 +128,8 @@ def report_to_dict(report: Report, job: Job | None = None) -> dict[str, Any]:
         "stage": job.stage if job else None,
         "attempts": job.attempts if job else 0,
         "retry_at": isoformat(job.retry_at) if job else None,
+        "run_at": isoformat(job.run_at) if job else None,  # a delayed report's planned start
+        "batch_id": job.batch_id if job else None,  # a batch's report (deferred until the batch ended)
         "error": job.error if job else None,
         "error_code": job.error_code if job else None,
         "created_at": isoformat(report.created_at),

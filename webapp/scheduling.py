@@ -22,6 +22,10 @@ starts them.
   :func:`next_cron_time` asks ``crontab`` for the next time after an aware UTC "now", which is
   both UTC whatever ``TZ`` says and the call the warning asks for: fixed at the source.
 
+The same loop starts delayed one-off jobs (``run_at``/``delay`` of an upload or a report) when
+their time comes: their entries sit in the same sorted set under the job's own id
+(:mod:`webapp.delayed_jobs`), polled every ``SCHEDULER_INTERVAL`` (1 s).
+
 RQ's own scheduler is a different thing: it moves jobs RQ itself deferred — the delayed
 automatic retries of :class:`rq.Retry` — from each queue's ``ScheduledJobRegistry`` back to the
 queue, under a per-queue lock that one process holds. Every worker pool runs one
@@ -53,6 +57,7 @@ from rq.job import Job as RQJob
 from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
+from webapp import delayed_jobs
 from webapp.db import connection, db
 from webapp.job_states import WAITING
 from webapp.launch import QueueUnavailable, launch
@@ -453,6 +458,12 @@ class DocketScheduler(Scheduler):
             log.error("scheduler: poll failed, trying again in %s s: %s", self._interval, exc)
             return []
 
+    def get_jobs_to_queue(self, with_times: bool = False):
+        """rq-scheduler's due entries, with "now" to the microsecond: its own rounds now down to
+        whole seconds (``to_unix``), which started a delayed job (``run_at`` 12:00:00.4) up to a
+        second late on top of the poll interval."""
+        return self.get_jobs(time.time(), with_times=with_times)
+
     def deliver_retries(self) -> None:
         """RQ's scheduler role (see the module docstring): hold RQ's per-queue scheduler locks
         when they are free, and move the due delayed retries of the queues it holds."""
@@ -479,8 +490,16 @@ class DocketScheduler(Scheduler):
         super().register_death()
 
     def enqueue_job(self, job) -> None:
-        """Start one due entry: first move it to its next run time (so a failure can never
-        start it in a loop), then :func:`fire` its schedule inside the app context."""
+        """Start one due entry. A schedule's: first move it to its next run time (so a failure
+        can never start it in a loop), then :func:`fire` its schedule inside the app context.
+        A delayed job's (any id not starting with ``schedule-``): :func:`webapp.delayed_jobs.release`."""
+        if not job.id.startswith(ENTRY_PREFIX):
+            try:
+                delayed_jobs.release(self.connection, job.id)
+            except DatabaseError as exc:
+                # The entry was claimed but the row could not move: reconcile writes it again.
+                log.error("delayed job %s: could not start it (database unavailable): %s", job.id, exc)
+            return
         schedule_id = job.meta.get("schedule_id") or (job.kwargs or {}).get("schedule_id")
         with connection():
             schedule = Schedule.get_or_none(Schedule.id == schedule_id) if schedule_id else None

@@ -435,6 +435,9 @@ async function handleUpload(event) {
   if (password) body.append("password", password);
   if ($("upload-reprocess").checked) body.append("reprocess", "true");
   if (callbackUrl) body.append("callback_url", callbackUrl);
+  const delay = $("upload-delay").value.trim();
+  if (delay) body.append("delay", delay);
+  if ($("upload-report").checked) body.append("report", "documents");
 
   const hadFocus = document.activeElement === submit;
   submit.disabled = true; // (which drops the keyboard focus: given back below)
@@ -461,10 +464,12 @@ async function handleUpload(event) {
     docs.filter((d) => d.duplicate).forEach(showExisting);
     if (docs.length > 1 || fresh.length < docs.length) addBatch(data, docs.length);
     const dupCount = docs.length - fresh.length;
-    statusBox.textContent = fresh.length
-      ? `Uploaded ${plural(fresh.length, "file")}; processing in the background.` +
+    const later = fresh.some((d) => d.status === "scheduled");
+    statusBox.textContent = (fresh.length
+      ? `Uploaded ${plural(fresh.length, "file")}; ${later ? "scheduled to start later" : "processing in the background"}.` +
         (dupCount ? ` ${plural(dupCount, "file")} had already been uploaded.` : "")
-      : `Nothing new to process: ${dupCount === 1 ? "the file was" : "the files were"} already uploaded.`;
+      : `Nothing new to process: ${dupCount === 1 ? "the file was" : "the files were"} already uploaded.`) +
+      (data.report ? " A documents report follows once every file is done (Reports page)." : "");
     $("upload-form").reset();
   } catch (_) {
     statusBox.textContent = "";

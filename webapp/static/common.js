@@ -246,7 +246,11 @@ function describeActiveJob(job) {
   const progress = clampProgress(job.progress);
   const attempt = job.attempts > 1 ? ` (attempt ${job.attempts})` : "";
   if (job.status === "started") return `${STAGE_LABELS[job.stage] || "Working"}… ${progress}%${attempt}`;
-  if (job.status === "deferred") return "Waiting for another job (deferred)";
+  if (job.status === "deferred") return job.batch_id ? "Waiting for the batch's documents to end" : "Waiting for another job (deferred)";
+  if (job.status === "scheduled" && job.run_at && !job.retry_at) return `Scheduled for ${formatTime(job.run_at)}`;
+  if (job.status === "scheduled" && job.error_code === "rate_limited" && job.retry_at) {
+    return `Waiting for the rate limit — runs again at ${formatTime(job.retry_at)}`;
+  }
   if (job.status === "scheduled") {
     const when = job.retry_at ? `Retrying at ${formatTime(job.retry_at)}` : "Waiting to retry";
     const failed = job.attempts ? ` — attempt ${job.attempts} failed` : "";

@@ -37,6 +37,8 @@ function renderQueue(queue) {
     row("Workers listening", Number(queue.workers).toLocaleString()),
     row("Jobs ended, last 5 minutes", formatRate(queue.jobs_per_minute.last_5_minutes)),
     row("Jobs ended, last 60 minutes", formatRate(queue.jobs_per_minute.last_60_minutes)),
+    row("Delayed (start later)", Number(queue.waiting.delayed).toLocaleString()),
+    row("Reports waiting for their batch", Number(queue.waiting.for_batch).toLocaleString()),
   );
   table.append(caption, body);
   return table;

@@ -223,7 +223,8 @@ function showDownloads(row) {
 function showReport(row, job = null) {
   const { report, els } = row;
   showReportHeading(row);
-  const state = Object.assign({}, report, job ? { retry_at: job.retry_at, attempts: job.attempts, stage: job.stage } : {});
+  const state = Object.assign({}, report, job ? { retry_at: job.retry_at, run_at: job.run_at, attempts: job.attempts,
+    stage: job.stage, error_code: job.error_code } : {});
   els.progress.value = clampProgress(report.progress);
   if (ACTIVE_STATUSES.has(report.status)) {
     els.progress.hidden = false;
