@@ -36,6 +36,8 @@ SCHEMATHESIS_SECONDS = int(os.environ.get("DOCKET_SCHEMATHESIS_SECONDS", "60"))
 SCHEMATHESIS_CHECKS = os.environ.get("DOCKET_SCHEMATHESIS_CHECKS", "not_a_server_error,status_code_conformance,"
                                      "content_type_conformance,response_headers_conformance,response_schema_conformance,"
                                      "unsupported_method")
+# The run's seed (its output prints it as "Seed: …"): set it to replay a failed run's cases.
+SCHEMATHESIS_SEED = os.environ.get("DOCKET_SCHEMATHESIS_SEED", "")
 
 
 def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:
@@ -164,7 +166,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(app, 
                "--max-time", str(SCHEMATHESIS_SECONDS), "--workers", "1", "--request-timeout", "30",
                "--generation-database", "none", "--suppress-health-check", "all",
                "--report", "junit", "--report-dir", str(tmp_path / "schemathesis"),
-               "--no-color"]
+               "--no-color"] + (["--seed", SCHEMATHESIS_SEED] if SCHEMATHESIS_SEED else [])
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
                             timeout=SCHEMATHESIS_SECONDS + 240)
     output = result.stdout + result.stderr

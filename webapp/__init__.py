@@ -41,7 +41,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logs.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])  # before app.logger is first used
     metrics.init_app(app)  # PROMETHEUS_MULTIPROC_DIR, before anything imports prometheus_client
 
-    from webapp import auth, errors
+    from webapp import auth, errors, request_checks
     from webapp.db import db
     from webapp.queues import rq
 
@@ -50,6 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     logs.init_app(app)  # request id and one log line per request; its hooks run before auth's
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
+    request_checks.init_app(app)  # after auth's hook: no NUL character reaches a view
 
     from webapp import api, dashboard, health, queues_api, schedules_api, views
 

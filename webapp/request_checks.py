@@ -1,0 +1,82 @@
+"""Checks every request gets before its view runs, whatever the route: today, no NUL character.
+
+PostgreSQL's text types cannot hold a NUL character (U+0000): psycopg2 refuses such a value with
+``ValueError`` before the query is sent, so a NUL that reached a query (a job id in the path, a
+``kind`` filter, a document id in a report request) was a 500 on PostgreSQL and a silent miss on
+SQLite. No field of Docket's API means anything with a NUL in it, so the edge refuses it once,
+here, the same way on both databases:
+
+- in the path (an id): 404, since no row can have that id, as for any other unknown id;
+- in a query parameter, a JSON body (keys included) or a form field: 400 ``invalid_characters``.
+
+File names of uploads are not checked: :func:`webapp.documents.clean_filename` drops control
+characters from them, and file contents are bytes, never a query value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flask import Flask, request
+
+from webapp.errors import ApiError
+
+NUL = "\x00"
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a parsed JSON value, object keys included."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _multidict_strings(multidict) -> Iterator[str]:
+    """Every key and every value (all of a repeated key's, not only the first) of a MultiDict."""
+    for key, value in multidict.items(multi=True):
+        yield key
+        yield value
+
+
+def _has_nul(strings: Iterable[str]) -> bool:
+    return any(NUL in s for s in strings)
+
+
+def _refuse(where: str) -> ApiError:
+    return ApiError(400, "invalid_characters",
+                    f"The request's {where} contains a NUL character (U+0000), which no field of the API accepts; "
+                    "remove it and send the request again.")
+
+
+def refuse_nul_characters() -> None:
+    """The ``before_request`` hook (see the module docstring).
+
+    Raises:
+        ApiError: 404 ``not_found`` for a NUL in the path; 400 ``invalid_characters`` (with where
+            it was) for one in a query parameter, the JSON body or a form field.
+    """
+    if request.view_args and _has_nul(v for v in request.view_args.values() if isinstance(v, str)):
+        raise ApiError(404, "not_found", "There is nothing at this address.")
+    if _has_nul(_multidict_strings(request.args)):
+        raise _refuse("query string")
+    if request.is_json:
+        body = request.get_json(silent=True)  # cached: the view reads the same parse
+        if body is not None and _has_nul(_strings(body)):
+            raise _refuse("JSON body")
+    elif request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if _has_nul(_multidict_strings(request.form)):
+            raise _refuse("form")
+
+
+def init_app(app: Flask) -> None:
+    """Register :func:`refuse_nul_characters` to run after authentication (an anonymous request
+    gets its 401 first) and before every view."""
+    app.before_request(refuse_nul_characters)
