@@ -228,3 +228,13 @@ def test_a_nul_character_in_an_upload_form_field_refuses_the_upload_and_stores_n
     assert client.get("/api/documents").get_json()["documents"] == []
     assert client.get("/api/jobs").get_json()["jobs"] == []
 
+
+
+def test_a_cursor_made_to_carry_a_nul_character_is_an_invalid_cursor(client):
+    import base64
+    import json
+
+    crafted = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00", "a\u0000b"]).encode()).decode()
+    response = client.get(f"/api/jobs?cursor={crafted}")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "invalid_cursor"

@@ -64,6 +64,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if "\x00" in str(job_id):  # no id has one, and PostgreSQL refuses it in a query
+            raise ValueError("NUL in the cursor's job id")
         return datetime.fromisoformat(created_at), str(job_id)
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
         raise ApiError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.") from None
