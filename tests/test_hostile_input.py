@@ -238,3 +238,37 @@ def test_a_cursor_made_to_carry_a_nul_character_is_an_invalid_cursor(client):
     response = client.get(f"/api/jobs?cursor={crafted}")
     assert response.status_code == 400, response.get_data(as_text=True)
     assert response.get_json()["error"]["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize("body", [
+    '{"q": "a\\ud800b"}',
+    '{"type": "documents", "params": {"document_ids": ["\\udc00"]}}',
+    '{"type": "activity", "x\\ud800": 1}',
+])
+def test_an_unpaired_surrogate_in_a_json_body_is_invalid_characters(client, body):
+    """``"\\ud800"`` alone decodes to a code point no UTF-8 encoder accepts: it was a 500 on both
+    databases when it reached a query (a document id of a report request)."""
+    path = "/api/search" if '"q"' in body else "/api/reports"
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "invalid_characters"
+    # A valid pair (an emoji, U+1F600) is a character like any other.
+    assert client.post("/api/search", data='{"q": "\\ud83d\\ude00"}', content_type="application/json").status_code != 400
+
+
+def test_a_cron_expression_longer_than_its_column_is_a_400_not_a_postgresql_500(client):
+    every_minute_listed = ",".join(str(minute) for minute in range(60)) + " * * * *"
+    response = client.post("/api/schedules", json={"job": "activity_report", "cron": every_minute_listed})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "invalid_schedule"
+    assert "at most 100 characters" in response.get_json()["error"]["message"]
+    assert client.post("/api/schedules", json={"job": "activity_report", "cron": "*/1 * * * *"}).status_code == 201
+
+
+@pytest.mark.parametrize("path", ["/api/search", "/api/reports", "/api/schedules"])
+def test_a_json_body_nested_too_deeply_to_parse_is_invalid_json(client, path):
+    """Python's json module raises RecursionError (not ValueError, so Flask's ``silent=True``
+    does not catch it) past ~1,000 levels: it was a 500 in every view reading a JSON body."""
+    response = client.post(path, data="[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "invalid_json"

@@ -50,7 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     logs.init_app(app)  # request id and one log line per request; its hooks run before auth's
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
-    request_checks.init_app(app)  # after auth's hook: no NUL character reaches a view
+    request_checks.init_app(app)  # after auth's hook: no NUL, unpaired surrogate or too-deep JSON reaches a view
 
     from webapp import api, dashboard, health, queues_api, schedules_api, views
 

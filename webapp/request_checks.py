@@ -1,4 +1,5 @@
-"""Checks every request gets before its view runs, whatever the route: today, no NUL character.
+"""Checks every request gets before its view runs, whatever the route: no character a database
+cannot store.
 
 PostgreSQL's text types cannot hold a NUL character (U+0000): psycopg2 refuses such a value with
 ``ValueError`` before the query is sent, so a NUL that reached a query (a job id in the path, a
@@ -9,12 +10,19 @@ here, the same way on both databases:
 - in the path (an id): 404, since no row can have that id, as for any other unknown id;
 - in a query parameter, a JSON body (keys included) or a form field: 400 ``invalid_characters``.
 
+A JSON body nested deeper than Python's parser goes (``RecursionError``) is a 400 ``invalid_json``
+here, before any view reads it. A JSON body can also spell an unpaired surrogate (``"\\ud800"`` with no partner): Python keeps it
+as a code point no UTF-8 encoder accepts, so it failed on both databases alike; the same 400
+refuses it. (Query strings and form fields cannot carry one: Werkzeug decodes them as UTF-8 with
+replacement characters.)
+
 File names of uploads are not checked: :func:`webapp.documents.clean_filename` drops control
 characters from them, and file contents are bytes, never a query value.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -23,6 +31,8 @@ from flask import Flask, request
 from webapp.errors import ApiError
 
 NUL = "\x00"
+# A NUL, or a surrogate code point (json.loads joins a valid pair into one character, so any left is unpaired).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -50,33 +60,45 @@ def _has_nul(strings: Iterable[str]) -> bool:
     return any(NUL in s for s in strings)
 
 
-def _refuse(where: str) -> ApiError:
+def _has_unstorable(strings: Iterable[str]) -> bool:
+    return any(_UNSTORABLE.search(s) for s in strings)
+
+
+def _refuse(where: str, surrogates: bool = False) -> ApiError:
+    what = "a NUL character (U+0000) or an unpaired surrogate escape (\\ud800–\\udfff)" if surrogates \
+        else "a NUL character (U+0000)"
     return ApiError(400, "invalid_characters",
-                    f"The request's {where} contains a NUL character (U+0000), which no field of the API accepts; "
+                    f"The request's {where} contains {what}, which no field of the API accepts; "
                     "remove it and send the request again.")
 
 
-def refuse_nul_characters() -> None:
+def check_request() -> None:
     """The ``before_request`` hook (see the module docstring).
 
     Raises:
         ApiError: 404 ``not_found`` for a NUL in the path; 400 ``invalid_characters`` (with where
-            it was) for one in a query parameter, the JSON body or a form field.
+            it was) for one in a query parameter or a form field, or for a NUL or an unpaired
+            surrogate in the JSON body; 400 ``invalid_json`` for a JSON body nested too deeply
+            for Python's parser (it raised ``RecursionError``, a 500, in every view that reads one).
     """
     if request.view_args and _has_nul(v for v in request.view_args.values() if isinstance(v, str)):
         raise ApiError(404, "not_found", "There is nothing at this address.")
     if _has_nul(_multidict_strings(request.args)):
         raise _refuse("query string")
     if request.is_json:
-        body = request.get_json(silent=True)  # cached: the view reads the same parse
-        if body is not None and _has_nul(_strings(body)):
-            raise _refuse("JSON body")
+        try:
+            body = request.get_json(silent=True)  # cached: the view reads the same parse
+        except RecursionError:  # json.loads gives up at ~1,000 levels of nesting ("[[[[…")
+            raise ApiError(400, "invalid_json", "The JSON body is nested too deeply to read; no field of the API "
+                                                "nests more than a few levels.") from None
+        if body is not None and _has_unstorable(_strings(body)):
+            raise _refuse("JSON body", surrogates=True)
     elif request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         if _has_nul(_multidict_strings(request.form)):
             raise _refuse("form")
 
 
 def init_app(app: Flask) -> None:
-    """Register :func:`refuse_nul_characters` to run after authentication (an anonymous request
+    """Register :func:`check_request` to run after authentication (an anonymous request
     gets its 401 first) and before every view."""
-    app.before_request(refuse_nul_characters)
+    app.before_request(check_request)

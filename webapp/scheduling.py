@@ -167,7 +167,7 @@ def validate_schedule(job: Any, cron: Any, interval: Any, params: Any) -> tuple[
 
     Args:
         job: a name in :data:`SCHEDULABLE_JOBS`.
-        cron: five cron fields (UTC), or ``None``.
+        cron: five cron fields (UTC), at most 100 characters (``Schedule.cron``), or ``None``.
         interval: seconds between runs (``MIN_INTERVAL``–366 days), or ``None``.
         params: the job's parameters (a JSON object) or ``None``.
 
@@ -190,6 +190,9 @@ def validate_schedule(job: Any, cron: Any, interval: Any, params: Any) -> tuple[
         except ValueError as exc:
             raise ScheduleError(f"'cron' is not a valid cron expression: {exc}.") from None
         cron = " ".join(cron.split())
+        if len(cron) > Schedule.cron.max_length:  # a VARCHAR on PostgreSQL, which refuses a longer value
+            raise ScheduleError(f"'cron' may be at most {Schedule.cron.max_length} characters; this one has "
+                                f"{len(cron)} (a range such as 0-59/5 is shorter than a list).")
     if interval is not None:
         if isinstance(interval, bool) or not isinstance(interval, int) or not MIN_INTERVAL <= interval <= MAX_INTERVAL:
             raise ScheduleError(f"'interval' must be a whole number of seconds from {MIN_INTERVAL} to {MAX_INTERVAL}.")
