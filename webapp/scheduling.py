@@ -192,7 +192,7 @@ def validate_schedule(job: Any, cron: Any, interval: Any, params: Any) -> tuple[
         cron = " ".join(cron.split())
         if len(cron) > Schedule.cron.max_length:  # a VARCHAR on PostgreSQL, which refuses a longer value
             raise ScheduleError(f"'cron' may be at most {Schedule.cron.max_length} characters; this one has "
-                                f"{len(cron)} (a range such as 0-59/5 is shorter than a list).")
+                                f"{len(cron)} (a step such as */5 is shorter than a list of values).")
     if interval is not None:
         if isinstance(interval, bool) or not isinstance(interval, int) or not MIN_INTERVAL <= interval <= MAX_INTERVAL:
             raise ScheduleError(f"'interval' must be a whole number of seconds from {MIN_INTERVAL} to {MAX_INTERVAL}.")
