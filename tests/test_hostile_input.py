@@ -195,8 +195,9 @@ def test_an_upload_at_the_file_limit_is_accepted(config):
 NUL_REQUESTS = [
     ("get", "/api/jobs?kind=docu%00ment", None, 400),
     ("get", "/api/jobs?status=queued&cursor=%00", None, 400),
-    ("get", "/api/search?q=a%00b", None, 400),
-    ("post", "/api/search", {"q": "a\u0000b"}, 400),
+    ("get", "/api/search?q=notice&document_id=a%00b", None, 400),
+    ("post", "/api/search", {"q": "notice", "batch_id": "a\u0000b"}, 400),
+    ("post", "/api/search", {"q": "notice", "x\u0000": 1}, 400),
     ("post", "/api/reports", {"type": "documents", "params": {"document_ids": ["x\u0000y"]}}, 400),
     ("post", "/api/reports", {"type": "activity", "ignored\u0000key": 1}, 400),
     ("post", "/api/schedules", {"job": "activity_report", "cron": "0 6 * * *", "params": {"x": "a\u0000"}}, 400),
@@ -241,7 +242,7 @@ def test_a_cursor_made_to_carry_a_nul_character_is_an_invalid_cursor(client):
 
 
 @pytest.mark.parametrize("body", [
-    '{"q": "a\\ud800b"}',
+    '{"q": "notice", "document_id": "a\\ud800b"}',
     '{"type": "documents", "params": {"document_ids": ["\\udc00"]}}',
     '{"type": "activity", "x\\ud800": 1}',
 ])

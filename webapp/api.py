@@ -18,6 +18,7 @@ from webapp.launch import QueueUnavailable, relaunch
 from webapp.models import Batch, Document, Job, Report
 from webapp.report_files import CONTENT_TYPES, FORMATS
 from webapp.reports import report_to_dict, request_report
+from webapp.request_checks import free_text
 from webapp.storage import StorageError, storage_from_config
 from webapp.search import MODES as SEARCH_MODES, search_chunks
 
@@ -277,6 +278,7 @@ MAX_QUERY_CHARS = 2000  # a search text longer than this is refused (400 query_t
 
 
 @bp.route("/search", methods=["GET", "POST"])
+@free_text("q")  # read as words: a NUL or a stray surrogate in it finds nothing and harms nothing
 def search():
     """Top-k of the caller's chunks for the query (``k`` 1–SEARCH_MAX_K, default 5), ranked by
     ``mode``: ``hybrid`` (default: vector and full-text rankings fused), ``vector`` or ``text``;

@@ -16,6 +16,10 @@ as a code point no UTF-8 encoder accepts, so it failed on both databases alike; 
 refuses it. (Query strings and form fields cannot carry one: Werkzeug decodes them as UTF-8 with
 replacement characters.)
 
+A view whose free text it reads only as words (the search query ``q``: its words are looked
+up, its control characters never reach a query) names that field with :func:`free_text`, and
+the field is left to it; the field's name is still checked, and every other field too.
+
 File names of uploads are not checked: :func:`webapp.documents.clean_filename` drops control
 characters from them, and file contents are bytes, never a query value.
 """
@@ -26,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from webapp.errors import ApiError
 
@@ -49,11 +53,22 @@ def _strings(value: Any) -> Iterator[str]:
             stack.extend(item)
 
 
-def _multidict_strings(multidict) -> Iterator[str]:
-    """Every key and every value (all of a repeated key's, not only the first) of a MultiDict."""
+def free_text(*names: str):
+    """Decorate a view whose fields ``names`` hold free text the view itself makes safe (see the
+    module docstring): :func:`check_request` leaves their values to it."""
+    def mark(view):
+        view.free_text_fields = frozenset(names)
+        return view
+    return mark
+
+
+def _multidict_strings(multidict, free: frozenset[str]) -> Iterator[str]:
+    """Every key and every value (all of a repeated key's, not only the first) of a MultiDict,
+    except the values of ``free`` keys."""
     for key, value in multidict.items(multi=True):
         yield key
-        yield value
+        if key not in free:
+            yield value
 
 
 def _has_nul(strings: Iterable[str]) -> bool:
@@ -80,10 +95,12 @@ def check_request() -> None:
             it was) for one in a query parameter or a form field, or for a NUL or an unpaired
             surrogate in the JSON body; 400 ``invalid_json`` for a JSON body nested too deeply
             for Python's parser (it raised ``RecursionError``, a 500, in every view that reads one).
+            The values of the view's :func:`free_text` fields are not checked.
     """
     if request.view_args and _has_nul(v for v in request.view_args.values() if isinstance(v, str)):
         raise ApiError(404, "not_found", "There is nothing at this address.")
-    if _has_nul(_multidict_strings(request.args)):
+    free = getattr(current_app.view_functions.get(request.endpoint), "free_text_fields", frozenset())
+    if _has_nul(_multidict_strings(request.args, free)):
         raise _refuse("query string")
     if request.is_json:
         try:
@@ -91,10 +108,12 @@ def check_request() -> None:
         except RecursionError:  # json.loads gives up at ~1,000 levels of nesting ("[[[[…")
             raise ApiError(400, "invalid_json", "The JSON body is nested too deeply to read; no field of the API "
                                                 "nests more than a few levels.") from None
+        if isinstance(body, dict) and free:
+            body = {key: (None if key in free else value) for key, value in body.items()}
         if body is not None and _has_unstorable(_strings(body)):
             raise _refuse("JSON body", surrogates=True)
     elif request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        if _has_nul(_multidict_strings(request.form)):
+        if _has_nul(_multidict_strings(request.form, free)):
             raise _refuse("form")
 
 
