@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
 from flask import current_app
 from rq import get_current_job
 
 from jobs.tracking import NOT_RUNNING, JobTracker
-from webapp import webhooks
+from webapp import egress, webhooks
 from webapp.db import connection
 from webapp.job_errors import JobError, TransientJobError
 from webapp.models import Job, isoformat, utcnow
@@ -29,9 +28,13 @@ def deliver_webhook(job_id: str) -> dict[str, Any]:
         TransientJobError: no answer within ``WEBHOOK_TIMEOUT`` seconds, a connection error, or
             HTTP 408/429/5xx — retried with backoff up to ``WEBHOOK_JOB_RETRIES`` times.
         JobError: ``webhook_rejected`` for any other answer (retrying would not change it),
-            ``webhook_refused`` when the URL's host now resolves to an address that is not public
-            (:func:`webapp.webhooks.check_destination`), or ``not_found`` when the row or its
-            ``callback_url`` is gone.
+            ``webhook_refused`` when :func:`webapp.egress.resolve` refuses the URL (its host now
+            resolves to an address that is not public, or the URL is one no check accepts; a
+            resolver that fails for the moment is transient), or ``not_found`` when the row or
+            its ``callback_url`` is gone.
+
+    The POST goes to an address the check accepted (:func:`webapp.egress.request`): the host
+    is resolved once, so a DNS answer that changes after the check is never used.
     """
     config = current_app.config
     rq_job = get_current_job()
@@ -53,31 +56,34 @@ def deliver_webhook(job_id: str) -> dict[str, Any]:
         "User-Agent": "Docket-Webhook/1",
     }
     try:
-        webhooks.check_destination(url, config["WEBHOOK_ALLOW_PRIVATE"])
-    except webhooks.WebhookDestinationError as exc:
+        destination = egress.resolve(url, config["WEBHOOK_ALLOW_PRIVATE"])
+    except egress.DestinationRefused as exc:
         message = f"the webhook to {url} was not sent: {exc}"
-        _record(job_id, attempts, "failed", None, message)
-        raise JobError(message, code="webhook_refused") from None
+        transient = exc.transient and _retries_left(rq_job)
+        _record(job_id, attempts, "retrying" if transient else "failed", None, message)
+        raise JobError(message, code="webhook_refused", transient=exc.transient) from None
     try:
-        response = requests.post(url, data=body, headers=headers, timeout=config["WEBHOOK_TIMEOUT"],
-                                 allow_redirects=False)
-    except requests.RequestException as exc:
-        error = TransientJobError(f"the webhook receiver at {url} did not answer: {type(exc).__name__}",
+        # The answer's body is never read: a receiver cannot make the worker hold a large one.
+        response = egress.request(destination, "POST", body=body, headers=headers,
+                                  timeout=config["WEBHOOK_TIMEOUT"], preload_content=False)
+        response.close()
+    except egress.RequestFailed as exc:
+        error = TransientJobError(f"the webhook receiver at {url} did not answer: {exc}",
                                   code="webhook_unreachable")
         _record(job_id, attempts, "retrying" if _retries_left(rq_job) else "failed", None, error.message)
         raise error from exc
-    if 200 <= response.status_code < 300:
-        _record(job_id, attempts, "delivered", response.status_code, None)
-        result = {"job_id": job_id, "url": url, "http_status": response.status_code}
+    if 200 <= response.status < 300:
+        _record(job_id, attempts, "delivered", response.status, None)
+        result = {"job_id": job_id, "url": url, "http_status": response.status}
         if tracker is not None:
             with connection():
                 tracker.finish_query(result).execute()
             tracker.finished()
         return result
-    transient = response.status_code in (408, 429) or response.status_code >= 500
-    message = f"the webhook receiver at {url} answered HTTP {response.status_code}"
+    transient = response.status in (408, 429) or response.status >= 500
+    message = f"the webhook receiver at {url} answered HTTP {response.status}"
     final = not (transient and _retries_left(rq_job))
-    _record(job_id, attempts, "failed" if final else "retrying", response.status_code, message)
+    _record(job_id, attempts, "failed" if final else "retrying", response.status, message)
     raise JobError(message, code="webhook_failed" if transient else "webhook_rejected", transient=transient)
 
 

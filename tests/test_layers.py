@@ -25,6 +25,7 @@ CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "web
         "webapp.job_events",  # live job events on Redis pub/sub, published by the state machine
         "webapp.rate_limits",  # rate limits shared by every worker on every machine (Redis)
         "webapp.webhooks", "webapp.report_files",
+        "webapp.egress",  # requests to URLs users give (webhooks, URL fetches): the SSRF check and the connection
         # tokens and secrets at rest
         "webapp.tokens", "webapp.encryption",
         # periodic jobs: the schedule table and the rq-scheduler process

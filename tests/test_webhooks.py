@@ -103,13 +103,37 @@ def test_a_callback_url_to_a_private_address_is_refused(app, config):
     strict = api_client(create_app({**config, "WEBHOOK_ALLOW_PRIVATE": False}))
     for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/", "http://192.168.0.1/",
                 "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://[fd00::1]/", "http://0.0.0.0/",
-                "http://no-such-host.invalid/"):
+                "http://no-such-host.invalid/",
+                # IPv4 loopback and the metadata address inside IPv6: compatible, mapped, 6to4, NAT64
+                "http://[::127.0.0.1]/", "http://[::ffff:127.0.0.1]/", "http://[2002:7f00:1::]/",
+                "http://[64:ff9b::a9fe:a9fe]/",
+                # urlsplit reads a public host here, urllib3 (the HTTP client's parser) 127.0.0.1
+                "http://127.0.0.1:5099\\@93.184.216.34/internal/admin", "http://user:pw@127.0.0.1/"):
         answer = upload(strict, "minimal-document.pdf", callback_url=url, reprocess="true")
         assert answer.status_code == 400, url
         error = answer.get_json()["error"]
         assert error["code"] == "invalid_callback_url" and "callback_url is refused" in error["message"], url
     with app.app_context(), connection():
         assert Job.select().count() == 0
+
+
+def test_the_backslash_bypass_never_reaches_the_address_urllib3_reads(app, client, receiver, run_worker):
+    # A row stored before the check knew this form (or by any other path): the delivery job
+    # checks the URL with the HTTP client's own parser and sends nothing, even where private
+    # addresses are allowed (the receiver listens on 127.0.0.1 at the port before the "\\").
+    document = upload(client, "minimal-document.pdf", callback_url=receiver.url).get_json()["documents"][0]
+    port = receiver.url.split(":")[2].split("/")[0]
+    bypass = f"http://127.0.0.1:{port}\\@93.184.216.34/internal/admin"
+    with app.app_context(), connection():
+        Job.update(callback_url=bypass).where(Job.id == document["job_id"]).execute()
+    run_worker(WEBHOOK_ALLOW_PRIVATE="true")
+    assert row(app, document["job_id"]).status == "finished"
+    webhook = wait_for(lambda: row(app, document["job_id"]).webhook, 30, "the webhook outcome")
+    assert webhook["status"] == "failed" and "backslash" in webhook["error"] and webhook["http_status"] is None
+    with app.app_context(), connection():
+        delivery = Job.get(Job.kind == "webhook")
+    assert (delivery.status, delivery.error_code, delivery.attempts) == ("failed", "webhook_refused", 1)
+    assert receiver.posts == []
 
 
 def test_a_delivery_is_refused_when_its_host_resolves_to_a_private_address_by_then(app, client, run_worker):

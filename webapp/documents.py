@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 
-from webapp import filetypes
+from webapp import egress, filetypes
 from webapp.db import db
 from webapp.encryption import encrypt_secret
 from webapp.errors import ApiError
@@ -327,25 +327,18 @@ def delete_document(document_id: str) -> None:
 
 
 def check_callback_url(url: str) -> str:
-    """``url`` if it is an absolute ``http``/``https`` URL of at most 2000 characters whose host
-    resolves to public addresses only (:func:`webapp.webhooks.check_destination`; any address with
-    ``WEBHOOK_ALLOW_PRIVATE``).
+    """``url`` if Docket may POST to it: an absolute ``http``/``https`` URL of at most 2000
+    characters, without userinfo or backslashes, whose host resolves to public addresses only
+    (:func:`webapp.egress.resolve`; any address with ``WEBHOOK_ALLOW_PRIVATE``). The delivery
+    checks it again.
 
     Raises:
-        ApiError: 400 ``invalid_callback_url`` otherwise.
+        ApiError: 400 ``invalid_callback_url`` otherwise, with the reason.
     """
-    from webapp.webhooks import WebhookDestinationError, check_destination
-
-    from urllib.parse import urlsplit
-
     url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
-        raise ApiError(400, "invalid_callback_url",
-                       "callback_url must be an absolute http:// or https:// URL (at most 2000 characters).")
     try:
-        check_destination(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
-    except WebhookDestinationError as exc:
+        egress.resolve(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+    except egress.DestinationRefused as exc:
         raise ApiError(400, "invalid_callback_url", f"callback_url is refused: {exc}.") from None
     return url
 
