@@ -92,7 +92,7 @@ from webapp.job_states import (
     CANCELED, DEFERRED, FAILED, FINISHED, QUEUED, SCHEDULED, STARTED, STOPPED, WAITING,
     mark_canceled, mark_failed, mark_rerun, mark_stopped,
 )
-from webapp.launch import QueueUnavailable, enqueue_jobs
+from webapp.launch import QueueUnavailable, enqueue_jobs, restore_delayed
 from webapp.models import Job, utcnow
 from webapp.queues import QUEUE_NAMES, rq
 
@@ -250,7 +250,7 @@ def _reconcile_waiting(rows: list[Job], redis: Redis, result: ReconcileResult) -
     missing = delayed_jobs.missing_entries(redis, [row.id for row in delayed])
     if missing:
         try:
-            result.restored.extend(delayed_jobs.restore_entries([row for row in delayed if row.id in missing]))
+            result.restored.extend(restore_delayed([row for row in delayed if row.id in missing]))
         except QueueUnavailable:
             result.failed.extend(sorted(missing))
     for batch_id in sorted({row.batch_id for row in rows if row.status == DEFERRED and row.batch_id}):

@@ -52,6 +52,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
     request_checks.init_app(app)  # after auth's hook: no NUL, unpaired surrogate or too-deep JSON reaches a view
 
+    from webapp import chords, webhooks
+
+    webhooks.init_app(app)  # a job with a callback_url that ends launches its delivery
+    chords.init_app(app)  # a batch whose last document job ended releases its callback (report)
+
     from webapp import api, dashboard, health, queues_api, schedules_api, views
 
     app.register_blueprint(api.bp)

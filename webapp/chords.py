@@ -9,8 +9,8 @@ design is the database's, not RQ's ``depends_on``:
   in Redis until it may run, so a Redis wipe loses nothing and no RQ record has dependencies
   (rq-dashboard 0.9 answers 500 on the page of a job created with ``depends_on``).
 * **Released exactly once.** Whenever a job of the batch enters a terminal state (finished,
-  failed, stopped, canceled: :func:`webapp.job_states.after_terminal`, after its commit),
-  :func:`release_callbacks` runs one guarded ``UPDATE … SET status = 'queued' WHERE id = ? AND
+  failed, stopped, canceled: :data:`webapp.job_states.job_ended`, after its commit,
+  received by :func:`release_on_end`), :func:`release_callbacks` runs one guarded ``UPDATE … SET status = 'queued' WHERE id = ? AND
   status = 'deferred' AND NOT EXISTS (a job of the batch that is not terminal)``. The status
   guard lets one caller win however many jobs end at once or run twice; the ``NOT EXISTS`` is
   evaluated in the same statement, and the last job to commit always sees every other one
@@ -28,12 +28,30 @@ from __future__ import annotations
 
 import logging
 
+from typing import Any
+
+from flask import Flask
 from peewee import fn
 
-from webapp.job_states import DEFERRED, QUEUED, TERMINAL, transition
+from webapp.job_states import DEFERRED, QUEUED, TERMINAL, job_ended, transition
+from webapp.launch import QueueUnavailable, enqueue_jobs
 from webapp.models import Document, Job
 
 log = logging.getLogger(__name__)
+
+
+def init_app(app: Flask) -> None:
+    """Release ``app``'s batch callbacks as batches end: connect :func:`release_on_end` to
+    :data:`webapp.job_states.job_ended` for this app."""
+    job_ended.connect(release_on_end, sender=app)
+
+
+def release_on_end(app: Flask, row: dict[str, Any], **_: Any) -> None:
+    """``job_ended`` receiver: a job of a batch ended, so the batch's deferred callbacks may
+    run now (:func:`release_callbacks`; one ``SELECT`` when the batch has none waiting, e.g.
+    when the callback itself ended). Needs a database connection (the state machine's)."""
+    if row["batch_id"]:
+        release_callbacks(row["batch_id"])
 
 
 def release_callbacks(batch_id: str) -> list[str]:
@@ -47,8 +65,6 @@ def release_callbacks(batch_id: str) -> list[str]:
     Raises:
         peewee.DatabaseError: the database is unavailable (reconcile tries again later).
     """
-    from webapp.launch import QueueUnavailable, enqueue_jobs
-
     waiting = [row.id for row in Job.select(Job.id).where(Job.batch_id == batch_id, Job.status == DEFERRED)]
     if not waiting:
         return []

@@ -1,7 +1,9 @@
 """Delayed jobs: a job that starts at a planned time (``run_at`` or ``delay`` of an upload or
 a report request), the way Celery's ``eta``/``countdown`` does, on rq-scheduler.
 
-The flow, in the job protocol's order:
+This module is the timetable (below :mod:`webapp.launch`, which writes and reads it); starting
+a due job and restoring lost entries are launches, in :mod:`webapp.launch`. The flow, in the
+job protocol's order:
 
 1. The Job row is committed ``scheduled`` with ``run_at`` and no ``retry_at``
    (:func:`webapp.launch.new_job`).
@@ -10,7 +12,8 @@ The flow, in the job protocol's order:
    callbacks and queue) and its entry in rq-scheduler's sorted set
    (``rq:scheduler:scheduled_jobs``) scored by ``run_at`` (:func:`add_entry`).
 3. The scheduler process (:class:`webapp.scheduling.DocketScheduler`, polling every
-   ``SCHEDULER_INTERVAL`` s, 1 by default) finds the entry due and calls :func:`release`:
+   ``SCHEDULER_INTERVAL`` s, 1 by default) finds the entry due and calls
+   :func:`webapp.launch.release_delayed`:
    removing the entry is the claim (``ZREM`` answers 1 to one caller only), the row goes
    ``scheduled → queued`` (guarded: a canceled row stays canceled) and the job is enqueued
    through the job protocol, replacing the entry's record.
@@ -18,7 +21,7 @@ The flow, in the job protocol's order:
    RQ's record too, and the entry is removed (:func:`remove_entry`).
 5. Redis lost it (restarted empty, ``FLUSHALL``): reconcile finds the entry missing
    (:func:`missing_entries`) and writes it again for the same planned time
-   (:func:`restore_entries`); a time that passed meanwhile starts at the next poll.
+   (:func:`webapp.launch.restore_delayed`); a time that passed meanwhile starts at the next poll.
 
 Why rq-scheduler and not RQ's own ``enqueue_at`` (its ``ScheduledJobRegistry``): RQ's scheduler
 moves a due job into its queue inside a worker, with no hook, so the row would keep saying
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
@@ -139,57 +142,3 @@ def missing_entries(redis: Redis, job_ids: list[str]) -> set[str]:
             pipe.zscore(SCHEDULED_JOBS_KEY, job_id)
         scores = pipe.execute()
     return {job_id for job_id, score in zip(job_ids, scores) if score is None}
-
-
-def restore_entries(rows: Iterable[Job]) -> list[str]:
-    """Write the RQ records and timetable entries of delayed rows again (Redis lost them), each
-    for its planned time, or now if that time passed. Needs an app context.
-
-    Returns:
-        The ids written.
-
-    Raises:
-        webapp.launch.QueueUnavailable: Redis refused (the rows were marked ``failed``).
-    """
-    from webapp.launch import enqueue_jobs
-
-    rows = [row for row in rows if is_delayed(row)]
-    now = utcnow()
-    for row in rows:
-        row.run_at = max(row.run_at, now)  # for the entry's score only; the row keeps its planned time
-    enqueue_jobs(rows, replace=True)
-    return [row.id for row in rows]
-
-
-def release(redis: Redis, job_id: str) -> bool:
-    """Start delayed job ``job_id`` now that its time came (the scheduler process calls this for
-    each due entry). Needs an app context.
-
-    The entry's removal is the claim; then the row goes ``scheduled → queued`` (guarded) and the
-    job is enqueued with id = row id, replacing the entry's record. A row that is no longer
-    waiting for its start (canceled, deleted, already started) is left alone.
-
-    Returns:
-        Whether the job was enqueued.
-
-    Raises:
-        redis.exceptions.RedisError, peewee.DatabaseError: the claim or the row update failed
-            (the next poll, or reconcile, tries again).
-    """
-    from webapp.db import connection
-    from webapp.job_states import mark_due
-    from webapp.launch import QueueUnavailable, enqueue_jobs
-
-    if not remove_entry(redis, job_id):
-        return False  # claimed by another poll
-    if not mark_due(job_id):
-        log.info("delayed job %s: no longer waiting for its start; not enqueued", job_id)
-        return False
-    with connection():
-        job = Job.find(job_id)
-        try:
-            enqueue_jobs([job], replace=True)
-        except QueueUnavailable:
-            return False  # the row says failed (queue_unavailable), with the sentence
-    log.info("delayed job %s (%s) enqueued; planned for %s", job_id, job.kind, job.run_at)
-    return True

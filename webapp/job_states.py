@@ -25,7 +25,7 @@ The web process (cancel, retry), the worker (start, progress, finish, fail) and 
 (:func:`on_job_failure`, :func:`on_job_stopped`, also run by RQ's abandoned-job cleanup) all
 use these functions. Every change is published as a live event on Redis pub/sub
 (:mod:`webapp.job_events`). Entering a terminal state forgets the document's PDF password and
-sends the job's webhook, if it has one.
+sends :data:`job_ended`, to which the webhook delivery and the batch callbacks listen.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import peewee
+from blinker import Namespace
+from flask import current_app, has_app_context
 from peewee import JOIN
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import JobStatus
@@ -46,6 +48,15 @@ from webapp.job_errors import JobError, JobStopped, WorkerProcessDied
 from webapp.models import TERMINAL_STATUSES, Document, Job, utcnow
 
 log = logging.getLogger(__name__)
+
+_signals = Namespace()
+job_ended = _signals.signal("job-ended")
+"""Sent once a Job row entered a terminal state and its transaction committed, with the Flask
+app as sender and ``row=`` a dict of :data:`webapp.job_events.EVENT_COLUMNS` plus ``document``,
+``callback_url`` and ``owner``. Orchestration that follows a job's end (its webhook, its batch's
+callback) connects here for its app (``job_ended.connect(receiver, sender=app)``), so the state
+machine stays below :mod:`webapp.launch` and imports none of it. A receiver's exception is
+logged and does not stop the others."""
 
 QUEUED, STARTED, FINISHED = JobStatus.QUEUED.value, JobStatus.STARTED.value, JobStatus.FINISHED.value
 FAILED, STOPPED, CANCELED = JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value
@@ -247,9 +258,9 @@ def _end(job_id: str, to: str, message: str, code: str) -> bool:
 
 def after_terminal(job_id: str) -> None:
     """What follows a row's entering a terminal state: publish it as a live event
-    (:mod:`webapp.job_events`), forget the document's PDF password, if the job has a
-    ``callback_url`` launch its webhook delivery and, if it was the last running document job
-    of a batch with a callback, release that (:mod:`webapp.chords`). Never raises (logged).
+    (:mod:`webapp.job_events`), forget the document's PDF password, then send :data:`job_ended`
+    to the app's receivers (a webhook delivery, a batch's callback; each registers itself in
+    its module's ``init_app``). Never raises: each step's failure is logged on its own.
 
     One ``SELECT`` in the common case (no password left, no webhook): it runs after every job.
     Every path into a terminal state calls it after its transaction committed (:func:`_end`,
@@ -267,14 +278,15 @@ def after_terminal(job_id: str) -> None:
             job_events.publish(row)
             if row["has_password"]:
                 Document.update(password=None).where(Document.id == row["document"]).execute()
-            if row["callback_url"]:
-                from webapp.launch import launch
-
-                launch("webhook", {"job_id": job_id}, owner=row["owner"])
-            if row["batch_id"] and row["kind"] == "document":
-                from webapp.chords import release_callbacks
-
-                release_callbacks(row["batch_id"])  # the batch's report, once its last job ended
+            if not has_app_context():
+                return
+            app = current_app._get_current_object()
+            for receiver in job_ended.receivers_for(app):
+                try:
+                    receiver(app, row=row)
+                except Exception:
+                    log.exception("job %s: %s after its terminal state failed", job_id,
+                                  getattr(receiver, "__qualname__", receiver))
     except Exception:
         log.exception("job %s: follow-up of its terminal state failed", job_id)
 

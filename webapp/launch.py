@@ -12,8 +12,8 @@ goes through here, in the job protocol's order:
    pipeline, all or none;
 3. the rows get ``enqueued_at``.
 
-A delayed job (``run_at``) waits in the scheduler's timetable until its time, then goes the
-same way (:mod:`webapp.delayed_jobs`); a deferred one (a batch's callback) waits for its batch
+A delayed job (``run_at``) waits in the scheduler's timetable (:mod:`webapp.delayed_jobs`)
+until its time, then goes the same way (:func:`release_delayed`); a deferred one (a batch's callback) waits for its batch
 (:mod:`webapp.chords`).
 
 If Redis refuses, the rows are marked ``failed`` (``queue_unavailable``) and
@@ -23,22 +23,26 @@ If Redis refuses, the rows are marked ``failed`` (``queue_unavailable``) and
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
 from flask import current_app
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 
 from webapp import delayed_jobs
-from webapp.db import db
+from webapp.db import connection, db
 from webapp.job_kinds import get_kind
-from webapp.job_states import DEFERRED, FAILED, QUEUED, SCHEDULED, mark_failed, mark_requeued
+from webapp.job_states import DEFERRED, FAILED, QUEUED, SCHEDULED, JobStateError, mark_due, mark_failed, mark_requeued
 from webapp.logs import current_request_id
 from webapp.models import Job, new_id, utcnow
 from webapp.queues import rq
+
+log = logging.getLogger(__name__)
 
 ON_FAILURE = Callback("webapp.job_states.on_job_failure")
 ON_STOPPED = Callback("webapp.job_states.on_job_stopped")
@@ -116,8 +120,6 @@ def relaunch(job_id: str) -> Job:
         JobStateError: there is no row, or its status is not failed/stopped/canceled.
         QueueUnavailable: Redis refused (the row is marked ``failed`` again).
     """
-    from webapp.job_states import JobStateError
-
     job = Job.find(job_id)
     if job is None:
         raise JobStateError(f"There is no job with id {job_id}.", None)
@@ -204,3 +206,51 @@ def describe(job: Job) -> str:
     """RQ's job description (shown by rq-dashboard): kind and parameters, shortened."""
     params = ", ".join(f"{key}={value}" for key, value in (job.params or {}).items())
     return f"{job.kind}({params})"[:200]
+
+
+def release_delayed(redis: Redis, job_id: str) -> bool:
+    """Start delayed job ``job_id`` now that its time came (the scheduler process calls this for
+    each due entry). Needs an app context.
+
+    The entry's removal is the claim; then the row goes ``scheduled → queued`` (guarded) and the
+    job is enqueued with id = row id, replacing the entry's record. A row that is no longer
+    waiting for its start (canceled, deleted, already started) is left alone.
+
+    Returns:
+        Whether the job was enqueued.
+
+    Raises:
+        redis.exceptions.RedisError, peewee.DatabaseError: the claim or the row update failed
+            (the next poll, or reconcile, tries again).
+    """
+    if not delayed_jobs.remove_entry(redis, job_id):
+        return False  # claimed by another poll
+    if not mark_due(job_id):
+        log.info("delayed job %s: no longer waiting for its start; not enqueued", job_id)
+        return False
+    with connection():
+        job = Job.find(job_id)
+        try:
+            enqueue_jobs([job], replace=True)
+        except QueueUnavailable:
+            return False  # the row says failed (queue_unavailable), with the sentence
+    log.info("delayed job %s (%s) enqueued; planned for %s", job_id, job.kind, job.run_at)
+    return True
+
+
+def restore_delayed(rows: Iterable[Job]) -> list[str]:
+    """Write the RQ records and timetable entries of delayed rows again (Redis lost them), each
+    for its planned time, or now if that time passed. Needs an app context.
+
+    Returns:
+        The ids written.
+
+    Raises:
+        QueueUnavailable: Redis refused (the rows were marked ``failed``).
+    """
+    rows = [row for row in rows if delayed_jobs.is_delayed(row)]
+    now = utcnow()
+    for row in rows:
+        row.run_at = max(row.run_at, now)  # for the entry's score only; the row keeps its planned time
+    enqueue_jobs(rows, replace=True)
+    return [row.id for row in rows]

@@ -57,10 +57,9 @@ from rq.job import Job as RQJob
 from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
-from webapp import delayed_jobs
 from webapp.db import connection, db
 from webapp.job_states import WAITING
-from webapp.launch import QueueUnavailable, launch
+from webapp.launch import QueueUnavailable, launch, release_delayed
 from webapp.logs import configure_logging
 from webapp.models import Job, Schedule, utcnow
 from webapp.queues import QUEUE_NAMES, rq
@@ -495,10 +494,10 @@ class DocketScheduler(Scheduler):
     def enqueue_job(self, job) -> None:
         """Start one due entry. A schedule's: first move it to its next run time (so a failure
         can never start it in a loop), then :func:`fire` its schedule inside the app context.
-        A delayed job's (any id not starting with ``schedule-``): :func:`webapp.delayed_jobs.release`."""
+        A delayed job's (any id not starting with ``schedule-``): :func:`webapp.launch.release_delayed`."""
         if not job.id.startswith(ENTRY_PREFIX):
             try:
-                delayed_jobs.release(self.connection, job.id)
+                release_delayed(self.connection, job.id)
             except DatabaseError as exc:
                 # The entry was claimed but the row could not move: reconcile writes it again.
                 log.error("delayed job %s: could not start it (database unavailable): %s", job.id, exc)

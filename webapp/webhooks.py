@@ -1,8 +1,8 @@
 """Webhooks: one signed POST with a job's final state to the ``callback_url`` given at upload.
 
 The delivery is a job of its own (kind ``webhook``, queue ``high``, :mod:`jobs.webhooks`),
-launched by the state machine when a job with a ``callback_url`` reaches a terminal state
-(:func:`webapp.job_states.after_terminal`). So a receiver that is down or slow never fails or
+launched when a job with a ``callback_url`` reaches a terminal state (:func:`launch_delivery`,
+a receiver of :data:`webapp.job_states.job_ended`). So a receiver that is down or slow never fails or
 delays the job it reports on: each POST has a bounded timeout (``WEBHOOK_TIMEOUT``), transient
 failures are retried with jittered backoff (``WEBHOOK_JOB_RETRIES``), and the outcome is
 recorded on the reported job's row (``webhook``). Where a webhook may go is decided by
@@ -22,11 +22,32 @@ import hmac
 import json
 from typing import Any
 
+from flask import Flask
+
+from webapp.job_states import job_ended
+from webapp.launch import launch
 from webapp.models import Job, isoformat
 
 SIGNATURE_HEADER = "X-Docket-Signature"
 DELIVERY_HEADER = "X-Docket-Delivery"
 EVENT = "job.ended"
+
+
+def init_app(app: Flask) -> None:
+    """Deliver the webhooks of ``app``'s jobs: connect :func:`launch_delivery` to
+    :data:`webapp.job_states.job_ended` for this app."""
+    job_ended.connect(launch_delivery, sender=app)
+
+
+def launch_delivery(app: Flask, row: dict[str, Any], **_: Any) -> None:
+    """``job_ended`` receiver: launch the ``webhook`` job of an ended job that has a
+    ``callback_url`` (``row`` as the signal sends it), owned by the job's owner.
+
+    Raises:
+        webapp.launch.QueueUnavailable: Redis refused (the delivery's row says ``failed``).
+    """
+    if row["callback_url"]:
+        launch("webhook", {"job_id": row["id"]}, owner=row["owner"])
 
 
 def sign(body: bytes, secret: str) -> str:
