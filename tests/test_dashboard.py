@@ -1,6 +1,9 @@
 """rq-dashboard at /rq: every page and JSON endpoint answers for jobs of every kind Docket makes in
 every state RQ can hold them (real worker processes, real Redis), for admins only; its CSP lets
-its script run; its job page works for jobs with dependencies; it links to Docket's schedules."""
+its script run; its job page works for jobs with dependencies; it links to Docket's schedules. Its
+actions (requeue, delete, empty, compact) answer only a POST from this site with the page's CSRF
+token — a cross-site link changes nothing —, every route of the blueprint is classified as reading
+or acting."""
 
 from __future__ import annotations
 
@@ -195,10 +198,13 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     assert any(w["current_job"] != "idle" and w["current_job"]["job_id"] == started_id for w in workers)
     assert all(set(w["queues"]) <= set(QUEUE_NAMES) for w in workers)
 
-    # Every route of the blueprint was requested (the POST actions are covered by the refusal test).
+    # Every reading route of the blueprint was requested (the actions are covered by the refusal tests).
+    from webapp.dashboard import ACTIONS
+
     requested = {urlsplit(path).path for path in pages}
     for rule in dashboard_routes(app):
-        if "GET" in rule.methods and rule.endpoint not in ("rq_dashboard.static", "rq_dashboard.requeue_all"):
+        endpoint = rule.endpoint.removeprefix("rq_dashboard.")
+        if "GET" in rule.methods and endpoint != "static" and endpoint not in ACTIONS:
             pattern = re.sub(r"<[^>]+>", "[^/]+", re.escape(rule.rule))
             assert any(re.fullmatch(pattern, path) for path in requested), rule.rule
 
@@ -274,7 +280,7 @@ def test_only_admins_reach_the_dashboard_and_refused_actions_leave_the_jobs_alon
                 answer = open_(anonymous, path, method)
                 assert answer.status_code == 302, (method, path, answer.status_code)
                 assert urlsplit(answer.headers["Location"]).path == "/signin", (method, path)
-    # Requeue (also by GET), delete, empty and compact changed nothing.
+    # Requeue (also by GET, which an admin would get a 405 for), delete, empty and compact changed nothing.
     for path in ("/rq/requeue/default", f"/rq/job/{failed}/requeue", f"/rq/job/{failed}/delete",
                  "/rq/queue/default/failed/empty", "/rq/queue/default/queued/empty"):
         assert non_admin.post(path).status_code == 403
@@ -300,3 +306,170 @@ def test_the_dashboard_uses_the_apps_redis_and_tls_setting():
     # rq-dashboard's own client factory (no connection is made) reads it as REDIS_TLS_VERIFY=false means.
     client = connect(unverified)[1]
     assert client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
+
+
+# --- the dashboard's actions: POST only, with the page's CSRF token, from this site ----------------
+
+SITE = "http://localhost"  # the test client's origin (request.host_url)
+# A link followed from another site: a top-level GET navigation carries the session cookie (SameSite=Lax)
+# but no CSRF token; a browser sends no Origin on it (the second variant adds one anyway).
+CROSS_SITE = ({"Referer": "https://evil.example/page", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+               "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+              {"Origin": "https://evil.example", "Referer": "https://evil.example/page", "Sec-Fetch-Site": "cross-site"})
+SAME_SITE = ({"Referer": f"{SITE}/rq/", "Sec-Fetch-Site": "same-origin"}, {"Origin": SITE, "Referer": f"{SITE}/rq/"})
+
+
+def session_without_token(app, admin_client):
+    """A client with ``admin_client``'s session cookie and no CSRF token: what a forged request carries."""
+    forged = app.test_client()
+    forged.set_cookie("session", admin_client.get_cookie("session").value)
+    return forged
+
+
+def rq_state(redis, job_ids) -> dict:
+    """What the dashboard's actions could change: the default queue's and registries' ids, each job's
+    RQ status (``None`` once RQ has no record of it)."""
+    from rq.registry import CanceledJobRegistry
+
+    def status(job_id):
+        return RQJob.fetch(job_id, connection=redis).get_status().value if RQJob.exists(job_id, connection=redis) \
+            else None
+
+    return {"queued": Queue("default", connection=redis).get_job_ids(),
+            "failed": FailedJobRegistry("default", connection=redis).get_job_ids(cleanup=False),
+            "canceled": CanceledJobRegistry("default", connection=redis).get_job_ids(cleanup=False),
+            "statuses": {job_id: status(job_id) for job_id in job_ids}}
+
+
+def action_requests(app, job_ids) -> list[str]:
+    """A path for every state-changing route of the dashboard, for every one of ``job_ids`` and every
+    registry the jobs are in."""
+    from webapp.dashboard import ACTIONS
+
+    paths = []
+    for rule in dashboard_routes(app):
+        if rule.endpoint.removeprefix("rq_dashboard.") in ACTIONS:
+            for job_id in job_ids:
+                for registry in ("queued", "failed", "canceled"):
+                    values = {"job_id": job_id, "queue_name": "default", "registry_name": registry}
+                    paths.append(re.sub(r"<(?:[^:>]+:)?([^>]+)>", lambda m: values[m.group(1)], rule.rule))
+    return sorted(set(paths))
+
+
+def test_every_dashboard_route_is_classified_as_read_only_or_state_changing(app):
+    """An upgrade of rq-dashboard that adds a route fails here until webapp/dashboard.py says what it does."""
+    from webapp.dashboard import ACTIONS, PAGES, READS
+
+    endpoints = {rule.endpoint.removeprefix("rq_dashboard.") for rule in dashboard_routes(app)}
+    classified = set(PAGES) | set(READS) | set(ACTIONS)
+    assert not endpoints - classified, f"rq-dashboard routes Docket has not classified: {sorted(endpoints - classified)}"
+    assert not classified - endpoints, f"classified routes rq-dashboard no longer has: {sorted(classified - endpoints)}"
+    assert len(classified) == len(PAGES) + len(READS) + len(ACTIONS)  # no endpoint in two lists
+    assert {"requeue_all", "requeue_job_view", "delete_job_view", "empty_queue", "compact_queue"} <= set(ACTIONS)
+    for rule in dashboard_routes(app):
+        if rule.endpoint.removeprefix("rq_dashboard.") not in ACTIONS:  # reading routes take no POST, PUT, DELETE …
+            assert rule.methods <= {"GET", "HEAD", "OPTIONS"}, rule.rule
+
+
+def test_an_unclassified_dashboard_route_is_refused(app):
+    """Fail closed at run time too: a route in the blueprint's name that no list classifies never runs."""
+    calls = []
+
+    def new_action():
+        calls.append(1)
+        return {"status": "OK"}
+
+    app.add_url_rule("/rq/new-action", endpoint="rq_dashboard.new_action", view_func=new_action,
+                     methods=["GET", "POST"])
+    admin = browser_client(app)
+    assert admin.get("/rq/new-action").status_code == 404
+    assert admin.post("/rq/new-action", headers={"Origin": SITE}).status_code == 404
+    assert calls == []
+
+
+def test_dashboard_actions_refuse_get_and_without_the_csrf_token_or_from_another_site_change_nothing(
+    app, client, redis, run_worker
+):
+    failed = upload(client, "libreoffice-writer-password.pdf", password="wrong").get_json()["documents"][0]["job_id"]
+    run_worker()
+    queued = upload(client, "pypdf-extract-text.md").get_json()["documents"][0]["job_id"]
+    canceled = post_text_document(client, "canceled.txt")
+    assert client.post(f"/api/jobs/{canceled}/cancel").get_json()["status"] == "canceled"
+    job_ids = (failed, queued, canceled)
+    before = rq_state(redis, job_ids)
+    assert before["failed"] == [failed] and before["queued"] == [queued] and before["canceled"] == [canceled]
+    assert before["statuses"] == {failed: "failed", queued: "queued", canceled: "canceled"}
+
+    admin = browser_client(app)
+    forged = session_without_token(app, admin)
+    paths = action_requests(app, job_ids)
+    assert any(path == "/rq/requeue/default" for path in paths) and len(paths) >= 8
+    for path in paths:
+        for headers in CROSS_SITE + SAME_SITE:
+            for client_ in (forged, admin):  # without the token, and even with it
+                for method in ("GET", "HEAD"):
+                    answer = client_.open(path, method=method, headers=headers)
+                    assert answer.status_code == 405, (method, path, headers, answer.status_code)
+                    assert answer.headers["Allow"] == "POST", (method, path)
+                    assert answer.mimetype == "application/json", (method, path)
+                    if method == "GET":
+                        error = answer.get_json()["error"]
+                        assert error["code"] == "method_not_allowed" and error["message"].endswith("."), error
+        assert rq_state(redis, job_ids) == before, path
+
+    # A POST without the token, or from another site with it, is refused too.
+    for path in paths:
+        for headers in SAME_SITE:
+            assert forged.post(path, headers=headers).status_code == 403, path
+        assert admin.post(path, headers=CROSS_SITE[1]).status_code == 403, path
+    assert rq_state(redis, job_ids) == before
+
+    # The page's buttons: a POST from this site with the token requeues the failed job.
+    answer = admin.post("/rq/requeue/default", headers=SAME_SITE[1])
+    assert answer.status_code == 200 and answer.get_json() == {"status": "OK", "count": 1}
+    after = rq_state(redis, job_ids)
+    assert after["failed"] == [] and after["queued"] == [queued, failed] and after["statuses"][failed] == "queued"
+
+
+def test_dashboard_actions_check_the_token_and_origin_themselves(app, client, redis, monkeypatch):
+    """Should the app-wide hook ever stop checking POSTs (here: it takes POST for a safe method), the
+    actions still refuse a POST without the page's token or from another site."""
+    queued = post_text_document(client, "kept.txt")
+    admin = browser_client(app)
+    forged = session_without_token(app, admin)
+    monkeypatch.setattr("webapp.auth.SAFE_METHODS", frozenset({"GET", "HEAD", "OPTIONS", "POST"}))
+    for path in ("/rq/queue/default/queued/empty", f"/rq/job/{queued}/delete"):
+        assert forged.post(path, headers=SAME_SITE[1]).status_code == 403, path  # csrf_failed
+        refused = admin.post(path, headers=CROSS_SITE[1])
+        assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "cross_origin_refused", path
+    assert Queue("default", connection=redis).get_job_ids() == [queued]
+    assert admin.post("/rq/queue/default/queued/empty", headers=SAME_SITE[1]).get_json() == {"status": "OK"}
+    assert Queue("default", connection=redis).get_job_ids() == []
+
+
+def test_the_dashboard_buttons_post_every_action_with_the_csrf_token(app, redis):
+    """The buttons of the dashboard's pages (requeue, delete, empty, compact, requeue all) call the
+    actions with jQuery's ``$.post`` after the overridden base template's ``$.ajaxSetup`` has added the
+    page's CSRF token as ``X-CSRFToken``; no script reads an action with a GET."""
+    job = Queue("default", connection=redis).enqueue("tests.jobs_for_tests.describe_process")
+    admin = browser_client(app)
+    setup = """$.ajaxSetup({ headers: { "X-CSRFToken": $('meta[name="csrf-token"]').attr("content") } });"""
+    posted = set()
+    for path in ("/rq/0/view/jobs/default/failed/8/asc/1", "/rq/0/view/jobs/default/queued/8/asc/1",
+                 f"/rq/0/view/job/{job.id}"):
+        page = BeautifulSoup(admin.get(path).get_data(as_text=True), "html.parser")
+        token = page.find("meta", attrs={"name": "csrf-token"})["content"]
+        assert token
+        script = next(s.string for s in page.find_all("script") if s.get("nonce"))
+        # The token is set up before the page's own script (content_scripts) binds its buttons.
+        assert setup in script and script.index(setup) < script.index("$.post(")
+        assert not re.search(r"\$\.(get|getJSON|ajax)\([^;]*(requeue|delete|empty|compact)", script)
+        posted.update(re.findall(r"\$\.post\((url|\$this\.attr\('href'\))", script))
+        for button in page.select("a#empty-btn, a#compact-btn, a#requeue-all-btn"):
+            assert f"$('#{button['id']}').click(" in script  # its click handler POSTs; the href is never followed
+    assert posted == {"url", "$this.attr('href')"}
+    # What the script sends (the page's token as X-CSRFToken, this site's Origin) works.
+    browser = session_without_token(app, admin)
+    answer = browser.post(f"/rq/job/{job.id}/delete", headers={"Origin": SITE, "X-CSRFToken": token})
+    assert answer.get_json() == {"status": "OK"}
+    assert not RQJob.exists(job.id, connection=redis)
