@@ -3,7 +3,7 @@ every state RQ can hold them (real worker processes, real Redis), for admins onl
 its script run; its job page works for jobs with dependencies; it links to Docket's schedules. Its
 actions (requeue, delete, empty, compact) answer only a POST from this site with the page's CSRF
 token — a cross-site link changes nothing —, every route of the blueprint is classified as reading
-or acting."""
+or acting; a job's exception shows as text."""
 
 from __future__ import annotations
 
@@ -473,3 +473,81 @@ def test_the_dashboard_buttons_post_every_action_with_the_csrf_token(app, redis)
     answer = browser.post(f"/rq/job/{job.id}/delete", headers={"Origin": SITE, "X-CSRFToken": token})
     assert answer.get_json() == {"status": "OK"}
     assert not RQJob.exists(job.id, connection=redis)
+
+
+# --- what a job's page shows -----------------------------------------------------------------------
+
+HOSTILE_NAME = '<img src=x onerror="document.title=1">'
+
+
+def crafted_docx() -> bytes:
+    """A .docx whose part is named with HTML and compressed with bzip2: Docket's extraction fails it
+    with a sentence that names the part, which becomes the RQ job's exception string."""
+    import io
+    import zipfile
+
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        archive.writestr("word/document.xml", "<w:document/>")
+        archive.writestr(zipfile.ZipInfo(HOSTILE_NAME), b"x" * 100, compress_type=zipfile.ZIP_BZIP2)
+    return data.getvalue()
+
+
+def render_underscore(template: str, data: dict) -> str:
+    """``template`` compiled by the dashboard's own underscore.js and called as its job page calls it,
+    in Node (Playwright's own, a test requirement)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import playwright
+    import rq_dashboard
+
+    node = Path(playwright.__file__).parent / "driver" / "node"
+    underscore = Path(rq_dashboard.__file__).parent / "static" / "js" / "underscore-umd-min.js"
+    script = ("const _ = require(process.argv[1]); const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "globalThis.url_for_single_job_view = (id) => '/rq/0/view/job/' + encodeURIComponent(id);"
+              "process.stdout.write(_.template(input.template)({d: input.data}, {variable: 'd'}));")
+    result = subprocess.run([str(node), "-e", script, str(underscore)], input=json.dumps(
+        {"template": template, "data": data}), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_jobs_exception_with_html_is_shown_as_text_on_its_page(app, client, run_worker):
+    import io
+
+    body = client.post("/api/documents", data={"file": (io.BytesIO(crafted_docx()), "crafted.docx")},
+                       content_type="multipart/form-data").get_json()
+    job_id = body["documents"][0]["job_id"]
+    run_worker()
+    assert row(app, job_id).status == "failed"
+    admin = browser_client(app)
+    answer = admin.get(f"/rq/0/data/job/{job_id}.json")
+    assert answer.mimetype == "application/json" and answer.headers["X-Content-Type-Options"] == "nosniff"
+    job = answer.get_json()
+    assert HOSTILE_NAME in job["exc_info"]  # the data stays what RQ holds; the page escapes it
+
+    page = BeautifulSoup(admin.get(f"/rq/0/view/job/{job_id}").get_data(as_text=True), "html.parser")
+    template = page.find("script", attrs={"name": "job-info"}).string
+    rendered = BeautifulSoup(render_underscore(template, job), "html.parser")
+    assert rendered.find("img") is None, rendered
+    assert HOSTILE_NAME in rendered.find("pre", class_="exc_info").get_text()
+    # Every value the job page shows goes through underscore's escaping tag.
+    assert not re.search(r"<%=", template), template
+
+
+def test_docket_job_page_is_rq_dashboards_with_every_value_escaped():
+    """Docket's copy of rq-dashboard's job page differs only in <%- %> for <%= %>: an upgrade that changes
+    the page fails here, so that the copy is made again."""
+    from pathlib import Path
+
+    import rq_dashboard
+
+    from tests.conftest import ROOT
+
+    theirs = (Path(rq_dashboard.__file__).parent / "templates" / "rq_dashboard" / "job.html").read_text()
+    ours = (ROOT / "webapp" / "templates" / "rq_dashboard" / "job.html").read_text()
+    ours_without_comment = re.sub(r"\A\{#-.*?-#\}\n", "", ours, flags=re.S)
+    assert ours_without_comment == theirs.replace("<%=", "<%-")

@@ -22,6 +22,12 @@ rq-dashboard 0.9 (its blueprint, embedded; see the README's "Known traps") is wi
   ``$.post`` requests, which carry the token: the overridden ``templates/rq_dashboard/base.html``
   hands it to ``$.ajaxSetup``. A route that no list names (an upgrade's) answers 404 and is
   logged; ``tests/test_dashboard.py`` fails until it is classified.
+* **Values shown as text.** rq-dashboard 0.9's job page writes the job's description, result,
+  metadata and exception string into the page with underscore's raw ``<%= %>``; an exception can
+  carry a name from an uploaded file (a zip part's name in an error sentence), i.e. HTML a
+  non-admin chose. Docket's copy of that page (``templates/rq_dashboard/job.html``) uses the
+  escaping ``<%- %>`` throughout; the JSON keeps the values as RQ holds them (``application/json``,
+  ``nosniff``). The job lists already escape them.
 * **Configured from Docket's.** ``RQ_DASHBOARD_REDIS_URL`` is the app's ``REDIS_URL`` (with
   ``ssl_cert_reqs=none`` when ``REDIS_TLS_VERIFY`` is off); ``setup_rq_connection`` is called
   here; the serializer is the one Docket's queues use (RQ's default pickle serializer). The
