@@ -3,7 +3,7 @@ every state RQ can hold them (real worker processes, real Redis), for admins onl
 its script run; its job page works for jobs with dependencies; it links to Docket's schedules. Its
 actions (requeue, delete, empty, compact) answer only a POST from this site with the page's CSRF
 token — a cross-site link changes nothing —, every route of the blueprint is classified as reading
-or acting; a job's exception shows as text."""
+or acting; a job's exception shows as text; Redis down and a refused requeue are JSON sentences."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from werkzeug.wrappers import Request, Response
 
 from tests.conftest import api_client, browser_client, row, serve_wsgi, upload, wait_for
+from webapp import create_app
 from webapp.db import connection
 from webapp.job_kinds import JOB_KINDS
 from webapp.models import Job
@@ -551,3 +552,35 @@ def test_docket_job_page_is_rq_dashboards_with_every_value_escaped():
     ours = (ROOT / "webapp" / "templates" / "rq_dashboard" / "job.html").read_text()
     ours_without_comment = re.sub(r"\A\{#-.*?-#\}\n", "", ours, flags=re.S)
     assert ours_without_comment == theirs.replace("<%=", "<%-")
+
+
+# --- errors of the dashboard's actions and data: JSON sentences, never a 500 -------------------------
+
+def test_requeue_of_a_canceled_job_is_409_json(app, client, redis):
+    canceled = post_text_document(client, "canceled.txt")
+    assert client.post(f"/api/jobs/{canceled}/cancel").get_json()["status"] == "canceled"
+    admin = browser_client(app)
+    answer = admin.post(f"/rq/job/{canceled}/requeue")
+    assert answer.status_code == 409 and answer.mimetype == "application/json"
+    error = answer.get_json()["error"]
+    assert error["code"] == "job_not_requeueable" and "canceled" in error["message"], error
+    assert RQJob.fetch(canceled, connection=redis).get_status().value == "canceled"
+    missing = admin.post("/rq/job/no-such-job/requeue")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "job_not_found"
+
+
+def test_redis_down_is_503_json_on_the_dashboards_data(app, config, unused_redis_url):
+    down = create_app({**config, "REDIS_URL": unused_redis_url})
+    admin = browser_client(down)
+    for path in ("/rq/0/data/queues.json", "/rq/0/data/workers.json", "/rq/0/data/jobs/default/failed/8/asc/1.json",
+                 "/rq/0/data/job/some-job.json"):
+        answer = admin.get(path)
+        assert answer.status_code == 503 and answer.mimetype == "application/json", (path, answer.status_code)
+        error = answer.get_json()["error"]
+        assert error["code"] == "queue_unavailable" and "Redis" in error["message"], (path, error)
+    answer = admin.post("/rq/requeue/default")
+    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "queue_unavailable"
+    # A page a person opens gets the sentence on Docket's error page, no traceback.
+    page = admin.get("/rq/0/view/workers", headers={"Accept": "text/html"})
+    assert page.status_code == 503 and page.mimetype == "text/html"
+    assert "Redis" in page.get_data(as_text=True) and "Traceback" not in page.get_data(as_text=True)

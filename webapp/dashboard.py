@@ -28,6 +28,10 @@ rq-dashboard 0.9 (its blueprint, embedded; see the README's "Known traps") is wi
   non-admin chose. Docket's copy of that page (``templates/rq_dashboard/job.html``) uses the
   escaping ``<%- %>`` throughout; the JSON keeps the values as RQ holds them (``application/json``,
   ``nosniff``). The job lists already escape them.
+* **Errors as sentences.** Under ``/rq`` Redis down is ``503 queue_unavailable`` (as under
+  ``/api``), a requeue of a job that is not failed (canceled, finished …) ``409
+  job_not_requeueable``, an action on a job RQ no longer has ``404 job_not_found``: JSON for the
+  data and actions, Docket's error page for a page a browser opens (:func:`_error`), never a 500.
 * **Configured from Docket's.** ``RQ_DASHBOARD_REDIS_URL`` is the app's ``REDIS_URL`` (with
   ``ssl_cert_reqs=none`` when ``REDIS_TLS_VERIFY`` is off); ``setup_rq_connection`` is called
   here; the serializer is the one Docket's queues use (RQ's default pickle serializer). The
@@ -52,7 +56,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import rq_dashboard
 from flask import Flask, abort, current_app, g, request
-from rq.exceptions import NoSuchJobError
+from redis.exceptions import RedisError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
 from rq_dashboard import web as dashboard_web
 from werkzeug.exceptions import MethodNotAllowed
@@ -94,6 +99,7 @@ ACTIONS = {  # they change RQ's records: POST only, from this site, with the pag
     "empty_queue": "deletes every job of a queue or registry: /rq/queue/<queue>/<registry>/empty",
     "compact_queue": "drops the ids of vanished jobs from a queue's list: /rq/queue/<queue>/compact",
 }
+REDIS_DOWN = "The job queue (Redis) is unavailable, so the dashboard can neither read nor change it; try again shortly."
 
 
 def dashboard_redis_url(redis_url: str, tls_verify: bool = True) -> str:
@@ -178,6 +184,34 @@ def _error(status: int, code: str, message: str):
     if _endpoint() in PAGES:
         return current_app.handle_user_exception(ApiError(status, code, message))
     return error_response(status, code, message)
+
+
+def _redis_unavailable(exc: RedisError):
+    """Redis down under ``/rq``: ``503 queue_unavailable`` (as ``/api`` answers it), not a 500."""
+    current_app.logger.error("dashboard: Redis is unavailable on %s %s: %s", request.method, request.path, exc)
+    return _error(503, "queue_unavailable", REDIS_DOWN)
+
+
+def _job_not_found(exc: NoSuchJobError):
+    """A job RQ no longer has, on an action or in the JSON (RQ raises it from ``Job.fetch``): 404."""
+    job_id = (request.view_args or {}).get("job_id")
+    what = f"job {job_id}" if job_id else "one of the queue's jobs"
+    return _error(404, "job_not_found", f"RQ has no {what}: it expired, was deleted or never existed.")
+
+
+def _job_not_requeueable(exc: InvalidJobOperation):
+    """A requeue of a job that is not in RQ's failed registry (canceled, finished, queued …, or
+    requeued meanwhile): 409 with its status, not a 500."""
+    job_id = (request.view_args or {}).get("job_id")
+    if not job_id:  # requeue_all: a job left the failed registry while the others were requeued
+        return _error(409, "job_not_requeueable", "A failed job of this queue was requeued or deleted meanwhile; "
+                                                  "reload the page to see what is left.")
+    try:
+        status = RQJob.fetch(job_id, connection=current_app.redis_conn).get_status().value
+    except (NoSuchJobError, RedisError):
+        status = "no longer failed"
+    return _error(409, "job_not_requeueable", f"Only a failed job can be requeued; job {job_id} is {status}. "
+                                              f"To run it again, retry it in Docket (POST /api/jobs/{job_id}/retry).")
 
 
 def _content_security_policy(response):
@@ -266,6 +300,11 @@ def init_app(app: Flask) -> None:
     # Before rq-dashboard's own hook (which opens a Redis client for the instance in the URL).
     app.before_request_funcs.setdefault(BLUEPRINT, []).insert(0, _guard)
     app.before_request(_refuse_other_methods)
+    # The blueprint's own error handlers (registered on this app: the blueprint object is shared).
+    handlers = app.error_handler_spec[BLUEPRINT][None]
+    handlers[RedisError] = _redis_unavailable
+    handlers[NoSuchJobError] = _job_not_found
+    handlers[InvalidJobOperation] = _job_not_requeueable
     app.after_request_funcs.setdefault(BLUEPRINT, []).append(_content_security_policy)
     app.view_functions[f"{BLUEPRINT}.job_info"] = dashboard_web.jsonify(job_info)
     views = app.view_functions
