@@ -1,6 +1,9 @@
 """rq-dashboard at /rq: every page and JSON endpoint answers for jobs of every kind Docket makes in
 every state RQ can hold them (real worker processes, real Redis), for admins only; its CSP lets
-its script run; its job page works for jobs with dependencies; it links to Docket's schedules."""
+its script run; its job page works for jobs with dependencies; it links to Docket's schedules. Its
+actions (requeue, delete, empty, compact) answer only a POST from this site with the page's CSRF
+token — a cross-site link changes nothing —, every route of the blueprint is classified as reading
+or acting; a job's exception shows as text; Redis down and a refused requeue are JSON sentences."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from werkzeug.wrappers import Request, Response
 
 from tests.conftest import api_client, browser_client, row, serve_wsgi, upload, wait_for
+from webapp import create_app
 from webapp.db import connection
 from webapp.job_kinds import JOB_KINDS
 from webapp.models import Job
@@ -195,10 +199,13 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     assert any(w["current_job"] != "idle" and w["current_job"]["job_id"] == started_id for w in workers)
     assert all(set(w["queues"]) <= set(QUEUE_NAMES) for w in workers)
 
-    # Every route of the blueprint was requested (the POST actions are covered by the refusal test).
+    # Every reading route of the blueprint was requested (the actions are covered by the refusal tests).
+    from webapp.dashboard import ACTIONS
+
     requested = {urlsplit(path).path for path in pages}
     for rule in dashboard_routes(app):
-        if "GET" in rule.methods and rule.endpoint not in ("rq_dashboard.static", "rq_dashboard.requeue_all"):
+        endpoint = rule.endpoint.removeprefix("rq_dashboard.")
+        if "GET" in rule.methods and endpoint != "static" and endpoint not in ACTIONS:
             pattern = re.sub(r"<[^>]+>", "[^/]+", re.escape(rule.rule))
             assert any(re.fullmatch(pattern, path) for path in requested), rule.rule
 
@@ -274,7 +281,7 @@ def test_only_admins_reach_the_dashboard_and_refused_actions_leave_the_jobs_alon
                 answer = open_(anonymous, path, method)
                 assert answer.status_code == 302, (method, path, answer.status_code)
                 assert urlsplit(answer.headers["Location"]).path == "/signin", (method, path)
-    # Requeue (also by GET), delete, empty and compact changed nothing.
+    # Requeue (also by GET, which an admin would get a 405 for), delete, empty and compact changed nothing.
     for path in ("/rq/requeue/default", f"/rq/job/{failed}/requeue", f"/rq/job/{failed}/delete",
                  "/rq/queue/default/failed/empty", "/rq/queue/default/queued/empty"):
         assert non_admin.post(path).status_code == 403
@@ -300,3 +307,280 @@ def test_the_dashboard_uses_the_apps_redis_and_tls_setting():
     # rq-dashboard's own client factory (no connection is made) reads it as REDIS_TLS_VERIFY=false means.
     client = connect(unverified)[1]
     assert client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "none"
+
+
+# --- the dashboard's actions: POST only, with the page's CSRF token, from this site ----------------
+
+SITE = "http://localhost"  # the test client's origin (request.host_url)
+# A link followed from another site: a top-level GET navigation carries the session cookie (SameSite=Lax)
+# but no CSRF token; a browser sends no Origin on it (the second variant adds one anyway).
+CROSS_SITE = ({"Referer": "https://evil.example/page", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+               "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+              {"Origin": "https://evil.example", "Referer": "https://evil.example/page", "Sec-Fetch-Site": "cross-site"})
+SAME_SITE = ({"Referer": f"{SITE}/rq/", "Sec-Fetch-Site": "same-origin"}, {"Origin": SITE, "Referer": f"{SITE}/rq/"})
+
+
+def session_without_token(app, admin_client):
+    """A client with ``admin_client``'s session cookie and no CSRF token: what a forged request carries."""
+    forged = app.test_client()
+    forged.set_cookie("session", admin_client.get_cookie("session").value)
+    return forged
+
+
+def rq_state(redis, job_ids) -> dict:
+    """What the dashboard's actions could change: the default queue's and registries' ids, each job's
+    RQ status (``None`` once RQ has no record of it)."""
+    from rq.registry import CanceledJobRegistry
+
+    def status(job_id):
+        return RQJob.fetch(job_id, connection=redis).get_status().value if RQJob.exists(job_id, connection=redis) \
+            else None
+
+    return {"queued": Queue("default", connection=redis).get_job_ids(),
+            "failed": FailedJobRegistry("default", connection=redis).get_job_ids(cleanup=False),
+            "canceled": CanceledJobRegistry("default", connection=redis).get_job_ids(cleanup=False),
+            "statuses": {job_id: status(job_id) for job_id in job_ids}}
+
+
+def action_requests(app, job_ids) -> list[str]:
+    """A path for every state-changing route of the dashboard, for every one of ``job_ids`` and every
+    registry the jobs are in."""
+    from webapp.dashboard import ACTIONS
+
+    paths = []
+    for rule in dashboard_routes(app):
+        if rule.endpoint.removeprefix("rq_dashboard.") in ACTIONS:
+            for job_id in job_ids:
+                for registry in ("queued", "failed", "canceled"):
+                    values = {"job_id": job_id, "queue_name": "default", "registry_name": registry}
+                    paths.append(re.sub(r"<(?:[^:>]+:)?([^>]+)>", lambda m: values[m.group(1)], rule.rule))
+    return sorted(set(paths))
+
+
+def test_every_dashboard_route_is_classified_as_read_only_or_state_changing(app):
+    """An upgrade of rq-dashboard that adds a route fails here until webapp/dashboard.py says what it does."""
+    from webapp.dashboard import ACTIONS, PAGES, READS
+
+    endpoints = {rule.endpoint.removeprefix("rq_dashboard.") for rule in dashboard_routes(app)}
+    classified = set(PAGES) | set(READS) | set(ACTIONS)
+    assert not endpoints - classified, f"rq-dashboard routes Docket has not classified: {sorted(endpoints - classified)}"
+    assert not classified - endpoints, f"classified routes rq-dashboard no longer has: {sorted(classified - endpoints)}"
+    assert len(classified) == len(PAGES) + len(READS) + len(ACTIONS)  # no endpoint in two lists
+    assert {"requeue_all", "requeue_job_view", "delete_job_view", "empty_queue", "compact_queue"} <= set(ACTIONS)
+    for rule in dashboard_routes(app):
+        if rule.endpoint.removeprefix("rq_dashboard.") not in ACTIONS:  # reading routes take no POST, PUT, DELETE …
+            assert rule.methods <= {"GET", "HEAD", "OPTIONS"}, rule.rule
+
+
+def test_an_unclassified_dashboard_route_is_refused(app):
+    """Fail closed at run time too: a route in the blueprint's name that no list classifies never runs."""
+    calls = []
+
+    def new_action():
+        calls.append(1)
+        return {"status": "OK"}
+
+    app.add_url_rule("/rq/new-action", endpoint="rq_dashboard.new_action", view_func=new_action,
+                     methods=["GET", "POST"])
+    admin = browser_client(app)
+    assert admin.get("/rq/new-action").status_code == 404
+    assert admin.post("/rq/new-action", headers={"Origin": SITE}).status_code == 404
+    assert calls == []
+
+
+def test_dashboard_actions_refuse_get_and_without_the_csrf_token_or_from_another_site_change_nothing(
+    app, client, redis, run_worker
+):
+    failed = upload(client, "libreoffice-writer-password.pdf", password="wrong").get_json()["documents"][0]["job_id"]
+    run_worker()
+    queued = upload(client, "pypdf-extract-text.md").get_json()["documents"][0]["job_id"]
+    canceled = post_text_document(client, "canceled.txt")
+    assert client.post(f"/api/jobs/{canceled}/cancel").get_json()["status"] == "canceled"
+    job_ids = (failed, queued, canceled)
+    before = rq_state(redis, job_ids)
+    assert before["failed"] == [failed] and before["queued"] == [queued] and before["canceled"] == [canceled]
+    assert before["statuses"] == {failed: "failed", queued: "queued", canceled: "canceled"}
+
+    admin = browser_client(app)
+    forged = session_without_token(app, admin)
+    paths = action_requests(app, job_ids)
+    assert any(path == "/rq/requeue/default" for path in paths) and len(paths) >= 8
+    for path in paths:
+        for headers in CROSS_SITE + SAME_SITE:
+            for client_ in (forged, admin):  # without the token, and even with it
+                for method in ("GET", "HEAD"):
+                    answer = client_.open(path, method=method, headers=headers)
+                    assert answer.status_code == 405, (method, path, headers, answer.status_code)
+                    assert answer.headers["Allow"] == "POST", (method, path)
+                    assert answer.mimetype == "application/json", (method, path)
+                    if method == "GET":
+                        error = answer.get_json()["error"]
+                        assert error["code"] == "method_not_allowed" and error["message"].endswith("."), error
+        assert rq_state(redis, job_ids) == before, path
+
+    # A POST without the token, or from another site with it, is refused too.
+    for path in paths:
+        for headers in SAME_SITE:
+            assert forged.post(path, headers=headers).status_code == 403, path
+        assert admin.post(path, headers=CROSS_SITE[1]).status_code == 403, path
+    assert rq_state(redis, job_ids) == before
+
+    # The page's buttons: a POST from this site with the token requeues the failed job.
+    answer = admin.post("/rq/requeue/default", headers=SAME_SITE[1])
+    assert answer.status_code == 200 and answer.get_json() == {"status": "OK", "count": 1}
+    after = rq_state(redis, job_ids)
+    assert after["failed"] == [] and after["queued"] == [queued, failed] and after["statuses"][failed] == "queued"
+
+
+def test_dashboard_actions_check_the_token_and_origin_themselves(app, client, redis, monkeypatch):
+    """Should the app-wide hook ever stop checking POSTs (here: it takes POST for a safe method), the
+    actions still refuse a POST without the page's token or from another site."""
+    queued = post_text_document(client, "kept.txt")
+    admin = browser_client(app)
+    forged = session_without_token(app, admin)
+    monkeypatch.setattr("webapp.auth.SAFE_METHODS", frozenset({"GET", "HEAD", "OPTIONS", "POST"}))
+    for path in ("/rq/queue/default/queued/empty", f"/rq/job/{queued}/delete"):
+        assert forged.post(path, headers=SAME_SITE[1]).status_code == 403, path  # csrf_failed
+        refused = admin.post(path, headers=CROSS_SITE[1])
+        assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "cross_origin_refused", path
+    assert Queue("default", connection=redis).get_job_ids() == [queued]
+    assert admin.post("/rq/queue/default/queued/empty", headers=SAME_SITE[1]).get_json() == {"status": "OK"}
+    assert Queue("default", connection=redis).get_job_ids() == []
+
+
+def test_the_dashboard_buttons_post_every_action_with_the_csrf_token(app, redis):
+    """The buttons of the dashboard's pages (requeue, delete, empty, compact, requeue all) call the
+    actions with jQuery's ``$.post`` after the overridden base template's ``$.ajaxSetup`` has added the
+    page's CSRF token as ``X-CSRFToken``; no script reads an action with a GET."""
+    job = Queue("default", connection=redis).enqueue("tests.jobs_for_tests.describe_process")
+    admin = browser_client(app)
+    setup = """$.ajaxSetup({ headers: { "X-CSRFToken": $('meta[name="csrf-token"]').attr("content") } });"""
+    posted = set()
+    for path in ("/rq/0/view/jobs/default/failed/8/asc/1", "/rq/0/view/jobs/default/queued/8/asc/1",
+                 f"/rq/0/view/job/{job.id}"):
+        page = BeautifulSoup(admin.get(path).get_data(as_text=True), "html.parser")
+        token = page.find("meta", attrs={"name": "csrf-token"})["content"]
+        assert token
+        script = next(s.string for s in page.find_all("script") if s.get("nonce"))
+        # The token is set up before the page's own script (content_scripts) binds its buttons.
+        assert setup in script and script.index(setup) < script.index("$.post(")
+        assert not re.search(r"\$\.(get|getJSON|ajax)\([^;]*(requeue|delete|empty|compact)", script)
+        posted.update(re.findall(r"\$\.post\((url|\$this\.attr\('href'\))", script))
+        for button in page.select("a#empty-btn, a#compact-btn, a#requeue-all-btn"):
+            assert f"$('#{button['id']}').click(" in script  # its click handler POSTs; the href is never followed
+    assert posted == {"url", "$this.attr('href')"}
+    # What the script sends (the page's token as X-CSRFToken, this site's Origin) works.
+    browser = session_without_token(app, admin)
+    answer = browser.post(f"/rq/job/{job.id}/delete", headers={"Origin": SITE, "X-CSRFToken": token})
+    assert answer.get_json() == {"status": "OK"}
+    assert not RQJob.exists(job.id, connection=redis)
+
+
+# --- what a job's page shows -----------------------------------------------------------------------
+
+HOSTILE_NAME = '<img src=x onerror="document.title=1">'
+
+
+def crafted_docx() -> bytes:
+    """A .docx whose part is named with HTML and compressed with bzip2: Docket's extraction fails it
+    with a sentence that names the part, which becomes the RQ job's exception string."""
+    import io
+    import zipfile
+
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        archive.writestr("word/document.xml", "<w:document/>")
+        archive.writestr(zipfile.ZipInfo(HOSTILE_NAME), b"x" * 100, compress_type=zipfile.ZIP_BZIP2)
+    return data.getvalue()
+
+
+def render_underscore(template: str, data: dict) -> str:
+    """``template`` compiled by the dashboard's own underscore.js and called as its job page calls it,
+    in Node (Playwright's own, a test requirement)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import playwright
+    import rq_dashboard
+
+    node = Path(playwright.__file__).parent / "driver" / "node"
+    underscore = Path(rq_dashboard.__file__).parent / "static" / "js" / "underscore-umd-min.js"
+    script = ("const _ = require(process.argv[1]); const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "globalThis.url_for_single_job_view = (id) => '/rq/0/view/job/' + encodeURIComponent(id);"
+              "process.stdout.write(_.template(input.template)({d: input.data}, {variable: 'd'}));")
+    result = subprocess.run([str(node), "-e", script, str(underscore)], input=json.dumps(
+        {"template": template, "data": data}), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_jobs_exception_with_html_is_shown_as_text_on_its_page(app, client, run_worker):
+    import io
+
+    body = client.post("/api/documents", data={"file": (io.BytesIO(crafted_docx()), "crafted.docx")},
+                       content_type="multipart/form-data").get_json()
+    job_id = body["documents"][0]["job_id"]
+    run_worker()
+    assert row(app, job_id).status == "failed"
+    admin = browser_client(app)
+    answer = admin.get(f"/rq/0/data/job/{job_id}.json")
+    assert answer.mimetype == "application/json" and answer.headers["X-Content-Type-Options"] == "nosniff"
+    job = answer.get_json()
+    assert HOSTILE_NAME in job["exc_info"]  # the data stays what RQ holds; the page escapes it
+
+    page = BeautifulSoup(admin.get(f"/rq/0/view/job/{job_id}").get_data(as_text=True), "html.parser")
+    template = page.find("script", attrs={"name": "job-info"}).string
+    rendered = BeautifulSoup(render_underscore(template, job), "html.parser")
+    assert rendered.find("img") is None, rendered
+    assert HOSTILE_NAME in rendered.find("pre", class_="exc_info").get_text()
+    # Every value the job page shows goes through underscore's escaping tag.
+    assert not re.search(r"<%=", template), template
+
+
+def test_docket_job_page_is_rq_dashboards_with_every_value_escaped():
+    """Docket's copy of rq-dashboard's job page differs only in <%- %> for <%= %>: an upgrade that changes
+    the page fails here, so that the copy is made again."""
+    from pathlib import Path
+
+    import rq_dashboard
+
+    from tests.conftest import ROOT
+
+    theirs = (Path(rq_dashboard.__file__).parent / "templates" / "rq_dashboard" / "job.html").read_text()
+    ours = (ROOT / "webapp" / "templates" / "rq_dashboard" / "job.html").read_text()
+    ours_without_comment = re.sub(r"\A\{#-.*?-#\}\n", "", ours, flags=re.S)
+    assert ours_without_comment == theirs.replace("<%=", "<%-")
+
+
+# --- errors of the dashboard's actions and data: JSON sentences, never a 500 -------------------------
+
+def test_requeue_of_a_canceled_job_is_409_json(app, client, redis):
+    canceled = post_text_document(client, "canceled.txt")
+    assert client.post(f"/api/jobs/{canceled}/cancel").get_json()["status"] == "canceled"
+    admin = browser_client(app)
+    answer = admin.post(f"/rq/job/{canceled}/requeue")
+    assert answer.status_code == 409 and answer.mimetype == "application/json"
+    error = answer.get_json()["error"]
+    assert error["code"] == "job_not_requeueable" and "canceled" in error["message"], error
+    assert RQJob.fetch(canceled, connection=redis).get_status().value == "canceled"
+    missing = admin.post("/rq/job/no-such-job/requeue")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "job_not_found"
+
+
+def test_redis_down_is_503_json_on_the_dashboards_data(app, config, unused_redis_url):
+    down = create_app({**config, "REDIS_URL": unused_redis_url})
+    admin = browser_client(down)
+    for path in ("/rq/0/data/queues.json", "/rq/0/data/workers.json", "/rq/0/data/jobs/default/failed/8/asc/1.json",
+                 "/rq/0/data/job/some-job.json"):
+        answer = admin.get(path)
+        assert answer.status_code == 503 and answer.mimetype == "application/json", (path, answer.status_code)
+        error = answer.get_json()["error"]
+        assert error["code"] == "queue_unavailable" and "Redis" in error["message"], (path, error)
+    answer = admin.post("/rq/requeue/default")
+    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "queue_unavailable"
+    # A page a person opens gets the sentence on Docket's error page, no traceback.
+    page = admin.get("/rq/0/view/workers", headers={"Accept": "text/html"})
+    assert page.status_code == 503 and page.mimetype == "text/html"
+    assert "Redis" in page.get_data(as_text=True) and "Traceback" not in page.get_data(as_text=True)

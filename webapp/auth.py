@@ -94,7 +94,9 @@ def _is_api() -> bool:
     return request.path == "/api" or request.path.startswith("/api/") or request.path == "/metrics"
 
 
-def _same_origin(origin: str) -> bool:
+def same_origin(origin: str) -> bool:
+    """Whether ``origin`` (an ``Origin`` header's value, ``scheme://host[:port]``) is this site's, as
+    the current request reached it."""
     mine, theirs = urlsplit(request.host_url), urlsplit(origin)
     return (theirs.scheme, theirs.netloc) == (mine.scheme, mine.netloc)
 
@@ -113,7 +115,7 @@ def _authenticate_request():
     """The ``before_request`` hook: cross-origin check, principal, CSRF; see the module docstring."""
     g.principal = None
     origin = request.headers.get("Origin")
-    if request.method not in SAFE_METHODS and origin and not _same_origin(origin):
+    if request.method not in SAFE_METHODS and origin and not same_origin(origin):
         return _refuse(403, "cross_origin_refused", "Requests that change something must come from this site.")
     if request.endpoint in OPEN_ENDPOINTS:
         if request.endpoint == "auth.signin" and request.method == "POST":
