@@ -76,7 +76,7 @@ from rq.worker import Worker
 from benchmarks.common import BENCH_SECRET_KEY, CORPUS, ROOT, git_commit, manifest, wait_until
 from benchmarks.services import (PROCFILE, VENV_BIN, _base_env, _group_members, create_api_token, log_tail,
                                  stop_on_sigterm)
-from webapp.embedded_redis import EmbeddedRedis, free_port
+from webapp.local.embedded_redis import EmbeddedRedis, free_port
 
 RESULTS_DIR = ROOT / "bench" / "results"
 TERMINAL = frozenset({"finished", "failed", "stopped", "canceled"})
@@ -424,8 +424,8 @@ class Observer:
                                "STORAGE_PATH": service.env["STORAGE_PATH"], "SECRET_KEY": service.env["SECRET_KEY"]})
 
     def rows(self, job_ids: list[str] | None = None, statuses: tuple[str, ...] | None = None) -> dict[str, Any]:
-        from webapp.db import connection
-        from webapp.models import Job
+        from webapp.core.db import connection
+        from webapp.core.models import Job
 
         with self.app.app_context(), connection():
             if job_ids is not None:
@@ -494,8 +494,8 @@ class Observer:
         return True
 
     def reconcile_once(self) -> dict[str, Any]:
-        from jobs.reconcile import reconcile_jobs
-        from webapp.queues import rq
+        from jobs.reconcile_job import reconcile_jobs
+        from webapp.core.queues import rq
 
         with self.app.app_context():
             return reconcile_jobs({**self.app.config, "RECONCILE_GRACE": 0}, rq.connection).as_dict()

@@ -11,12 +11,12 @@ number; most are English, a few German, Russian, Korean and Japanese.
 
 For each embedder (``hashing``, ``wordllama``; ``openai`` only when ``OPENAI_API_KEY`` is set) the
 whole corpus is ingested in-process through the project's own pipeline into a temporary SQLite
-database: the upload path (:func:`webapp.documents.accept_uploads`: type detection, storage,
-rows) and the document job's body (:func:`jobs.documents.run_document_job`: extract → chunk →
+database: the upload path (:func:`webapp.edge.documents.accept_uploads`: type detection, storage,
+rows) and the document job's body (:func:`jobs.document_job.run_document_job`: extract → chunk →
 embed → store), with a private Redis for the queue the uploads are enqueued on (no worker takes
 them: the jobs run here). Files the service refuses or fails (scans, damaged, password-protected)
 are part of the corpus and count only as noise. Then every question goes through
-:func:`webapp.search.search_chunks` with ``k=5`` in each ranking ``mode`` ("vector": the
+:func:`webapp.edge.search.search_chunks` with ``k=5`` in each ranking ``mode`` ("vector": the
 embedding's cosine; "hybrid": fused with full-text search, when the search module has it).
 
 A *hit* is a result chunk of the right document whose pages overlap the answer's pages.
@@ -95,9 +95,9 @@ def first_hit_rank(results: Sequence[dict[str, Any]], question: Question) -> int
 
 
 def search_modes() -> tuple[str, ...]:
-    """The ranking modes :func:`webapp.search.search_chunks` accepts (``mode`` parameter), or
+    """The ranking modes :func:`webapp.edge.search.search_chunks` accepts (``mode`` parameter), or
     just ``("vector",)`` while it has none."""
-    from webapp.search import search_chunks
+    from webapp.edge.search import search_chunks
 
     return MODES if "mode" in inspect.signature(search_chunks).parameters else ("vector",)
 
@@ -120,16 +120,16 @@ def run_embedder(embedder: str, questions: Sequence[Question], modes: Sequence[s
         a mode the search module does not accept has ``ranks[mode] = None``.
     """
     from benchmarks.common import BENCH_SECRET_KEY, private_redis
-    from jobs.documents import run_document_job
-    from jobs.errors import JobError
+    from jobs.document_job import run_document_job
+    from jobs.document_errors import JobError
     from jobs.tracking import JobTracker
     from webapp import create_app
-    from webapp.db import connection, create_tables
-    from webapp.documents import accept_uploads, read_path
-    from webapp.embeddings import embedder_name
-    from webapp.errors import ApiError
-    from webapp.models import Chunk
-    from webapp.search import search_chunks
+    from webapp.core.db import connection, create_tables
+    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.embeddings import embedder_name
+    from webapp.edge.errors import ApiError
+    from webapp.core.models import Chunk
+    from webapp.edge.search import search_chunks
 
     workdir.mkdir(parents=True, exist_ok=True)
     supported = search_modes()
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit_questions is not None:
         questions = questions[:args.limit_questions]
         files = corpus_files({q.file for q in questions})
-    from webapp.config import load_config
+    from webapp.core.config import load_config
 
     chunk_size = args.chunk_size or load_config(tempfile.gettempdir(), {})["CHUNK_SIZE"]
     runs = []

@@ -178,7 +178,7 @@ def git_commit() -> str:
 @contextmanager
 def private_redis(data_dir: Path) -> Iterator[str]:
     """A private, non-persistent redis-server on a free port for one benchmark; yields its URL."""
-    from webapp.embedded_redis import EmbeddedRedis
+    from webapp.local.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(data_dir, persist=False)
     url = server.start()
@@ -213,7 +213,7 @@ def worker_process(setup: str, redis_url: str, workdir: Path, **env_extra: str) 
     from redis import Redis
     from rq import Worker
 
-    from webapp.config import load_config
+    from webapp.core.config import load_config
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")}
     env.update(REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{workdir / 'docket.sqlite3'}",
@@ -253,7 +253,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 def cores() -> int:
     """CPU cores this process may use (what Docket's worker pool sizes itself by)."""
-    from webapp.config import default_worker_concurrency
+    from webapp.core.config import default_worker_concurrency
 
     return default_worker_concurrency()
 

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CORPUS = ROOT.parent / "shared" / "corpus"
 
-from jobs.errors import DocumentError  # noqa: E402
+from jobs.document_errors import DocumentError  # noqa: E402
 from jobs.extract import count_chars, extract  # noqa: E402
-from webapp.filetypes import PDF  # noqa: E402
+from webapp.core.filetypes import PDF  # noqa: E402
 
 
 def docket(data: bytes) -> int:

@@ -7,7 +7,7 @@ measured in the same run, alternating for several rounds:
 * ``rq-simpleworker``: RQ's ``SimpleWorker`` (``rq worker -w rq.worker.SimpleWorker``);
 * ``docket``: the Procfile's command, ``flask --app wsgi rq worker`` (Docket's pool).
 
-For each: enqueue → finished latency of a trivial job (``jobs.diagnostics.ping``) sent one at a
+For each: enqueue → finished latency of a trivial job (``jobs.ping_job.ping``) sent one at a
 time to an idle worker, p50/p95 in ms from RQ's own ``enqueued_at``/``ended_at``; and
 throughput of a burst of trivial jobs in jobs/s per worker process. For Docket also the CPU
 floor of a tiny text document: CPU ms (all of the worker command's processes) per document
@@ -41,7 +41,7 @@ from benchmarks.common import (
 )
 from benchmarks.tables import print_record
 
-TRIVIAL_JOB = "jobs.diagnostics.ping"
+TRIVIAL_JOB = "jobs.ping_job.ping"
 LATENCY_JOBS = 200
 BURST_JOBS = 500
 TINY_DOCUMENTS = 100
@@ -90,9 +90,9 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def tiny_document_cpu(app, pid: int) -> float:
     """CPU seconds the worker command's processes spend per tiny text document."""
-    from webapp.db import connection
-    from webapp.documents import Upload, accept_uploads
-    from webapp.models import TERMINAL_STATUSES, Job
+    from webapp.core.db import connection
+    from webapp.edge.documents import Upload, accept_uploads
+    from webapp.core.models import TERMINAL_STATUSES, Job
 
     with app.app_context(), connection():
         before = tree_cpu_seconds(pid)
@@ -105,11 +105,11 @@ def tiny_document_cpu(app, pid: int) -> float:
 
 def tiny_document_pipeline_cpu(app) -> float:
     """CPU seconds of the tiny document's pipeline run in this process (the floor's baseline)."""
-    from jobs.documents import run_document_job
-    from jobs.runtime import prepare_worker_process
+    from jobs.document_job import run_document_job
+    from jobs.worker.runtime import prepare_worker_process
     from jobs.tracking import JobTracker
-    from webapp.db import connection
-    from webapp.documents import Upload, accept_uploads
+    from webapp.core.db import connection
+    from webapp.edge.documents import Upload, accept_uploads
 
     with app.app_context():
         prepare_worker_process(app)
@@ -125,7 +125,7 @@ def tiny_document_pipeline_cpu(app) -> float:
 def run(rounds: int = 3) -> dict:
     """Measure every setup for ``rounds`` rounds; return the result record."""
     from webapp import create_app
-    from webapp.db import create_tables
+    from webapp.core.db import create_tables
 
     with tempfile.TemporaryDirectory(prefix="docket-overhead-") as tmp:
         workdir = Path(tmp)

@@ -68,9 +68,9 @@ def peak_rss_bytes(pid: int) -> int:
 def measure_document(document: Path, workdir: Path) -> dict[str, float]:
     """Process ``document`` alone in a one-process Docket worker; peak RSS before and after (MB)."""
     from webapp import create_app
-    from webapp.db import connection, create_tables
-    from webapp.documents import accept_uploads, read_path
-    from webapp.models import TERMINAL_STATUSES, Job
+    from webapp.core.db import connection, create_tables
+    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.models import TERMINAL_STATUSES, Job
 
     workdir.mkdir(parents=True, exist_ok=True)
     with private_redis(workdir / "redis") as redis_url:

@@ -2,7 +2,7 @@
 
 Side (a) of benchmark 1 ("service vs its own limit", in ``benchmarks/http_ingest.py``): every
 document is stored and its rows committed first (through the same ``accept_uploads`` the API
-uses, untimed), then :func:`jobs.documents.run_document_job` — extract → chunk → embed →
+uses, untimed), then :func:`jobs.document_job.run_document_job` — extract → chunk → embed →
 store, with the same database writes a worker makes — runs for each of them in a pool of
 forked processes, one per core, prepared like a Docket worker. No HTTP, no queue, no fork per
 job: what is left is the work itself, the ceiling the service is measured against.
@@ -38,8 +38,8 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
         CPU seconds the pool processes used.
     """
     from webapp import create_app
-    from webapp.db import connection, create_tables, db
-    from webapp.documents import accept_uploads, read_path
+    from webapp.core.db import connection, create_tables, db
+    from webapp.edge.documents import accept_uploads, read_path
 
     processes = processes or cores()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
 
         global _app
         _app = app
-        from jobs.runtime import prepare_worker_process
+        from jobs.worker.runtime import prepare_worker_process
 
         prepare_worker_process(app)  # as the worker does, before forking
         with app.app_context():  # the database is bound per app
@@ -101,8 +101,8 @@ def _children_cpu_seconds() -> float:
 def _run_one(ids: tuple[str, str]) -> str:
     from flask import current_app
 
-    from jobs.documents import run_document_job
-    from jobs.errors import JobError
+    from jobs.document_job import run_document_job
+    from jobs.document_errors import JobError
     from jobs.tracking import JobTracker
 
     document_id, job_id = ids

@@ -2,7 +2,7 @@
 
 OpenAI limits an organisation's requests and tokens per minute, whichever processes and machines
 send them; Docket's ``OPENAI_REQUESTS_PER_MINUTE`` and ``OPENAI_TOKENS_PER_MINUTE``
-(``webapp/rate_limits.py``: a moving window in Redis) hold that budget for all its worker
+(``webapp/core/workflows/rate_limits.py``: a moving window in Redis) hold that budget for all its worker
 processes together. This benchmark checks both halves of the promise:
 
 * **never over**: the most requests (tokens) that reached the API in any 60 s window, and in any
@@ -13,7 +13,7 @@ processes together. This benchmark checks both halves of the promise:
 A local OpenAI-compatible server (:class:`benchmarks.remote_embeddings.SlowEmbeddingServer`,
 answering after 200 ms) records the arrival time (this process's ``time.time()``), inputs and
 tokens of every request; tokens are counted as Docket's limiter counts them,
-:func:`webapp.embeddings.token_upper_bound` (UTF-8 bytes: never fewer than OpenAI's). Two
+:func:`webapp.core.embeddings.token_upper_bound` (UTF-8 bytes: never fewer than OpenAI's). Two
 worker commands (the Procfile's ``worker``: "two machines") of three pool processes each
 share one private Redis and one SQLite database; the corpus files the service finishes are
 uploaded (``accept_uploads`` with ``reprocess``, as ``flask ingest`` does), taken in corpus
@@ -130,7 +130,7 @@ class CountingEmbeddingServer(SlowEmbeddingServer):
             self.arrivals = []
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
-        from webapp.embeddings import token_upper_bound
+        from webapp.core.embeddings import token_upper_bound
 
         at = time.time()
         raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
@@ -162,8 +162,8 @@ def costs(files: Sequence[CorpusFile], config: dict[str, Any], batch_size: int) 
     extraction, chunking and request batching run in this process with ``config``'s settings."""
     from jobs.chunking import chunk_pages
     from jobs.extract import Limits, extract
-    from webapp.embeddings import batches, token_upper_bound
-    from webapp.filetypes import detect_content_type
+    from webapp.core.embeddings import batches, token_upper_bound
+    from webapp.core.filetypes import detect_content_type
 
     found = {}
     for file in files:
@@ -216,7 +216,7 @@ def worker_commands(machines: int, redis_url: str, workdir: Path, **env: str) ->
     from redis import Redis
     from rq import Worker
 
-    from webapp.config import load_config
+    from webapp.core.config import load_config
 
     stop = threading.Event()
     started: list[threading.Event] = []
@@ -275,9 +275,9 @@ def ingest(server: CountingEmbeddingServer, workdir: Path, variant: Variant, mac
     """One variant on fresh processes: plan the uploads, upload them, wait until every job is
     terminal; the server's arrivals and the jobs' outcome."""
     from webapp import create_app
-    from webapp.db import connection, create_tables
-    from webapp.documents import accept_uploads, read_path
-    from webapp.models import TERMINAL_STATUSES, Job
+    from webapp.core.db import connection, create_tables
+    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.models import TERMINAL_STATUSES, Job
 
     workdir.mkdir(parents=True, exist_ok=True)
     settings = {**variant.settings(window), "OPENAI_BASE_URL": server.url}

@@ -43,8 +43,8 @@ from benchmarks.common import (
     worker_process,
 )
 from benchmarks.tables import print_record
-from webapp.config import default_worker_concurrency
-from webapp.embedded_redis import free_port
+from webapp.core.config import default_worker_concurrency
+from webapp.local.embedded_redis import free_port
 
 DELAY_S = 0.2
 DIMENSIONS = 64
@@ -104,9 +104,9 @@ class SlowEmbeddingServer:
 def ingest(server: SlowEmbeddingServer, workdir: Path, concurrency: int, batch_size: int = 2048) -> dict[str, float]:
     """Ingest the corpus once with a fresh worker pool; wall seconds and the server's counts."""
     from webapp import create_app
-    from webapp.db import connection, create_tables
-    from webapp.documents import accept_uploads, read_path
-    from webapp.models import TERMINAL_STATUSES, Job
+    from webapp.core.db import connection, create_tables
+    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.models import TERMINAL_STATUSES, Job
 
     workdir.mkdir(parents=True, exist_ok=True)
     files = finishing_files()

@@ -34,7 +34,7 @@ from redis import Redis
 from rq import Worker
 
 from benchmarks.common import BENCH_OWNER, BENCH_SECRET_KEY, PEER, ROOT, private_redis, wait_until
-from webapp.embedded_redis import free_port
+from webapp.local.embedded_redis import free_port
 
 VENV_BIN = ROOT / ".venv" / "bin"
 PROCFILE = ROOT / "Procfile"

@@ -53,7 +53,7 @@ from urllib3.filepost import encode_multipart_formdata
 from benchmarks.common import CORPUS, alternate, collect, command_line, percentile, result, summary
 from benchmarks.services import docket_service, procfile_web_serving, web_worker_pids
 from benchmarks.tables import print_record
-from webapp.filetypes import PDF, detect_content_type
+from webapp.core.filetypes import PDF, detect_content_type
 
 MIB = 1024 * 1024
 PDF_MIN_BYTES = 10 * MIB

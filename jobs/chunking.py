@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from jobs.errors import DocumentTooLarge
+from jobs.document_errors import DocumentTooLarge
 from jobs.extract import Page, count_chars
 
 PAGE_SEPARATOR = "\n\n"

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Mapping
 
-from jobs.errors import DocumentError, DocumentTooLarge
-from webapp import filetypes
+from jobs.document_errors import DocumentError, DocumentTooLarge
+from webapp.core import filetypes
 
 NO_TEXT_LAYER_WARNING = "no text layer (needs OCR)"
 # PDFium marks a hyphen that ends a line as U+0002; other C0 controls are noise in extracted text.
@@ -33,7 +33,7 @@ _COUNT_SLICE = 1 << 20
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what one document may become; each is a setting of :mod:`webapp.config`.
+    """Bounds on what one document may become; each is a setting of :mod:`webapp.core.config`.
 
     The defaults are the config's defaults, so code that calls :func:`extract` without the app's
     config is bounded too.
@@ -55,7 +55,7 @@ class Limits:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Limits":
-        """The limits of an app's config (keys as in :func:`webapp.config.load_config`)."""
+        """The limits of an app's config (keys as in :func:`webapp.core.config.load_config`)."""
         return cls(
             max_chars=config["MAX_DOCUMENT_CHARS"],
             max_pages=config["MAX_PDF_PAGES"],
@@ -139,7 +139,7 @@ def extract(
 
     Args:
         data: the file's bytes.
-        content_type: a type from :mod:`webapp.filetypes` (decided from the bytes at upload).
+        content_type: a type from :mod:`webapp.core.filetypes` (decided from the bytes at upload).
         password: for encrypted PDFs; the empty password is always tried first.
         on_page: called as ``on_page(done, total)`` after each PDF page.
         limits: bounds on pages, characters and unpacked size; the config's defaults when omitted.

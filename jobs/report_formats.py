@@ -54,7 +54,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from webapp.report_files import CONTENT_TYPES, FORMATS, REPORT_TYPES  # noqa: F401  (re-exported)
+from webapp.core.report_files import CONTENT_TYPES, FORMATS, REPORT_TYPES  # noqa: F401  (re-exported)
 #: The outcomes a finished job can have, in the order the chart stacks them (bottom first).
 OUTCOMES = ("finished", "failed", "stopped", "canceled")
 OUTCOME_COLOURS = {"finished": "#2e7d32", "failed": "#c62828", "stopped": "#ef8f00", "canceled": "#9e9e9e"}

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from webapp.embeddings import api_message
+from webapp.core.embeddings import api_message
 
 #: Sentences shorter than this (characters, after whitespace is tidied) are fragments: headings,
 #: list items, captions. Shorter sentences are also skipped unless they have at least

@@ -5,10 +5,10 @@ Two places are kept up to date:
 * the RQ job's ``meta`` (``stage``, ``progress``) — live, cheap, read by the status API;
 * the Job row — every few seconds while it runs and at the end; it outlives RQ's keys and is
   the source of truth. Its status changes go through the shared state machine
-  (:mod:`webapp.job_states`), as the web process's and RQ's callbacks' do.
+  (:mod:`webapp.core.protocol.states`), as the web process's and RQ's callbacks' do.
 
 A persisted progress write that finds the row no longer ``started`` (canceled or stopped
-meanwhile) raises :class:`~webapp.job_errors.JobStopped`: the job ends at that point.
+meanwhile) raises :class:`~webapp.core.protocol.errors.JobStopped`: the job ends at that point.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from rq import get_current_job
 
-from webapp import job_states
-from webapp.job_errors import JobStopped
+from webapp.core.protocol import states as job_states
+from webapp.core.protocol.errors import JobStopped
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from redis import Redis
 from werkzeug.serving import make_server
 
 from webapp import create_app
-from webapp.db import create_tables
-from webapp.embedded_redis import EmbeddedRedis, free_port
+from webapp.core.db import create_tables
+from webapp.local.embedded_redis import EmbeddedRedis, free_port
 
 pytest_plugins = ("tests.local_services",)  # the local OpenAI-compatible servers
 
@@ -114,8 +114,8 @@ def app(config: dict[str, Any]):
 def make_token(app, owner: str = "tester", admin: bool = False) -> str:
     """Create an API token for ``owner`` in ``app``'s database (as ``flask tokens create`` does)
     and return it."""
-    from webapp.db import connection
-    from webapp.tokens import create_token
+    from webapp.core.db import connection
+    from webapp.core.tokens import create_token
 
     with app.app_context(), connection():
         return create_token(owner, admin=admin)[1]
@@ -339,7 +339,7 @@ def suite_databases(request) -> Iterator[PostgresTestDatabases | None]:
     with databases.admin.cursor() as cursor:
         cursor.execute("SHOW server_version")
         version = cursor.fetchone()[0]
-    from webapp.db import redact_url
+    from webapp.core.db import redact_url
 
     _MATRIX["database"] = f"PostgreSQL {version} at {redact_url(server)} (a fresh database per test)"
     try:
@@ -576,8 +576,8 @@ def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interva
 
 def row(app, job_id: str):
     """The Job row ``job_id`` as the database has it now (its own connection, closed after)."""
-    from webapp.db import connection
-    from webapp.models import Job
+    from webapp.core.db import connection
+    from webapp.core.models import Job
 
     with app.app_context(), connection():
         return Job.get_by_id(job_id)

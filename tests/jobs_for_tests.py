@@ -32,6 +32,6 @@ def describe_process() -> dict:
         "pid": os.getpid(),
         "frozen_objects": gc.get_freeze_count(),
         "modules": sorted(name for name in ("wordllama", "pypdfium2", "docx", "bs4", "lxml",
-                                            "charset_normalizer", "semantic_text_splitter", "jobs.documents")
+                                            "charset_normalizer", "semantic_text_splitter", "jobs.document_job")
                           if name in sys.modules),
     }

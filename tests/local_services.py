@@ -30,7 +30,7 @@ import pytest
 from werkzeug.wrappers import Request, Response
 
 from tests.conftest import serve_wsgi
-from webapp.embedded_redis import free_port
+from webapp.local.embedded_redis import free_port
 from webapp import create_app
 
 DIMENSIONS = 64

@@ -9,8 +9,8 @@ import pytest
 
 from tests.conftest import api_client, browser_client, CORPUS, upload
 from webapp import create_app
-from webapp.db import create_tables
-from webapp.models import Document, Job
+from webapp.core.db import create_tables
+from webapp.core.models import Document, Job
 
 
 def _stored_files(config) -> list[Path]:

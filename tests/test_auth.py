@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from tests.conftest import (ROOT, csrf_token_of, make_token, process_env, upload, wait_for)
-from webapp.db import connection
-from webapp.models import ApiToken, Document
+from webapp.core.db import connection
+from webapp.core.models import ApiToken, Document
 
 OPEN_PATHS = ("/healthz", "/readyz", "/signin")
 
@@ -309,7 +309,7 @@ def test_a_password_encrypted_under_an_old_key_is_read_after_a_rotation(app, cli
 
 def test_the_run_commands_secret_key_file_is_made_once_private_and_read_by_every_process(config, tmp_path,
                                                                                          monkeypatch):
-    from webapp.config import ensure_instance_secret_key
+    from webapp.core.config import ensure_instance_secret_key
 
     instance = tmp_path / "instance"
     monkeypatch.delenv("SECRET_KEY", raising=False)

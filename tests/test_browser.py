@@ -137,7 +137,7 @@ def docket(redis_server, tmp_path_factory) -> Iterator[Docket]:
     from redis import Redis
 
     from webapp import create_app
-    from webapp.db import create_tables
+    from webapp.core.db import create_tables
 
     tmp = tmp_path_factory.mktemp("browser")
     config = {

@@ -1,4 +1,4 @@
-"""The maintenance jobs of jobs/cleanup.py on real rows and real files, run by a real worker
+"""The maintenance jobs (jobs/retention_job.py, jobs/orphans_job.py) on real rows and real files, run by a real worker
 process through the one launch: retention deletes what ended long ago and nothing a live job
 needs; orphans deletes old unreferenced files, fails a waiting job whose upload is gone and lists
 what is missing; a second run of each changes nothing — on SQLite and on PostgreSQL. Plus
@@ -16,10 +16,10 @@ from rq.job import Job as RQJob
 
 from tests.conftest import api_client, row, upload
 from webapp import create_app
-from webapp.db import connection, create_tables
-from webapp.launch import launch, new_job
-from webapp.models import Batch, Chunk, Document, Job, Report, Schedule, utcnow
-from webapp.storage import LocalStorage
+from webapp.core.db import connection, create_tables
+from webapp.core.protocol.launch import launch, new_job
+from webapp.core.models import Batch, Chunk, Document, Job, Report, Schedule, utcnow
+from webapp.core.storage import LocalStorage
 
 # One worker process: `high` (the maintenance job) is emptied before `default` is looked at.
 ONE_PROCESS = {"WORKER_CONCURRENCY": "1", "HIGH_QUEUE_WORKERS": "0"}

@@ -15,7 +15,7 @@ import pytest
 from rq import Queue
 
 from tests.conftest import CORPUS, ROOT, process_env
-from webapp.models import Chunk, Document, Job
+from webapp.core.models import Chunk, Document, Job
 
 INGEST_DEADLINE = 240  # seconds; only to avoid hanging, never asserted as a speed
 

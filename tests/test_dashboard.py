@@ -22,10 +22,10 @@ from werkzeug.wrappers import Request, Response
 
 from tests.conftest import api_client, browser_client, row, serve_wsgi, upload, wait_for
 from webapp import create_app
-from webapp.db import connection
-from webapp.job_kinds import JOB_KINDS
-from webapp.models import Job
-from webapp.queues import QUEUE_NAMES
+from webapp.core.db import connection
+from webapp.core.protocol.kinds import JOB_KINDS
+from webapp.core.models import Job
+from webapp.core.queues import QUEUE_NAMES
 
 REGISTRIES = ("queued", "started", "scheduled", "deferred", "failed", "finished", "canceled")
 RQ_STATES = {"queued", "started", "finished", "failed", "canceled", "stopped", "scheduled", "deferred"}
@@ -81,7 +81,7 @@ def webhook_of(app, job_id: str) -> Job | None:
 
 def start_maintenance(app) -> list[str]:
     """Start reconcile, retention and orphans as the scheduler does (their ``start``); their job ids."""
-    from webapp.scheduling import SCHEDULABLE_JOBS
+    from webapp.core.schedules import SCHEDULABLE_JOBS
 
     with app.app_context(), connection():
         return [SCHEDULABLE_JOBS[name].start({}, app.config, None).id for name in ("reconcile", "retention", "orphans")]
@@ -89,7 +89,7 @@ def start_maintenance(app) -> list[str]:
 
 def every_rq_job_id(redis) -> set[str]:
     """The ids in every queue and registry RQ has for Docket's queues."""
-    from webapp.queue_stats import REGISTRIES as REGISTRY_CLASSES
+    from webapp.core.queue_stats import REGISTRIES as REGISTRY_CLASSES
 
     ids = set()
     for name in QUEUE_NAMES:
@@ -149,7 +149,7 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     queued_document = post_text_document(client, "queued.txt")
     queued_report = client.post("/api/reports", json={"type": "activity", "params": {}}).get_json()["job_id"]
     queued_maintenance = start_maintenance(app)
-    from webapp.launch import launch
+    from webapp.core.protocol.launch import launch
     with app.app_context(), connection():
         queued_webhook = launch("webhook", {"job_id": delivered["job_id"]}).id
     # A job created with depends_on (Docket makes none yet): deferred behind the queued document.
@@ -200,7 +200,7 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     assert all(set(w["queues"]) <= set(QUEUE_NAMES) for w in workers)
 
     # Every reading route of the blueprint was requested (the actions are covered by the refusal tests).
-    from webapp.dashboard import ACTIONS
+    from webapp.edge.dashboard import ACTIONS
 
     requested = {urlsplit(path).path for path in pages}
     for rule in dashboard_routes(app):
@@ -298,7 +298,7 @@ def test_only_admins_reach_the_dashboard_and_refused_actions_leave_the_jobs_alon
 def test_the_dashboard_uses_the_apps_redis_and_tls_setting():
     from redis_sentinel_url import connect
 
-    from webapp.dashboard import dashboard_redis_url
+    from webapp.edge.dashboard import dashboard_redis_url
 
     assert dashboard_redis_url("redis://127.0.0.1:6379/2", tls_verify=False) == "redis://127.0.0.1:6379/2"
     assert dashboard_redis_url("rediss://h:6380/0") == "rediss://h:6380/0"
@@ -345,7 +345,7 @@ def rq_state(redis, job_ids) -> dict:
 def action_requests(app, job_ids) -> list[str]:
     """A path for every state-changing route of the dashboard, for every one of ``job_ids`` and every
     registry the jobs are in."""
-    from webapp.dashboard import ACTIONS
+    from webapp.edge.dashboard import ACTIONS
 
     paths = []
     for rule in dashboard_routes(app):
@@ -358,8 +358,8 @@ def action_requests(app, job_ids) -> list[str]:
 
 
 def test_every_dashboard_route_is_classified_as_read_only_or_state_changing(app):
-    """An upgrade of rq-dashboard that adds a route fails here until webapp/dashboard.py says what it does."""
-    from webapp.dashboard import ACTIONS, PAGES, READS
+    """An upgrade of rq-dashboard that adds a route fails here until webapp/edge/dashboard.py says what it does."""
+    from webapp.edge.dashboard import ACTIONS, PAGES, READS
 
     endpoints = {rule.endpoint.removeprefix("rq_dashboard.") for rule in dashboard_routes(app)}
     classified = set(PAGES) | set(READS) | set(ACTIONS)
@@ -438,7 +438,7 @@ def test_dashboard_actions_check_the_token_and_origin_themselves(app, client, re
     queued = post_text_document(client, "kept.txt")
     admin = browser_client(app)
     forged = session_without_token(app, admin)
-    monkeypatch.setattr("webapp.auth.SAFE_METHODS", frozenset({"GET", "HEAD", "OPTIONS", "POST"}))
+    monkeypatch.setattr("webapp.edge.auth.SAFE_METHODS", frozenset({"GET", "HEAD", "OPTIONS", "POST"}))
     for path in ("/rq/queue/default/queued/empty", f"/rq/job/{queued}/delete"):
         assert forged.post(path, headers=SAME_SITE[1]).status_code == 403, path  # csrf_failed
         refused = admin.post(path, headers=CROSS_SITE[1])

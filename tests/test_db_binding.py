@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import api_client, make_token
 from webapp import create_app
-from webapp.db import connection, create_tables, db
-from webapp.models import Batch
+from webapp.core.db import connection, create_tables, db
+from webapp.core.models import Batch
 
 
 @pytest.mark.own_database("two SQLite files of its own: the binding does not depend on the database kind")
@@ -43,7 +43,7 @@ def test_the_database_outside_an_app_context_is_a_clear_error():
         db.database
 
 
-# --- PostgreSQL's connection pool (webapp/db.py make_database) ------------------------------------
+# --- PostgreSQL's connection pool (webapp/core/db.py make_database) ------------------------------------
 
 def _pg_app(config, url: str, **settings):
     app = create_app({**config, "DATABASE_URL": url, **settings})

@@ -9,8 +9,8 @@ from rq.job import Job as RQJob
 
 from tests.conftest import long_text, post_text, row, upload, wait_for
 from tests.local_services import slow_worker_env
-from webapp.db import connection
-from webapp.models import Chunk, Document, Job
+from webapp.core.db import connection
+from webapp.core.models import Chunk, Document, Job
 
 
 def stored_files(config) -> list:

@@ -1,4 +1,4 @@
-"""webapp.egress: a URL a user gives is parsed by the parser the connection is made from, resolved
+"""webapp.core.egress: a URL a user gives is parsed by the parser the connection is made from, resolved
 once, every address checked (IPv4 embedded in IPv6 included), and the request goes to an address
 that was checked. Real sockets to local servers; the resolver is stubbed only for test names."""
 
@@ -15,7 +15,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from webapp import egress
+from webapp.core import egress
 
 PUBLIC = "93.184.216.34"  # a public address; never connected to by these tests
 
@@ -178,7 +178,7 @@ def test_a_dns_answer_that_changes_after_the_check_is_never_used(dns, receiver):
 
 
 def test_every_checked_address_is_tried_in_order(dns, receiver):
-    from webapp.embedded_redis import free_port
+    from webapp.local.embedded_redis import free_port
 
     closed = free_port()
     dns["two.example.test"] = [["127.0.0.2", "127.0.0.1"]]

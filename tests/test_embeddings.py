@@ -1,4 +1,4 @@
-"""The embedders (webapp/embeddings.py): WordLlama offline and semantic, the EMBEDDER setting, the
+"""The embedders (webapp/core/embeddings.py): WordLlama offline and semantic, the EMBEDDER setting, the
 vector-space names, and the retrieval benchmark (bench/retrieval.py) on a few questions."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webapp.config import load_config
-from webapp.embeddings import (DEFAULT_EMBEDDER, HashingEmbedder, OpenAIEmbedder, WordLlamaEmbedder,
+from webapp.core.config import load_config
+from webapp.core.embeddings import (DEFAULT_EMBEDDER, HashingEmbedder, OpenAIEmbedder, WordLlamaEmbedder,
                                embedder_from_config, embedder_kind, embedder_name)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def refuse(*args, **kwargs):
     raise OSError(f"network access attempted: {args[1:] or kwargs}")
 socket.socket.connect = socket.socket.connect_ex = refuse
 socket.create_connection = socket.getaddrinfo = refuse
-from webapp.embeddings import embedder_from_config
+from webapp.core.embeddings import embedder_from_config
 embedder = embedder_from_config({"EMBEDDER": "wordllama", "OPENAI_API_KEY": None, "EMBEDDING_MODEL": "unused"})
 assert "wordllama" not in sys.modules, "the model package was imported before the first embed"
 vector = embedder.embed([sys.argv[1]])[0]

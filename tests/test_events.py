@@ -30,10 +30,11 @@ from redis import Redis
 
 from tests.conftest import api_client, csrf_token_of, long_text, make_token, post_text, procfile_web, row, wait_for
 from tests.local_services import slow_worker_env
-from webapp import create_app, job_states
-from webapp.db import connection, create_tables
-from webapp.job_events import batch_channel, job_channel
-from webapp.models import Job
+from webapp import create_app
+from webapp.core.protocol import states as job_states
+from webapp.core.db import connection, create_tables
+from webapp.core.protocol.events import batch_channel, job_channel
+from webapp.core.models import Job
 
 STREAMS = 200  # the issue's number of open streams
 FAST = 2.0  # seconds: each GET /api/jobs/<id> during the streams (a generous bound, per the issue)
@@ -171,7 +172,7 @@ def test_a_failed_publish_never_fails_or_undoes_the_change(config, unused_redis_
         assert job_states.record_progress(job_id, "extract", 10)
         assert job_states.record_progress(job_id, "extract", 20)
     assert (row(app, job_id).status, row(app, job_id).progress) == ("started", 20)
-    warnings = [r for r in caplog.records if r.name == "webapp.job_events" and r.levelname == "WARNING"]
+    warnings = [r for r in caplog.records if r.name == "webapp.core.protocol.events" and r.levelname == "WARNING"]
     assert len(warnings) == 1 and "not published" in warnings[0].getMessage()  # logged once, not per change
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from jobs.extract import extract
 from tests.conftest import api_client, CORPUS, post_text, row
-from webapp import filetypes
+from webapp.core import filetypes
 
 NOTE_ABOUT_PDF = (
     b"Notes on file formats\n\n"
@@ -124,8 +124,8 @@ def test_inline_xbrl_keeps_the_visible_text_and_drops_ix_header():
 
 
 def _chunk_texts(app, document_id: str) -> list[str]:
-    from webapp.db import connection
-    from webapp.models import Chunk
+    from webapp.core.db import connection
+    from webapp.core.models import Chunk
 
     with app.app_context(), connection():
         return [c.text for c in Chunk.select().where(Chunk.document == document_id).order_by(Chunk.ordinal)]
@@ -179,7 +179,7 @@ def test_an_upload_at_the_file_limit_is_accepted(config):
 
     app = create_app({**config, "MAX_FILES_PER_UPLOAD": 3, "MAX_FORM_PARTS": 13})
     with app.app_context():
-        from webapp.db import create_tables
+        from webapp.core.db import create_tables
 
         create_tables()
     client = api_client(app)

@@ -15,11 +15,11 @@ from rq.registry import StartedJobRegistry
 from tests.conftest import api_client, long_text, post_text, row, upload, wait_for
 from tests.local_services import openai_worker_env, slow_worker_env
 from webapp import create_app
-from webapp.db import connection
-from webapp.encryption import decrypt_secret
-from webapp.job_kinds import JOB_KINDS, RetryPolicy
-from webapp.job_states import CANCELED, STOPPED
-from webapp.models import Chunk, Job
+from webapp.core.db import connection
+from webapp.core.encryption import decrypt_secret
+from webapp.core.protocol.kinds import JOB_KINDS, RetryPolicy
+from webapp.core.protocol.states import CANCELED, STOPPED
+from webapp.core.models import Chunk, Job
 
 def wait_for_stage(client, job_id: str, stage: str, deadline: float = 60) -> dict:
     return wait_for(lambda: (lambda j: j if j["status"] == "started" and j["stage"] == stage else None)(
@@ -38,8 +38,8 @@ def test_launch_commits_params_then_enqueues_with_the_row_id_callbacks_and_jitte
         assert job.enqueued_at is not None and job.updated_at is not None and job.batch_id == body["batch_id"]
         rq_job = RQJob.fetch(job_id, connection=redis)
         assert rq_job.func_name == JOB_KINDS["document"].function and rq_job.kwargs == job.params
-        assert rq_job._failure_callback_name == "webapp.job_states.on_job_failure"
-        assert rq_job._stopped_callback_name == "webapp.job_states.on_job_stopped"
+        assert rq_job._failure_callback_name == "webapp.core.protocol.states.on_job_failure"
+        assert rq_job._stopped_callback_name == "webapp.core.protocol.states.on_job_stopped"
         assert rq_job.retries_left == JOB_KINDS["document"].retry.max_retries
         assert all(1 <= delay <= JOB_KINDS["document"].retry.max_delay for delay in rq_job.retry_intervals)
     assert Queue("default", connection=redis).job_ids == job_ids
@@ -48,7 +48,7 @@ def test_launch_commits_params_then_enqueues_with_the_row_id_callbacks_and_jitte
 def test_redis_down_answers_503_and_leaves_every_row_failed_none_queued(config, unused_redis_url):
     app = create_app({**config, "REDIS_URL": unused_redis_url})
     with app.app_context():
-        from webapp.db import create_tables
+        from webapp.core.db import create_tables
         create_tables()
     client = api_client(app)
     response = upload(client, "minimal-document.pdf", "pypdf-extract-text.md")
@@ -133,7 +133,7 @@ def test_rqs_own_stop_command_moves_the_row_to_stopped(app, openai_client, opena
 def test_a_row_stopped_elsewhere_stops_the_job_at_its_next_progress_write(
     app, openai_client, openai_server, start_worker, redis
 ):
-    from webapp import job_states
+    from webapp.core.protocol import states as job_states
 
     start_worker(**slow_worker_env(openai_server))
     document = post_text(openai_client, long_text()).get_json()["documents"][0]
@@ -206,7 +206,7 @@ def test_a_permanent_failure_fails_at_once_and_forgets_the_password(app, client,
     job = row(app, document["job_id"])
     assert (job.status, job.error_code, job.attempts) == ("failed", "wrong_password", 1)
     assert RQJob.fetch(document["job_id"], connection=redis).retries_left == 0
-    from webapp.models import Document
+    from webapp.core.models import Document
     with app.app_context(), connection():
         assert Document.get_by_id(document["id"]).password is None
 
@@ -244,7 +244,7 @@ def test_a_scheduled_retry_keeps_the_password_until_a_terminal_state_and_can_be_
 ):
     from rq.registry import ScheduledJobRegistry
 
-    from webapp.models import Document
+    from webapp.core.models import Document
 
     openai_client.application.config.update(DOCUMENT_JOB_RETRIES=2)
     openai_server.mode = "server_error"
@@ -269,8 +269,8 @@ def test_a_scheduled_retry_keeps_the_password_until_a_terminal_state_and_can_be_
 def test_every_transition_moves_a_row_exactly_when_the_state_machine_allows_it(app):
     """Every (from, to) pair against real rows: a guarded UPDATE changes the row iff
     ``to`` may follow ``from``, and every change stamps ``updated_at``."""
-    from webapp.job_states import TRANSITIONS, transition
-    from webapp.models import ALL_STATUSES, utcnow
+    from webapp.core.protocol.states import TRANSITIONS, transition
+    from webapp.core.models import ALL_STATUSES, utcnow
 
     with app.app_context(), connection():
         for source in sorted(ALL_STATUSES):
@@ -294,11 +294,11 @@ def test_a_job_canceled_during_any_stage_leaves_nothing_behind(app, client, stag
     job — the moment the job enters ``stage``. Whether the job notices at a persisted progress
     write (JobStopped) or at its guarded final write (rolled back), the row stays stopped, no
     chunk is stored and the document is untouched."""
-    from jobs.documents import run_document_job
+    from jobs.document_job import run_document_job
     from jobs.tracking import JobTracker
-    from webapp import job_states
-    from webapp.job_errors import JobStopped
-    from webapp.models import Document
+    from webapp.core.protocol import states as job_states
+    from webapp.core.protocol.errors import JobStopped
+    from webapp.core.models import Document
 
     class CanceledDuring(JobTracker):
         def set_progress(self, name, progress):

@@ -1,82 +1,51 @@
-"""The layers stay as the README's architecture says: core ← HTTP edge, core ← job path.
+"""The architecture holds: the import contracts of ``.importlinter`` (import-linter) are kept.
 
-* the core (configuration, database and migrations, models, the job protocol — registry,
-  launch, state machine, control —, queues, storage, embeddings, file types, processes)
-  imports neither the edge nor ``jobs``;
-* the HTTP edge (blueprints, errors, views, the upload path, CLI) never imports ``jobs``;
-* ``jobs`` imports only the core of ``webapp``.
+* layers: the command line (``webapp.cli``) above the HTTP edge (``webapp.edge``) and the job path
+  (``jobs``), which never import each other, above the local run tools (``webapp.local``), above
+  the shared core (``webapp.core``), which imports none of them;
+* no import circles among the project's modules, at any depth.
 
-Read from the source (every ``import``, also inside functions), so a lazy import cannot hide.
+import-linter reads every import statement, those inside functions included; the last test
+proves it on one such import, so a function-level import cannot hide a layer breach or a circle.
 """
 
 from __future__ import annotations
 
-import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
+import grimp
 
 from tests.conftest import ROOT
 
-CORE = {"webapp.config", "webapp.db", "webapp.migrations", "webapp.models", "webapp.queues", "webapp.storage",
-        "webapp.embeddings", "webapp.filetypes", "webapp.processes", "webapp.embedded_redis", "webapp.supervisor",
-        # the job protocol: registry, launch, state machine, errors, control, webhooks
-        "webapp.job_kinds", "webapp.launch", "webapp.job_states", "webapp.job_errors", "webapp.job_control",
-        "webapp.job_events",  # live job events on Redis pub/sub, published by the state machine
-        "webapp.rate_limits",  # rate limits shared by every worker on every machine (Redis)
-        "webapp.webhooks", "webapp.report_files",
-        "webapp.egress",  # requests to URLs users give (webhooks, URL fetches): the SSRF check and the connection
-        # tokens and secrets at rest
-        "webapp.tokens", "webapp.encryption",
-        # periodic jobs: the schedule table and the rq-scheduler process
-        "webapp.scheduling",
-        # queue statistics for operators (RQ's registries + the Job table)
-        "webapp.queue_stats",
-        # pgvector columns and HNSW indexes, full-text index (search structures beside the models)
-        "webapp.vector_index",
-        # workflows: delayed jobs (rq-scheduler timetable), batch callbacks (chords)
-        "webapp.delayed_jobs", "webapp.chords",
-        # operations: structured logs, Prometheus metrics
-        "webapp.logs", "webapp.metrics"}
+
+def lint_imports() -> subprocess.CompletedProcess:
+    executable = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
+    return subprocess.run([executable, "--config", str(ROOT / ".importlinter"), "--no-cache"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
 
 
-def module_names(package: str) -> list[str]:
-    return sorted(
-        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for path in (ROOT / package).rglob("*.py")
-    )
+def test_the_import_contracts_are_kept():
+    result = lint_imports()
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "2 kept, 0 broken" in result.stdout, result.stdout[-3000:]
 
 
-def imported_project_modules(module: str) -> set[str]:
-    """The ``webapp``/``jobs`` modules that ``module`` imports anywhere in its source."""
-    path = ROOT / Path(*module.split("."))
-    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found.update(name for name in names if name.split(".")[0] in ("webapp", "jobs"))
-    modules = set(module_names("webapp")) | set(module_names("jobs"))
-    return {name for name in found if name in modules and name not in ("webapp", "jobs")}
+def test_the_layers_are_folders_and_each_has_modules():
+    for package in ("webapp/core", "webapp/core/protocol", "webapp/core/workflows", "webapp/edge", "webapp/cli",
+                    "webapp/local", "jobs", "jobs/worker"):
+        folder = ROOT / package
+        assert (folder / "__init__.py").exists(), package
+        assert [path for path in folder.glob("*.py") if path.name != "__init__.py"], package
+    # webapp itself keeps create_app and little else: every other module lives in a layer.
+    assert sorted(path.name for path in (ROOT / "webapp").glob("*.py")) == ["__init__.py"]
 
 
-def test_the_core_list_names_real_modules():
-    assert CORE <= set(module_names("webapp"))
-
-
-@pytest.mark.parametrize("module", module_names("webapp"))
-def test_webapp_never_imports_jobs_and_the_core_never_imports_the_edge(module):
-    imported = imported_project_modules(module)
-    assert not {name for name in imported if name.startswith("jobs")}, f"{module} imports the job path"
-    if module in CORE:
-        assert imported <= CORE, f"core module {module} imports {sorted(imported - CORE)}"
-
-
-@pytest.mark.parametrize("module", module_names("jobs"))
-def test_jobs_import_only_the_core_of_webapp(module):
-    webapp_modules = {name for name in imported_project_modules(module) if name.startswith("webapp")}
-    assert webapp_modules <= CORE, f"{module} imports {sorted(webapp_modules - CORE)} of the HTTP edge"
+def test_imports_inside_functions_are_part_of_the_graph():
+    graph = grimp.build_graph("webapp", "jobs", cache_dir=None)
+    # create_app imports the edge's blueprints inside the function body.
+    assert graph.direct_import_exists(importer="webapp", imported="webapp.edge.api")
+    details = graph.get_import_details(importer="webapp", imported="webapp.edge.api")
+    assert details and details[0]["line_contents"].startswith("from webapp.edge import")

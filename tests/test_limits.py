@@ -16,11 +16,11 @@ import zlib
 
 import pytest
 
-from jobs.errors import DocumentError, DocumentTooLarge
+from jobs.document_errors import DocumentError, DocumentTooLarge
 from jobs.extract import Limits, extract
 from tests.conftest import CORPUS, post_text, upload
-from webapp import filetypes
-from webapp.config import MB, load_config
+from webapp.core import filetypes
+from webapp.core.config import MB, load_config
 
 CONTENT_TYPES = (
     b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'

@@ -1,4 +1,4 @@
-"""Structured logs (:mod:`webapp.logs`): one JSON line per request from the real web process, one
+"""Structured logs (:mod:`webapp.core.logs`): one JSON line per request from the real web process, one
 per job stage from a real worker, and the upload's request id carried from one to the other."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import uuid
 import requests
 
 from tests.conftest import CORPUS, make_token, row, wait_for
-from webapp import logs
+from webapp.core import logs
 
 DOCUMENT_STAGES = ["extract", "chunk", "embed", "store"]
 

@@ -1,6 +1,6 @@
 """``GET /metrics``: Prometheus's text format from the real web process (the Procfile's gunicorn
 line), summed over real worker processes — one of which is stopped and replaced mid-test, so
-its counts must survive it (prometheus_client's multiprocess mode, :mod:`webapp.metrics`)."""
+its counts must survive it (prometheus_client's multiprocess mode, :mod:`webapp.core.metrics`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from rq import Queue
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CORPUS, make_token, row, wait_for
-from webapp.db import connection
-from webapp.models import Document, Job
+from webapp.core.db import connection
+from webapp.core.models import Document, Job
 
 WORKER_ENV = {"WORKER_CONCURRENCY": "1", "HIGH_QUEUE_WORKERS": "0"}
 TERMINAL = {"finished", "failed", "stopped", "canceled"}
@@ -167,7 +167,7 @@ def test_a_job_whose_worker_process_was_killed_is_counted_by_the_pool(app, web, 
 
 
 def _chunks_models(app):
-    from webapp.models import Chunk
+    from webapp.core.models import Chunk
 
     with app.app_context(), connection():
         return list(Chunk.select(Chunk.embedding_model).distinct())
@@ -176,7 +176,7 @@ def _chunks_models(app):
 def test_metrics_files_of_an_earlier_run_are_wiped_at_start(tmp_path: Path):
     """The run command's supervisor empties the folder before it starts the processes, and hands
     the same folder to all of them; only metric files go."""
-    from webapp.supervisor import wipe_metrics
+    from webapp.local.supervisor import wipe_metrics
 
     folder = tmp_path / "instance" / "prometheus"
     folder.mkdir(parents=True)
@@ -199,7 +199,7 @@ def test_a_scrape_answers_when_redis_is_away_and_says_so(config, unused_redis_ur
     job counts (the database) are still there. Never a 500 to the scraper."""
     from tests.conftest import api_client
     from webapp import create_app
-    from webapp.db import create_tables
+    from webapp.core.db import create_tables
 
     app = create_app({**config, "REDIS_URL": unused_redis_url})
     with app.app_context():

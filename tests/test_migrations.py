@@ -1,4 +1,4 @@
-"""Schema migrations (``webapp/migrations.py``) on SQLite and PostgreSQL.
+"""Schema migrations (``webapp/core/migrations.py``) on SQLite and PostgreSQL.
 
 The promise under test: a database made by c792268's ``init-db`` (the schema before migrations,
 frozen below as the SQL that commit executed) upgrades to exactly the schema a fresh install
@@ -24,9 +24,9 @@ from peewee import Database, PostgresqlDatabase
 
 from tests.conftest import ROOT, process_env, wait_for
 from webapp import create_app
-from webapp.db import connection, create_tables, make_database
-from webapp.vector_index import HNSW_INDEX_PREFIX, hnsw_index_name
-from webapp.migrations import (
+from webapp.core.db import connection, create_tables, make_database
+from webapp.core.vector_index import HNSW_INDEX_PREFIX, hnsw_index_name
+from webapp.core.migrations import (
     JOB_PROTOCOL_COLUMNS,
     LATEST_VERSION,
     MIGRATIONS,
@@ -241,9 +241,9 @@ def fresh_install(url: str, config: dict[str, Any]) -> list[int]:
 
 def from_models(url: str, config: dict[str, Any]) -> None:
     """Create the database at ``url`` straight from the current models and the search structures
-    declared beside them (``webapp.vector_index.SEARCH_SCHEMA``): the reference schema."""
-    from webapp.models import ALL_MODELS
-    from webapp.vector_index import SEARCH_SCHEMA
+    declared beside them (``webapp.core.vector_index.SEARCH_SCHEMA``): the reference schema."""
+    from webapp.core.models import ALL_MODELS
+    from webapp.core.vector_index import SEARCH_SCHEMA
 
     app = create_app({**config, "DATABASE_URL": url})
     with app.app_context(), connection() as database:
@@ -329,7 +329,7 @@ def test_a_database_made_by_c792268_upgrades_to_exactly_a_fresh_install_with_its
     assert version_rows(old) == [(m.version, m.name) for m in MIGRATIONS]
 
     # Every row kept with its values; the columns the migrations added hold their default (NULL).
-    from webapp.models import ALL_MODELS
+    from webapp.core.models import ALL_MODELS
 
     models = {model._meta.table_name: model for model in ALL_MODELS}
     for table, columns in old_columns.items():
@@ -346,7 +346,7 @@ def test_a_database_made_by_c792268_upgrades_to_exactly_a_fresh_install_with_its
     # The app reads the upgraded rows through today's models.
     app = create_app({**config, "DATABASE_URL": old_url})
     with app.app_context(), connection():
-        from webapp.models import Chunk, Document, Job
+        from webapp.core.models import Chunk, Document, Job
 
         job = Job.find("job-finished")
         assert job.document_id == "doc-finished" and job.result == {"chunks": 2, "pages": 13}
@@ -484,7 +484,7 @@ def test_migration_5_says_what_to_install_when_postgresql_has_no_pgvector(open_d
     import tempfile
 
     from tests.local_services import PgvectorPostgres
-    from webapp.migrations import PGVECTOR_MISSING
+    from webapp.core.migrations import PGVECTOR_MISSING
 
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:

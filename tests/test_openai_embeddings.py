@@ -17,8 +17,8 @@ import pytest
 from tests.conftest import api_client, upload
 from tests.local_services import API_KEY, DEFAULT_MODEL, DIMENSIONS, fake_embedding, openai_worker_env
 from webapp import create_app
-from webapp.embedded_redis import free_port
-from webapp.embeddings import (
+from webapp.local.embedded_redis import free_port
+from webapp.core.embeddings import (
     OPENAI_MAX_INPUTS_PER_REQUEST,
     OPENAI_MAX_TOKENS_PER_INPUT,
     OPENAI_MAX_TOKENS_PER_REQUEST,
@@ -26,8 +26,8 @@ from webapp.embeddings import (
     embedder_name,
     token_upper_bound,
 )
-from webapp.db import connection
-from webapp.models import Chunk
+from webapp.core.db import connection
+from webapp.core.models import Chunk
 
 DPR_QUERY = "dense passage retrieval question answering"
 

@@ -1,11 +1,11 @@
 """The OpenAPI document stays true, and the web server's own errors are JSON.
 
-* the document (``GET /api/openapi.json``, :mod:`webapp.openapi`) is valid OpenAPI 3.1 and its
+* the document (``GET /api/openapi.json``, :mod:`webapp.edge.openapi`) is valid OpenAPI 3.1 and its
   paths and methods are exactly the app's routes under ``/api`` plus ``/healthz`` and ``/readyz``;
 * schemathesis runs against the real web process — the Procfile's ``web`` line, gunicorn — for a
   bounded time and finds no 5xx, no undocumented status, content type or header, and no body
   that breaks its schema;
-* gunicorn's own errors (:mod:`webapp.server`) are in the JSON error shape: a 10,000-character
+* gunicorn's own errors (:mod:`webapp.edge.server`) are in the JSON error shape: a 10,000-character
   search in the URL gets ``414 uri_too_long``, and the same search goes through as a POST.
 """
 
@@ -25,7 +25,7 @@ import schemathesis
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from tests.conftest import make_token
-from webapp.openapi import openapi_document
+from webapp.edge.openapi import openapi_document
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 HEALTH_PATHS = {"/healthz", "/readyz"}

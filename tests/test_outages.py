@@ -20,9 +20,9 @@ from rq.job import Job as RQJob
 from tests.conftest import api_client, PrivatePostgres, long_text, post_text, row, wait_for
 from tests.local_services import slow_worker_env
 from webapp import create_app
-from webapp.db import connection, create_tables, db
-from webapp.embedded_redis import EmbeddedRedis
-from webapp.models import Chunk, Document, Job
+from webapp.core.db import connection, create_tables, db
+from webapp.local.embedded_redis import EmbeddedRedis
+from webapp.core.models import Chunk, Document, Job
 
 TERMINAL = ("finished", "failed", "stopped", "canceled")
 # Each worker notices a killed sibling or a lost Redis record within seconds, and reconcile runs

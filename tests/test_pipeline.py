@@ -5,8 +5,8 @@ from __future__ import annotations
 from rq import Queue
 
 from tests.conftest import upload
-from webapp.encryption import decrypt_secret
-from webapp.models import Chunk, Job
+from webapp.core.encryption import decrypt_secret
+from webapp.core.models import Chunk, Job
 
 
 def test_pdf_is_processed_to_finished_with_chunks_and_is_searchable(client, run_worker):
@@ -58,7 +58,7 @@ def test_encrypted_pdf_fails_with_password_required_then_finishes_with_the_passw
 
 
 def test_password_is_not_kept_after_the_job_ends(app, client, run_worker):
-    from webapp.models import Document
+    from webapp.core.models import Document
 
     documents = upload(client, "doclaynet-p3-password.pdf", "minimal-document.pdf", password="1234").get_json()["documents"]
     with app.app_context():
@@ -77,7 +77,7 @@ def test_running_the_job_twice_leaves_exactly_one_set_of_chunks(app, client, run
     assert first
 
     # A second delivery of the same job (RQ delivers at least once): same id, same argument.
-    Queue("default", connection=redis).enqueue("jobs.documents.process_document", document["id"], job_id=document["job_id"])
+    Queue("default", connection=redis).enqueue("jobs.document_job.process_document", document["id"], job_id=document["job_id"])
     run_worker()
 
     with app.app_context():

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import api_client, upload
 from webapp import create_app
-from webapp.db import create_tables
+from webapp.core.db import create_tables
 
 # The whole suite runs on PostgreSQL too (TEST_DATABASE_URL); this module is the SQLite run's
 # PostgreSQL check, so that run does not repeat it.

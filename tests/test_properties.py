@@ -17,14 +17,13 @@ from __future__ import annotations
 import functools
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st, HealthCheck
 
 from jobs.chunking import chunk_pages
-from jobs.errors import JobError
+from jobs.document_errors import JobError
 from jobs.extract import Extraction, Limits, Page, clean_text, count_chars, extract
 from tests.conftest import CORPUS
-from webapp import filetypes
+from webapp.core import filetypes
 
 BOUNDED = settings(database=None, deadline=5000, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])

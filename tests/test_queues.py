@@ -14,10 +14,10 @@ from rq.job import Job as RQJob
 from tests.conftest import api_client, browser_client, row, serve_wsgi, upload, wait_for
 from tests.test_dashboard import Receiver, webhook_of
 from webapp import create_app
-from webapp.db import connection, create_tables
-from webapp.models import utcnow
-from webapp.queue_stats import queue_statistics
-from webapp.queues import QUEUE_NAMES
+from webapp.core.db import connection, create_tables
+from webapp.core.models import utcnow
+from webapp.core.queue_stats import queue_statistics
+from webapp.core.queues import QUEUE_NAMES
 
 COUNT_KEYS = {"queued", "started", "scheduled", "deferred", "failed", "finished", "canceled"}
 

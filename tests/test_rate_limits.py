@@ -1,4 +1,4 @@
-"""Rate limits shared by every worker process (webapp/rate_limits.py, jobs/runtime.py).
+"""Rate limits shared by every worker process (webapp/core/workflows/rate_limits.py, jobs/worker/runtime.py).
 
 Against the session's private redis-server: the budget taken atomically by several processes at
 once; two worker commands (``flask --app wsgi rq worker``, two pools) embedding documents with
@@ -24,9 +24,9 @@ from rq.job import Job as RQJob
 
 from tests.conftest import post_text, row, serve_wsgi, wait_for
 from tests.local_services import LocalEmbeddingServer, openai_worker_env
-from webapp.config import load_config
-from webapp.job_errors import RateLimited
-from webapp.rate_limits import (MAX_ENTRIES, RateLimit, acquire, acquire_all, begin_run, configured_limits,
+from webapp.core.config import load_config
+from webapp.core.protocol.errors import RateLimited
+from webapp.core.workflows.rate_limits import (MAX_ENTRIES, RateLimit, acquire, acquire_all, begin_run, configured_limits,
                                 spent_in_run)
 
 
@@ -261,7 +261,7 @@ def test_two_worker_commands_share_one_openai_request_budget(app, client, tmp_pa
 def test_outside_a_job_a_used_up_openai_budget_is_a_transient_embedding_error(redis_url, stamped_openai_server):
     """A search query in the web process is no RQ job: nothing can reschedule it, so the embedder
     answers as for a 429 (a transient EmbeddingError: the API answers 502 embedding_unavailable)."""
-    from webapp.embeddings import EmbeddingError, embedder_from_config
+    from webapp.core.embeddings import EmbeddingError, embedder_from_config
 
     server = stamped_openai_server
     config = {"EMBEDDER": "openai", "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": server.url,
@@ -278,7 +278,7 @@ def test_outside_a_job_a_used_up_openai_budget_is_a_transient_embedding_error(re
 def test_the_openai_clients_own_retry_takes_the_budget_too(redis_url, stamped_openai_server):
     """A 500 answered, the ``openai`` client sends the request again: the API counts two
     requests, and so does the budget (httpx's hook before every attempt)."""
-    from webapp.embeddings import EmbeddingError, embedder_from_config
+    from webapp.core.embeddings import EmbeddingError, embedder_from_config
 
     server = stamped_openai_server
     server.mode = "fail_once"
@@ -301,9 +301,9 @@ def test_a_search_query_over_the_openai_budget_answers_429_with_retry_after(
 
     app.config.update(EMBEDDER="openai", OPENAI_API_KEY="test-key", OPENAI_BASE_URL=stamped_openai_server.url,
                       OPENAI_REQUESTS_PER_MINUTE=1, RATE_LIMIT_MAX_WAIT=0)
-    from webapp.db import connection
-    from webapp.embeddings import embedder_name
-    from webapp.models import Chunk, Document
+    from webapp.core.db import connection
+    from webapp.core.embeddings import embedder_name
+    from webapp.core.models import Chunk, Document
 
     with app.app_context(), connection():  # one chunk in the OpenAI space, so a query gets embedded
         document = Document.create(filename="a.txt", content_type="text/plain", size_bytes=1, sha256="0" * 64,

@@ -11,22 +11,21 @@ from datetime import datetime, timedelta, timezone
 import psutil
 from rq import Queue, Worker
 from rq.intermediate_queue import IntermediateQueue
-from rq.job import Job as RQJob
-from rq.job import JobStatus
+from rq.job import Job as RQJob, JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import SimpleWorker
 
-from jobs.reconcile import reconcile_jobs
+from jobs.reconcile_job import reconcile_jobs
 from tests.conftest import long_text, post_text, row, wait_for
 from tests.local_services import slow_worker_env
 from tests.test_recovery import _chunks, _started_in_embed
-from webapp.db import connection
-from webapp.job_errors import WorkerProcessDied
-from webapp.job_states import mark_started, on_job_failure, on_job_stopped
-from webapp.launch import launch
-from webapp.models import Job, utcnow
+from webapp.core.db import connection
+from webapp.core.protocol.errors import WorkerProcessDied
+from webapp.core.protocol.states import mark_started, on_job_failure, on_job_stopped
+from webapp.core.protocol.launch import launch
+from webapp.core.models import Job, utcnow
 
-DOCUMENT_RUNS = 1 + 3  # the document kind: one run and 3 automatic retries (webapp/job_kinds.py)
+DOCUMENT_RUNS = 1 + 3  # the document kind: one run and 3 automatic retries (webapp/core/protocol/kinds.py)
 NOTHING_DONE = {"rq_cleanup": 0, "delivered": [], "unstranded": [], "restored": [], "rerun": [], "failed": [],
                 "followed": []}
 
@@ -138,7 +137,7 @@ def test_a_queued_row_whose_rq_job_was_deleted_is_enqueued_again(app, client, re
     assert _did(result) == NOTHING_DONE | {"restored": [job_id]}
     assert _queued_ids(redis) == [job_id]  # same id, in its queue
     rq_job = _rq(redis, job_id)
-    assert rq_job.get_status() == JobStatus.QUEUED and rq_job.func_name == "jobs.documents.process_document"
+    assert rq_job.get_status() == JobStatus.QUEUED and rq_job.func_name == "jobs.document_job.process_document"
     restored = row(app, job_id)
     assert restored.status == "queued" and restored.attempts == 0 and restored.params == rq_job.kwargs
 
@@ -292,7 +291,7 @@ def test_a_stuck_job_whose_worker_obeys_the_stop_at_once_is_still_run_again(app,
         stops.append(stopped_id)
         on_job_stopped(RQJob.fetch(stopped_id, connection=connection_), connection_)
 
-    monkeypatch.setattr("jobs.reconcile.send_stop_job_command", worker_stops_it_now)
+    monkeypatch.setattr("jobs.reconcile_job.send_stop_job_command", worker_stops_it_now)
 
     result = _reconcile(app, redis)
 
@@ -308,7 +307,7 @@ def test_a_stuck_job_out_of_runs_fails_even_if_its_worker_obeys_the_stop_at_once
     _start_in_worker(app, redis, job_id, name="stuck-worker")
     limit = app.config["DOCUMENT_JOB_TIMEOUT"] + app.config["STUCK_JOB_MARGIN"]
     _set_row(app, job_id, updated_at=utcnow() - timedelta(seconds=limit + 5), attempts=DOCUMENT_RUNS)
-    monkeypatch.setattr("jobs.reconcile.send_stop_job_command", lambda connection_, stopped_id, serializer=None:
+    monkeypatch.setattr("jobs.reconcile_job.send_stop_job_command", lambda connection_, stopped_id, serializer=None:
                         on_job_stopped(RQJob.fetch(stopped_id, connection=connection_), connection_))
 
     result = _reconcile(app, redis)

@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import long_text, post_text, row, upload, wait_for
 from tests.local_services import SUMMARY, slow_worker_env
-from webapp.db import connection
-from webapp.models import Job
+from webapp.core.db import connection
+from webapp.core.models import Job
 
 
 def request(client, type_: str, params: dict | None = None):

@@ -4,7 +4,7 @@ The command must start its own redis-server, create the tables, run the Procfile
 ``worker`` and ``scheduler`` under honcho, serve the page and the API end to end, and on Ctrl-C
 (SIGINT to its process group, as a terminal sends it) or SIGTERM stop everything it started. A
 SIGKILLed worker or scheduler comes back while web keeps serving; a SIGKILLed web stops everything
-with a non-zero status (``webapp.supervisor``).
+with a non-zero status (``webapp.local.supervisor``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from tests.conftest import CORPUS, ROOT, process_env
-from webapp.embedded_redis import free_port, redis_answers
-from webapp.models import TERMINAL_STATUSES
+from webapp.local.embedded_redis import free_port, redis_answers
+from webapp.core.models import TERMINAL_STATUSES
 
 START_DEADLINE = 60  # seconds; only to avoid hanging, never asserted as a speed
 JOB_DEADLINE = 60
@@ -250,7 +250,7 @@ def _stop(process: subprocess.Popen, pgid: int, log: Path) -> None:
         process.wait(STOP_DEADLINE)
 
 
-# --- A crashed worker or scheduler comes back; web keeps serving (webapp.supervisor) ---------
+# --- A crashed worker or scheduler comes back; web keeps serving (webapp.local.supervisor) ---------
 
 
 def _start_run_command(config, redis_url: str, tmp_path: Path) -> tuple[subprocess.Popen, str, Path, dict]:
@@ -442,11 +442,11 @@ def test_a_killed_web_process_stops_everything_with_a_non_zero_status(config, un
 
 
 def _supervise(tmp_path: Path, procfile: str, restart: str) -> tuple[subprocess.Popen, Path]:
-    """``python -m webapp.supervisor`` on a Procfile of plain shell commands, in a group of its own."""
+    """``python -m webapp.local.supervisor`` on a Procfile of plain shell commands, in a group of its own."""
     (tmp_path / "Procfile").write_text(procfile)
     log = tmp_path / "supervisor.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "webapp.supervisor", "--procfile", str(tmp_path / "Procfile"),
+        process = subprocess.Popen([sys.executable, "-m", "webapp.local.supervisor", "--procfile", str(tmp_path / "Procfile"),
                                     "--app-root", str(tmp_path), "--port", str(free_port()), "--restart", restart],
                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return process, log

@@ -31,12 +31,12 @@ import pytest
 import requests
 
 from tests.conftest import AWS_ENV, CORPUS, api_client, make_token, row, upload, wait_for
-from webapp.config import load_config
-from webapp.db import connection
-from webapp.embedded_redis import free_port
-from webapp.launch import launch
-from webapp.models import Batch, Chunk, Document, Job, Report, utcnow
-from webapp.storage import (PART_SIZE, LocalStorage, S3Storage, StorageError, parse_storage_url,
+from webapp.core.config import load_config
+from webapp.core.db import connection
+from webapp.local.embedded_redis import free_port
+from webapp.core.protocol.launch import launch
+from webapp.core.models import Batch, Chunk, Document, Job, Report, utcnow
+from webapp.core.storage import (PART_SIZE, LocalStorage, S3Storage, StorageError, parse_storage_url,
                             storage_from_config)
 
 MB = 1024 * 1024
@@ -275,7 +275,7 @@ def test_put_stream_of_50_mb_holds_a_few_parts_not_the_file(bucket):
 def test_the_upload_path_streams_a_50_mb_file_into_the_bucket(app, bucket):
     """accept_uploads (validation, SHA-256 for duplicates, type detection, storing, rows,
     enqueue) with a 50 MB spooled upload, as the API hands it over, under tracemalloc."""
-    from webapp.documents import Upload, accept_uploads
+    from webapp.edge.documents import Upload, accept_uploads
 
     size = 50 * MB
     source = big_text_file(size)

@@ -16,15 +16,14 @@ from typing import Any
 
 import pytest
 from bs4 import BeautifulSoup
-from rq.job import Job as RQJob
-from rq.job import JobStatus
+from rq.job import Job as RQJob, JobStatus
 from rq.registry import FinishedJobRegistry
 
 from tests.conftest import api_client, browser_client, ROOT, ServiceProcesses, process_env, row, wait_for
 from webapp import create_app
-from webapp.db import connection
-from webapp.models import Report, Schedule
-from webapp.scheduling import (ENTRY_PREFIX, MIN_INTERVAL, SYNCED_KEY, next_cron_time, put_schedule_entry,
+from webapp.core.db import connection
+from webapp.core.models import Report, Schedule
+from webapp.core.schedules import (ENTRY_PREFIX, MIN_INTERVAL, SYNCED_KEY, next_cron_time, put_schedule_entry,
                                sync_schedules)
 
 SCHEDULED = "rq:scheduler:scheduled_jobs"  # rq-scheduler's sorted set (hard-coded "rq:" prefix)
@@ -375,7 +374,7 @@ def test_a_run_is_skipped_while_the_previous_one_still_waits_in_its_queue(app, r
     """No worker: the first due run of reconcile waits in `high`; the next firing adds no second
     row. Once Redis lost the waiting one (FLUSHALL), a firing launches again — otherwise the
     reconcile that restores lost jobs could never run again."""
-    from webapp.scheduling import fire
+    from webapp.core.schedules import fire
 
     sync_in_process(app)
     with app.app_context():

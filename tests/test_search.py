@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webapp.db import connection
-from webapp.embeddings import embedder_from_config, from_blobs, to_blob
-from webapp.models import Chunk, Document
-from webapp.search import search_chunks
-from webapp.vector_index import ensure_vector_index, is_postgres, store_vectors
+from webapp.core.db import connection
+from webapp.core.embeddings import embedder_from_config, from_blobs, to_blob
+from webapp.core.models import Chunk, Document
+from webapp.edge.search import search_chunks
+from webapp.core.vector_index import ensure_vector_index, is_postgres, store_vectors
 
 TEXTS = [
     "The termination clause requires ninety days of written notice.",
@@ -163,7 +163,7 @@ def test_the_api_filters_by_visible_documents_and_batches_only(indexed):
     bobs = sorted(_documents(indexed, owner="bob"))[0]
     alices = sorted(_documents(indexed, owner="alice"))[0]
     with indexed.app_context(), connection():
-        from webapp.models import Batch
+        from webapp.core.models import Batch
 
         Batch.create(id="batch-a", size=12, owner="alice")
         Batch.create(id="batch-b", size=12, owner="bob")

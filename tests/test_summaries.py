@@ -22,8 +22,8 @@ from sentencex import segment
 from jobs.summaries import SYSTEM_PROMPT, SummaryError, chat_summary, extractive_summary
 from tests.conftest import CORPUS
 from tests.local_services import API_KEY, MODEL, SUMMARY, LocalChatServer
-from webapp.embedded_redis import free_port
-from webapp.embeddings import HashingEmbedder
+from webapp.local.embedded_redis import free_port
+from webapp.core.embeddings import HashingEmbedder
 
 
 

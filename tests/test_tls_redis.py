@@ -14,7 +14,7 @@ from redis import Redis
 
 from tests.conftest import api_client, post_text, row, wait_for
 from webapp import create_app
-from webapp.embedded_redis import free_port
+from webapp.local.embedded_redis import free_port
 
 
 def self_signed(folder) -> tuple[str, str]:
@@ -71,7 +71,7 @@ def test_a_self_signed_rediss_url_works_with_verification_off_and_is_refused_wit
         config, tls_redis_url, run_worker):
     app = create_app({**config, "REDIS_URL": tls_redis_url, "REDIS_TLS_VERIFY": False})
     with app.app_context():
-        from webapp.db import create_tables
+        from webapp.core.db import create_tables
 
         create_tables()
     client = api_client(app)

@@ -8,12 +8,12 @@ import zipfile
 import pytest
 
 from jobs.chunking import chunk_pages
-from jobs.errors import DocumentError
+from jobs.document_errors import DocumentError
 from jobs.extract import Page, clean_text, count_chars, extract
 from tests.conftest import CORPUS
-from webapp import filetypes
-from webapp.config import load_config, normalize_database_url
-from webapp.storage import LocalStorage, StorageError, check_key
+from webapp.core import filetypes
+from webapp.core.config import load_config, normalize_database_url
+from webapp.core.storage import LocalStorage, StorageError, check_key
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_chunks_of_unpaged_text_have_no_pages_and_empty_text_has_no_chunks():
 
 
 def test_cjk_chunks_stay_under_the_per_input_token_bound():
-    from webapp.embeddings import OPENAI_MAX_TOKENS_PER_INPUT, token_upper_bound
+    from webapp.core.embeddings import OPENAI_MAX_TOKENS_PER_INPUT, token_upper_bound
 
     chunks = chunk_pages([Page(1, "日本語の文章です。" * 2000)], max_chars=2048)
     assert max(token_upper_bound(c.text) for c in chunks) <= OPENAI_MAX_TOKENS_PER_INPUT
@@ -140,8 +140,8 @@ def test_hashing_embedder_equals_scikit_learn_bit_for_bit_on_the_corpus_and_odd_
     from jobs.chunking import chunk_pages
     from jobs.extract import extract
     from tests.conftest import CORPUS, corpus_manifest
-    from webapp.embeddings import HashingEmbedder, _normalise
-    from webapp.filetypes import detect_content_type
+    from webapp.core.embeddings import HashingEmbedder, _normalise
+    from webapp.core.filetypes import detect_content_type
 
     texts = ["ΟΔΟΣ ΣΟΦΟΣ Σ. İstanbul ǅemal ﬁne STRASSE", "tab\tand\u00a0no-break\u3000ideographic space\n\n",
              "短い日本語の文と中文句子", "a", "a b a b a", "x" * 3000, "repeated words " * 200]
@@ -163,7 +163,7 @@ def test_hashing_embedder_equals_scikit_learn_bit_for_bit_on_the_corpus_and_odd_
 
 
 def test_the_hashing_embedder_gives_zero_vectors_for_texts_without_words():
-    from webapp.embeddings import HashingEmbedder
+    from webapp.core.embeddings import HashingEmbedder
 
     vectors = HashingEmbedder().embed(["", "  \n\t"])
     assert vectors.shape == (2, HashingEmbedder.dimensions) and not vectors.any()

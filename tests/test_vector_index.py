@@ -12,11 +12,11 @@ import pytest
 
 from tests.conftest import api_client, post_text, upload
 from webapp import create_app
-from webapp.db import connection, create_tables
-from webapp.embeddings import embedder_from_config, to_blob
-from webapp.models import Chunk, Document, Job
-from webapp.search import _Scope, pg_vector_query, search_chunks
-from webapp.vector_index import ensure_vector_index, hnsw_index_name, store_vectors, vector_literal
+from webapp.core.db import connection, create_tables
+from webapp.core.embeddings import embedder_from_config, to_blob
+from webapp.core.models import Chunk, Document, Job
+from webapp.edge.search import _Scope, pg_vector_query, search_chunks
+from webapp.core.vector_index import ensure_vector_index, hnsw_index_name, store_vectors, vector_literal
 
 # Picks SQLite and PostgreSQL itself: the PostgreSQL run of the suite need not repeat it.
 pytestmark = pytest.mark.own_database("compares SQLite with PostgreSQL itself")
@@ -131,7 +131,7 @@ def test_filters_on_both_databases(both):
 
 
 def test_a_reprocessed_document_replaces_its_full_text_rows(config, tmp_path, run_worker):
-    from webapp.launch import launch
+    from webapp.core.protocol.launch import launch
 
     url = f"sqlite:///{tmp_path / 'reprocess.sqlite3'}"
     app, client = _one_document(config, url, run_worker)

@@ -11,10 +11,10 @@ import pytest
 from werkzeug.wrappers import Request, Response
 
 from tests.conftest import row, serve_wsgi, upload, wait_for
-from webapp import webhooks
-from webapp.db import connection
-from webapp.embedded_redis import free_port
-from webapp.models import Job
+from webapp.core import webhooks
+from webapp.core.db import connection
+from webapp.local.embedded_redis import free_port
+from webapp.core.models import Job
 
 
 @dataclass

@@ -11,8 +11,8 @@ from rq import Queue, Worker
 from rq.job import Job as RQJob
 
 from tests.conftest import api_client, wait_for
-from webapp.db import connection
-from webapp.models import Job
+from webapp.core.db import connection
+from webapp.core.models import Job
 
 
 def test_a_killed_worker_process_marks_the_row_failed_and_is_replaced(app, redis, start_worker):
@@ -73,7 +73,7 @@ def test_a_job_over_its_time_limit_fails_with_a_reason(config, run_worker, tmp_p
     import io
 
     from webapp import create_app
-    from webapp.db import create_tables
+    from webapp.core.db import create_tables
 
     # The limit is DOCUMENT_JOB_TIMEOUT at enqueue time (1 s here). Chunking and embedding
     # 8 MB of text (≈6,000 chunks) takes far longer than that on any machine.

@@ -1,4 +1,4 @@
-"""The worker model (jobs/runtime.py): a pool of prepared worker processes, one job at a time each.
+"""The worker model (jobs/worker/runtime.py): a pool of prepared worker processes, one job at a time each.
 
 Everything runs in real ``flask --app wsgi rq worker`` processes on the private Redis.
 """
@@ -11,10 +11,10 @@ import sys
 from rq import Queue, Worker
 
 from tests.conftest import ROOT, process_env, wait_for
-from webapp.db import connection
-from webapp.models import Job
+from webapp.core.db import connection
+from webapp.core.models import Job
 
-EXPECTED_MODULES = ["bs4", "charset_normalizer", "docx", "jobs.documents", "lxml", "pypdfium2",
+EXPECTED_MODULES = ["bs4", "charset_normalizer", "docx", "jobs.document_job", "lxml", "pypdfium2",
                     "semantic_text_splitter", "wordllama"]
 
 
@@ -85,7 +85,7 @@ def test_the_pool_asking_about_a_starting_worker_leaves_its_registration_alone(a
     for good. Docket's lookup only reads."""
     from rq import Worker
 
-    from jobs.runtime import DocketWorkerPool
+    from jobs.worker.runtime import DocketWorkerPool
 
     with app.app_context():
         pool = DocketWorkerPool(["high", "default"], connection=redis, num_workers=1)

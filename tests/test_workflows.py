@@ -15,10 +15,10 @@ from rq import Queue
 from rq.worker import Worker
 
 from tests.conftest import CORPUS, api_client, browser_client, post_text, row, upload, wait_for
-from webapp.db import connection
-from webapp.delayed_jobs import SCHEDULED_JOBS_KEY, StartTimeError, start_time
-from webapp.models import Job, Report, isoformat, utcnow
-from webapp.queues import QUEUE_NAMES
+from webapp.core.db import connection
+from webapp.core.protocol.delayed import SCHEDULED_JOBS_KEY, StartTimeError, start_time
+from webapp.core.models import Job, Report, isoformat, utcnow
+from webapp.core.queues import QUEUE_NAMES
 
 PRECISION = timedelta(seconds=2)  # the bound: within 2 s of the planned time
 REGISTRIES = ("queued", "started", "scheduled", "deferred", "failed", "finished", "canceled")
@@ -229,15 +229,15 @@ def test_a_batch_report_runs_exactly_once_after_every_job_ended_with_a_retried_a
         (report_job_id, "finished", 1, first_run.started_at)]
     assert_dashboard_shows(app, [*members.values(), report_job_id])
     # The batch is its documents, live as in GET /api/batches/<id>: its report has its own stream.
-    from webapp.events_api import batch_state
+    from webapp.edge.sse import batch_state
 
     with app.app_context(), connection():
         assert sorted(job["id"] for job in batch_state(batch_id)["jobs"]) == sorted(members.values())
 
 
 def test_the_batch_report_waits_for_delayed_members_and_reconcile_releases_a_lost_trigger(app, redis, run_worker):
-    from jobs.reconcile import reconcile_jobs
-    from webapp.chords import release_callbacks
+    from jobs.reconcile_job import reconcile_jobs
+    from webapp.core.workflows.chords import release_callbacks
 
     client = api_client(app)
     body = post_text(client, b"A document in a batch whose report must wait.", report="documents").get_json()

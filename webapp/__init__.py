@@ -1,6 +1,6 @@
 """Docket's web app: ``create_app`` builds a configured Flask application.
 
-Configuration comes from the environment (see :mod:`webapp.config`); ``test_config`` overrides
+Configuration comes from the environment (see :mod:`webapp.core.config`); ``test_config`` overrides
 it in tests. Nothing connects to Redis or the database here: clients connect on first use.
 """
 
@@ -23,7 +23,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         path's ``rq`` commands are added by ``wsgi.py``: the web app never imports ``jobs``).
     """
     app = Flask(__name__, instance_path=os.environ.get("DOCKET_INSTANCE_PATH") or None)
-    from webapp.config import load_config
+    from webapp.core import moved_modules
+
+    moved_modules.install()  # jobs enqueued by the previous release name their functions' old paths
+    from webapp.core.config import load_config
 
     app.config.update(load_config(app.instance_path))
     if test_config:
@@ -36,14 +39,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # Flask's documented way behind a proxy: scheme, host and client address from its headers.
         hops = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
-    from webapp import logs, metrics
+    from webapp.core import logs, metrics
 
     logs.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])  # before app.logger is first used
     metrics.init_app(app)  # PROMETHEUS_MULTIPROC_DIR, before anything imports prometheus_client
 
-    from webapp import auth, errors, request_checks
-    from webapp.db import db
-    from webapp.queues import rq
+    from webapp.edge import auth, errors, request_checks
+    from webapp.core.db import db
+    from webapp.core.queues import rq
 
     db.init_app(app)
     rq.init_app(app)
@@ -52,37 +55,39 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
     request_checks.init_app(app)  # after auth's hook: no NUL, unpaired surrogate or too-deep JSON reaches a view
 
-    from webapp import chords, webhooks
+    from webapp.core.workflows import chords
+    from webapp.core import webhooks
 
     webhooks.init_app(app)  # a job with a callback_url that ends launches its delivery
     chords.init_app(app)  # a batch whose last document job ended releases its callback (report)
 
-    from webapp import api, dashboard, health, queues_api, schedules_api, views
+    from webapp.edge import api, dashboard, health, queues_api, schedules_api, views
 
     app.register_blueprint(api.bp)
-    from webapp import events_api
+    from webapp.edge import sse
 
-    app.register_blueprint(events_api.bp)  # GET /api/jobs/<id>/events, /api/batches/<id>/events (SSE)
+    app.register_blueprint(sse.bp)  # GET /api/jobs/<id>/events, /api/batches/<id>/events (SSE)
     app.register_blueprint(schedules_api.bp)
     app.register_blueprint(queues_api.bp)
-    from webapp import metrics_api
+    from webapp.edge import prometheus
 
-    app.register_blueprint(metrics_api.bp)  # GET /metrics (Prometheus), admins only
+    app.register_blueprint(prometheus.bp)  # GET /metrics (Prometheus), admins only
     dashboard.init_app(app)  # rq-dashboard at /rq, admins only
     app.register_blueprint(health.bp)
     app.register_blueprint(views.bp)
-    from webapp import openapi
+    from webapp.edge import openapi
 
     app.register_blueprint(openapi.bp)  # GET /api/openapi.json, the API's contract
 
-    from webapp.cli import dev_command, ingest_command
+    from webapp.cli.ingest import ingest_command
+    from webapp.cli.run import dev_command
 
     app.cli.add_command(ingest_command)
     app.cli.add_command(dev_command)
-    from webapp.scheduling import schedule_cli
+    from webapp.core.schedules import schedule_cli
 
     app.cli.add_command(schedule_cli)
-    from webapp.tokens import tokens_cli
+    from webapp.core.tokens import tokens_cli
 
     app.cli.add_command(tokens_cli)
     return app

@@ -1,0 +1,208 @@
+"""The document job (queue ``default``): extract → chunk → embed → store.
+
+Launched by the upload path (:mod:`webapp.edge.documents`) through :mod:`webapp.core.protocol.launch` as kind
+``document`` with ``params={"document_id": …}``; the RQ job id is the Job row's id. Runs in a
+worker process of the pool (``jobs/worker/runtime.py``), inside the app context.
+
+Idempotent: RQ delivers at least once, and a second run for the same document replaces the
+first run's chunks in one transaction, leaving exactly one set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import current_app
+from peewee import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+
+from jobs.chunking import chunk_pages
+from jobs.document_errors import JobError
+from jobs.extract import Limits, extract
+from jobs.tracking import NOT_RUNNING, JobTracker
+from webapp.core import metrics
+from webapp.core.db import connection
+from webapp.core.encryption import DecryptionError, decrypt_secret
+from webapp.core.embeddings import EmbeddingError, embedder_from_config, to_blob
+from webapp.core.logs import begin_stage, end_stage
+from webapp.core.models import Chunk, Document
+from webapp.core.vector_index import ensure_vector_index, store_vectors
+from webapp.core.storage import StorageError, storage_from_config
+
+log = logging.getLogger(__name__)
+
+# Share of the 0–100 % progress bar each stage ends at.
+EXTRACT_END, CHUNK_END, EMBED_END = 40, 50, 90
+INSERT_BATCH = 200  # rows per INSERT (SQLite's bound-parameter limit is 32766 since 3.32)
+
+
+def process_document(document_id: str) -> dict[str, Any]:
+    """The RQ job: turn a stored upload into chunks with embeddings.
+
+    Args:
+        document_id: :class:`~webapp.core.models.Document` id; the current RQ job's id is its Job row.
+
+    Returns:
+        See :func:`run_document_job`.
+
+    Raises:
+        RuntimeError: called outside an RQ worker.
+        JobError: see :func:`run_document_job`; RQ's failure callback records it on the row.
+    """
+    rq_job = get_current_job()
+    if rq_job is None:
+        raise RuntimeError("process_document must run in an RQ worker")
+    return run_document_job(document_id, JobTracker(rq_job.id, rq_job), current_app.config)
+
+
+def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Extract → chunk → embed → store one document, keeping its Job row up to date.
+
+    The body of :func:`process_document`, callable without RQ (``benchmarks/pipeline_limit.py``
+    runs it in-process to measure the pipeline's own limit).
+
+    Args:
+        document_id: :class:`~webapp.core.models.Document` id.
+        tracker: the job's tracker (its ``job_id`` is the Job row).
+        config: the app's configuration (chunk sizes, embedder, storage).
+
+    Returns:
+        ``{"document_id", "pages", "chars", "chunks", "warnings", "embedding_model"}`` — also
+        stored as the Job row's ``result``. ``{"skipped": reason}`` if the row says not to run.
+
+    Raises:
+        DocumentError: the document cannot be read (encrypted, damaged, no text): permanent.
+        DocumentTooLarge: (a ``DocumentError``) the document passes a configured limit:
+            ``too_many_pages`` (``MAX_PDF_PAGES``), ``too_many_chars`` (``MAX_DOCUMENT_CHARS``),
+            ``too_many_chunks`` (``MAX_DOCUMENT_CHUNKS``) or ``decompression_bomb``
+            (``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO``): permanent, logged in one line.
+        JobError: with ``transient`` set when trying again may help (embedding service, storage
+            or database briefly unavailable); ``timeout`` past the time limit.
+        JobStopped: the row was canceled or stopped while the job ran.
+        Under RQ, the state machine's failure callback records each on the row
+        (:func:`webapp.core.protocol.states.on_job_failure`); without RQ, call it yourself.
+    """
+    with connection():
+        if not tracker.start():
+            return NOT_RUNNING
+        try:
+            return _run(document_id, tracker, config)
+        except JobError:
+            raise
+        except (OperationalError, InterfaceError, RedisConnectionError):
+            # The database or Redis is away: raised as is, so the failure callback counts it
+            # transient (webapp.core.protocol.states.describe_failure) and RQ retries the job.
+            raise
+        except JobTimeoutException as exc:
+            limit = getattr(tracker.rq_job, "timeout", None) or config["DOCUMENT_JOB_TIMEOUT"]
+            raise JobError(f"processing took longer than the {limit} s limit "
+                           f"(stopped during {tracker.stage or 'start-up'})", code="timeout") from exc
+        except Exception as exc:
+            log.exception("job %s: unexpected error", tracker.job_id)
+            raise JobError(f"unexpected error during {tracker.stage or 'start-up'}: {type(exc).__name__}: {exc}",
+                           code="internal_error") from exc
+
+
+def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> dict[str, Any]:
+    document = Document.get_or_none(Document.id == document_id)
+    if document is None:
+        raise JobError(f"document {document_id} does not exist", code="not_found")
+
+    tracker.set_progress("extract", 0)
+    begin_stage("extract")  # one log line per stage as it ends (webapp/core/logs.py)
+    try:
+        data = storage_from_config(config).get(document.storage_key)
+    except StorageError as exc:
+        raise JobError(f"the uploaded file could not be read from storage: {exc}",
+                       code="storage_unavailable" if exc.transient else "file_missing", transient=exc.transient) from exc
+    extraction = extract(
+        data,
+        document.content_type,
+        password=_password(document, config),
+        on_page=lambda done, total: tracker.set_progress("extract", EXTRACT_END * done // total),
+        limits=Limits.from_config(config),
+    )
+
+    tracker.set_progress("chunk", EXTRACT_END)
+    begin_stage("chunk")
+    chunks = chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"],
+                         max_chunks=config["MAX_DOCUMENT_CHUNKS"])
+
+    tracker.set_progress("embed", CHUNK_END)
+    begin_stage("embed")
+    embedder = embedder_from_config(config)
+    try:
+        vectors = embedder.embed(
+            [chunk.text for chunk in chunks],
+            on_batch=lambda done, total: tracker.set_progress(
+                "embed", CHUNK_END + (EMBED_END - CHUNK_END) * done // max(total, 1)
+            ),
+        )
+    except EmbeddingError as exc:
+        raise JobError(f"embedding failed: {exc}", code="embedding_unavailable" if exc.transient else "embedding_failed",
+                       transient=exc.transient) from exc
+
+    tracker.set_progress("store", EMBED_END)
+    begin_stage("store")
+    result = {
+        "document_id": document.id,
+        "pages": extraction.page_count,
+        "chars": extraction.chars,
+        "chunks": len(chunks),
+        "warnings": extraction.warnings,
+        "embedding_model": embedder.name,
+    }
+    rows = [
+        {
+            "document": document.id,
+            "ordinal": chunk.ordinal,
+            "page_start": chunk.page_start,
+            "page_end": chunk.page_end,
+            "text": chunk.text,
+            "embedding_model": embedder.name,
+            "dimensions": int(vectors.shape[1]),
+            "embedding": to_blob(vector),
+        }
+        for chunk, vector in zip(chunks, vectors)
+    ]
+    database = Document._meta.database
+    if rows:  # PostgreSQL: the vector space's HNSW index, before (not inside) the writing transaction
+        ensure_vector_index(database, embedder.name, int(vectors.shape[1]))
+    with database.atomic() as transaction:
+        Chunk.delete().where(Chunk.document == document.id).execute()
+        for start in range(0, len(rows), INSERT_BATCH):
+            Chunk.insert_many(rows[start:start + INSERT_BATCH]).execute()
+        store_vectors(database, document.id, [chunk.ordinal for chunk in chunks], vectors)
+        Document.update(
+            pages=extraction.page_count,
+            chars=extraction.chars,
+            chunk_count=len(chunks),
+            warnings=extraction.warnings,
+            password=None,
+        ).where(Document.id == document.id).execute()
+        if not tracker.finish_query(result).execute():
+            # Canceled or ended by someone else meanwhile: keep the database as it was.
+            transaction.rollback()
+            return {"skipped": "the job row changed while the job ran"}
+    tracker.finished()
+    end_stage()
+    metrics.count_document(pages=extraction.page_count, chunks=len(chunks))
+    return result
+
+
+def _password(document: Document, config: Mapping[str, Any]) -> str | None:
+    """The document's PDF password, decrypted (it rests encrypted, :mod:`webapp.core.encryption`).
+
+    Raises:
+        JobError: ``password_unreadable`` when no configured key decrypts it (``SECRET_KEY``
+            changed without ``SECRET_KEY_FALLBACKS``); upload the file again with its password.
+    """
+    if not document.password:
+        return None
+    try:
+        return decrypt_secret(config, document.password)
+    except DecryptionError as exc:
+        raise JobError(f"{exc}; upload the file again with its password", code="password_unreadable") from None

@@ -1,0 +1,1 @@
+"""The command line: ``flask --app wsgi ingest`` and the run command (``dev``)."""

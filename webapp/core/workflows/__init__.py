@@ -1,0 +1,2 @@
+"""Workflows on top of the job protocol: a batch's callback (chord), rate limits shared by every
+worker."""

@@ -1,0 +1,440 @@
+"""Accepting documents: validate uploads, store their bytes, record rows, launch the jobs.
+
+Order matters (the job protocol, :mod:`webapp.core.protocol.launch`): bytes are stored, then the Batch,
+Document and Job rows are committed in one transaction, then every job of the upload is
+enqueued in one Redis transaction (job id = Job row id), then the rows get ``enqueued_at``.
+If Redis refuses, the rows are marked ``failed`` and :class:`ApiError` 503 is raised, so no row
+is left saying ``queued`` forever and no file is left queued. No parsing happens on this path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO, Iterable
+
+from flask import current_app, url_for
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+
+from webapp.core import egress, filetypes
+from webapp.core.db import db
+from webapp.core.encryption import encrypt_secret
+from webapp.edge.errors import ApiError
+from webapp.core.protocol.control import cancel_job
+from webapp.core.protocol.states import FINISHED, STARTED, TERMINAL, WAITING, JobStateError
+from webapp.core.protocol.launch import QueueUnavailable, enqueue_jobs, new_job
+from webapp.core.models import Batch, Chunk, Document, Job, Report, isoformat, new_id
+from webapp.core.report_files import launch_report, new_report
+from webapp.core.queues import rq
+from webapp.core.storage import StorageError, storage_from_config
+
+MAX_FILENAME = 255
+# A document in one of these states counts as already uploaded (finished or in flight).
+DUPLICATE_STATUSES = tuple(WAITING | {STARTED, FINISHED})
+
+
+@dataclass
+class Upload:
+    """One file of a request: the client's name and its bytes, as a readable, seekable binary
+    file (a Werkzeug upload's spooled temporary file: never read whole into memory)."""
+
+    filename: str
+    file: BinaryIO
+
+
+@dataclass
+class ValidatedUpload:
+    filename: str
+    file: BinaryIO  # rewound
+    content_type: str
+    size: int  # bytes
+    sha256: str  # hex digest of the bytes
+
+
+def clean_filename(name: str | None) -> str:
+    """The client's file name without folders, control characters or excess length (display only)."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return name[:MAX_FILENAME] or "upload"
+
+
+def check_file_count(count: int) -> None:
+    """Raise 413 ``too_many_files`` when ``count`` files are more than one upload may hold
+    (``MAX_FILES_PER_UPLOAD``)."""
+    limit = current_app.config["MAX_FILES_PER_UPLOAD"]
+    if count > limit:
+        raise ApiError(413, "too_many_files", f"An upload may hold at most {limit} files; this one has more "
+                                              f"({count}). Send them in several uploads; nothing was uploaded.")
+
+
+@dataclass
+class Refused:
+    """A file of an upload that was not accepted, with the HTTP status, ``code`` and sentence
+    it would have got on its own."""
+
+    filename: str
+    status: int
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"filename": self.filename, "error_code": self.code, "error": self.message}
+
+
+def validate_uploads(uploads: Iterable[Upload]) -> tuple[list[ValidatedUpload], list[Refused]]:
+    """Check every upload before anything is stored; a bad file refuses only itself.
+
+    Returns:
+        ``(accepted, refused)``: the files to store with their detected content type, and the
+        ones refused — ``empty_file`` (zero bytes) or ``unsupported_media_type`` (not a supported
+        type) — each with its sentence. At least one file is accepted.
+
+    Raises:
+        ApiError: 400 ``no_file`` when there is none, 413 ``too_many_files`` above
+            ``MAX_FILES_PER_UPLOAD`` files, and the refusal itself (400 ``empty_file``, 415
+            ``unsupported_media_type``) when no file is accepted.
+    """
+    uploads = list(uploads)
+    check_file_count(len(uploads))
+    validated, refused = [], []
+    for upload in uploads:
+        filename = clean_filename(upload.filename)
+        size, digest, sample = inspect_upload(upload.file)
+        if not size:
+            refused.append(Refused(filename, 400, "empty_file", f"{filename} is empty (0 bytes)."))
+            continue
+        content_type = filetypes.detect_content_type(sample, filename)
+        del sample
+        if content_type is None:
+            refused.append(Refused(filename, 415, "unsupported_media_type",
+                                   f"{filename} is not a supported document; Docket accepts "
+                                   f"{filetypes.SUPPORTED_SENTENCE}."))
+            continue
+        validated.append(ValidatedUpload(filename, upload.file, content_type, size, digest))
+    if not validated:
+        if not refused:
+            raise ApiError(400, "no_file", "No file was sent; attach one or more files as form fields named 'file'.")
+        first = refused[0]
+        others = f" {len(refused) - 1} other file(s) were refused too." if len(refused) > 1 else ""
+        raise ApiError(first.status, first.code, f"{first.message}{others} Nothing was uploaded.")
+    return validated, refused
+
+
+@dataclass
+class Accepted:
+    """One file of an accepted upload: its document, and whether it is an earlier upload of the
+    same bytes (``duplicate``: nothing was stored or enqueued for it)."""
+
+    document: Document
+    duplicate: bool = False
+
+
+@dataclass
+class UploadResult:
+    """What :func:`accept_uploads` accepted, in the request's order of files."""
+
+    files: list[Accepted]
+    batch_id: str | None  # the batch of the new documents; None when every file was a duplicate
+    refused: list[Refused]  # files refused on their own (empty, unsupported); the others went on
+    report: Report | None = None  # the documents report asked for (the batch's callback)
+    status: str = "queued"  # the new documents' jobs': queued, or scheduled (run_at)
+
+
+def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, owner: str, reprocess: bool = False,
+                   callback_url: str | None = None, run_at: datetime | None = None,
+                   report: str | None = None) -> UploadResult:
+    """Validate, store and launch uploads.
+
+    A file that is empty or of an unsupported type is refused on its own (``refused``) and the
+    others go on; storage and queue failures refuse the whole request (nothing is left half-done).
+
+    Files whose bytes (SHA-256) match a document that finished or is still in flight are not
+    processed again: the result points at that document (``duplicate``), unless ``reprocess``.
+    The new documents form one batch; their jobs are enqueued in one Redis transaction.
+
+    Args:
+        uploads: files of one request (or one CLI call).
+        password: for encrypted PDFs; kept with the document, encrypted with a key derived from
+            ``SECRET_KEY`` (:mod:`webapp.core.encryption`), until its job reaches a terminal state.
+        owner: whose documents, jobs and batch these are (duplicates are looked up among them only).
+        reprocess: process files again even when the same bytes were uploaded before.
+        callback_url: ``http(s)://`` URL that gets each job's final state (:mod:`webapp.core.webhooks`).
+        run_at: planned start of the new documents' jobs (naive UTC, from
+            :func:`webapp.core.protocol.delayed.start_time`); ``None``: at once.
+        report: ``"documents"``: a documents report of the upload's files, made once every job
+            of the batch ended, whatever their outcome (a chord, :mod:`webapp.core.workflows.chords`); at once
+            when every file was a duplicate (there is no batch to wait for).
+
+    Returns:
+        The accepted files, the batch id and the refused files.
+
+    Raises:
+        ApiError: 400/413/415 from :func:`validate_uploads` when no file is accepted (nothing stored); 400 ``invalid_callback_url``;
+            503 ``storage_unavailable`` when the bytes cannot be stored; 503 ``queue_unavailable``
+            when Redis refuses the jobs (their rows are marked ``failed``; none was enqueued).
+    """
+    if report not in (None, "documents"):
+        raise ApiError(400, "invalid_report_type", "'report' may only be \"documents\": a documents report of "
+                                                   "the upload's files once every one of them ended.")
+    validated, refused = validate_uploads(uploads)
+    if callback_url is not None:
+        callback_url = check_callback_url(callback_url)
+    storage = storage_from_config(current_app.config)
+    files: list[Accepted | None] = []
+    new: list[tuple[int, ValidatedUpload, str]] = []
+    seen: dict[str, int] = {}  # sha256 → index of the first new file with those bytes
+    for upload in validated:
+        digest = upload.sha256
+        existing = None if reprocess else find_duplicate(digest, owner, finished_only=bool(password))
+        if existing is not None:
+            files.append(Accepted(existing, duplicate=True))
+        elif not reprocess and digest in seen:
+            files.append(None)  # the same bytes twice in one request: filled in below
+        else:
+            seen[digest] = len(files)
+            new.append((len(files), upload, digest))
+            files.append(None)
+
+    batch_id = new_id() if new else None
+    sealed_password = encrypt_secret(current_app.config, password) if password and new else None
+    jobs: list[Job] = []
+    stored_keys: list[str] = []
+    report_row: Report | None = None
+    try:
+        with db.database.atomic():
+            if batch_id:
+                Batch.create(id=batch_id, size=len(new), owner=owner)
+            for index, upload, digest in new:
+                document_id = new_id()
+                key = f"documents/{document_id[:2]}/{document_id}"
+                upload.file.seek(0)
+                storage.put_stream(key, upload.file)  # in blocks: the upload is never held in memory
+                stored_keys.append(key)
+                job = new_job("document", {"document_id": document_id}, document_id=document_id,
+                              batch_id=batch_id, callback_url=callback_url, owner=owner, run_at=run_at)
+                document = Document.create(
+                    id=document_id,
+                    filename=upload.filename,
+                    content_type=upload.content_type,
+                    size_bytes=upload.size,
+                    sha256=digest,
+                    storage_key=key,
+                    password=sealed_password,
+                    job_id=job.id,
+                    batch_id=batch_id,
+                    owner=owner,
+                )
+                job.save(force_insert=True)
+                files[index] = Accepted(document)
+                jobs.append(job)
+            if report and batch_id:  # the batch's callback, deferred until its jobs ended
+                report_row, report_job = new_report(report, _report_params(files, owner), owner,
+                                                    batch_id=batch_id)
+                report_row.save(force_insert=True)
+                report_job.save(force_insert=True)
+    except StorageError as exc:
+        for key in stored_keys:
+            storage.delete(key)
+        current_app.logger.error("storing an upload failed: %s", exc)
+        raise ApiError(503, "storage_unavailable", "The upload could not be stored; please try again later.") from exc
+    except Exception:
+        for key in stored_keys:
+            storage.delete(key)
+        raise
+
+    for index, upload in enumerate(validated):  # repeated bytes within the request
+        if files[index] is None:
+            first = files[seen[upload.sha256]]
+            files[index] = Accepted(first.document, duplicate=True)
+    try:
+        enqueue_jobs(jobs)
+        if report and not batch_id:  # every file a duplicate: nothing to wait for
+            report_row = launch_report(report, _report_params(files, owner), owner)
+    except QueueUnavailable as exc:
+        raise ApiError(503, "queue_unavailable", str(exc)) from exc
+    return UploadResult(files=[f for f in files if f is not None], batch_id=batch_id, refused=refused,
+                        report=report_row, status=jobs[0].status if jobs else "queued")
+
+
+def _report_params(files: list["Accepted | None"], owner: str) -> dict[str, Any]:
+    """A documents report's parameters for an upload's files (new ones and duplicates, once each)."""
+    ids = [accepted.document.id for accepted in files if accepted is not None]
+    return {"document_ids": list(dict.fromkeys(ids)), "owner": owner}
+
+
+def find_duplicate(sha256: str, owner: str | None, finished_only: bool = False) -> Document | None:
+    """The newest document of ``owner`` with these bytes whose current job finished or is still in flight
+    (queued, scheduled, deferred, started); ``None`` otherwise (never uploaded, or every earlier
+    copy failed, was stopped or canceled — then it is processed again).
+
+    ``finished_only``: count only a finished copy — an upload that brings a PDF password must
+    not be folded into an earlier copy still in flight without one (it would fail the same way).
+    """
+    statuses = (FINISHED,) if finished_only else DUPLICATE_STATUSES
+    return (
+        Document.select()
+        .join(Job, on=(Job.id == Document.job_id))
+        .where(Document.sha256 == sha256, Document.owner == owner, Job.status.in_(statuses))
+        .order_by(Document.created_at.desc())
+        .first()
+    )
+
+
+def delete_document(document_id: str) -> None:
+    """Delete a document and everything made from it.
+
+    In order: each of its jobs still waiting is canceled and a running one is stopped
+    (:func:`webapp.core.protocol.control.cancel_job`, which waits up to 2 s for the worker), so no job
+    writes chunks afterwards (a stopped job's final write is refused by the state machine, and
+    with its row gone it has nothing to write to); then its chunks, jobs' rows and its own row are
+    deleted in one transaction; then RQ's records of those jobs and the stored bytes (a failure
+    there is logged: the ``orphans`` job deletes an unreferenced file later).
+
+    Args:
+        document_id: the Document row's id (the caller checked the owner).
+    """
+    document = Document.get_or_none(Document.id == document_id)
+    if document is None:
+        return
+    jobs = list(Job.select(Job.id, Job.status).where(Job.document == document_id))
+    for job in jobs:
+        if job.status not in TERMINAL:
+            try:
+                cancel_job(job.id)
+            except JobStateError:  # it ended meanwhile
+                pass
+    with db.database.atomic():
+        Chunk.delete().where(Chunk.document == document_id).execute()
+        Job.delete().where(Job.document == document_id).execute()
+        Document.delete().where(Document.id == document_id).execute()
+    for job in jobs:
+        try:
+            RQJob.fetch(job.id, connection=rq.connection).delete()
+        except NoSuchJobError:
+            pass
+        except RedisError as exc:
+            current_app.logger.warning("document %s deleted; RQ's record of job %s stays until it expires: %s",
+                                       document_id, job.id, exc)
+    try:
+        storage_from_config(current_app.config).delete(document.storage_key)
+    except StorageError as exc:
+        current_app.logger.warning("document %s deleted; its file stays until the orphans job: %s", document_id, exc)
+
+
+def check_callback_url(url: str) -> str:
+    """``url`` if Docket may POST to it: an absolute ``http``/``https`` URL of at most 2000
+    characters, without userinfo or backslashes, whose host resolves to public addresses only
+    (:func:`webapp.core.egress.resolve`; any address with ``WEBHOOK_ALLOW_PRIVATE``). The delivery
+    checks it again.
+
+    Raises:
+        ApiError: 400 ``invalid_callback_url`` otherwise, with the reason.
+    """
+    url = url.strip()
+    try:
+        egress.resolve(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+    except egress.DestinationRefused as exc:
+        raise ApiError(400, "invalid_callback_url", f"callback_url is refused: {exc}.") from None
+    return url
+
+
+def document_to_dict(document: Document, job: Job | None = None) -> dict[str, Any]:
+    """The API representation of a document (``GET /api/documents/<id>``).
+
+    ``status`` and ``error`` are those of the document's current job.
+    """
+    if job is None and document.job_id:
+        job = Job.get_or_none(Job.id == document.job_id)
+    return {
+        "id": document.id,
+        "filename": document.filename,
+        "content_type": document.content_type,
+        "bytes": document.size_bytes,
+        "sha256": document.sha256,
+        "status": job.status if job else None,
+        "batch_id": document.batch_id,
+        "pages": document.pages,
+        "chars": document.chars,
+        "chunks": document.chunk_count,
+        "warnings": document.warnings or [],
+        "error": job.error if job else None,
+        "error_code": job.error_code if job else None,
+        "job_id": document.job_id,
+        "created_at": isoformat(document.created_at),
+    }
+
+
+def batch_to_dict(batch: Batch) -> dict[str, Any]:
+    """The API representation of a batch (``GET /api/batches/<id>``).
+
+    ``totals`` counts the documents by their current job's status; ``progress`` (0–100 %) is
+    the mean over the documents, an ended job counting 100; ``report`` is the documents report
+    asked for with the upload (``{"id", "status", "report_url"}``) or ``None``.
+    """
+    documents = list(Document.select().where(Document.batch_id == batch.id).order_by(Document.created_at, Document.id))
+    jobs = Job.by_id(d.job_id for d in documents)
+    totals: dict[str, int] = {}
+    done = 0
+    for document in documents:
+        job = jobs.get(document.job_id)
+        status = job.status if job else "unknown"
+        totals[status] = totals.get(status, 0) + 1
+        done += 100 if status in TERMINAL else (job.progress if job else 0)
+    ended = sum(count for status, count in totals.items() if status in TERMINAL)
+    report = (Report.select(Report.id, Job.status.alias("job_status")).join(Job, on=(Job.id == Report.job_id))
+              .where(Job.batch_id == batch.id, Job.kind == "report").dicts().first())
+    return {
+        "id": batch.id,
+        "size": batch.size,
+        "created_at": isoformat(batch.created_at),
+        "totals": totals,
+        "ended": ended,
+        "finished": ended == len(documents),
+        "progress": done // len(documents) if documents else 100,
+        "documents": [document_to_dict(d, jobs.get(d.job_id)) for d in documents],
+        # The documents report asked for with the upload (deferred until every document ended).
+        "report": {"id": report["id"], "status": report["job_status"],
+                   "report_url": url_for("api.get_report", report_id=report["id"])} if report else None,
+    }
+
+
+def read_upload(file_storage) -> Upload:
+    """An :class:`Upload` of a Werkzeug ``FileStorage``: its stream (in memory up to 500 KB,
+    a temporary file above; the size is bounded by MAX_CONTENT_LENGTH), not a copy of its bytes."""
+    return Upload(filename=file_storage.filename or "", file=file_storage.stream)
+
+
+def read_path(path: str | os.PathLike[str]) -> Upload:
+    """An :class:`Upload` from a local file (for ``flask ingest``; read into memory once)."""
+    with open(path, "rb") as fh:
+        return Upload(filename=os.path.basename(path), file=io.BytesIO(fh.read()))
+
+
+# Bytes of an upload read at a time while it is hashed, and the head given to type detection:
+# filetypes.detect_content_type looks at no more than 64 KiB past a header in the first KiB,
+# except for a zip (.docx), whose directory is at its end: that one is read whole (once).
+INSPECT_BLOCK = 1024 * 1024
+
+
+def inspect_upload(file: BinaryIO) -> tuple[int, str, bytes]:
+    """Read an upload once, in blocks of :data:`INSPECT_BLOCK` bytes: its size (bytes), SHA-256
+    (hex) and the bytes type detection needs (the first block; the whole file when it is a zip).
+    Leaves ``file`` rewound."""
+    file.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    while block := file.read(INSPECT_BLOCK):
+        head = head or block
+        digest.update(block)
+        size += len(block)
+    file.seek(0)
+    if head[:4] == b"PK\x03\x04" and size > len(head):
+        head = file.read()
+        file.seek(0)
+    return size, digest.hexdigest(), head
