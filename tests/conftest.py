@@ -41,7 +41,7 @@ PASSWORDS = {
 }
 TEST_SECRET_KEY = "test-secret-key-not-for-production"
 # boto3's own settings (S3 storage): a test that uses them puts them in its config, which
-# process_env passes on (tests/test_s3_storage.py); a developer's real ones never reach a test.
+# process_env passes on (tests/core/test_storage_s3.py); a developer's real ones never reach a test.
 AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
            "AWS_DEFAULT_REGION", "AWS_PROFILE")
 # Settings a developer's shell may carry that would change what the tests exercise.
@@ -155,7 +155,7 @@ def browser_client(app, owner: str = "tester", admin: bool = True, token: str | 
 
 @pytest.fixture
 def client(app):
-    """An admin's API client (see :func:`api_client`); tests/test_auth.py covers the other principals."""
+    """An admin's API client (see :func:`api_client`); tests/edge/test_auth.py covers the other principals."""
     return api_client(app)
 
 

@@ -11,7 +11,7 @@ already holds rows, and every feature after the baseline adds columns. So the sc
 Which database is which version:
 
 * an empty database is version 0: every migration runs, from the baseline on, so a fresh install
-  and an upgraded one are built by the same statements (``tests/test_migrations.py`` holds that
+  and an upgraded one are built by the same statements (``tests/core/test_migrations.py`` holds that
   both equal what the current models create);
 * a database with Docket's baseline tables (``document``, ``job``, ``chunk``) and no
   ``schema_version`` table was made by ``init-db`` before migrations existed (commit c792268): it is
@@ -43,7 +43,7 @@ Writing the next migration (the rules that keep upgraded == fresh):
 * Add columns nullable, or not null with a ``default`` (``add_column`` fills existing rows, then
   adds NOT NULL; on SQLite that rebuilds the table, with foreign keys switched off by
   ``SqliteMigrator.migration_context`` so no ``ON DELETE CASCADE`` fires).
-* ``tests/test_migrations.py`` compares an upgraded database, a fresh one and one made from the
+* ``tests/core/test_migrations.py`` compares an upgraded database, a fresh one and one made from the
   models column by column, index by index and key by key: it fails until the models and the
   migrations agree.
 

@@ -336,7 +336,7 @@ class S3Storage:
 
     def get(self, key: str) -> bytes:
         """The object's bytes, read through :meth:`open`'s temporary file: the whole object is in
-        memory once, as the result (tests/test_s3_storage.py measures the peak: ≈ its size)."""
+        memory once, as the result (tests/core/test_storage_s3.py measures the peak: ≈ its size)."""
         with self.open(key) as fh:
             return fh.read()
 

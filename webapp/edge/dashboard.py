@@ -21,7 +21,7 @@ rq-dashboard 0.9 (its blueprint, embedded; see the README's "Known traps") is wi
   app-wide hook, which checks the same for every POST. The dashboard's buttons send jQuery
   ``$.post`` requests, which carry the token: the overridden ``templates/rq_dashboard/base.html``
   hands it to ``$.ajaxSetup``. A route that no list names (an upgrade's) answers 404 and is
-  logged; ``tests/test_dashboard.py`` fails until it is classified.
+  logged; ``tests/edge/test_dashboard.py`` fails until it is classified.
 * **Values shown as text.** rq-dashboard 0.9's job page writes the job's description, result,
   metadata and exception string into the page with underscore's raw ``<%= %>``; an exception can
   carry a name from an uploaded file (a zip part's name in an error sentence), i.e. HTML a
@@ -74,7 +74,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'nonce-{nonce}
                            "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
 
 # Every route of rq-dashboard 0.9's blueprint, by what it does to RQ (the keys are its endpoint names).
-# tests/test_dashboard.py fails when the blueprint has a route that none of the three lists names, so
+# tests/edge/test_dashboard.py fails when the blueprint has a route that none of the three lists names, so
 # that an upgrade cannot slip in an action a cross-site link could trigger; until it is classified,
 # such a route answers 404 (:func:`_guard`).
 PAGES = {  # HTML pages a person navigates to: they render a template (RQ's queues, workers or a job), read only

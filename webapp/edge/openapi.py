@@ -5,7 +5,7 @@ Why a file and not generated: Docket's views validate by hand and answer with di
 marshmallow or pydantic models that apispec or a similar library could read), so a generator
 would only move the same hand-written schemas into docstrings or Python; a plain JSON file is
 what every OpenAPI tool reads and diffs cleanly. It is JSON rather than YAML because PyYAML is no
-runtime dependency. Two tests keep it true (``tests/test_openapi.py``): its paths and methods
+runtime dependency. Two tests keep it true (``tests/edge/test_openapi.py``): its paths and methods
 match the app's routes in both directions, and a schemathesis run against the real gunicorn
 process finds no server error, undocumented status or body that breaks its schema.
 

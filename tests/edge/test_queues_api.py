@@ -12,7 +12,7 @@ from rq import Queue
 from rq.job import Job as RQJob
 
 from tests.conftest import api_client, browser_client, row, serve_wsgi, upload, wait_for
-from tests.test_dashboard import Receiver, webhook_of
+from tests.edge.test_dashboard import Receiver, webhook_of
 from webapp import create_app
 from webapp.core.db import connection, create_tables
 from webapp.core.models import utcnow

@@ -17,7 +17,7 @@ from webapp.core.config import load_config
 from webapp.core.embeddings import (DEFAULT_EMBEDDER, HashingEmbedder, OpenAIEmbedder, WordLlamaEmbedder,
                                embedder_from_config, embedder_kind, embedder_name)
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 QUERY = "how can the contract be cancelled"
 TERMINATION = ("Termination clause. Either party may terminate this Agreement at any time by giving the other "

@@ -2,7 +2,7 @@
 schedules page.
 
 The pages are static shells whose scripts talk to the JSON API; these tests read the markup
-(forms, fields, labels, links, no inline script) and the static files. tests/test_browser.py
+(forms, fields, labels, links, no inline script) and the static files. tests/edge/test_views_in_a_browser.py
 drives the real scripts in Chromium as a person does.
 """
 

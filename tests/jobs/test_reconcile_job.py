@@ -18,7 +18,7 @@ from rq.worker import SimpleWorker
 from jobs.reconcile_job import reconcile_jobs
 from tests.conftest import long_text, post_text, row, wait_for
 from tests.local_services import slow_worker_env
-from tests.test_recovery import _chunks, _started_in_embed
+from tests.jobs.test_recovery import _chunks, _started_in_embed
 from webapp.core.db import connection
 from webapp.core.protocol.errors import WorkerProcessDied
 from webapp.core.protocol.states import mark_started, on_job_failure, on_job_stopped

@@ -49,7 +49,7 @@ def corpus_file(name: str) -> bytes:
 
 def small_docx() -> bytes:
     """A minimal .docx of a few hundred bytes, so that changed bytes land in its zip headers."""
-    from tests.test_limits import docx
+    from tests.jobs.test_extract_limits import docx
 
     return docx([b"<w:p><w:r><w:t>Hello, world.</w:t></w:r></w:p>"])
 
