@@ -41,6 +41,7 @@ import gc
 import io
 from multiprocessing.context import ForkProcess
 import logging
+import multiprocessing
 import os
 import resource
 import signal
@@ -68,7 +69,7 @@ from webapp.core.protocol.states import mark_handed_back, mark_rate_limited, on_
 from webapp.core.workflows.rate_limits import acquire, begin_run
 from webapp.core import metrics
 from webapp.core.logs import end_stage, log_context
-from webapp.core.processes import die_with_parent
+from webapp.core.processes import children_die_with_this_process, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,12 @@ class DocketWorker(SimpleWorker):
         limit = config.get("WORKER_MAX_MEMORY")
         self.max_memory_bytes: int | None = limit * MB if limit else None
         self.heartbeat_interval: float = config.get("WORKER_HEARTBEAT_INTERVAL", 5)
+        # RQ's public setting (600 s by default): also how soon a process takes over RQ's
+        # scheduler after the one that ran it died (its scheduler dies with it and frees the lock).
+        self.maintenance_interval = config.get("WORKER_MAINTENANCE_INTERVAL", 30)
+        # An idle worker wakes from its BLPOP every worker_ttl - 15 s (RQ's dequeue_timeout; 405 s
+        # by default) and runs its maintenance then at the earliest: wake as often as it is due.
+        self.worker_ttl = self.maintenance_interval + 15
         self.shutdown_grace: float = config.get("SHUTDOWN_GRACE", 10)
         self._burst = False
         self._handback_job_id: str | None = None
@@ -159,7 +166,9 @@ class DocketWorker(SimpleWorker):
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop_before_start)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        die_with_parent(signal.SIGTERM)  # a warm shutdown if the pool is killed
+        pool = multiprocessing.parent_process()  # None when not forked by the pool (a test's worker)
+        die_with_parent(signal.SIGTERM, pool.pid if pool else None)  # a warm shutdown if the pool is killed
+        children_die_with_this_process(signal.SIGTERM)  # RQ's scheduler process, if this one holds the lock
         signal.signal(STOP_JOB_SIGNAL, self._stop_job_in_body)
         if not self._wait_for_redis():
             return False

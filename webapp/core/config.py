@@ -275,6 +275,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Seconds between a busy worker's heartbeats; its Redis record and its job's execution
         # expire 3 heartbeats after the last one, which is how a killed worker is noticed.
         "WORKER_HEARTBEAT_INTERVAL": _int(env, "WORKER_HEARTBEAT_INTERVAL", 5),
+        # Seconds between an idle worker process's RQ maintenance (RQ's maintenance_interval, 600 by
+        # default): cleaning RQ's registries (abandoned jobs) and taking over RQ's scheduler lock
+        # when the process that held it died (delayed automatic retries wait for that scheduler).
+        "WORKER_MAINTENANCE_INTERVAL": _int(env, "WORKER_MAINTENANCE_INTERVAL", 30),
         # Seconds a worker told to stop (SIGTERM: a deploy or restart) lets its running job go
         # on before handing it back to the queue; platforms SIGKILL ≈30 s after SIGTERM.
         "SHUTDOWN_GRACE": _int(env, "SHUTDOWN_GRACE", 10),
@@ -327,7 +331,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError("HIGH_QUEUE_WORKERS must not be negative")
     if config["WORKER_MAX_MEMORY"] < 0 or config["JOB_KILL_GRACE"] < 0:
         raise ValueError("WORKER_MAX_MEMORY and JOB_KILL_GRACE must not be negative")
-    for name in ("SCHEDULER_INTERVAL", "RECONCILE_INTERVAL", "WORKER_HEARTBEAT_INTERVAL", "RETENTION_DAYS"):
+    for name in ("SCHEDULER_INTERVAL", "RECONCILE_INTERVAL", "WORKER_HEARTBEAT_INTERVAL", "WORKER_MAINTENANCE_INTERVAL",
+                 "RETENTION_DAYS"):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1")
     for name in ("RECONCILE_GRACE", "STUCK_JOB_MARGIN", "SHUTDOWN_GRACE", "ORPHAN_GRACE"):
