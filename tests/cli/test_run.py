@@ -22,6 +22,7 @@ import psutil
 import pytest
 import requests
 
+from tests import conftest
 from tests.conftest import CORPUS, ROOT, process_env
 from webapp.local.embedded_redis import free_port, redis_answers
 from webapp.core.models import TERMINAL_STATUSES
@@ -248,6 +249,11 @@ def _stop(process: subprocess.Popen, pgid: int, log: Path) -> None:
                 pass
     if process.poll() is None:
         process.wait(STOP_DEADLINE)
+    # A stop that reaches honcho while it is still starting its processes (the run command said
+    # "Database ready" a moment before) leaves them running, in sessions of their own that the log
+    # does not name yet (issue [5 of 5]: the run command must end everything it started, however
+    # it ends). Until then the test ends them itself: every process it started carries its token.
+    conftest.kill_processes_of_test(conftest.current_test_token())
 
 
 # --- A crashed worker or scheduler comes back; web keeps serving (webapp.local.supervisor) ---------

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,8 +30,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.conftest import (CORPUS, PASSWORDS, ROOT, TEST_SECRET_KEY, ServiceProcesses, make_token,
-                            procfile_web, serve_wsgi, wait_for)
+from tests.conftest import (CORPUS, PASSWORDS, ROOT, TEST_SECRET_KEY, ServiceProcesses, kill_processes_of_test,
+                            make_token, procfile_web, serve_wsgi, wait_for)
 from tests.local_services import LocalEmbeddingServer, slow_worker_env
 
 CHROMIUM = "/usr/bin/chromium"
@@ -153,14 +154,17 @@ def docket(redis_server, tmp_path_factory) -> Iterator[Docket]:
     app = create_app(config)
     with app.app_context():
         create_tables()
-    workers = ServiceProcesses(config, tmp, "worker", ["rq", "worker"])
+    token = uuid.uuid4().hex  # the module's worker processes: proven gone at the module's end
+    workers = ServiceProcesses(config, tmp, "worker", ["rq", "worker"], token=token)
     try:
         with procfile_web(config, tmp / "web.log") as base:
             yield Docket(base, app, workers, Redis.from_url(redis_server.url))
     finally:
         problems = workers.stop_all()
         Redis.from_url(redis_server.url).flushall()
+        leftovers = kill_processes_of_test(token)
     assert not any(problems.values()), problems
+    assert not leftovers, f"the module's worker processes outlived it: {leftovers}"
 
 
 @pytest.fixture
