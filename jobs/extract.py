@@ -1,8 +1,8 @@
 """Text extraction: bytes of a supported document → its text, page by page.
 
 PDF via pypdfium2 (PDFium; measured ≈30× faster than pypdf on the corpus and correct on
-Japanese CID fonts where pypdf returns mojibake), .docx via python-docx, HTML via BeautifulSoup
-with lxml, plain text and Markdown via charset-normalizer.
+Japanese CID fonts where pypdf returns mojibake), .docx via python-docx, HTML via lxml's parser
+events (:mod:`jobs.html_text`: no tree is built), plain text and Markdown via charset-normalizer.
 
 Hostile input is bounded by :class:`Limits` (the app's ``MAX_PDF_PAGES``, ``MAX_DOCUMENT_CHARS``,
 ``MAX_UNCOMPRESSED_SIZE`` and ``MAX_COMPRESSION_RATIO``): a PDF's page count is checked before
@@ -392,53 +392,22 @@ def _docx_text(data: bytes, limits: Limits, budget: _CharBudget) -> str:
     return "\n".join(parts)
 
 
-# Inline styles that hide an element from every reader: display:none, visibility:hidden (CSS is
-# case-insensitive and allows spaces around the colon; "!important" may follow).
-_HIDING_STYLE = re.compile(r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!\s*important\s*)?(?:;|$)",
-                           re.IGNORECASE)
-_NEVER_SHOWN = ["script", "style", "noscript", "template"]
-_BLANK_LINES = re.compile(r"\n{3,}")
-
-
-def _is_hidden(tag) -> bool:
-    """Whether an element is hidden from a reader by its own attributes: ``hidden``,
-    ``aria-hidden="true"`` or an inline ``display:none`` / ``visibility:hidden`` style."""
-    attrs = tag.attrs
-    if not attrs:
-        return False
-    if "hidden" in attrs:
-        return True
-    aria = attrs.get("aria-hidden")
-    if isinstance(aria, str) and aria.strip().lower() == "true":
-        return True
-    style = attrs.get("style")
-    return isinstance(style, str) and _HIDING_STYLE.search(style) is not None
-
-
 def _html_text(data: bytes, budget: _CharBudget) -> str:
-    """The text a reader of the page sees: without script, style, template and noscript elements,
-    without elements hidden by ``hidden``, ``aria-hidden="true"`` or an inline ``display:none`` /
-    ``visibility:hidden`` (so an inline-XBRL filing's ``ix:header`` is dropped), trailing spaces
-    stripped and runs of blank lines (navigation boilerplate) collapsed to one blank line.
-    Counts each string against ``budget`` as it is collected."""
-    import warnings
+    """The text a reader of the page sees (:func:`jobs.html_text.reader_text`), each string
+    counted against ``budget`` as it is found.
 
-    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+    Raises:
+        DocumentTooLarge: ``too_many_chars`` as soon as the strings pass ``budget``'s limit.
+        DocumentError: ``damaged_file`` when lxml refuses the page in every encoding tried.
+    """
+    from jobs.html_text import reader_text
 
-    with warnings.catch_warnings():
-        # XHTML (an <?xml ...?> declaration before <html>) is read as HTML on purpose: it is HTML.
-        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
-        soup = BeautifulSoup(data, "lxml")
-    for element in [*soup(_NEVER_SHOWN), *soup.find_all(_is_hidden)]:
-        if not element.decomposed:  # inside an element dropped before
-            element.decompose()
-    strings: list[str] = []
-    for string in soup.strings:  # what soup.get_text("\n") joins
+    def counted(string: str) -> str:
         string = clean_text(string)
         budget.add(string)
-        strings.append(string)
-    lines = [line.rstrip() for line in "\n".join(strings).split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
+        return string
+
+    return reader_text(data, counted)
 
 
 def _decode_text(data: bytes) -> str:

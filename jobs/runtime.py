@@ -536,8 +536,8 @@ def describe_death(exitcode: int, overdue_limit: int | None = None) -> JobError:
 def prepare_worker_process(app: Flask) -> float:
     """Load and warm everything a job needs, once, in the worker command's process.
 
-    Imports the document job with its parsers (pypdfium2, python-docx, BeautifulSoup + lxml,
-    charset-normalizer), the chunker and the configured embedder, runs each once on a tiny
+    Imports the document job with its parsers (pypdfium2, python-docx, lxml with BeautifulSoup's
+    encoding detection, charset-normalizer), the chunker and the configured embedder, runs each once on a tiny
     sample made here (so their lazy imports and caches are filled too), then moves every object
     into the garbage collector's permanent generation (``gc.freeze()``), so that collections in
     the forked worker processes do not touch — and copy — the pages they share with this one.
