@@ -5,9 +5,11 @@ Japanese CID fonts where pypdf returns mojibake), .docx via python-docx, HTML vi
 events (:mod:`jobs.html_text`: no tree is built), plain text and Markdown via charset-normalizer.
 
 Hostile input is bounded by :class:`Limits` (the app's ``MAX_PDF_PAGES``, ``MAX_DOCUMENT_CHARS``,
-``MAX_UNCOMPRESSED_SIZE`` and ``MAX_COMPRESSION_RATIO``): a PDF's page count is checked before
-any page is read, a .docx's zip directory before anything is unpacked, and the running count of
-characters as each page, paragraph or string is extracted.
+``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO`` and ``MAX_DOCUMENT_MEMORY``): a PDF's page
+count is checked before any page is read, a .docx's zip directory before anything is unpacked,
+the running count of characters as each page, paragraph or string is extracted, and the memory
+a PDF, .docx or HTML reader takes by reading it in a process of its own
+(:mod:`jobs.reader_process`).
 """
 
 from __future__ import annotations
@@ -46,12 +48,17 @@ class Limits:
         max_compression_ratio: largest ratio of unpacked to packed size of any one zip entry
             (``MAX_COMPRESSION_RATIO``); the whole archive's ratio is never above its largest
             entry's, so this bounds it too.
+        max_memory: bytes of memory reading one PDF, .docx or HTML document may take, in a
+            process of its own forked from this one (``MAX_DOCUMENT_MEMORY`` megabytes; see
+            :mod:`jobs.reader_process`). ``None``: read in this process, without a bound (for
+            tests that measure this process's own allocations).
     """
 
     max_chars: int = 5_000_000
     max_pages: int = 2_000
     max_uncompressed_size: int = 200 * MB
     max_compression_ratio: int = 200
+    max_memory: int | None = 512 * MB
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Limits":
@@ -61,6 +68,7 @@ class Limits:
             max_pages=config["MAX_PDF_PAGES"],
             max_uncompressed_size=config["MAX_UNCOMPRESSED_SIZE"],
             max_compression_ratio=config["MAX_COMPRESSION_RATIO"],
+            max_memory=config["MAX_DOCUMENT_MEMORY"] * MB,
         )
 
 
@@ -142,7 +150,9 @@ def extract(
         content_type: a type from :mod:`webapp.filetypes` (decided from the bytes at upload).
         password: for encrypted PDFs; the empty password is always tried first.
         on_page: called as ``on_page(done, total)`` after each PDF page.
-        limits: bounds on pages, characters and unpacked size; the config's defaults when omitted.
+        limits: bounds on pages, characters, unpacked size and memory; the config's defaults when
+            omitted. With ``limits.max_memory`` (the default), a PDF, .docx or HTML document is
+            read in a child process that may take that many bytes more than this one.
 
     Returns:
         An :class:`Extraction`. A PDF whose pages carry images but no text yields no text and the
@@ -157,9 +167,28 @@ def extract(
             more than ``limits.max_chars`` non-whitespace characters have been extracted;
             ``decompression_bomb`` for a .docx whose zip directory declares more than
             ``limits.max_uncompressed_size`` bytes or an entry compressed more than
-            ``limits.max_compression_ratio`` to 1, before anything is unpacked.
+            ``limits.max_compression_ratio`` to 1, before anything is unpacked;
+            ``too_much_memory`` when reading the document needs more than ``limits.max_memory``
+            bytes (a parser that crashes on the file in its process gives ``damaged_file``).
+        RuntimeError: a bug in a reader running in its own process (its traceback in the message).
     """
     limits = limits or Limits()
+    if limits.max_memory is not None and content_type in _OWN_PROCESS:
+        from jobs.reader_process import read_in_own_process
+
+        return read_in_own_process(_extract_here, data, content_type, password, limits,
+                                   max_memory=limits.max_memory, what=_OWN_PROCESS[content_type], on_page=on_page)
+    return _extract_here(data, content_type, password, limits, on_page=on_page)
+
+
+# Formats read in a process of their own (as named in sentences): their parsers build objects
+# per element, text object or node, as many as the markup asks for, whatever the file's size.
+_OWN_PROCESS = {filetypes.PDF: "PDF", filetypes.DOCX: "Word document", filetypes.HTML: "HTML page"}
+
+
+def _extract_here(data: bytes, content_type: str, password: str | None, limits: Limits,
+                  on_page: Callable[[int, int], None] | None = None) -> Extraction:
+    """:func:`extract` in this process."""
     budget = _CharBudget(limits.max_chars)
     if content_type == filetypes.PDF:
         return _extract_pdf(data, password, on_page, limits, budget)

@@ -119,7 +119,13 @@ class _ReaderText:
         self._end_string()
 
     def close(self) -> str:
+        """The strings joined by line breaks. Raises :class:`DocumentError` ``damaged_file`` when
+        elements are still open: libxml2 closes every element at the end of the input, so the
+        parser stopped before it — as it does, silently, when an allocation fails."""
         self._end_string()
+        if self.open:
+            raise DocumentError(f"the HTML page could not be read to its end: its parser stopped with "
+                                f"{len(self.open):,} elements open", code="damaged_file")
         return self.text.getvalue()
 
 
@@ -143,7 +149,8 @@ def reader_text(data: bytes, on_string: Callable[[str], str]) -> str:
         The text, ``""`` for a page without any.
 
     Raises:
-        DocumentError: ``damaged_file`` when lxml refuses the page in every encoding tried.
+        DocumentError: ``damaged_file`` when lxml refuses the page in every encoding tried, or
+            stops before its end (out of memory: libxml2 stops without an error).
         Whatever ``on_string`` raises.
 
     Memory: the input, libxml2's decoded copy of it, a byte per open element and the text, so it

@@ -558,7 +558,7 @@ def prepare_worker_process(app: Flask) -> float:
     import jobs.cleanup  # noqa: F401
     from jobs.chunking import chunk_pages
     from jobs.errors import DocumentError
-    from jobs.extract import extract
+    from jobs.extract import Limits, extract
     from webapp import filetypes
     from webapp.embeddings import embedder_from_config, embedder_kind
 
@@ -566,7 +566,9 @@ def prepare_worker_process(app: Flask) -> float:
     texts = []
     for content_type, data in _samples().items():
         try:
-            extraction = extract(data, content_type)
+            # In this process (no memory limit, so no reader process): the lazy imports and caches
+            # filled here are the ones every reader process forked from a worker process inherits.
+            extraction = extract(data, content_type, limits=Limits(max_memory=None))
         except DocumentError:  # the sample PDF is a blank page: "no readable text"
             continue
         texts.extend(chunk.text for chunk in chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"]))
