@@ -23,6 +23,7 @@ interrupted while it reads (time limit, stop, hand-back at shutdown) kills it.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import os
@@ -119,6 +120,7 @@ def _child(sender: Connection, read: Callable[..., Any], args: tuple, max_memory
             signal.signal(signum, signal.SIG_DFL)
         for signum in _STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+        faulthandler.disable()  # PDFium's abort at the limit is an answer, not a "Fatal Python error" to log
         # Never collect what the worker process left: a connection in an unreachable cycle would
         # say goodbye to its server on the worker's behalf. What the reader makes is collected.
         gc.freeze()
