@@ -82,7 +82,12 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
     """
     receiver, sender = Pipe(duplex=False)
     inherited_rss = _status_bytes("VmRSS")
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to be had (EAGAIN, ENOMEM): the job fails as unexpected, with the reason
+        receiver.close()
+        sender.close()
+        raise
     if pid == 0:  # pragma: no cover - the child (coverage does not follow os._exit)
         receiver.close()
         _child(sender, read, args, max_memory, on_page is not None)
