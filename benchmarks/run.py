@@ -31,6 +31,7 @@ BENCHMARKS = (
     ("remote_embeddings", "benchmarks.remote_embeddings", "run"),
     ("memory", "benchmarks.memory", "run"),
     ("rate_limit", "benchmarks.rate_limit", "run"),
+    ("hostile_memory", "benchmarks.hostile_memory", "run"),
 )
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"

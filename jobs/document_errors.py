@@ -19,7 +19,8 @@ class DocumentTooLarge(DocumentError):
 
     Codes: ``too_many_pages`` (``MAX_PDF_PAGES``), ``too_many_chars`` (``MAX_DOCUMENT_CHARS``),
     ``too_many_chunks`` (``MAX_DOCUMENT_CHUNKS``), ``decompression_bomb``
-    (``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO``).
+    (``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO``), ``too_much_memory``
+    (``MAX_DOCUMENT_MEMORY``).
 
     Attributes:
         setting: the config variable holding the limit, e.g. ``MAX_PDF_PAGES``; the message names it.

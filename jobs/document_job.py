@@ -77,8 +77,9 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
         DocumentError: the document cannot be read (encrypted, damaged, no text): permanent.
         DocumentTooLarge: (a ``DocumentError``) the document passes a configured limit:
             ``too_many_pages`` (``MAX_PDF_PAGES``), ``too_many_chars`` (``MAX_DOCUMENT_CHARS``),
-            ``too_many_chunks`` (``MAX_DOCUMENT_CHUNKS``) or ``decompression_bomb``
-            (``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO``): permanent, logged in one line.
+            ``too_many_chunks`` (``MAX_DOCUMENT_CHUNKS``), ``decompression_bomb``
+            (``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO``) or ``too_much_memory``
+            (``MAX_DOCUMENT_MEMORY``): permanent, logged in one line.
         JobError: with ``transient`` set when trying again may help (embedding service, storage
             or database briefly unavailable); ``timeout`` past the time limit.
         JobStopped: the row was canceled or stopped while the job ran.

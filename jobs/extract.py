@@ -1,13 +1,15 @@
 """Text extraction: bytes of a supported document → its text, page by page.
 
 PDF via pypdfium2 (PDFium; measured ≈30× faster than pypdf on the corpus and correct on
-Japanese CID fonts where pypdf returns mojibake), .docx via python-docx, HTML via BeautifulSoup
-with lxml, plain text and Markdown via charset-normalizer.
+Japanese CID fonts where pypdf returns mojibake), .docx via python-docx, HTML via lxml's parser
+events (:mod:`jobs.html_text`: no tree is built), plain text and Markdown via charset-normalizer.
 
 Hostile input is bounded by :class:`Limits` (the app's ``MAX_PDF_PAGES``, ``MAX_DOCUMENT_CHARS``,
-``MAX_UNCOMPRESSED_SIZE`` and ``MAX_COMPRESSION_RATIO``): a PDF's page count is checked before
-any page is read, a .docx's zip directory before anything is unpacked, and the running count of
-characters as each page, paragraph or string is extracted.
+``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO`` and ``MAX_DOCUMENT_MEMORY``): a PDF's page
+count is checked before any page is read, a .docx's zip directory before anything is unpacked,
+the running count of characters as each page, paragraph or string is extracted, and the memory
+a PDF, .docx or HTML reader takes by reading it in a process of its own
+(:mod:`jobs.reader_process`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ NO_TEXT_LAYER_WARNING = "no text layer (needs OCR)"
 # PDFium marks a hyphen that ends a line as U+0002; other C0 controls are noise in extracted text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 MB = 1024 * 1024
-# Characters counted at a time (counting builds a copy of the slice without its whitespace).
-_COUNT_SLICE = 1 << 20
+# Characters counted at a time: counting splits the slice into words, an object each (76 bytes
+# for a CJK character), so a whole text of 5 million one-character words took 440 MB to count.
+_COUNT_SLICE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,17 @@ class Limits:
         max_compression_ratio: largest ratio of unpacked to packed size of any one zip entry
             (``MAX_COMPRESSION_RATIO``); the whole archive's ratio is never above its largest
             entry's, so this bounds it too.
+        max_memory: bytes of memory reading one PDF, .docx or HTML document may take, in a
+            process of its own forked from this one (``MAX_DOCUMENT_MEMORY`` megabytes; see
+            :mod:`jobs.reader_process`). ``None``: read in this process, without a bound (for
+            tests that measure this process's own allocations).
     """
 
     max_chars: int = 5_000_000
     max_pages: int = 2_000
     max_uncompressed_size: int = 200 * MB
     max_compression_ratio: int = 200
+    max_memory: int | None = 512 * MB
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Limits":
@@ -61,6 +69,7 @@ class Limits:
             max_pages=config["MAX_PDF_PAGES"],
             max_uncompressed_size=config["MAX_UNCOMPRESSED_SIZE"],
             max_compression_ratio=config["MAX_COMPRESSION_RATIO"],
+            max_memory=config["MAX_DOCUMENT_MEMORY"] * MB,
         )
 
 
@@ -76,7 +85,7 @@ class _CharBudget:
         """Count ``text`` (already cleaned); ``where`` (e.g. ``" at page 12"``) says where
         extraction stopped. Raises :class:`DocumentTooLarge` ``too_many_chars`` past the limit."""
         for start in range(0, len(text), _COUNT_SLICE):
-            self.used += count_chars(text[start:start + _COUNT_SLICE])
+            self.used += _count_slice(text[start:start + _COUNT_SLICE])
             if self.used > self.limit:
                 stopped = f" (extraction stopped{where})" if where else ""
                 raise DocumentTooLarge(
@@ -124,7 +133,12 @@ def clean_text(text: str) -> str:
 
 
 def count_chars(text: str) -> int:
-    """Number of non-whitespace characters in ``text`` (whitespace as ``str.isspace`` and regex ``\\s`` define it)."""
+    """Number of non-whitespace characters in ``text`` (whitespace as ``str.isspace`` and regex ``\\s`` define it),
+    counted ``_COUNT_SLICE`` characters at a time (memory: one slice's words, whatever the length)."""
+    return sum(_count_slice(text[start:start + _COUNT_SLICE]) for start in range(0, len(text), _COUNT_SLICE))
+
+
+def _count_slice(text: str) -> int:
     return len("".join(text.split()))
 
 
@@ -142,7 +156,9 @@ def extract(
         content_type: a type from :mod:`webapp.core.filetypes` (decided from the bytes at upload).
         password: for encrypted PDFs; the empty password is always tried first.
         on_page: called as ``on_page(done, total)`` after each PDF page.
-        limits: bounds on pages, characters and unpacked size; the config's defaults when omitted.
+        limits: bounds on pages, characters, unpacked size and memory; the config's defaults when
+            omitted. With ``limits.max_memory`` (the default), a PDF, .docx or HTML document is
+            read in a child process that may take that many bytes more than this one.
 
     Returns:
         An :class:`Extraction`. A PDF whose pages carry images but no text yields no text and the
@@ -157,9 +173,28 @@ def extract(
             more than ``limits.max_chars`` non-whitespace characters have been extracted;
             ``decompression_bomb`` for a .docx whose zip directory declares more than
             ``limits.max_uncompressed_size`` bytes or an entry compressed more than
-            ``limits.max_compression_ratio`` to 1, before anything is unpacked.
+            ``limits.max_compression_ratio`` to 1, before anything is unpacked;
+            ``too_much_memory`` when reading the document needs more than ``limits.max_memory``
+            bytes (a parser that crashes on the file in its process gives ``damaged_file``).
+        RuntimeError: a bug in a reader running in its own process (its traceback in the message).
     """
     limits = limits or Limits()
+    if limits.max_memory is not None and content_type in _OWN_PROCESS:
+        from jobs.reader_process import read_in_own_process
+
+        return read_in_own_process(_extract_here, data, content_type, password, limits,
+                                   max_memory=limits.max_memory, what=_OWN_PROCESS[content_type], on_page=on_page)
+    return _extract_here(data, content_type, password, limits, on_page=on_page)
+
+
+# Formats read in a process of their own (as named in sentences): their parsers build objects
+# per element, text object or node, as many as the markup asks for, whatever the file's size.
+_OWN_PROCESS = {filetypes.PDF: "PDF", filetypes.DOCX: "Word document", filetypes.HTML: "HTML page"}
+
+
+def _extract_here(data: bytes, content_type: str, password: str | None, limits: Limits,
+                  on_page: Callable[[int, int], None] | None = None) -> Extraction:
+    """:func:`extract` in this process."""
     budget = _CharBudget(limits.max_chars)
     if content_type == filetypes.PDF:
         return _extract_pdf(data, password, on_page, limits, budget)
@@ -392,53 +427,22 @@ def _docx_text(data: bytes, limits: Limits, budget: _CharBudget) -> str:
     return "\n".join(parts)
 
 
-# Inline styles that hide an element from every reader: display:none, visibility:hidden (CSS is
-# case-insensitive and allows spaces around the colon; "!important" may follow).
-_HIDING_STYLE = re.compile(r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden)\s*(?:!\s*important\s*)?(?:;|$)",
-                           re.IGNORECASE)
-_NEVER_SHOWN = ["script", "style", "noscript", "template"]
-_BLANK_LINES = re.compile(r"\n{3,}")
-
-
-def _is_hidden(tag) -> bool:
-    """Whether an element is hidden from a reader by its own attributes: ``hidden``,
-    ``aria-hidden="true"`` or an inline ``display:none`` / ``visibility:hidden`` style."""
-    attrs = tag.attrs
-    if not attrs:
-        return False
-    if "hidden" in attrs:
-        return True
-    aria = attrs.get("aria-hidden")
-    if isinstance(aria, str) and aria.strip().lower() == "true":
-        return True
-    style = attrs.get("style")
-    return isinstance(style, str) and _HIDING_STYLE.search(style) is not None
-
-
 def _html_text(data: bytes, budget: _CharBudget) -> str:
-    """The text a reader of the page sees: without script, style, template and noscript elements,
-    without elements hidden by ``hidden``, ``aria-hidden="true"`` or an inline ``display:none`` /
-    ``visibility:hidden`` (so an inline-XBRL filing's ``ix:header`` is dropped), trailing spaces
-    stripped and runs of blank lines (navigation boilerplate) collapsed to one blank line.
-    Counts each string against ``budget`` as it is collected."""
-    import warnings
+    """The text a reader of the page sees (:func:`jobs.html_text.reader_text`), each string
+    counted against ``budget`` as it is found.
 
-    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+    Raises:
+        DocumentTooLarge: ``too_many_chars`` as soon as the strings pass ``budget``'s limit.
+        DocumentError: ``damaged_file`` when lxml refuses the page in every encoding tried.
+    """
+    from jobs.html_text import reader_text
 
-    with warnings.catch_warnings():
-        # XHTML (an <?xml ...?> declaration before <html>) is read as HTML on purpose: it is HTML.
-        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
-        soup = BeautifulSoup(data, "lxml")
-    for element in [*soup(_NEVER_SHOWN), *soup.find_all(_is_hidden)]:
-        if not element.decomposed:  # inside an element dropped before
-            element.decompose()
-    strings: list[str] = []
-    for string in soup.strings:  # what soup.get_text("\n") joins
+    def counted(string: str) -> str:
         string = clean_text(string)
         budget.add(string)
-        strings.append(string)
-    lines = [line.rstrip() for line in "\n".join(strings).split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
+        return string
+
+    return reader_text(data, counted)
 
 
 def _decode_text(data: bytes) -> str:

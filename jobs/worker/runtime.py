@@ -545,8 +545,8 @@ def describe_death(exitcode: int, overdue_limit: int | None = None) -> JobError:
 def prepare_worker_process(app: Flask) -> float:
     """Load and warm everything a job needs, once, in the worker command's process.
 
-    Imports the document job with its parsers (pypdfium2, python-docx, BeautifulSoup + lxml,
-    charset-normalizer), the chunker and the configured embedder, runs each once on a tiny
+    Imports the document job with its parsers (pypdfium2, python-docx, lxml with BeautifulSoup's
+    encoding detection, charset-normalizer), the chunker and the configured embedder, runs each once on a tiny
     sample made here (so their lazy imports and caches are filled too), then moves every object
     into the garbage collector's permanent generation (``gc.freeze()``), so that collections in
     the forked worker processes do not touch — and copy — the pages they share with this one.
@@ -568,7 +568,7 @@ def prepare_worker_process(app: Flask) -> float:
     import jobs.orphans_job  # noqa: F401
     from jobs.chunking import chunk_pages
     from jobs.document_errors import DocumentError
-    from jobs.extract import extract
+    from jobs.extract import Limits, extract
     from webapp.core import filetypes
     from webapp.core.embeddings import embedder_from_config, embedder_kind
 
@@ -576,7 +576,9 @@ def prepare_worker_process(app: Flask) -> float:
     texts = []
     for content_type, data in _samples().items():
         try:
-            extraction = extract(data, content_type)
+            # In this process (no memory limit, so no reader process): the lazy imports and caches
+            # filled here are the ones every reader process forked from a worker process inherits.
+            extraction = extract(data, content_type, limits=Limits(max_memory=None))
         except DocumentError:  # the sample PDF is a blank page: "no readable text"
             continue
         texts.extend(chunk.text for chunk in chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"]))

@@ -159,12 +159,13 @@ def test_each_limit_fails_its_job_with_a_sentence_and_code(app, client, run_work
 
 
 def refusal_and_peak(data: bytes, error: type[DocumentError]) -> tuple[DocumentError, int]:
-    """Extract ``data`` as a .docx, which must raise ``error``; return it and the peak bytes
-    Python allocated meanwhile (tracemalloc)."""
+    """Extract ``data`` as a .docx in this process (no reader process: ``max_memory=None``),
+    which must raise ``error``; return it and the peak bytes Python allocated meanwhile
+    (tracemalloc)."""
     tracemalloc.start()
     try:
         with pytest.raises(error) as refused:
-            extract(data, filetypes.DOCX)
+            extract(data, filetypes.DOCX, limits=Limits(max_memory=None))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

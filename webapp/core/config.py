@@ -193,6 +193,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # uncompressed to compressed size, checked from the zip directory before anything is expanded.
         "MAX_UNCOMPRESSED_SIZE": _int(env, "MAX_UNCOMPRESSED_SIZE", 200 * MB),
         "MAX_COMPRESSION_RATIO": _int(env, "MAX_COMPRESSION_RATIO", 200),
+        # Megabytes of memory reading one PDF, .docx or HTML document may take: its reader runs in
+        # a process of its own, forked from the worker process, whose address space may grow by
+        # this much (jobs/reader_process.py); a few KB of PDF can ask PDFium for gigabytes.
+        "MAX_DOCUMENT_MEMORY": _int(env, "MAX_DOCUMENT_MEMORY", 512),
         # Worker processes `flask rq worker` runs: one per core, as document jobs are CPU-bound;
         # two per core with remote embeddings, where each job also waits on the network.
         "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY",
@@ -320,7 +324,7 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     if not 1 <= config["REPORT_URL_EXPIRY"] <= 7 * 24 * 3600:
         raise ValueError("REPORT_URL_EXPIRY must be between 1 and 604800 seconds (7 days, SigV4's limit)")
     for name in ("MAX_DOCUMENT_CHARS", "MAX_DOCUMENT_CHUNKS", "MAX_PDF_PAGES", "MAX_UNCOMPRESSED_SIZE",
-                 "MAX_COMPRESSION_RATIO"):
+                 "MAX_COMPRESSION_RATIO", "MAX_DOCUMENT_MEMORY"):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1")
     if config["WORKER_CONCURRENCY"] < 1:

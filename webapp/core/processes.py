@@ -9,6 +9,9 @@ import signal
 import sys
 
 _PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal the kernel sends when the parent dies
+# libc, opened once at import: die_with_parent runs in freshly forked children of threaded
+# processes, where a dlopen() could wait forever on a lock another thread held at the fork.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def die_with_parent(signum: int = signal.SIGTERM, parent_pid: int | None = None) -> None:
@@ -27,7 +30,7 @@ def die_with_parent(signum: int = signal.SIGTERM, parent_pid: int | None = None)
     if not sys.platform.startswith("linux"):
         return
     parent = parent_pid if parent_pid is not None else os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signum)
     if os.getppid() != parent:  # the parent died before the call took effect
         os.kill(os.getpid(), signum)
 
