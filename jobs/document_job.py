@@ -10,6 +10,7 @@ first run's chunks in one transaction, leaving exactly one set.
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any, Mapping
 
@@ -20,15 +21,16 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from jobs.chunking import chunk_pages
-from jobs.document_errors import JobError
+from jobs.document_errors import DocumentError, JobError
 from jobs.extract import Limits, extract
 from jobs.tracking import NOT_RUNNING, JobTracker
-from webapp.core import metrics
+from webapp.core import filetypes, metrics
 from webapp.core.db import connection
 from webapp.core.encryption import DecryptionError, decrypt_secret
-from webapp.core.embeddings import EmbeddingError, embedder_from_config, to_blob
+from webapp.core.embeddings import EmbeddingError, embedder_from_config, embedder_kind, to_blob
 from webapp.core.logs import begin_stage, end_stage
 from webapp.core.models import Chunk, Document
+from webapp.core.protocol.kinds import get_kind
 from webapp.core.vector_index import ensure_vector_index, store_vectors
 from webapp.core.storage import StorageError, storage_from_config
 
@@ -98,7 +100,7 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
             # transient (webapp.core.protocol.states.describe_failure) and RQ retries the job.
             raise
         except JobTimeoutException as exc:
-            limit = getattr(tracker.rq_job, "timeout", None) or config["DOCUMENT_JOB_TIMEOUT"]
+            limit = getattr(tracker.rq_job, "timeout", None) or get_kind("document").time_limit(config)
             raise JobError(f"processing took longer than the {limit} s limit "
                            f"(stopped during {tracker.stage or 'start-up'})", code="timeout") from exc
         except Exception as exc:
@@ -207,3 +209,54 @@ def _password(document: Document, config: Mapping[str, Any]) -> str | None:
         return decrypt_secret(config, document.password)
     except DecryptionError as exc:
         raise JobError(f"{exc}; upload the file again with its password", code="password_unreadable") from None
+
+def warm_up(app) -> None:
+    """The document kind's ``warm_up`` (run by the worker command before it forks): every parser
+    (pypdfium2, python-docx, lxml, charset-normalizer), the chunker and the configured embedder run
+    once on a tiny document of each type made here in memory, so their lazy imports and caches
+    are filled in the process the worker processes are forked from. Opens no socket and no
+    database connection (an OpenAI embedder is built, never called).
+
+    Args:
+        app: the Flask app whose configuration selects the embedder and chunk sizes.
+    """
+    config = app.config
+    texts = []
+    for content_type, data in _samples().items():
+        try:
+            # In this process (no memory limit, so no reader process): the lazy imports and caches
+            # filled here are the ones every reader process forked from a worker process inherits.
+            extraction = extract(data, content_type, limits=Limits(max_memory=None))
+        except DocumentError:  # the sample PDF is a blank page: "no readable text"
+            continue
+        texts.extend(chunk.text for chunk in chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"]))
+    embedder = embedder_from_config(config)
+    if embedder_kind(config) != "openai":  # embedding with OpenAI would send a request
+        embedder.embed(texts)
+    filetypes.detect_content_type(b"warm-up text", "warm-up.txt")
+    log.info("document job warmed up (parsers, chunker, %s)", embedder.name)
+
+
+def _samples() -> dict[str, bytes]:
+    """A tiny document of every supported type, made in memory with the parsers' own libraries."""
+    import docx
+    import pypdfium2 as pdfium
+
+    from webapp.core import filetypes
+
+    pdf = pdfium.PdfDocument.new()
+    pdf.new_page(200, 200)
+    pdf_bytes = io.BytesIO()
+    pdf.save(pdf_bytes)
+    pdf.close()
+    word = docx.Document()
+    word.add_paragraph("Docket warms up its Word parser.")
+    word.add_table(rows=1, cols=2).rows[0].cells[0].text = "cell"
+    word_bytes = io.BytesIO()
+    word.save(word_bytes)
+    return {
+        filetypes.PDF: pdf_bytes.getvalue(),
+        filetypes.DOCX: word_bytes.getvalue(),
+        filetypes.HTML: b"<!doctype html><html><body><p>Docket warms up its HTML parser.</p></body></html>",
+        filetypes.TEXT: "Docket warms up its text decoder. Ünïcödé.".encode(),
+    }

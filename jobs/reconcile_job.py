@@ -349,7 +349,7 @@ def _live_workers(redis: Redis, names: set[str]) -> set[str]:
 
 def _stuck(row: Job, config: dict[str, Any], now) -> bool:
     try:
-        limit = get_kind(row.kind).timeout(config)
+        limit = get_kind(row.kind).time_limit(config)
     except UnknownJobKind:
         return False
     last = row.updated_at or row.started_at or row.created_at

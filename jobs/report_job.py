@@ -224,3 +224,16 @@ def _owned_by(query, model, params: Mapping[str, Any]):
     """``query`` limited to ``params["owner"]``'s rows of ``model``; unchanged when the report
     covers every owner (an admin's request or a system schedule's)."""
     return query.where(model.owner == params["owner"]) if params.get("owner") else query
+
+
+def needed_by_report(job: Job) -> tuple[set[str], set[str]]:
+    """The report kind's ``keeps`` hook: a report job that has not ended needs the documents its
+    report lists (``document_ids``); retention keeps them. ``job``: the row (``id``, ``params``).
+
+    Returns:
+        ``(job ids, document ids)``: no jobs; the report's documents.
+    """
+    documents: set[str] = set()
+    for report in Report.select(Report.params).where(Report.job_id == job.id):
+        documents.update((report.params or {}).get("document_ids") or [])
+    return set(), documents

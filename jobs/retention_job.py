@@ -38,6 +38,7 @@ from peewee import JOIN, fn
 from jobs.document_errors import JobError
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core.db import connection
+from webapp.core.protocol.kinds import JOB_KINDS, hook
 from webapp.core.models import TERMINAL_STATUSES, Batch, Chunk, Document, Job, Report, isoformat, utcnow
 from webapp.core.storage import Storage, StorageError, storage_from_config
 
@@ -218,21 +219,19 @@ class Retention:
 
 
 def needed_by_live_jobs() -> tuple[set[str], set[str]]:
-    """What jobs that have not ended need besides their own rows: ``(job ids, document ids)`` —
-    the jobs a webhook still to be delivered reports, the documents a documents report still to
-    be built lists. (A document job's document and a report job's report are kept by the
-    retention queries themselves.)"""
+    """What jobs that have not ended need besides their own rows: ``(job ids, document ids)``, as
+    each kind's ``keeps`` hook says (the job a webhook still to be delivered reports, the
+    documents a documents report still to be built lists). A document job's document and a
+    report job's report are kept by the retention queries themselves."""
+    keepers = {name: hook(kind.keeps) for name, kind in JOB_KINDS.items() if kind.keeps}
     job_ids: set[str] = set()
-    report_jobs: list[str] = []
-    live = Job.select(Job.id, Job.kind, Job.params).where(Job.status.not_in(tuple(TERMINAL_STATUSES)),
-                                                           Job.kind.in_(("webhook", "report")))
-    for job in live:
-        if job.kind == "webhook" and (job.params or {}).get("job_id"):
-            job_ids.add(job.params["job_id"])
-        elif job.kind == "report":
-            report_jobs.append(job.id)
     document_ids: set[str] = set()
-    if report_jobs:
-        for report in Report.select(Report.params).where(Report.job_id.in_(report_jobs)):
-            document_ids.update((report.params or {}).get("document_ids") or [])
+    if not keepers:
+        return job_ids, document_ids
+    live = Job.select(Job.id, Job.kind, Job.params).where(Job.status.not_in(tuple(TERMINAL_STATUSES)),
+                                                           Job.kind.in_(tuple(keepers)))
+    for job in live:
+        jobs, documents = keepers[job.kind](job)
+        job_ids.update(jobs)
+        document_ids.update(documents)
     return job_ids, document_ids

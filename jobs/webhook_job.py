@@ -96,3 +96,14 @@ def _record(job_id: str, attempts: int, status: str, http_status: int | None, er
     with connection():
         Job.update(webhook={"status": status, "attempts": attempts, "http_status": http_status, "error": error,
                             "at": isoformat(utcnow())}).where(Job.id == job_id).execute()
+
+
+def needed_by_delivery(job: Job) -> tuple[set[str], set[str]]:
+    """The webhook kind's ``keeps`` hook: a delivery that has not ended needs the row of the job
+    it reports (``params["job_id"]``); retention keeps it. ``job``: the row (``id``, ``params``).
+
+    Returns:
+        ``(job ids, document ids)``: the reported job; no documents.
+    """
+    reported = (job.params or {}).get("job_id")
+    return ({reported} if reported else set()), set()

@@ -31,6 +31,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(load_config(app.instance_path))
     if test_config:
         app.config.update(test_config)
+    from webapp.core.protocol.kinds import load_kind_modules
+
+    load_kind_modules(app.config["JOB_KIND_MODULES"])  # kinds declared outside the core (JOB_KIND_MODULES)
     app.config["WEBHOOK_SECRET"] = app.config.get("WEBHOOK_SECRET") or app.config["SECRET_KEY"]
     os.makedirs(app.instance_path, exist_ok=True)
     if app.config["TRUSTED_PROXY_COUNT"]:

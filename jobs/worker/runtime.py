@@ -38,7 +38,7 @@
 from __future__ import annotations
 
 import gc
-import io
+import importlib
 from multiprocessing.context import ForkProcess
 import logging
 import multiprocessing
@@ -545,9 +545,9 @@ def describe_death(exitcode: int, overdue_limit: int | None = None) -> JobError:
 def prepare_worker_process(app: Flask) -> float:
     """Load and warm everything a job needs, once, in the worker command's process.
 
-    Imports the document job with its parsers (pypdfium2, python-docx, lxml with BeautifulSoup's
-    encoding detection, charset-normalizer), the chunker and the configured embedder, runs each once on a tiny
-    sample made here (so their lazy imports and caches are filled too), then moves every object
+    Imports the module of every declared kind's function (:data:`webapp.core.protocol.kinds.JOB_KINDS`)
+    and runs each kind's ``warm_up`` (the document kind's runs its parsers, chunker and embedder
+    on tiny samples, so their lazy imports and caches are filled too), then moves every object
     into the garbage collector's permanent generation (``gc.freeze()``), so that collections in
     the forked worker processes do not touch — and copy — the pages they share with this one.
 
@@ -559,60 +559,19 @@ def prepare_worker_process(app: Flask) -> float:
     Returns:
         Seconds it took.
     """
-    started = time.perf_counter()
-    import jobs.document_job  # noqa: F401  (the job modules)
-    import jobs.report_job  # noqa: F401
-    import jobs.webhook_job  # noqa: F401
-    import jobs.reconcile_job  # noqa: F401
-    import jobs.retention_job  # noqa: F401
-    import jobs.orphans_job  # noqa: F401
-    from jobs.chunking import chunk_pages
-    from jobs.document_errors import DocumentError
-    from jobs.extract import Limits, extract
-    from webapp.core import filetypes
-    from webapp.core.embeddings import embedder_from_config, embedder_kind
+    from webapp.core.protocol.kinds import JOB_KINDS, hook
 
-    config = app.config
-    texts = []
-    for content_type, data in _samples().items():
-        try:
-            # In this process (no memory limit, so no reader process): the lazy imports and caches
-            # filled here are the ones every reader process forked from a worker process inherits.
-            extraction = extract(data, content_type, limits=Limits(max_memory=None))
-        except DocumentError:  # the sample PDF is a blank page: "no readable text"
-            continue
-        texts.extend(chunk.text for chunk in chunk_pages(extraction.pages, config["CHUNK_SIZE"], config["CHUNK_OVERLAP"]))
-    embedder = embedder_from_config(config)
-    if embedder_kind(config) != "openai":  # embedding with OpenAI would send a request
-        embedder.embed(texts)
-    filetypes.detect_content_type(b"warm-up text", "warm-up.txt")
+    started = time.perf_counter()
+    for kind in JOB_KINDS.values():
+        importlib.import_module(kind.function.rpartition(".")[0])
+    warmed = []
+    for kind in JOB_KINDS.values():
+        if kind.warm_up:
+            hook(kind.warm_up)(app)
+            warmed.append(kind.name)
     gc.collect()
     gc.freeze()
     elapsed = time.perf_counter() - started
-    log.info("worker process prepared in %.2f s (parsers, chunker, %s)", elapsed, embedder.name)
+    log.info("worker process prepared in %.2f s (%d kinds; warmed up: %s)", elapsed, len(JOB_KINDS),
+             ", ".join(warmed) or "none")
     return elapsed
-
-
-def _samples() -> dict[str, bytes]:
-    """A tiny document of every supported type, made in memory with the parsers' own libraries."""
-    import docx
-    import pypdfium2 as pdfium
-
-    from webapp.core import filetypes
-
-    pdf = pdfium.PdfDocument.new()
-    pdf.new_page(200, 200)
-    pdf_bytes = io.BytesIO()
-    pdf.save(pdf_bytes)
-    pdf.close()
-    word = docx.Document()
-    word.add_paragraph("Docket warms up its Word parser.")
-    word.add_table(rows=1, cols=2).rows[0].cells[0].text = "cell"
-    word_bytes = io.BytesIO()
-    word.save(word_bytes)
-    return {
-        filetypes.PDF: pdf_bytes.getvalue(),
-        filetypes.DOCX: word_bytes.getvalue(),
-        filetypes.HTML: b"<!doctype html><html><body><p>Docket warms up its HTML parser.</p></body></html>",
-        filetypes.TEXT: "Docket warms up its text decoder. Ünïcödé.".encode(),
-    }

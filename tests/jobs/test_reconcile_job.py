@@ -21,6 +21,7 @@ from tests.local_services import slow_worker_env
 from tests.jobs.test_recovery import _chunks, _started_in_embed
 from webapp.core.db import connection
 from webapp.core.protocol.errors import WorkerProcessDied
+from webapp.core.protocol.kinds import get_kind
 from webapp.core.protocol.states import mark_started, on_job_failure, on_job_stopped
 from webapp.core.protocol.launch import launch
 from webapp.core.models import Job, utcnow
@@ -265,7 +266,7 @@ def test_a_started_job_whose_worker_is_gone_is_run_again(app, client, redis):
 def test_a_started_job_stuck_past_its_time_limit_is_run_again(app, client, redis):
     job_id = _upload(client)
     worker, _ = _start_in_worker(app, redis, job_id, name="stuck-worker")
-    limit = app.config["DOCUMENT_JOB_TIMEOUT"] + app.config["STUCK_JOB_MARGIN"]
+    limit = get_kind("document").time_limit(app.config) + app.config["STUCK_JOB_MARGIN"]
     _set_row(app, job_id, updated_at=utcnow() - timedelta(seconds=limit + 5))  # no progress since
     assert redis.exists(worker.key)  # its worker still answers
 
@@ -280,7 +281,7 @@ def test_a_started_job_stuck_past_its_time_limit_is_run_again(app, client, redis
 def test_a_stuck_job_whose_worker_obeys_the_stop_at_once_is_still_run_again(app, client, redis, monkeypatch):
     job_id = _upload(client)
     _start_in_worker(app, redis, job_id, name="stuck-worker")
-    limit = app.config["DOCUMENT_JOB_TIMEOUT"] + app.config["STUCK_JOB_MARGIN"]
+    limit = get_kind("document").time_limit(app.config) + app.config["STUCK_JOB_MARGIN"]
     _set_row(app, job_id, updated_at=utcnow() - timedelta(seconds=limit + 5))
     stops = []
 
@@ -305,7 +306,7 @@ def test_a_stuck_job_whose_worker_obeys_the_stop_at_once_is_still_run_again(app,
 def test_a_stuck_job_out_of_runs_fails_even_if_its_worker_obeys_the_stop_at_once(app, client, redis, monkeypatch):
     job_id = _upload(client)
     _start_in_worker(app, redis, job_id, name="stuck-worker")
-    limit = app.config["DOCUMENT_JOB_TIMEOUT"] + app.config["STUCK_JOB_MARGIN"]
+    limit = get_kind("document").time_limit(app.config) + app.config["STUCK_JOB_MARGIN"]
     _set_row(app, job_id, updated_at=utcnow() - timedelta(seconds=limit + 5), attempts=DOCUMENT_RUNS)
     monkeypatch.setattr("jobs.reconcile_job.send_stop_job_command", lambda connection_, stopped_id, serializer=None:
                         on_job_stopped(RQJob.fetch(stopped_id, connection=connection_), connection_))
@@ -320,7 +321,7 @@ def test_a_stuck_job_out_of_runs_fails_even_if_its_worker_obeys_the_stop_at_once
 def test_a_started_job_that_made_progress_recently_is_not_stuck(app, client, redis):
     job_id = _upload(client)
     _start_in_worker(app, redis, job_id)
-    limit = app.config["DOCUMENT_JOB_TIMEOUT"] + app.config["STUCK_JOB_MARGIN"]
+    limit = get_kind("document").time_limit(app.config) + app.config["STUCK_JOB_MARGIN"]
     _set_row(app, job_id, updated_at=utcnow() - timedelta(seconds=limit - 30))
 
     result = _reconcile(app, redis)
@@ -390,7 +391,7 @@ def test_a_second_pass_finds_nothing_to_do(app, client, redis):
     _rq(redis, lost).delete()
     _rq(redis, canceled).cancel()
     _start_in_worker(app, redis, stuck, name="stuck-worker")
-    limit = app.config["DOCUMENT_JOB_TIMEOUT"] + app.config["STUCK_JOB_MARGIN"]
+    limit = get_kind("document").time_limit(app.config) + app.config["STUCK_JOB_MARGIN"]
     _set_row(app, stuck, updated_at=utcnow() - timedelta(seconds=limit + 5))
     worker, _ = _start_in_worker(app, redis, dead, name="dead-worker")
     redis.delete(worker.key)

@@ -7,6 +7,7 @@ configuration table lists them. Nothing here opens a connection.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -209,13 +210,9 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "WORKER_MAX_MEMORY": _int(env, "WORKER_MAX_MEMORY", 512),
         # Seconds past a job's timeout before the pool kills a process stuck in native code.
         "JOB_KILL_GRACE": _int(env, "JOB_KILL_GRACE", 60),
-        # Seconds a document job may run before RQ stops it (JobTimeoutException).
-        "DOCUMENT_JOB_TIMEOUT": _int(env, "DOCUMENT_JOB_TIMEOUT", 600),
-        # Seconds a report job may run; seconds a webhook delivery job may run.
-        "REPORT_JOB_TIMEOUT": _int(env, "REPORT_JOB_TIMEOUT", 300),
-        "WEBHOOK_JOB_TIMEOUT": _int(env, "WEBHOOK_JOB_TIMEOUT", 60),
-        # Seconds a maintenance job (reconcile, retention, orphans) may run.
-        "MAINTENANCE_JOB_TIMEOUT": _int(env, "MAINTENANCE_JOB_TIMEOUT", 300),
+        # Seconds the maintenance jobs (reconcile, retention, orphans) may run, unless their own
+        # <NAME>_JOB_TIMEOUT says otherwise (each kind's declaration has its default).
+        "MAINTENANCE_JOB_TIMEOUT": _optional_int(env, "MAINTENANCE_JOB_TIMEOUT"),
         # Key of the webhooks' HMAC-SHA256 signature (X-Docket-Signature); SECRET_KEY when unset.
         # (None here: create_app fills in the final SECRET_KEY, also one given by test_config.)
         "WEBHOOK_SECRET": env.get("WEBHOOK_SECRET") or None,
@@ -224,12 +221,12 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "WEBHOOK_ALLOW_PRIVATE": _bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
         # Seconds one webhook POST may take (connect + answer) before it counts as failed.
         "WEBHOOK_TIMEOUT": _int(env, "WEBHOOK_TIMEOUT", 10),
-        # Automatic retries of transient failures per job kind (default: the registry's,
-        # webapp/core/protocol/kinds.py), and a cap in seconds on every retry delay.
-        "DOCUMENT_JOB_RETRIES": _optional_int(env, "DOCUMENT_JOB_RETRIES"),
-        "REPORT_JOB_RETRIES": _optional_int(env, "REPORT_JOB_RETRIES"),
-        "WEBHOOK_JOB_RETRIES": _optional_int(env, "WEBHOOK_JOB_RETRIES"),
+        # A cap in seconds on every automatic retry's delay. (Each kind's time limit and retries
+        # are <NAME>_JOB_TIMEOUT and <NAME>_JOB_RETRIES, read below for any kind.)
         "RETRY_MAX_DELAY": _optional_int(env, "RETRY_MAX_DELAY"),
+        # Modules that declare more job kinds (comma-separated), imported by create_app in every
+        # process (webapp/core/protocol/kinds.py).
+        "JOB_KIND_MODULES": tuple(name.strip() for name in env.get("JOB_KIND_MODULES", "").split(",") if name.strip()),
         # Seconds RQ keeps a finished / failed job in Redis; the database row stays.
         "JOB_RESULT_TTL": _int(env, "JOB_RESULT_TTL", 24 * 3600),
         "JOB_FAILURE_TTL": _int(env, "JOB_FAILURE_TTL", 7 * 24 * 3600),
@@ -300,6 +297,7 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # process, summed by GET /metrics); the run command empties it at start.
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or str(instance / "prometheus"),
     }
+    config.update(_kind_settings(env))  # <NAME>_JOB_TIMEOUT / <NAME>_JOB_RETRIES of any kind
     # A chunk of N characters is at most 4*N UTF-8 bytes, and a byte-level BPE token covers at
     # least one byte, so 2048 characters stay under OpenAI's 8192-token per-input limit.
     if not 100 <= config["CHUNK_SIZE"] <= 2048:
@@ -346,13 +344,40 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError(f"LOG_FORMAT must be json or text, got {config['LOG_FORMAT']!r}")
     if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:
         raise ValueError("CHUNK_OVERLAP must be at least 0 and less than half of CHUNK_SIZE")
+    if config["MAINTENANCE_JOB_TIMEOUT"] is not None and config["MAINTENANCE_JOB_TIMEOUT"] < 1:
+        raise ValueError("MAINTENANCE_JOB_TIMEOUT must be at least 1")
     _check_rate_limits(config)
     return config
 
 
+_KIND_SETTING = re.compile(r"^[A-Z][A-Z0-9_]*_JOB_(TIMEOUT|RETRIES)$")
+
+
+def _kind_settings(env: Mapping[str, str]) -> dict[str, int]:
+    """Every ``<NAME>_JOB_TIMEOUT`` (seconds, at least 1) and ``<NAME>_JOB_RETRIES`` (at least 0)
+    set in ``env``, for any job kind (webapp/core/protocol/kinds.py reads them by the kind's name).
+
+    Raises:
+        ValueError: a value is not a whole number, or out of range.
+    """
+    settings: dict[str, int] = {}
+    for name in env:
+        match = _KIND_SETTING.match(name)
+        if not match or name == "MAINTENANCE_JOB_TIMEOUT" or (env[name] or "").strip() == "":
+            continue
+        value = _int(env, name, 0)
+        if value < (1 if match.group(1) == "TIMEOUT" else 0):
+            raise ValueError(f"{name} must be at least {1 if match.group(1) == 'TIMEOUT' else 0}")
+        settings[name] = value
+    return settings
+
+
 def _check_rate_limits(config: dict[str, Any]) -> None:
-    """Validate the rate-limit settings; ``JOB_RATE_LIMITS`` becomes ``{kind: RateLimit}``."""
-    from webapp.core.protocol.kinds import JOB_KINDS
+    """Validate the rate-limit settings; ``JOB_RATE_LIMITS`` becomes ``{kind: RateLimit}`` (the
+    kinds of ``JOB_KIND_MODULES`` are declared first, so their limits can be set too)."""
+    from webapp.core.protocol.kinds import JOB_KINDS, load_kind_modules
+
+    load_kind_modules(config["JOB_KIND_MODULES"])
     from webapp.core.workflows.rate_limits import parse_job_rate_limits
 
     if config["OPENAI_REQUESTS_PER_MINUTE"] < 0:

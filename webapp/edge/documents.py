@@ -387,7 +387,7 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         done += 100 if status in TERMINAL else (job.progress if job else 0)
     ended = sum(count for status, count in totals.items() if status in TERMINAL)
     report = (Report.select(Report.id, Job.status.alias("job_status")).join(Job, on=(Job.id == Report.job_id))
-              .where(Job.batch_id == batch.id, Job.kind == "report").dicts().first())
+              .where(Job.batch_id == batch.id).dicts().first())
     return {
         "id": batch.id,
         "size": batch.size,

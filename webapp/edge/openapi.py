@@ -23,16 +23,41 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from webapp.core.protocol.kinds import JOB_KINDS
+
 DOCUMENT_PATH = Path(__file__).with_name("openapi.json")
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
 
 
+KIND_DESCRIPTION = "The job's kind: one of the kinds in x-job-kinds (the list is filled in from the declarations when served)."
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document, read from :data:`DOCUMENT_PATH` once per process (it ships with the code)."""
+    """The OpenAPI document, read from :data:`DOCUMENT_PATH` once per process (it ships with the
+    code), with the job kinds filled in from their declarations
+    (:data:`webapp.core.protocol.kinds.JOB_KINDS`): ``x-job-kinds`` maps each name to its
+    description, and each ``kind`` field's description lists the names."""
     with open(DOCUMENT_PATH, encoding="utf-8") as fh:
-        return json.load(fh)
+        document = json.load(fh)
+    kinds = {name: kind.description for name, kind in JOB_KINDS.items()}
+    document["x-job-kinds"] = kinds
+    listed = f"The job's kind: {', '.join(kinds)} (x-job-kinds describes each)."
+    _replace_description(document, KIND_DESCRIPTION, listed)
+    return document
+
+
+def _replace_description(node: Any, old: str, new: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and value == old:
+                node[key] = new
+            else:
+                _replace_description(value, old, new)
+    elif isinstance(node, list):
+        for value in node:
+            _replace_description(value, old, new)
 
 
 @bp.get("/openapi.json")

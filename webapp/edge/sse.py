@@ -53,6 +53,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from webapp.edge.auth import get_visible_or_404, visible_job
+from webapp.core.protocol.kinds import batch_member_kinds
 from webapp.core.db import connection, db
 from webapp.edge.errors import ApiError
 from webapp.core.protocol.events import CHANNEL_PREFIX, EVENT_COLUMNS, batch_channel, job_channel, job_event
@@ -107,7 +108,7 @@ def batch_state(batch_id: str) -> dict[str, Any]:
     the count of jobs per status, the mean progress (0–100 %, a terminal job counting 100) and
     whether every job is terminal. Needs a database connection."""
     rows = list(Job.select(*[getattr(Job, name) for name in EVENT_COLUMNS])
-                .where(Job.batch_id == batch_id, Job.kind == "document").order_by(Job.created_at, Job.id).dicts())
+                .where(Job.batch_id == batch_id, Job.kind.in_(batch_member_kinds())).order_by(Job.created_at, Job.id).dicts())
     jobs = [job_event(row) for row in rows]
     totals: dict[str, int] = {}
     for job in jobs:

@@ -28,6 +28,7 @@ import json
 import logging
 from typing import Any, Mapping
 
+from webapp.core.protocol.kinds import batch_member_kinds
 from webapp.core.models import TERMINAL_STATUSES, isoformat
 from webapp.core.queues import rq
 
@@ -97,7 +98,7 @@ def publish(row: Mapping[str, Any]) -> None:
         message = json.dumps(event, separators=(",", ":"))
         pipeline = rq.connection.pipeline(transaction=False)
         pipeline.publish(job_channel(event["id"]), message)
-        if event["batch_id"] and event["kind"] == "document":  # a batch is its documents (not its report)
+        if event["batch_id"] and event["kind"] in batch_member_kinds():  # a batch is its documents (not its report)
             pipeline.publish(batch_channel(event["batch_id"]), message)
         pipeline.execute()
     except Exception as exc:

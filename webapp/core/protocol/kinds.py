@@ -1,24 +1,34 @@
-"""The registry of job kinds: what runs, on which queue, for how long, and how it is retried.
+"""The job kinds: one declaration each says everything about a kind of job.
 
-Adding a kind of job is one entry here plus its function in ``jobs/`` (named by dotted path,
-so the web process never imports the job path). Every producer then uses the same
-:func:`webapp.core.protocol.launch.launch`, and rows, callbacks, cancel, retry and the API work unchanged.
+A :class:`JobKind` names its function (by dotted path, so the web process never imports the job
+path), its queue, its default time limit, its retry policy, its description for the API
+documents, and the hooks that replace ``kind == "…"`` checks elsewhere: what the worker loads
+before it forks (``warm_up``), whether it counts in its batch's progress (``batch_member``),
+and what a run not yet ended needs kept (``keeps``). Settings follow from the name:
+``<NAME>_JOB_TIMEOUT`` and ``<NAME>_JOB_RETRIES`` override the declaration's time limit and
+retries when set (:func:`webapp.core.config.load_config` reads them for any kind).
 
-Example, the report kind::
+Adding a kind is one declaration plus its function::
 
-    "report": JobKind(
-        name="report", function="jobs.report_job.build_report", queue="high",
-        timeout_setting="REPORT_JOB_TIMEOUT", retry=RetryPolicy(max_retries=2, base_delay=5, max_delay=60),
-    )
+    register(JobKind(
+        name="thumbnail", function="jobs.thumbnail_job.make_thumbnail", queue="default",
+        timeout=120, retry=RetryPolicy(max_retries=2, base_delay=5, max_delay=60),
+        description="Render the first page of a document as a PNG.",
+    ))
 
-``function`` is called with the row's ``params`` as keyword arguments (JSON values only).
+in a module of the core (the built-in kinds are below) or one named by ``JOB_KIND_MODULES``
+(imported by ``create_app`` in every process: web, worker, scheduler). Every producer then uses
+:func:`webapp.core.protocol.launch.launch`, and rows, callbacks, cancel, retry, reconcile,
+metrics, ``/api/queues`` and the dashboard work unchanged. ``function`` is called with the row's
+``params`` as keyword arguments (JSON values only).
 """
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -55,14 +65,25 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class JobKind:
-    """One kind of job.
+    """One kind of job, declared once.
 
     Attributes:
-        name: the row's ``kind``.
+        name: the row's ``kind`` (lower case, letters, digits and ``_``).
         function: dotted path of the job function, called with the row's ``params``.
         queue: ``high`` or ``default``.
-        timeout_setting: config key holding the time limit in seconds (RQ's ``job_timeout``).
-        retry: automatic retries of transient failures.
+        timeout: seconds the job may run (RQ's ``job_timeout``) unless ``<NAME>_JOB_TIMEOUT``
+            (or ``timeout_setting``) says otherwise.
+        retry: automatic retries of transient failures; ``<NAME>_JOB_RETRIES`` overrides the count.
+        description: one sentence for the API documents (the ``kind`` values of the OpenAPI document).
+        timeout_setting: an older shared setting that also sets the time limit (the maintenance
+            kinds' ``MAINTENANCE_JOB_TIMEOUT``), below ``<NAME>_JOB_TIMEOUT``.
+        warm_up: dotted path of ``warm_up(app) -> None``, run once by the worker command before it
+            forks its processes (after importing every kind's function); heavy, fork-safe state
+            only (parsers, models), never a socket or a database connection.
+        batch_member: a job of this kind counts in its batch's totals and progress (the
+            documents of an upload; not the batch's report).
+        keeps: dotted path of ``keeps(params) -> (job ids, document ids)``: what a run of this
+            kind that has not ended needs, so that retention keeps it.
         result_ttl_setting / failure_ttl_setting: config keys for how long RQ keeps the job's
             record after it finished / failed (seconds); the row stays regardless.
     """
@@ -70,19 +91,33 @@ class JobKind:
     name: str
     function: str
     queue: str
-    timeout_setting: str
+    timeout: int
     retry: RetryPolicy = RetryPolicy()
+    description: str = ""
+    timeout_setting: str | None = None
+    warm_up: str | None = None
+    batch_member: bool = False
+    keeps: str | None = None
     result_ttl_setting: str = "JOB_RESULT_TTL"
     failure_ttl_setting: str = "JOB_FAILURE_TTL"
 
-    def timeout(self, config: Mapping[str, Any]) -> int:
-        """The time limit in seconds from ``config``."""
-        return int(config[self.timeout_setting])
+    @property
+    def setting_prefix(self) -> str:
+        """``DOCUMENT`` for ``document``: the prefix of the kind's own settings."""
+        return self.name.upper()
+
+    def time_limit(self, config: Mapping[str, Any]) -> int:
+        """Seconds the job may run: ``<NAME>_JOB_TIMEOUT``, else ``timeout_setting``, else the
+        declaration's ``timeout``."""
+        for key in (f"{self.setting_prefix}_JOB_TIMEOUT", self.timeout_setting):
+            if key and config.get(key) is not None:
+                return int(config[key])
+        return int(self.timeout)
 
     def retry_policy(self, config: Mapping[str, Any]) -> RetryPolicy:
-        """The registry's retry policy, with the operator's overrides from ``config``:
-        ``<KIND>_JOB_RETRIES`` (e.g. ``DOCUMENT_JOB_RETRIES``) and ``RETRY_MAX_DELAY`` (seconds)."""
-        retries = config.get(f"{self.name.upper()}_JOB_RETRIES")
+        """The declared retry policy, with the operator's overrides from ``config``:
+        ``<NAME>_JOB_RETRIES`` (e.g. ``DOCUMENT_JOB_RETRIES``) and ``RETRY_MAX_DELAY`` (seconds)."""
+        retries = config.get(f"{self.setting_prefix}_JOB_RETRIES")
         max_delay = config.get("RETRY_MAX_DELAY")
         return RetryPolicy(
             max_retries=self.retry.max_retries if retries is None else int(retries),
@@ -91,53 +126,38 @@ class JobKind:
         )
 
 
-JOB_KINDS: dict[str, JobKind] = {
-    kind.name: kind
-    for kind in (
-        # Extract → chunk → embed → store one uploaded document (CPU-bound, minutes at most).
-        JobKind(
-            name="document", function="jobs.document_job.process_document", queue="default",
-            timeout_setting="DOCUMENT_JOB_TIMEOUT", retry=RetryPolicy(max_retries=3, base_delay=10, max_delay=300),
-        ),
-        # Build a report (activity, documents) in four formats; on `high`, so it never waits
-        # behind documents.
-        JobKind(
-            name="report", function="jobs.report_job.build_report", queue="high",
-            timeout_setting="REPORT_JOB_TIMEOUT", retry=RetryPolicy(max_retries=2, base_delay=5, max_delay=60),
-        ),
-        # POST a job's final state to its callback_url (a few quick retries, bounded timeout).
-        JobKind(
-            name="webhook", function="jobs.webhook_job.deliver_webhook", queue="high",
-            timeout_setting="WEBHOOK_JOB_TIMEOUT", retry=RetryPolicy(max_retries=3, base_delay=2, max_delay=30),
-        ),
-        # Periodic maintenance (webapp/core/schedules.py launches them), on `high` so that a long
-        # document backlog never delays recovery. Each run is cheap and the next one comes
-        # soon, so a transient failure is not retried.
-        # Bring rows and RQ into agreement: restore lost jobs, re-run or fail abandoned ones.
-        JobKind(
-            name="reconcile", function="jobs.reconcile_job.reconcile", queue="high",
-            timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
-        ),
-        # Delete terminal jobs' rows, uploads, chunks and report files older than RETENTION_DAYS.
-        JobKind(
-            name="retention", function="jobs.retention_job.apply_retention", queue="high",
-            timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
-        ),
-        # Stored files no row references (deleted) and rows whose file is gone (failed).
-        JobKind(
-            name="orphans", function="jobs.orphans_job.clean_orphans", queue="high",
-            timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
-        ),
-    )
-}
+#: Every kind this process knows, by name: the built-in ones below, then those of
+#: ``JOB_KIND_MODULES``. Declarations are code, the same in every app of the process.
+JOB_KINDS: dict[str, JobKind] = {}
 
 
 class UnknownJobKind(KeyError):
-    """No entry in :data:`JOB_KINDS` has this name."""
+    """No declared kind has this name."""
+
+
+def register(kind: JobKind) -> JobKind:
+    """Declare ``kind`` (at import of the module that declares it). Declaring the same kind
+    again (a module imported twice) changes nothing.
+
+    Returns:
+        ``kind``.
+
+    Raises:
+        ValueError: another declaration already has this name, or the name or queue is invalid.
+    """
+    if not kind.name.replace("_", "").isalnum() or kind.name != kind.name.lower() or len(kind.name) > 32:
+        raise ValueError(f"a job kind's name is lower case letters, digits and _ (at most 32): {kind.name!r}")
+    if kind.queue not in ("high", "default"):
+        raise ValueError(f"job kind {kind.name!r}: its queue must be high or default, not {kind.queue!r}")
+    known = JOB_KINDS.get(kind.name)
+    if known is not None and known != kind:
+        raise ValueError(f"job kind {kind.name!r} is declared twice, differently")
+    JOB_KINDS[kind.name] = kind
+    return kind
 
 
 def get_kind(name: str) -> JobKind:
-    """The registry entry ``name``.
+    """The declaration of kind ``name``.
 
     Raises:
         UnknownJobKind: no such kind.
@@ -146,3 +166,68 @@ def get_kind(name: str) -> JobKind:
         return JOB_KINDS[name]
     except KeyError:
         raise UnknownJobKind(name) from None
+
+
+def load_kind_modules(names: Iterable[str]) -> None:
+    """Import the modules that declare more kinds (``JOB_KIND_MODULES``); each registers its
+    kinds when imported. The core names them as strings: it imports nothing above it.
+
+    Raises:
+        ImportError: a module cannot be imported.
+    """
+    for name in names:
+        importlib.import_module(name)
+
+
+def batch_member_kinds() -> tuple[str, ...]:
+    """The kinds whose jobs count in their batch's totals and progress (``batch_member``)."""
+    return tuple(name for name, kind in JOB_KINDS.items() if kind.batch_member)
+
+
+def hook(path: str) -> Callable[..., Any]:
+    """The function at dotted ``path`` (a kind's ``warm_up`` or ``keeps``), imported now."""
+    module, _, attribute = path.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
+
+# --- The built-in kinds --------------------------------------------------------------------------
+
+for _kind in (
+    JobKind(
+        name="document", function="jobs.document_job.process_document", queue="default", timeout=600,
+        retry=RetryPolicy(max_retries=3, base_delay=10, max_delay=300),
+        description="Extract → chunk → embed → store one uploaded document (CPU-bound, minutes at most).",
+        warm_up="jobs.document_job.warm_up", batch_member=True,
+    ),
+    JobKind(
+        name="report", function="jobs.report_job.build_report", queue="high", timeout=300,
+        retry=RetryPolicy(max_retries=2, base_delay=5, max_delay=60),
+        description="Build a report (activity, documents) in four formats; on high, never behind documents.",
+        keeps="jobs.report_job.needed_by_report",
+    ),
+    JobKind(
+        name="webhook", function="jobs.webhook_job.deliver_webhook", queue="high", timeout=60,
+        retry=RetryPolicy(max_retries=3, base_delay=2, max_delay=30),
+        description="POST a job's final state to its callback_url (a few quick retries, bounded timeout).",
+        keeps="jobs.webhook_job.needed_by_delivery",
+    ),
+    # Periodic maintenance (webapp/core/schedules.py launches them), on `high` so that a long
+    # document backlog never delays recovery. Each run is cheap and the next one comes soon, so
+    # a transient failure is not retried.
+    JobKind(
+        name="reconcile", function="jobs.reconcile_job.reconcile", queue="high", timeout=300,
+        timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
+        description="Bring rows and RQ into agreement: restore lost jobs, re-run or fail abandoned ones.",
+    ),
+    JobKind(
+        name="retention", function="jobs.retention_job.apply_retention", queue="high", timeout=300,
+        timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
+        description="Delete terminal jobs' rows, uploads, chunks and report files older than RETENTION_DAYS.",
+    ),
+    JobKind(
+        name="orphans", function="jobs.orphans_job.clean_orphans", queue="high", timeout=300,
+        timeout_setting="MAINTENANCE_JOB_TIMEOUT", retry=RetryPolicy(max_retries=0),
+        description="Delete stored files no row references; fail waiting jobs whose upload is gone.",
+    ),
+):
+    register(_kind)

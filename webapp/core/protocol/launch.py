@@ -165,7 +165,7 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
             kind.function,
             kwargs=job.params or {},
             job_id=job.id,
-            timeout=kind.timeout(config),
+            timeout=kind.time_limit(config),
             result_ttl=config[kind.result_ttl_setting],
             failure_ttl=config[kind.failure_ttl_setting],
             description=describe(job),
