@@ -305,7 +305,7 @@ def child(name: str, path: str, workdir: str, cap_mb: int) -> None:
     from jobs.chunking import chunk_pages
     from jobs.document_errors import DocumentError
     from jobs.extract import Limits, extract
-    from jobs.worker.runtime import prepare_worker_process
+    from jobs.worker.warmup import prepare_worker_process
     from webapp.core import filetypes
     from webapp.core.embeddings import embedder_from_config
 

@@ -106,7 +106,7 @@ def tiny_document_cpu(app, pid: int) -> float:
 def tiny_document_pipeline_cpu(app) -> float:
     """CPU seconds of the tiny document's pipeline run in this process (the floor's baseline)."""
     from jobs.document_job import run_document_job
-    from jobs.worker.runtime import prepare_worker_process
+    from jobs.worker.warmup import prepare_worker_process
     from jobs.tracking import JobTracker
     from webapp.core.db import connection
     from webapp.edge.documents import Upload, accept_uploads

@@ -59,7 +59,7 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
 
         global _app
         _app = app
-        from jobs.worker.runtime import prepare_worker_process
+        from jobs.worker.warmup import prepare_worker_process
 
         prepare_worker_process(app)  # as the worker does, before forking
         with app.app_context():  # the database is bound per app

@@ -2,7 +2,7 @@
 
 Launched by the upload path (:mod:`webapp.edge.documents`) through :mod:`webapp.core.protocol.launch` as kind
 ``document`` with ``params={"document_id": …}``; the RQ job id is the Job row's id. Runs in a
-worker process of the pool (``jobs/worker/runtime.py``), inside the app context.
+worker process of the pool (``jobs/worker/``), inside the app context.
 
 Idempotent: RQ delivers at least once, and a second run for the same document replaces the
 first run's chunks in one transaction, leaving exactly one set.

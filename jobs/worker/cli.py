@@ -3,10 +3,10 @@
 The worker is started inside the Flask application context (like pallets-eco/flask-rq's
 ``flask rq worker``); every worker process of the pool is forked from it
 and so runs jobs in that context, with the app's config, database binding and Redis
-connection. Before any fork it loads what jobs need (:func:`jobs.worker.runtime.prepare_worker_process`);
+connection. Before any fork it loads what jobs need (:func:`jobs.worker.warmup.prepare_worker_process`);
 it never connects to the database (Peewee connects lazily; jobs open their own connection).
 
-The command runs a :class:`~jobs.worker.runtime.DocketWorkerPool` (RQ's ``WorkerPool``) of
+The command runs a :class:`~jobs.worker.pool.DocketWorkerPool` (RQ's ``WorkerPool``) of
 ``WORKER_CONCURRENCY`` (or ``--concurrency``) worker processes — one per core by default — each
 running one job at a time; the pool replaces a process that dies and fails its job.
 """
@@ -18,7 +18,8 @@ from flask import current_app
 from flask.cli import AppGroup
 from rq.results import Result
 
-from jobs.worker.runtime import DocketWorkerPool, prepare_worker_process
+from jobs.worker.pool import DocketWorkerPool
+from jobs.worker.warmup import prepare_worker_process
 from webapp.core.logs import configure_logging as configure_process_logging
 from webapp.core.queues import QUEUE_NAMES, rq
 

@@ -181,7 +181,7 @@ class WordLlamaEmbedder:
 
     The model is loaded on the first :meth:`embed` (0.5–0.8 s and +65 MB of RSS, measured: the
     32,000 × 256 table as float32 plus the tokenizer), once per process and never at import. The
-    worker embeds its warm-up texts before it forks (``jobs/worker/runtime.py``), so its processes share
+    worker embeds its warm-up texts before it forks (``jobs/worker/``), so its processes share
     the loaded table. Loading writes no file and opens no socket: see :func:`_load_wordllama`.
     """
 
@@ -325,7 +325,7 @@ class OpenAIEmbedder:
 
         Raises:
             RateLimited: the budget stays used up longer (in an RQ job the worker reschedules
-                the job, ``jobs/worker/runtime.py``; elsewhere :meth:`embed` answers an EmbeddingError).
+                the job, ``jobs/worker/``; elsewhere :meth:`embed` answers an EmbeddingError).
         """
         from rq import get_current_job
 
@@ -452,7 +452,7 @@ def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
     """The embedder the configuration selects (:func:`embedder_kind`).
 
     Built once per process for the same settings and reused: the worker builds it before it
-    forks its worker processes (see ``jobs/worker/runtime.py``), so a job never pays for it. No
+    forks its worker processes (see ``jobs/worker/``), so a job never pays for it. No
     embedder holds a connection, a file or a thread when built (the OpenAI client connects on
     its first request, in the worker process; WordLlama loads its table on the first
     :meth:`~WordLlamaEmbedder.embed`, which the worker's warm-up calls before forking), so the

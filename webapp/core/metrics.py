@@ -7,7 +7,7 @@ Two kinds of numbers, each kept where it is true:
   :mod:`webapp.core.queue_stats` computes for ``GET /api/queues``), and the Job rows per kind and status
   (one ``GROUP BY`` on the Job table). Right whichever process answers the scrape.
 * **Counted where it happens**, with ``prometheus_client``'s multiprocess mode: job durations and
-  queue waits (histograms, observed in the worker process as a job ends, ``jobs/worker/runtime.py``),
+  queue waits (histograms, observed in the worker process as a job ends, ``jobs/worker/``),
   documents, pages and chunks processed (``jobs/document_job.py``), embedding calls and their errors
   (``webapp/core/embeddings.py``). Each process writes its own memory-mapped files (``<kind>_<pid>.db``)
   in ``PROMETHEUS_MULTIPROC_DIR``; a scrape sums the files of every process, dead ones included —

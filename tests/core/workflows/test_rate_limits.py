@@ -1,4 +1,4 @@
-"""Rate limits shared by every worker process (webapp/core/workflows/rate_limits.py, jobs/worker/runtime.py).
+"""Rate limits shared by every worker process (webapp/core/workflows/rate_limits.py, jobs/worker/).
 
 Against the session's private redis-server: the budget taken atomically by several processes at
 once; two worker commands (``flask --app wsgi rq worker``, two pools) embedding documents with

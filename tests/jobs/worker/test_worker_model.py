@@ -1,4 +1,4 @@
-"""The worker model (jobs/worker/runtime.py): a pool of prepared worker processes, one job at a time each.
+"""The worker model (jobs/worker/): a pool of prepared worker processes, one job at a time each.
 
 Everything runs in real ``flask --app wsgi rq worker`` processes on the private Redis.
 """
@@ -85,7 +85,7 @@ def test_the_pool_asking_about_a_starting_worker_leaves_its_registration_alone(a
     for good. Docket's lookup only reads."""
     from rq import Worker
 
-    from jobs.worker.runtime import DocketWorkerPool
+    from jobs.worker.pool import DocketWorkerPool
 
     with app.app_context():
         pool = DocketWorkerPool(["high", "default"], connection=redis, num_workers=1)

@@ -61,7 +61,7 @@ class RateLimited(BaseException):
 
     Raised in a job (before its function runs, or inside it at an API request), the worker
     reschedules the job for when the budget frees units: row ``scheduled`` with ``error_code``
-    ``rate_limited``, never a failure, RQ's retries untouched (``jobs/worker/runtime.py``). A
+    ``rate_limited``, never a failure, RQ's retries untouched (``jobs/worker/``). A
     ``BaseException``, like the worker's hand-back, so that no ``except Exception`` in a job or
     a library turns waiting into the job's own failure.
 

@@ -23,7 +23,7 @@ A budget without a configured limit is free (no Redis command).
 (one computed sleep until the window frees units, from ``limits``' own window statistics, then
 tries again) as long as the total wait stays within ``RATE_LIMIT_MAX_WAIT`` seconds; past that
 it raises :class:`~webapp.core.protocol.errors.RateLimited` with the seconds until the budget frees
-units. In a worker (``jobs/worker/runtime.py``) that exception reschedules the job (row ``scheduled``,
+units. In a worker (``jobs/worker/``) that exception reschedules the job (row ``scheduled``,
 ``error_code`` ``rate_limited``), never fails it.
 
 Redis: the app's own (``REDIS_URL``, ``REDIS_TLS_VERIFY``, the same client options as
@@ -234,7 +234,7 @@ _spent: ContextVar[bool] = ContextVar("docket_rate_limit_spent", default=False)
 
 def begin_run() -> None:
     """Mark the start of a job run in this thread: nothing of any outside service's budget spent
-    yet (the worker calls it before each job, ``jobs/worker/runtime.py``)."""
+    yet (the worker calls it before each job, ``jobs/worker/``)."""
     _spent.set(False)
 
 
