@@ -84,6 +84,7 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
 from jobs.tracking import NOT_RUNNING, JobTracker
+from webapp.core.compat.rq_private import enqueue_at_front
 from webapp.core.protocol import delayed as delayed_jobs
 from webapp.core.workflows import chords
 from webapp.core.db import connection
@@ -274,7 +275,7 @@ def _deliver_overdue_retries(queue_name: str, redis: Redis, grace: int) -> list[
             job = RQJob.fetch(job_id, connection=redis)
         except NoSuchJobError:
             continue
-        queue._enqueue_job(job, at_front=job.should_enqueue_at_front())
+        enqueue_at_front(queue, job, at_front=job.should_enqueue_at_front())  # webapp/core/compat
         delivered.append(job_id)
     if delivered:
         log.warning("reconcile: %d overdue retr(ies) on %s enqueued (RQ's scheduler is not running)",

@@ -28,6 +28,7 @@ from rq.worker import WorkerStatus
 from rq.worker.worker_classes import SimpleWorker
 
 from jobs.worker.job import STOP_JOB_SIGNAL, JobHandedBack, log_fields, job_in_body
+from webapp.core.compat.rq_private import enqueue_at_front
 from webapp.core import metrics
 from webapp.core.logs import end_stage, log_context
 from webapp.core.processes import children_die_with_this_process, die_with_parent
@@ -240,7 +241,7 @@ class DocketWorker(SimpleWorker):
         job.ended_at = None
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            enqueue_at_front(queue, job, pipeline=pipe)  # rq's Queue._enqueue_job: webapp/core/compat
             pipe.execute()
 
     def reschedule(self, job: RQJob, queue: Queue, execution: Any, limited: RateLimited) -> None:

@@ -12,7 +12,6 @@ FlaskDB does); job code and CLI commands use :func:`connection`. Nothing connect
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,8 @@ from flask import Flask, current_app, has_app_context, request
 from peewee import Database, DatabaseProxy, OperationalError, SqliteDatabase
 from playhouse.db_url import connect as connect_url
 from playhouse.pool import MaxConnectionsExceeded, PooledDatabase
+
+from webapp.core.compat.peewee_private import max_connections, take_inherited_connections
 
 # Endpoints that never touch the database, so they do not take a connection per request.
 EXCLUDED_ENDPOINTS = ("health.healthz", "health.readyz", "static")
@@ -105,7 +106,7 @@ def _connect_for_request() -> None:
     except MaxConnectionsExceeded:
         # Every pooled connection of this process stayed in use for DATABASE_POOL_TIMEOUT
         # seconds: a 503 (webapp/edge/errors.py), as when the database is away, not a 500.
-        raise OperationalError(f"all {database._max_connections} database connections of this process "
+        raise OperationalError(f"all {max_connections(database)} database connections of this process "
                                "are in use") from None
 
 
@@ -201,16 +202,7 @@ def _forget_inherited_connections() -> None:
     parent may have held one at the fork, and it would stay held in the child.
     """
     for database in list(_POOLED):
-        inherited = [conn for _, _, conn in database._connections]
-        inherited += [pooled.connection for pooled in database._in_use.values()]
-        if database._state.conn is not None:
-            inherited.append(database._state.conn)
-        database._connections, database._in_use = [], {}
-        database._pool_lock = threading.RLock()
-        database._pool_available = threading.Condition(database._pool_lock)
-        database._lock = threading.Lock()
-        database._state.reset()
-        for conn in {id(conn): conn for conn in inherited}.values():
+        for conn in take_inherited_connections(database):  # peewee's pool internals: webapp/core/compat
             _discard_in_child(conn)
 
 

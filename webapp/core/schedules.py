@@ -57,6 +57,7 @@ from rq.job import Job as RQJob
 from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
+from webapp.core.compat.rq_scheduler_private import create_entry_job, poll_interval, use_connection
 from webapp.core.db import connection, db
 from webapp.core.protocol.states import WAITING
 from webapp.core.protocol.launch import QueueUnavailable, launch, release_delayed
@@ -424,7 +425,7 @@ class DocketScheduler(Scheduler):
         """Store schedule's entry (an RQ job holding its id) and its next run time (naive UTC)."""
         entry_id = f"{ENTRY_PREFIX}{schedule.id}"
         when = next_run_after(schedule)
-        entry = self._create_job("webapp.core.schedules.fire", kwargs={"schedule_id": schedule.id}, commit=False,
+        entry = create_entry_job(self, "webapp.core.schedules.fire", kwargs={"schedule_id": schedule.id},
                                  id=entry_id, result_ttl=-1, queue_name="high",
                                  description=f"schedule {schedule.id}: {schedule.job} "
                                              f"{'cron ' + schedule.cron if schedule.cron else f'every {schedule.interval} s'}",
@@ -457,7 +458,7 @@ class DocketScheduler(Scheduler):
                              "(added %s, updated %s, removed %s)", result.added, result.updated, result.removed)
                 return super().enqueue_jobs()
         except (RedisError, DatabaseError) as exc:
-            log.error("scheduler: poll failed, trying again in %s s: %s", self._interval, exc)
+            log.error("scheduler: poll failed, trying again in %s s: %s", poll_interval(self), exc)
             return []
 
     def get_jobs_to_queue(self, with_times: bool = False):
@@ -470,8 +471,8 @@ class DocketScheduler(Scheduler):
         """RQ's scheduler role (see the module docstring): hold RQ's per-queue scheduler locks
         when they are free, and move the due delayed retries of the queues it holds."""
         if self.rq_scheduler is None:
-            self.rq_scheduler = RQScheduler(QUEUE_NAMES, connection=self.connection, interval=self._interval)
-            self.rq_scheduler._connection = self.connection
+            self.rq_scheduler = RQScheduler(QUEUE_NAMES, connection=self.connection, interval=poll_interval(self))
+            use_connection(self.rq_scheduler, self.connection)
             self.rq_scheduler.register_birth()
         if self.rq_scheduler.acquired_locks != set(QUEUE_NAMES):
             self.rq_scheduler.acquire_locks()  # takes the free ones, refreshes its own

@@ -1,0 +1,148 @@
+"""Private internals of the pinned libraries (webapp/core/compat/ and the README's list): every
+private name, signature and behaviour Docket relies on is what the pinned version has. An upgrade
+that changes one fails here, naming it, instead of breaking a worker or the scheduler silently."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job as RQJob
+from rq.scheduler import RQScheduler
+from rq.worker.base import BaseWorker
+from rq.worker_pool import WorkerPool
+from rq_scheduler import Scheduler
+
+from webapp.core.compat import peewee_private, rq_private, rq_scheduler_private
+
+PINNED = {"rq": "3.0.0", "rq-scheduler": "0.14.0", "rq-dashboard": "0.9.0", "peewee": "4.5.3",
+          "flask": "3.1.3", "gunicorn": "27.0.1", "honcho": "2.0.0"}
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+@pytest.mark.parametrize("package, version", PINNED.items())
+def test_the_pinned_versions_are_installed(package, version):
+    # A new version may change a private name below: read this file before moving the pin.
+    assert importlib.metadata.version(package) == version, f"{package} changed: check webapp/core/compat/"
+
+
+# --- rq ---------------------------------------------------------------------------------------
+
+def test_rq_queue_enqueue_job_puts_a_saved_job_at_the_front_in_a_pipeline(redis_url):
+    connection = Redis.from_url(redis_url)
+    queue = Queue("default", connection=connection)
+    assert parameters(Queue._enqueue_job)[:4] == ["self", "job", "pipeline", "at_front"]
+    first = queue.enqueue("tests.jobs_for_tests.report_pid_and_sleep", 0)
+    handed_back = RQJob.create("tests.jobs_for_tests.report_pid_and_sleep", args=(0,), connection=connection)
+    handed_back.save()
+    with connection.pipeline() as pipe:
+        rq_private.enqueue_at_front(queue, handed_back, pipeline=pipe)
+        assert queue.job_ids == [first.id]  # nothing happens before the pipeline runs
+        pipe.execute()
+    assert queue.job_ids == [handed_back.id, first.id]
+
+
+def test_rq_private_hooks_docket_overrides_still_exist_with_their_signatures():
+    assert parameters(RQJob._execute) == ["self"]
+    assert parameters(BaseWorker._finalize_failure) == ["self", "job", "queue", "execution", "exc_info"]
+    for name in ("_stop_requested", "_stopped_job_id", "_shutdown_requested_date"):
+        assert name in inspect.getsource(BaseWorker), name
+    source = inspect.getsource(WorkerPool)
+    for name in ("_queue_names", "_connection_class", "_pool_class", "_pool_kwargs"):
+        assert f"self.{name}" in source, name
+    # DocketWorkerPool.get_worker_process is RQ's own with one change: it passes run_worker the same
+    # pool settings RQ's does.
+    own = inspect.getsource(WorkerPool.get_worker_process)
+    assert "target=run_worker" in own and all(name in own for name in ("_connection_class", "_pool_kwargs"))
+    assert set(rq_private.OVERRIDDEN) >= {"rq.job.Job._execute", "rq.worker.base.BaseWorker._finalize_failure"}
+
+
+# --- rq-scheduler -----------------------------------------------------------------------------
+
+def test_rq_scheduler_create_job_builds_an_unsaved_job_and_interval_is_kept(redis_url):
+    connection = Redis.from_url(redis_url)
+    assert {"func", "kwargs", "commit", "id", "result_ttl", "queue_name", "description", "meta"} <= set(
+        parameters(Scheduler._create_job))
+    scheduler = Scheduler(connection=connection, interval=7)
+    assert rq_scheduler_private.poll_interval(scheduler) == 7
+    job = rq_scheduler_private.create_entry_job(scheduler, "webapp.core.schedules.fire", kwargs={"schedule_id": "s"},
+                                                id="schedule-s", result_ttl=-1, queue_name="high", meta={"x": 1})
+    assert (job.id, job.func_name, job.kwargs, job.origin, job.meta) == (
+        "schedule-s", "webapp.core.schedules.fire", {"schedule_id": "s"}, "high", {"x": 1})
+    assert not RQJob.exists("schedule-s", connection=connection)  # commit=False: nothing written
+
+
+def test_rqs_scheduler_drops_its_connection_before_forking_and_takes_one_back(redis_url):
+    connection = Redis.from_url(redis_url)
+    assert "self._connection = None" in inspect.getsource(RQScheduler.start)
+    rq_scheduler = RQScheduler(["high"], connection=connection, interval=1)
+    rq_scheduler._connection = None
+    rq_scheduler_private.use_connection(rq_scheduler, connection)
+    assert rq_scheduler.connection is connection
+
+
+# --- peewee -----------------------------------------------------------------------------------
+
+def test_peewee_pool_internals_give_back_what_a_fork_inherited(tmp_path):
+    from playhouse.pool import PooledSqliteDatabase
+
+    database = PooledSqliteDatabase(str(tmp_path / "pool.sqlite3"), max_connections=3)
+    assert peewee_private.max_connections(database) == 3
+    held = database.connection()  # this thread's connection, in use
+    taken = peewee_private.take_inherited_connections(database)
+    assert taken == [held]
+    assert database._connections == [] and database._in_use == {} and database._state.conn is None
+    fresh = database.connection()  # the pool works after it, with a new connection
+    assert fresh is not held
+    database.close_all()
+    held.close()
+
+
+# --- Flask, rq-dashboard, gunicorn, honcho (used in place: the README lists them) ----------------
+
+def test_the_flask_and_rq_dashboard_structures_the_dashboard_mount_uses():
+    import rq_dashboard
+    from flask import Flask
+    from rq_dashboard import web as dashboard_web
+
+    app = Flask(__name__)
+    for name in ("before_request_funcs", "after_request_funcs", "error_handler_spec", "view_functions"):
+        assert isinstance(getattr(app, name), dict), name
+    assert rq_dashboard.blueprint.name == "rq_dashboard"
+    for name in ("setup_rq_connection", "serialize_date", "format_job_description", "jsonify"):
+        assert callable(getattr(dashboard_web, name)), name
+    assert hasattr(dashboard_web.config, "serializer")
+
+
+def test_gunicorn_writes_its_error_page_with_one_sendall():
+    """webapp/edge/server.py rewrites the one sendall of gunicorn's error page as JSON."""
+    from gunicorn import util
+
+    sent = []
+
+    class Socket:
+        def gettimeout(self):
+            return 0.0
+
+        def sendall(self, data):
+            sent.append(data)
+
+    util.write_error(Socket(), 400, "Bad Request", "Invalid request line")
+    assert len(sent) == 1 and sent[0].startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_honcho_manager_internals_the_supervisor_copies():
+    from honcho.manager import KILL_WAIT, SIGNALS, Manager
+
+    assert KILL_WAIT == 5 and {"SIGINT", "SIGTERM"} <= {value["name"] for value in SIGNALS.values()}
+    for name in ("_start", "_system_print", "_all_started", "_all_stopped", "_any_stopped", "_killall", "loop"):
+        assert hasattr(Manager, name), name
+    source = inspect.getsource(Manager)
+    for name in ("self._processes", "self._terminating", "self._procmgr", "self._clock", "self._printer"):
+        assert name in source, name
