@@ -87,10 +87,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.cli.add_command(ingest_command)
     app.cli.add_command(dev_command)
-    from webapp.core.schedules import schedule_cli
+    from webapp.cli.schedule import schedule_cli
 
     app.cli.add_command(schedule_cli)
-    from webapp.core.tokens import tokens_cli
+    from webapp.cli.tokens import tokens_cli
 
     app.cli.add_command(tokens_cli)
     return app

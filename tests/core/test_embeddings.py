@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
