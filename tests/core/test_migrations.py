@@ -1,4 +1,4 @@
-"""Schema migrations (``webapp/core/migrations.py``) on SQLite and PostgreSQL.
+"""Schema migrations (``webapp/core/migrations/``) on SQLite and PostgreSQL.
 
 The promise under test: a database made by c792268's ``init-db`` (the schema before migrations,
 frozen below as the SQL that commit executed) upgrades to exactly the schema a fresh install
