@@ -49,7 +49,7 @@ def queues():
     ``GET /api/queues``, refreshed by ``static/queues.js``; links to ``/rq`` and ``/schedules``.
 
     Raises:
-        ApiError: 403 ``admin_required`` for a principal who is not an admin.
+        ServiceError: 403 ``admin_required`` for a principal who is not an admin.
     """
     from webapp.edge.auth import require_admin
 
