@@ -28,8 +28,8 @@ from redis.exceptions import RedisError
 from webapp.edge.auth import current_principal, get_visible_or_404, owned
 from webapp.core.errors import ServiceError
 from webapp.core.models import Job, Schedule, isoformat
-from webapp.core.schedules import (SCHEDULABLE_JOBS, ScheduleError, builtin_schedules, next_run_times,
-                               put_schedule_entry, remove_schedule_entry, validate_schedule)
+from webapp.core.schedules.table import (SCHEDULABLE_JOBS, ScheduleError, builtin_schedules, next_run_times,
+                                         put_schedule_entry, remove_schedule_entry, validate_schedule)
 
 bp = Blueprint("schedules_api", __name__, url_prefix="/api")
 
@@ -107,7 +107,7 @@ def get_schedule(schedule_id: str):
 def create_schedule():
     """Add a schedule: JSON ``{"job": <name>, "cron": "<five fields, UTC>"}`` or ``{"job": <name>,
     "interval": <seconds, 10 or more>}``, optional ``"params": {...}`` (the job's own, see
-    :data:`webapp.core.schedules.SCHEDULABLE_JOBS`) → 201 with the schedule and its ``Location``.
+    :data:`webapp.core.schedules.table.SCHEDULABLE_JOBS`) → 201 with the schedule and its ``Location``.
 
     403 ``admin_required`` for a maintenance job (``reconcile``, ``retention``, ``orphans``) from a
     token that is not an admin's. 400 ``invalid_json`` when the body is not a JSON object, ``invalid_schedule`` (with the
