@@ -11,12 +11,12 @@ number; most are English, a few German, Russian, Korean and Japanese.
 
 For each embedder (``hashing``, ``wordllama``; ``openai`` only when ``OPENAI_API_KEY`` is set) the
 whole corpus is ingested in-process through the project's own pipeline into a temporary SQLite
-database: the upload path (:func:`webapp.edge.documents.accept_uploads`: type detection, storage,
+database: the upload path (:func:`webapp.core.documents.accept_uploads`: type detection, storage,
 rows) and the document job's body (:func:`jobs.document_job.run_document_job`: extract → chunk →
 embed → store), with a private Redis for the queue the uploads are enqueued on (no worker takes
 them: the jobs run here). Files the service refuses or fails (scans, damaged, password-protected)
 are part of the corpus and count only as noise. Then every question goes through
-:func:`webapp.edge.search.search_chunks` with ``k=5`` in each ranking ``mode`` ("vector": the
+:func:`webapp.core.search.search_chunks` with ``k=5`` in each ranking ``mode`` ("vector": the
 embedding's cosine; "hybrid": fused with full-text search, when the search module has it).
 
 A *hit* is a result chunk of the right document whose pages overlap the answer's pages.
@@ -95,9 +95,9 @@ def first_hit_rank(results: Sequence[dict[str, Any]], question: Question) -> int
 
 
 def search_modes() -> tuple[str, ...]:
-    """The ranking modes :func:`webapp.edge.search.search_chunks` accepts (``mode`` parameter), or
+    """The ranking modes :func:`webapp.core.search.search_chunks` accepts (``mode`` parameter), or
     just ``("vector",)`` while it has none."""
-    from webapp.edge.search import search_chunks
+    from webapp.core.search import search_chunks
 
     return MODES if "mode" in inspect.signature(search_chunks).parameters else ("vector",)
 
@@ -125,11 +125,11 @@ def run_embedder(embedder: str, questions: Sequence[Question], modes: Sequence[s
     from jobs.tracking import JobTracker
     from webapp import create_app
     from webapp.core.db import connection, create_tables
-    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.documents import accept_uploads, read_path
     from webapp.core.embeddings import embedder_name
-    from webapp.edge.errors import ApiError
+    from webapp.edge.errors import ServiceError
     from webapp.core.models import Chunk
-    from webapp.edge.search import search_chunks
+    from webapp.core.search import search_chunks
 
     workdir.mkdir(parents=True, exist_ok=True)
     supported = search_modes()
@@ -155,7 +155,7 @@ def run_embedder(embedder: str, questions: Sequence[Question], modes: Sequence[s
                     try:
                         documents.append(accept_uploads([read_path(path)], reprocess=True, owner="bench")
                                          .files[0].document)
-                    except ApiError:
+                    except ServiceError:
                         pass  # refused at upload (the empty file), as the API would
             for document in documents:
                 try:

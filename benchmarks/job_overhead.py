@@ -91,7 +91,7 @@ def tree_cpu_seconds(pid: int) -> float:
 def tiny_document_cpu(app, pid: int) -> float:
     """CPU seconds the worker command's processes spend per tiny text document."""
     from webapp.core.db import connection
-    from webapp.edge.documents import Upload, accept_uploads
+    from webapp.core.documents import Upload, accept_uploads
     from webapp.core.models import TERMINAL_STATUSES, Job
 
     with app.app_context(), connection():
@@ -109,7 +109,7 @@ def tiny_document_pipeline_cpu(app) -> float:
     from jobs.worker.warmup import prepare_worker_process
     from jobs.tracking import JobTracker
     from webapp.core.db import connection
-    from webapp.edge.documents import Upload, accept_uploads
+    from webapp.core.documents import Upload, accept_uploads
 
     with app.app_context():
         prepare_worker_process(app)

@@ -75,7 +75,7 @@ def measure_document(document: Path, workdir: Path) -> dict[str, float]:
     """Process ``document`` alone in a one-process Docket worker; peak RSS before and after (MB)."""
     from webapp import create_app
     from webapp.core.db import connection, create_tables
-    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.documents import accept_uploads, read_path
     from webapp.core.models import TERMINAL_STATUSES, Job
 
     workdir.mkdir(parents=True, exist_ok=True)

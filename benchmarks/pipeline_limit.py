@@ -39,7 +39,7 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
     """
     from webapp import create_app
     from webapp.core.db import connection, create_tables, db
-    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.documents import accept_uploads, read_path
 
     processes = processes or cores()
     workdir.mkdir(parents=True, exist_ok=True)

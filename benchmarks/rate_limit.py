@@ -276,7 +276,7 @@ def ingest(server: CountingEmbeddingServer, workdir: Path, variant: Variant, mac
     terminal; the server's arrivals and the jobs' outcome."""
     from webapp import create_app
     from webapp.core.db import connection, create_tables
-    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.documents import accept_uploads, read_path
     from webapp.core.models import TERMINAL_STATUSES, Job
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,7 @@ def ingest(server: SlowEmbeddingServer, workdir: Path, concurrency: int, batch_s
     """Ingest the corpus once with a fresh worker pool; wall seconds and the server's counts."""
     from webapp import create_app
     from webapp.core.db import connection, create_tables
-    from webapp.edge.documents import accept_uploads, read_path
+    from webapp.core.documents import accept_uploads, read_path
     from webapp.core.models import TERMINAL_STATUSES, Job
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The document job (queue ``default``): extract → chunk → embed → store.
 
-Launched by the upload path (:mod:`webapp.edge.documents`) through :mod:`webapp.core.protocol.launch` as kind
+Launched by the upload path (:mod:`webapp.core.documents`) through :mod:`webapp.core.protocol.launch` as kind
 ``document`` with ``params={"document_id": …}``; the RQ job id is the Job row's id. Runs in a
 worker process of the pool (``jobs/worker/``), inside the app context.
 

@@ -71,10 +71,10 @@ def test_rq_scheduler_create_job_builds_an_unsaved_job_and_interval_is_kept(redi
         parameters(Scheduler._create_job))
     scheduler = Scheduler(connection=connection, interval=7)
     assert rq_scheduler_private.poll_interval(scheduler) == 7
-    job = rq_scheduler_private.create_entry_job(scheduler, "webapp.core.schedules.fire", kwargs={"schedule_id": "s"},
-                                                id="schedule-s", result_ttl=-1, queue_name="high", meta={"x": 1})
+    job = rq_scheduler_private.create_entry_job(scheduler, "webapp.core.schedules.table.fire",
+                                                kwargs={"schedule_id": "s"}, id="schedule-s", result_ttl=-1, queue_name="high", meta={"x": 1})
     assert (job.id, job.func_name, job.kwargs, job.origin, job.meta) == (
-        "schedule-s", "webapp.core.schedules.fire", {"schedule_id": "s"}, "high", {"x": 1})
+        "schedule-s", "webapp.core.schedules.table.fire", {"schedule_id": "s"}, "high", {"x": 1})
     assert not RQJob.exists("schedule-s", connection=connection)  # commit=False: nothing written
 
 

@@ -25,7 +25,7 @@ OLD_PATHS = {
     "jobs.diagnostics.ping": "jobs.ping_job.ping",
     "webapp.job_states.on_job_failure": "webapp.core.protocol.states.on_job_failure",
     "webapp.job_states.on_job_stopped": "webapp.core.protocol.states.on_job_stopped",
-    "webapp.scheduling.fire": "webapp.core.schedules.fire",
+    "webapp.scheduling.fire": "webapp.core.schedules.table.fire",
 }
 
 

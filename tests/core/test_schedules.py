@@ -23,8 +23,8 @@ from tests.conftest import api_client, browser_client, ROOT, ServiceProcesses, p
 from webapp import create_app
 from webapp.core.db import connection
 from webapp.core.models import Report, Schedule
-from webapp.core.schedules import (ENTRY_PREFIX, MIN_INTERVAL, SYNCED_KEY, next_cron_time, put_schedule_entry,
-                               sync_schedules)
+from webapp.core.schedules.table import (ENTRY_PREFIX, MIN_INTERVAL, SYNCED_KEY, next_cron_time, put_schedule_entry,
+                                         sync_schedules)
 
 SCHEDULED = "rq:scheduler:scheduled_jobs"  # rq-scheduler's sorted set (hard-coded "rq:" prefix)
 BUILTIN_IDS = ["reconcile", "retention", "orphans", "daily-activity-report"]
@@ -374,7 +374,7 @@ def test_a_run_is_skipped_while_the_previous_one_still_waits_in_its_queue(app, r
     """No worker: the first due run of reconcile waits in `high`; the next firing adds no second
     row. Once Redis lost the waiting one (FLUSHALL), a firing launches again — otherwise the
     reconcile that restores lost jobs could never run again."""
-    from webapp.core.schedules import fire
+    from webapp.core.schedules.table import fire
 
     sync_in_process(app)
     with app.app_context():

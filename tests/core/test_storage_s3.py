@@ -275,7 +275,7 @@ def test_put_stream_of_50_mb_holds_a_few_parts_not_the_file(bucket):
 def test_the_upload_path_streams_a_50_mb_file_into_the_bucket(app, bucket):
     """accept_uploads (validation, SHA-256 for duplicates, type detection, storing, rows,
     enqueue) with a 50 MB spooled upload, as the API hands it over, under tracemalloc."""
-    from webapp.edge.documents import Upload, accept_uploads
+    from webapp.core.documents import Upload, accept_uploads
 
     size = 50 * MB
     source = big_text_file(size)

@@ -15,7 +15,7 @@ from webapp import create_app
 from webapp.core.db import connection, create_tables
 from webapp.core.embeddings import embedder_from_config, to_blob
 from webapp.core.models import Chunk, Document, Job
-from webapp.edge.search import _Scope, pg_vector_query, search_chunks
+from webapp.core.search import _Scope, pg_vector_query, search_chunks
 from webapp.core.vector_index import ensure_vector_index, hnsw_index_name, store_vectors, vector_literal
 
 # Picks SQLite and PostgreSQL itself: the PostgreSQL run of the suite need not repeat it.

@@ -81,7 +81,7 @@ def webhook_of(app, job_id: str) -> Job | None:
 
 def start_maintenance(app) -> list[str]:
     """Start reconcile, retention and orphans as the scheduler does (their ``start``); their job ids."""
-    from webapp.core.schedules import SCHEDULABLE_JOBS
+    from webapp.core.schedules.table import SCHEDULABLE_JOBS
 
     with app.app_context(), connection():
         return [SCHEDULABLE_JOBS[name].start({}, app.config, None).id for name in ("reconcile", "retention", "orphans")]

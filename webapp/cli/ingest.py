@@ -15,8 +15,8 @@ from rq import Worker
 from webapp.core.db import connection
 from webapp.core.models import TERMINAL_STATUSES, Document, Job
 from webapp.core.queues import rq
-from webapp.edge.documents import accept_uploads, read_path
-from webapp.edge.errors import ApiError
+from webapp.core.documents import accept_uploads, read_path
+from webapp.core.errors import ServiceError
 from webapp.edge.job_json import job_to_dict
 
 
@@ -60,7 +60,7 @@ def ingest_command(paths: tuple[str, ...], password: str | None, reprocess: bool
             try:
                 result = accept_uploads([read_path(path)], password=password, reprocess=reprocess, owner=owner)
                 accepted.append((path, result.files[0].document))
-            except ApiError as exc:
+            except ServiceError as exc:
                 rejected.append((path, exc.message))
                 if exc.status >= 500:
                     break

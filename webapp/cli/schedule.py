@@ -11,7 +11,8 @@ from flask.cli import AppGroup, with_appcontext
 from webapp.core.db import connection
 from webapp.core.logs import configure_logging
 from webapp.core.models import Job, Schedule
-from webapp.core.schedules import next_run_times, run_scheduler, sync_schedules
+from webapp.core.schedules.table import next_run_times, sync_schedules
+from webapp.core.schedules.scheduler import run_scheduler
 
 
 schedule_cli = AppGroup("schedule", help="Periodic jobs (rq-scheduler).")

@@ -261,7 +261,7 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Chunks a search reads and scores at a time: its memory is bounded by one block
         # (rows × dimensions × 4 bytes: 16 MB at 2,048 rows of the hashing embedder's 2,048).
         "SEARCH_BLOCK_ROWS": _int(env, "SEARCH_BLOCK_ROWS", 2048),
-        # --- periodic jobs and recovery (webapp/core/schedules.py, jobs/reconcile_job.py, jobs/retention_job.py, jobs/orphans_job.py) ---
+        # --- periodic jobs and recovery (webapp/core/schedules/, jobs/reconcile_job.py, jobs/retention_job.py, jobs/orphans_job.py) ---
         # Seconds between two polls of the scheduler process (rq-scheduler's `interval`): a
         # periodic job starts at most this late.
         "SCHEDULER_INTERVAL": _int(env, "SCHEDULER_INTERVAL", 1),

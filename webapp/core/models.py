@@ -201,7 +201,7 @@ class Chunk(db.Model):
 
 
 class Schedule(db.Model):
-    """A periodic job: built into the code (:func:`webapp.core.schedules.builtin_schedules`, fixed
+    """A periodic job: built into the code (:func:`webapp.core.schedules.table.builtin_schedules`, fixed
     ``id``) or added at runtime (``POST /api/schedules``). The table is the truth; ``flask schedule
     sync`` and the scheduler process write rq-scheduler's entries in Redis from it.
 
@@ -209,7 +209,7 @@ class Schedule(db.Model):
     """
 
     id = CharField(primary_key=True, max_length=64, default=new_id)
-    job = CharField(max_length=32)  # a name in webapp.core.schedules.SCHEDULABLE_JOBS
+    job = CharField(max_length=32)  # a name in webapp.core.schedules.table.SCHEDULABLE_JOBS
     cron = CharField(max_length=100, null=True)
     interval = IntegerField(null=True)  # seconds
     params = JSONField(default=dict)

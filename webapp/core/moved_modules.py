@@ -32,7 +32,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "jobs.cleanup": ("jobs.retention_job", "jobs.orphans_job"),  # apply_retention; clean_orphans
     "jobs.diagnostics": ("jobs.ping_job",),  # ping
     "webapp.job_states": ("webapp.core.protocol.states",),  # on_job_failure, on_job_stopped
-    "webapp.scheduling": ("webapp.core.schedules",),  # fire
+    "webapp.scheduling": ("webapp.core.schedules.table",),  # fire
 }
 
 

@@ -13,7 +13,7 @@ What migration 5 (:mod:`webapp.core.migrations`) adds next to the ``chunk`` tabl
 * SQLite: ``chunk_fts``, an FTS5 external-content table over ``chunk.text`` kept in step by
   triggers on ``chunk`` (insert, delete, update; document deletes cascade to chunks and fire them).
   Vectors stay in ``chunk.embedding`` (float32 bytes) and are scanned exactly in bounded blocks
-  (:mod:`webapp.edge.search`).
+  (:mod:`webapp.core.search`).
 
 :data:`SEARCH_SCHEMA` is the current declaration (the tests build a reference database from the
 models plus these statements); the migration keeps its own frozen copy.

@@ -7,10 +7,11 @@ import math
 from flask import Blueprint, current_app, jsonify, redirect, request, url_for
 
 from webapp.edge.auth import current_owner, get_visible_or_404, owned, owner_filter, visible_job
-from webapp.edge.documents import accept_uploads, batch_to_dict, delete_document, document_to_dict, read_upload
+from webapp.core.documents import accept_uploads, delete_document, read_upload
+from webapp.edge.document_json import batch_to_dict, document_to_dict
 from webapp.core.protocol.delayed import StartTimeError, start_time
 from webapp.core.embeddings import EmbeddingError
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 from webapp.core.protocol.control import cancel_job
 from webapp.core.protocol.states import JobStateError
 from webapp.edge.job_json import job_to_dict, list_jobs
@@ -20,7 +21,7 @@ from webapp.core.report_files import CONTENT_TYPES, FORMATS
 from webapp.edge.reports import report_to_dict, request_report
 from webapp.edge.request_checks import free_text
 from webapp.core.storage import StorageError, storage_from_config
-from webapp.edge.search import MODES as SEARCH_MODES, search_chunks
+from webapp.core.search import MODES as SEARCH_MODES, search_chunks
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -42,9 +43,9 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, f"invalid_{name}", f"'{name}' must be a whole number.") from None
+        raise ServiceError(400, f"invalid_{name}", f"'{name}' must be a whole number.") from None
     if not low <= value <= high:
-        raise ApiError(400, f"invalid_{name}", f"'{name}' must be between {low} and {high}.")
+        raise ServiceError(400, f"invalid_{name}", f"'{name}' must be between {low} and {high}.")
     return value
 
 
@@ -54,7 +55,7 @@ def _flag(name: str) -> bool:
         return False
     if raw in ("1", "true", "yes", "on"):
         return True
-    raise ApiError(400, f"invalid_{name}", f"'{name}' must be true or false.")
+    raise ServiceError(400, f"invalid_{name}", f"'{name}' must be true or false.")
 
 
 @bp.post("/documents")
@@ -110,7 +111,7 @@ def _start_time(source):
     try:
         return start_time(source.get("run_at"), source.get("delay"))
     except StartTimeError as exc:
-        raise ApiError(400, "invalid_start_time", str(exc)) from None
+        raise ServiceError(400, "invalid_start_time", str(exc)) from None
 
 
 def _report_links(report: Report) -> dict:
@@ -159,11 +160,11 @@ def get_job(job_id: str):
     return jsonify(job_to_dict(visible_job(job_id)))
 
 
-def _state_error(exc: JobStateError, conflict_code: str) -> ApiError:
+def _state_error(exc: JobStateError, conflict_code: str) -> ServiceError:
     """404 ``job_not_found`` when there is no row, else 409 ``conflict_code`` with the sentence."""
     if exc.status is None:
-        return ApiError(404, "job_not_found", str(exc))
-    return ApiError(409, conflict_code, str(exc))
+        return ServiceError(404, "job_not_found", str(exc))
+    return ServiceError(409, conflict_code, str(exc))
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -188,7 +189,7 @@ def retry(job_id: str):
     except JobStateError as exc:
         raise _state_error(exc, "job_not_retryable") from None
     except QueueUnavailable as exc:
-        raise ApiError(503, "queue_unavailable", str(exc)) from exc
+        raise ServiceError(503, "queue_unavailable", str(exc)) from exc
     return jsonify(job_to_dict(job)), 202
 
 
@@ -214,7 +215,7 @@ def create_report():
     then). A default period (``since``/``until``) is fixed when the request is made."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", 'Send a JSON object such as {"type": "activity", "params": {}}.')
+        raise ServiceError(400, "invalid_json", 'Send a JSON object such as {"type": "activity", "params": {}}.')
     report = request_report(body.get("type"), body.get("params"), owner=current_owner(), scope=owner_filter(),
                             run_at=_start_time(body))
     return jsonify(_report_links(report)), 202
@@ -246,12 +247,12 @@ def download_report(report_id: str):
     report = get_visible_or_404(Report, report_id, "report")
     fmt = request.args.get("format", "html")
     if fmt not in FORMATS:
-        raise ApiError(400, "invalid_format", f"'format' must be one of {', '.join(FORMATS)}.")
+        raise ServiceError(400, "invalid_format", f"'format' must be one of {', '.join(FORMATS)}.")
     job = Job.find(report.job_id) if report.job_id else None
     if job is not None and job.status in ("failed", "stopped", "canceled"):
-        raise ApiError(409, "report_failed", f"The report was not made: {job.error or job.status}.")
+        raise ServiceError(409, "report_failed", f"The report was not made: {job.error or job.status}.")
     if job is None or job.status != "finished" or not report.files or fmt not in report.files:
-        raise ApiError(404, "report_not_ready", "The report is not ready yet; follow its status_url.")
+        raise ServiceError(404, "report_not_ready", "The report is not ready yet; follow its status_url.")
     disposition = "inline" if fmt == "html" else "attachment"
     disposition = f'{disposition}; filename="docket-{report.type}-{report.id}.{fmt}"'
     storage = storage_from_config(current_app.config)
@@ -264,7 +265,7 @@ def download_report(report_id: str):
             return response
         data = storage.get(report.files[fmt])
     except StorageError as exc:
-        raise ApiError(404 if not exc.transient else 503, "report_file_unavailable",
+        raise ServiceError(404 if not exc.transient else 503, "report_file_unavailable",
                        f"The report file could not be read: {exc}.") from exc
     response = current_app.response_class(data, mimetype=CONTENT_TYPES[fmt].split(";")[0],
                                           content_type=CONTENT_TYPES[fmt])
@@ -289,28 +290,28 @@ def search():
     if request.method == "POST":
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", 'Send a JSON object such as {"q": "termination notice", "k": 5}.')
+            raise ServiceError(400, "invalid_json", 'Send a JSON object such as {"q": "termination notice", "k": 5}.')
         query, raw_k = body.get("q"), body.get("k", 5)
         if not isinstance(query, str):
-            raise ApiError(400, "missing_query", "Give the text to search for as 'q' (a string).")
+            raise ServiceError(400, "missing_query", "Give the text to search for as 'q' (a string).")
         if isinstance(raw_k, bool) or not isinstance(raw_k, int) or not 1 <= raw_k <= current_app.config["SEARCH_MAX_K"]:
-            raise ApiError(400, "invalid_k", f"'k' must be a whole number between 1 and {current_app.config['SEARCH_MAX_K']}.")
+            raise ServiceError(400, "invalid_k", f"'k' must be a whole number between 1 and {current_app.config['SEARCH_MAX_K']}.")
         query, k = query.strip(), raw_k
         options = {name: body.get(name) for name in ("mode", "document_id", "batch_id")}
         for name, value in options.items():
             if value is not None and not isinstance(value, str):
-                raise ApiError(400, f"invalid_{name}", f"'{name}' must be a string.")
+                raise ServiceError(400, f"invalid_{name}", f"'{name}' must be a string.")
     else:
         query = (request.args.get("q") or "").strip()
         k = _int_arg("k", 5, 1, current_app.config["SEARCH_MAX_K"])
         options = {name: request.args.get(name) for name in ("mode", "document_id", "batch_id")}
     mode = options["mode"] or "hybrid"
     if mode not in SEARCH_MODES:
-        raise ApiError(400, "invalid_mode", f"'mode' must be one of {', '.join(SEARCH_MODES)}.")
+        raise ServiceError(400, "invalid_mode", f"'mode' must be one of {', '.join(SEARCH_MODES)}.")
     if not query:
-        raise ApiError(400, "missing_query", "Give the text to search for as the 'q' parameter.")
+        raise ServiceError(400, "missing_query", "Give the text to search for as the 'q' parameter.")
     if len(query) > MAX_QUERY_CHARS:
-        raise ApiError(400, "query_too_long", f"The query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,}.")
+        raise ServiceError(400, "query_too_long", f"The query is {len(query):,} characters; at most {MAX_QUERY_CHARS:,}.")
     if options["document_id"] is not None:
         get_visible_or_404(Document, options["document_id"], "document")
     if options["batch_id"] is not None:
@@ -320,7 +321,7 @@ def search():
                                 batch_id=options["batch_id"], mode=mode)
     except EmbeddingError as exc:
         if exc.retry_after is not None:  # Docket's shared OpenAI budget, not the service, said no
-            raise ApiError(429, "rate_limited", f"The query could not be embedded now: {exc}. Try again later.",
+            raise ServiceError(429, "rate_limited", f"The query could not be embedded now: {exc}. Try again later.",
                            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from exc
-        raise ApiError(502, "embedding_unavailable", f"The query could not be embedded: {exc}") from exc
+        raise ServiceError(502, "embedding_unavailable", f"The query could not be embedded: {exc}") from exc
     return jsonify({"results": results})

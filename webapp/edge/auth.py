@@ -28,7 +28,8 @@ from flask import (Blueprint, Flask, current_app, flash, g, redirect, render_tem
                    url_for)
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from webapp.edge.errors import ApiError, error_response, get_or_404
+from webapp.edge.errors import error_response, get_or_404
+from webapp.core.errors import ServiceError
 from webapp.core.models import Job
 from webapp.core.tokens import Principal, authenticate, principal_for
 
@@ -47,11 +48,11 @@ def current_principal() -> Principal:
     """The principal of the current request (set by the authentication hook).
 
     Raises:
-        ApiError: 401 ``authentication_required`` when the request has none (an open endpoint).
+        ServiceError: 401 ``authentication_required`` when the request has none (an open endpoint).
     """
     principal = g.get("principal")
     if principal is None:
-        raise ApiError(401, "authentication_required", "Sign in or send 'Authorization: Bearer <token>'.")
+        raise ServiceError(401, "authentication_required", "Sign in or send 'Authorization: Bearer <token>'.")
     return principal
 
 
@@ -81,11 +82,11 @@ def require_admin() -> Principal:
     """The current principal if it is an admin.
 
     Raises:
-        ApiError: 403 ``admin_required`` for another principal (401 without one).
+        ServiceError: 403 ``admin_required`` for another principal (401 without one).
     """
     principal = current_principal()
     if not principal.admin:
-        raise ApiError(403, "admin_required", "This needs an admin token.")
+        raise ServiceError(403, "admin_required", "This needs an admin token.")
     return principal
 
 
@@ -107,7 +108,7 @@ def _bearer_token() -> str | None:
     if not header:
         return None
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "invalid_token", "Send the token as 'Authorization: Bearer <token>'.")
+        raise ServiceError(401, "invalid_token", "Send the token as 'Authorization: Bearer <token>'.")
     return token.strip()
 
 
@@ -125,7 +126,7 @@ def _authenticate_request():
     if token is not None:
         g.principal = authenticate(token)
         if g.principal is None:
-            raise ApiError(401, "invalid_token", "This token is not valid: it is unknown or was revoked.")
+            raise ServiceError(401, "invalid_token", "This token is not valid: it is unknown or was revoked.")
         return None
     token_id = session.get("token_id")
     if token_id:
@@ -134,7 +135,7 @@ def _authenticate_request():
             session.pop("token_id", None)
     if g.principal is None:
         if _is_api():
-            raise ApiError(401, "authentication_required",
+            raise ServiceError(401, "authentication_required",
                            "Sign in or send 'Authorization: Bearer <token>' (create one with "
                            "'flask --app wsgi tokens create NAME').")
         if request.endpoint is None:
@@ -224,12 +225,12 @@ def get_visible_or_404(model, row_id: str, noun: str):
     """The row of ``model`` with primary key ``row_id`` if the current principal may see it.
 
     Raises:
-        ApiError: 404 ``<noun>_not_found`` when there is no such row *or* it is another owner's
+        ServiceError: 404 ``<noun>_not_found`` when there is no such row *or* it is another owner's
             (the same answer, so another owner's ids cannot be confirmed).
     """
     row = get_or_404(model, row_id, noun)
     if not can_see(row.owner):
-        raise ApiError(404, f"{noun}_not_found", f"There is no {noun} with id {row_id}.")
+        raise ServiceError(404, f"{noun}_not_found", f"There is no {noun} with id {row_id}.")
     return row
 
 
@@ -237,9 +238,9 @@ def visible_job(job_id: str):
     """The Job row ``job_id`` if the current principal may see it.
 
     Raises:
-        ApiError: 404 ``job_not_found`` when there is none or it is another owner's.
+        ServiceError: 404 ``job_not_found`` when there is none or it is another owner's.
     """
     job = Job.find(job_id)
     if job is None or not can_see(job.owner):
-        raise ApiError(404, "job_not_found", f"There is no job with id {job_id}.")
+        raise ServiceError(404, "job_not_found", f"There is no job with id {job_id}.")
     return job

@@ -63,7 +63,8 @@ from rq_dashboard import web as dashboard_web
 from werkzeug.exceptions import MethodNotAllowed
 
 from webapp.edge.auth import csrf, require_admin, same_origin
-from webapp.edge.errors import ApiError, error_response
+from webapp.edge.errors import error_response
+from webapp.core.errors import ServiceError
 
 URL_PREFIX = "/rq"
 BLUEPRINT = rq_dashboard.blueprint.name  # "rq_dashboard"
@@ -125,7 +126,7 @@ def _guard():
         action whose ``Origin`` is another site.
 
     Raises:
-        ApiError: 403 ``admin_required`` (401 without a principal, which the app-wide hook has
+        ServiceError: 403 ``admin_required`` (401 without a principal, which the app-wide hook has
             already turned into a redirect to ``/signin``).
         CSRFError: an action without the page's CSRF token (``403 csrf_failed``, :mod:`webapp.edge.auth`).
         NotFound: 404 for an unclassified route, or an instance number past the configured Redis URLs.
@@ -179,10 +180,10 @@ def _method_not_allowed(allowed=("POST",)):
 
 def _error(status: int, code: str, message: str):
     """An error answer of the dashboard: JSON (Docket's shape) for its data and actions, which its
-    script calls; on a page, what :mod:`webapp.edge.errors` answers an :class:`ApiError` with (Docket's
+    script calls; on a page, what :mod:`webapp.edge.errors` answers an :class:`ServiceError` with (Docket's
     error page for a browser)."""
     if _endpoint() in PAGES:
-        return current_app.handle_user_exception(ApiError(status, code, message))
+        return current_app.handle_user_exception(ServiceError(status, code, message))
     return error_response(status, code, message)
 
 

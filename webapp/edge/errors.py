@@ -12,28 +12,18 @@ from flask import Flask, jsonify, render_template, request
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-
-class ApiError(Exception):
-    """An error answer: HTTP ``status``, snake_case ``code``, a human ``message`` and extra
-    response ``headers`` (e.g. ``Retry-After`` on a 429)."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+from webapp.core.errors import ServiceError
 
 
 def get_or_404(model, row_id: str, noun: str):
     """The row of ``model`` with primary key ``row_id``.
 
     Raises:
-        ApiError: 404 ``<noun>_not_found``, "There is no <noun> with id <row_id>."
+        ServiceError: 404 ``<noun>_not_found``, "There is no <noun> with id <row_id>."
     """
     row = model.get_or_none(model._meta.primary_key == row_id)
     if row is None:
-        raise ApiError(404, f"{noun}_not_found", f"There is no {noun} with id {row_id}.")
+        raise ServiceError(404, f"{noun}_not_found", f"There is no {noun} with id {row_id}.")
     return row
 
 
@@ -69,8 +59,8 @@ def _wants_html() -> bool:
 def init_app(app: Flask) -> None:
     """Register the handlers that turn errors into JSON for API paths."""
 
-    @app.errorhandler(ApiError)
-    def handle_api_error(exc: ApiError):
+    @app.errorhandler(ServiceError)
+    def handle_api_error(exc: ServiceError):
         if not _wants_json() and _wants_html():  # a person following a link to a page (e.g. /rq)
             return render_template("error.html", status=exc.status, message=exc.message), exc.status
         response = error_response(exc.status, exc.code, exc.message)

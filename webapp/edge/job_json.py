@@ -8,7 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 from webapp.core.models import ALL_STATUSES, Job, isoformat
 from webapp.core.queues import rq
 
@@ -60,7 +60,7 @@ def encode_cursor(job: Job) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of :func:`encode_cursor`. Raises :class:`ApiError` 400 ``invalid_cursor``."""
+    """Inverse of :func:`encode_cursor`. Raises :class:`ServiceError` 400 ``invalid_cursor``."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -68,7 +68,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError("NUL in the cursor's job id")
         return datetime.fromisoformat(created_at), str(job_id)
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
-        raise ApiError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.") from None
+        raise ServiceError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.") from None
 
 
 def list_jobs(status: str | None, kind: str | None, limit: int, cursor: str | None,
@@ -80,12 +80,12 @@ def list_jobs(status: str | None, kind: str | None, limit: int, cursor: str | No
         ``(jobs, next_cursor)``; ``next_cursor`` is ``None`` on the last page.
 
     Raises:
-        ApiError: 400 for an unknown status or a bad cursor.
+        ServiceError: 400 for an unknown status or a bad cursor.
     """
     query = Job.select().order_by(Job.created_at.desc(), Job.id.desc())
     if status:
         if status not in ALL_STATUSES:
-            raise ApiError(400, "invalid_status", f"Unknown status {status!r}; use one of {', '.join(sorted(ALL_STATUSES))}.")
+            raise ServiceError(400, "invalid_status", f"Unknown status {status!r}; use one of {', '.join(sorted(ALL_STATUSES))}.")
         query = query.where(Job.status == status)
     if kind:
         query = query.where(Job.kind == kind)

@@ -29,7 +29,7 @@ def metrics():
     ``docket_scrape_source_up{source=…} 0``: the scrape still answers.
 
     Raises:
-        ApiError: 403 ``admin_required`` (401 without a principal).
+        ServiceError: 403 ``admin_required`` (401 without a principal).
     """
     require_admin()
     body, content_type = render(rq.connection, connection)

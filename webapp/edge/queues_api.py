@@ -23,7 +23,7 @@ from flask import Blueprint, current_app, jsonify
 from redis.exceptions import RedisError
 
 from webapp.edge.auth import require_admin
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 from webapp.core.queue_stats import queue_statistics
 
 bp = Blueprint("queues_api", __name__, url_prefix="/api")
@@ -43,7 +43,7 @@ def list_queues():
     """Every queue's counts, oldest queued age, workers and jobs per minute (module docstring).
 
     Raises:
-        ApiError: 403 ``admin_required`` (401 without a principal); 503 ``queue_unavailable``
+        ServiceError: 403 ``admin_required`` (401 without a principal); 503 ``queue_unavailable``
             when Redis cannot be reached.
     """
     require_admin()
@@ -51,5 +51,5 @@ def list_queues():
         statistics = queue_statistics()
     except RedisError as exc:
         current_app.logger.error("queue statistics: Redis is unavailable: %s", exc)
-        raise ApiError(503, "queue_unavailable", REDIS_DOWN) from exc
+        raise ServiceError(503, "queue_unavailable", REDIS_DOWN) from exc
     return jsonify(statistics)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 from webapp.core.protocol.launch import QueueUnavailable
 from webapp.core.models import Document, Job, Report, isoformat, utcnow
 from webapp.core.report_files import FORMATS, REPORT_TYPES, launch_report
@@ -31,14 +31,14 @@ def parse_time(value: Any, name: str) -> datetime:
     """An ISO-8601 time as naive UTC (a time without offset is taken as UTC).
 
     Raises:
-        ApiError: 400 ``invalid_params``.
+        ServiceError: 400 ``invalid_params``.
     """
     if not isinstance(value, str):
-        raise ApiError(400, "invalid_params", f"'{name}' must be an ISO-8601 time such as 2026-11-22T00:00:00Z.")
+        raise ServiceError(400, "invalid_params", f"'{name}' must be an ISO-8601 time such as 2026-11-22T00:00:00Z.")
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "invalid_params", f"'{name}' is not an ISO-8601 time: {value!r}.") from None
+        raise ServiceError(400, "invalid_params", f"'{name}' is not an ISO-8601 time: {value!r}.") from None
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
     return parsed
@@ -51,25 +51,25 @@ def validate_request(report_type: Any, params: Any, scope: str | None = None) ->
     ``document_ids`` of other owners are refused like missing ones.
 
     Raises:
-        ApiError: 400 ``invalid_report_type`` / ``invalid_params`` with a sentence.
+        ServiceError: 400 ``invalid_report_type`` / ``invalid_params`` with a sentence.
     """
     if report_type not in REPORT_TYPES:
-        raise ApiError(400, "invalid_report_type", f"'type' must be one of {', '.join(REPORT_TYPES)}.")
+        raise ServiceError(400, "invalid_report_type", f"'type' must be one of {', '.join(REPORT_TYPES)}.")
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise ApiError(400, "invalid_params", "'params' must be a JSON object.")
+        raise ServiceError(400, "invalid_params", "'params' must be a JSON object.")
     allowed = {"since", "until"} | ({"document_ids"} if report_type == "documents" else set())
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise ApiError(400, "invalid_params", f"Unknown parameter(s) {', '.join(unknown)} for a {report_type} report; "
+        raise ServiceError(400, "invalid_params", f"Unknown parameter(s) {', '.join(unknown)} for a {report_type} report; "
                                               f"use {', '.join(sorted(allowed))}.")
     if report_type == "documents" and "document_ids" in params:
         ids = params["document_ids"]
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_DOCUMENTS:
-            raise ApiError(400, "invalid_params", f"'document_ids' must be a list of 1 to {MAX_DOCUMENTS} document ids.")
+            raise ServiceError(400, "invalid_params", f"'document_ids' must be a list of 1 to {MAX_DOCUMENTS} document ids.")
         if "since" in params or "until" in params:
-            raise ApiError(400, "invalid_params", "Give either 'document_ids' or a period ('since'/'until'), not both.")
+            raise ServiceError(400, "invalid_params", "Give either 'document_ids' or a period ('since'/'until'), not both.")
         ids = list(dict.fromkeys(ids))
         candidates = Document.select(Document.id).where(Document.id.in_(ids))
         if scope is not None:
@@ -77,14 +77,14 @@ def validate_request(report_type: Any, params: Any, scope: str | None = None) ->
         found = {d.id for d in candidates}
         missing = [i for i in ids if i not in found]
         if missing:
-            raise ApiError(400, "invalid_params", f"No document with id {', '.join(missing[:5])}.")
+            raise ServiceError(400, "invalid_params", f"No document with id {', '.join(missing[:5])}.")
         return {"document_ids": ids}
     until = parse_time(params["until"], "until") if "until" in params else utcnow()
     since = parse_time(params["since"], "since") if "since" in params else until - timedelta(hours=24)
     if not since < until:
-        raise ApiError(400, "invalid_params", "'since' must be before 'until'.")
+        raise ServiceError(400, "invalid_params", "'since' must be before 'until'.")
     if until - since > MAX_PERIOD:
-        raise ApiError(400, "invalid_params", "A report covers at most 366 days.")
+        raise ServiceError(400, "invalid_params", "A report covers at most 366 days.")
     return {"since": isoformat(since), "until": isoformat(until)}
 
 
@@ -100,7 +100,7 @@ def request_report(report_type: Any, params: Any, *, owner: str, scope: str | No
         run_at: planned start (naive UTC; :func:`webapp.core.protocol.delayed.start_time`), or ``None``: at once.
 
     Raises:
-        ApiError: 400 for a bad request; 503 ``queue_unavailable`` when Redis refuses.
+        ServiceError: 400 for a bad request; 503 ``queue_unavailable`` when Redis refuses.
     """
     normalised = validate_request(report_type, params, scope)
     if scope is not None:
@@ -108,7 +108,7 @@ def request_report(report_type: Any, params: Any, *, owner: str, scope: str | No
     try:
         return launch_report(report_type, normalised, owner=owner, run_at=run_at)
     except QueueUnavailable as exc:
-        raise ApiError(503, "queue_unavailable", str(exc)) from exc
+        raise ServiceError(503, "queue_unavailable", str(exc)) from exc
 
 
 def report_to_dict(report: Report, job: Job | None = None) -> dict[str, Any]:

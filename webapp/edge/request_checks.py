@@ -20,7 +20,7 @@ A view whose free text it reads only as words (the search query ``q``: its words
 up, its control characters never reach a query) names that field with :func:`free_text`, and
 the field is left to it; the field's name is still checked, and every other field too.
 
-File names of uploads are not checked: :func:`webapp.edge.documents.clean_filename` drops control
+File names of uploads are not checked: :func:`webapp.core.documents.clean_filename` drops control
 characters from them, and file contents are bytes, never a query value.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from flask import Flask, current_app, request
 
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 
 NUL = "\x00"
 # A NUL, or a surrogate code point (json.loads joins a valid pair into one character, so any left is unpaired).
@@ -79,10 +79,10 @@ def _has_unstorable(strings: Iterable[str]) -> bool:
     return any(_UNSTORABLE.search(s) for s in strings)
 
 
-def _refuse(where: str, surrogates: bool = False) -> ApiError:
+def _refuse(where: str, surrogates: bool = False) -> ServiceError:
     what = "a NUL character (U+0000) or an unpaired surrogate escape (\\ud800–\\udfff)" if surrogates \
         else "a NUL character (U+0000)"
-    return ApiError(400, "invalid_characters",
+    return ServiceError(400, "invalid_characters",
                     f"The request's {where} contains {what}, which no field of the API accepts; "
                     "remove it and send the request again.")
 
@@ -91,14 +91,14 @@ def check_request() -> None:
     """The ``before_request`` hook (see the module docstring).
 
     Raises:
-        ApiError: 404 ``not_found`` for a NUL in the path; 400 ``invalid_characters`` (with where
+        ServiceError: 404 ``not_found`` for a NUL in the path; 400 ``invalid_characters`` (with where
             it was) for one in a query parameter or a form field, or for a NUL or an unpaired
             surrogate in the JSON body; 400 ``invalid_json`` for a JSON body nested too deeply
             for Python's parser (it raised ``RecursionError``, a 500, in every view that reads one).
             The values of the view's :func:`free_text` fields are not checked.
     """
     if request.view_args and _has_nul(v for v in request.view_args.values() if isinstance(v, str)):
-        raise ApiError(404, "not_found", "There is nothing at this address.")
+        raise ServiceError(404, "not_found", "There is nothing at this address.")
     free = getattr(current_app.view_functions.get(request.endpoint), "free_text_fields", frozenset())
     if _has_nul(_multidict_strings(request.args, free)):
         raise _refuse("query string")
@@ -106,7 +106,7 @@ def check_request() -> None:
         try:
             body = request.get_json(silent=True)  # cached: the view reads the same parse
         except RecursionError:  # json.loads gives up at ~1,000 levels of nesting ("[[[[…")
-            raise ApiError(400, "invalid_json", "The JSON body is nested too deeply to read; no field of the API "
+            raise ServiceError(400, "invalid_json", "The JSON body is nested too deeply to read; no field of the API "
                                                 "nests more than a few levels.") from None
         if isinstance(body, dict) and free:
             body = {key: (None if key in free else value) for key, value in body.items()}

@@ -26,10 +26,10 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from redis.exceptions import RedisError
 
 from webapp.edge.auth import current_principal, get_visible_or_404, owned
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 from webapp.core.models import Job, Schedule, isoformat
-from webapp.core.schedules import (SCHEDULABLE_JOBS, ScheduleError, builtin_schedules, next_run_times,
-                               put_schedule_entry, remove_schedule_entry, validate_schedule)
+from webapp.core.schedules.table import (SCHEDULABLE_JOBS, ScheduleError, builtin_schedules, next_run_times,
+                                         put_schedule_entry, remove_schedule_entry, validate_schedule)
 
 bp = Blueprint("schedules_api", __name__, url_prefix="/api")
 
@@ -107,7 +107,7 @@ def get_schedule(schedule_id: str):
 def create_schedule():
     """Add a schedule: JSON ``{"job": <name>, "cron": "<five fields, UTC>"}`` or ``{"job": <name>,
     "interval": <seconds, 10 or more>}``, optional ``"params": {...}`` (the job's own, see
-    :data:`webapp.core.schedules.SCHEDULABLE_JOBS`) → 201 with the schedule and its ``Location``.
+    :data:`webapp.core.schedules.table.SCHEDULABLE_JOBS`) → 201 with the schedule and its ``Location``.
 
     403 ``admin_required`` for a maintenance job (``reconcile``, ``retention``, ``orphans``) from a
     token that is not an admin's. 400 ``invalid_json`` when the body is not a JSON object, ``invalid_schedule`` (with the
@@ -119,19 +119,19 @@ def create_schedule():
     """
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json",
+        raise ServiceError(400, "invalid_json",
                        'Send a JSON object such as {"job": "activity_report", "cron": "0 6 * * *"}.')
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
-        raise ApiError(400, "invalid_schedule", f"Unknown field(s) {', '.join(unknown)}; accepted: {', '.join(FIELDS)}.")
+        raise ServiceError(400, "invalid_schedule", f"Unknown field(s) {', '.join(unknown)}; accepted: {', '.join(FIELDS)}.")
     try:
         job, cron, interval, params = validate_schedule(body.get("job"), body.get("cron"), body.get("interval"),
                                                         body.get("params"))
     except ScheduleError as exc:
-        raise ApiError(400, "invalid_schedule", str(exc)) from None
+        raise ServiceError(400, "invalid_schedule", str(exc)) from None
     principal = current_principal()
     if SCHEDULABLE_JOBS[job].admin_only and not principal.admin:
-        raise ApiError(403, "admin_required", f"Only an admin may schedule {job} jobs (they act on every owner's rows).")
+        raise ServiceError(403, "admin_required", f"Only an admin may schedule {job} jobs (they act on every owner's rows).")
     # An admin's schedule is the system's (its reports cover every owner), like the built-ins.
     schedule = Schedule.create(job=job, cron=cron, interval=interval, params=params, builtin=False,
                                owner=None if principal.admin else principal.owner)
@@ -140,7 +140,7 @@ def create_schedule():
     except RedisError as exc:
         current_app.logger.error("schedule %s: Redis refused its entry, the row is removed again: %s", schedule.id, exc)
         schedule.delete_instance()
-        raise ApiError(503, "queue_unavailable", REDIS_DOWN) from exc
+        raise ServiceError(503, "queue_unavailable", REDIS_DOWN) from exc
     response = jsonify(schedule_to_dict(schedule, next_run_at, None))
     response.headers["Location"] = url_for("schedules_api.get_schedule", schedule_id=schedule.id)
     return response, 201
@@ -156,7 +156,7 @@ def delete_schedule(schedule_id: str):
     """
     schedule = get_visible_or_404(Schedule, schedule_id, "schedule")
     if schedule.builtin:
-        raise ApiError(409, "builtin_schedule", "Built-in schedules can be paused and resumed, not deleted.")
+        raise ServiceError(409, "builtin_schedule", "Built-in schedules can be paused and resumed, not deleted.")
     Schedule.delete().where(Schedule.id == schedule_id).execute()
     try:
         remove_schedule_entry(schedule_id)
@@ -206,5 +206,5 @@ def resume_schedule(schedule_id: str):
     except RedisError as exc:
         if was_paused:
             Schedule.update(paused=True).where(Schedule.id == schedule_id).execute()
-        raise ApiError(503, "queue_unavailable", REDIS_DOWN) from exc
+        raise ServiceError(503, "queue_unavailable", REDIS_DOWN) from exc
     return jsonify(_one(schedule))

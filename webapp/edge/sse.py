@@ -54,7 +54,7 @@ from redis.exceptions import RedisError
 from webapp.edge.auth import get_visible_or_404, visible_job
 from webapp.core.protocol.kinds import batch_member_kinds
 from webapp.core.db import connection, db
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 from webapp.core.protocol.event_hub import EventHub, Listener
 from webapp.core.protocol.events import EVENT_COLUMNS, batch_channel, job_channel, job_event
 from webapp.core.models import TERMINAL_STATUSES, Batch, Job
@@ -143,12 +143,12 @@ def _listen(channel: str) -> Listener:
     """A listener of ``channel`` on the current app's hub.
 
     Raises:
-        ApiError: 503 ``queue_unavailable`` when Redis cannot be reached.
+        ServiceError: 503 ``queue_unavailable`` when Redis cannot be reached.
     """
     try:
         return event_hub(current_app._get_current_object()).listen(channel)
     except RedisError as exc:
-        raise ApiError(503, "queue_unavailable", f"Live events are unavailable: Redis cannot be reached ({exc}). "
+        raise ServiceError(503, "queue_unavailable", f"Live events are unavailable: Redis cannot be reached ({exc}). "
                        "Poll the job's status instead.") from None
 
 

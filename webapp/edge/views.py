@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, render_template
 
 from webapp.edge.auth import current_principal
 from webapp.core.embeddings import embedder_name
-from webapp.core.schedules import MIN_INTERVAL, SCHEDULABLE_JOBS
+from webapp.core.schedules.table import MIN_INTERVAL, SCHEDULABLE_JOBS
 
 bp = Blueprint("views", __name__)
 
@@ -49,7 +49,7 @@ def queues():
     ``GET /api/queues``, refreshed by ``static/queues.js``; links to ``/rq`` and ``/schedules``.
 
     Raises:
-        ApiError: 403 ``admin_required`` for a principal who is not an admin.
+        ServiceError: 403 ``admin_required`` for a principal who is not an admin.
     """
     from webapp.edge.auth import require_admin
 

@@ -11,7 +11,7 @@ job protocol's order:
    other jobs, the RQ job (id = row id, status ``scheduled``, its kind's function, parameters,
    callbacks and queue) and its entry in rq-scheduler's sorted set
    (``rq:scheduler:scheduled_jobs``) scored by ``run_at`` (:func:`add_entry`).
-3. The scheduler process (:class:`webapp.core.schedules.DocketScheduler`, polling every
+3. The scheduler process (:class:`webapp.core.schedules.scheduler.DocketScheduler`, polling every
    ``SCHEDULER_INTERVAL`` s, 1 by default) finds the entry due and calls
    :func:`webapp.core.protocol.launch.release_delayed`:
    removing the entry is the claim (``ZREM`` answers 1 to one caller only), the row goes

@@ -211,7 +211,7 @@ for _kind in (
         description="POST a job's final state to its callback_url (a few quick retries, bounded timeout).",
         keeps="jobs.webhook_job.needed_by_delivery",
     ),
-    # Periodic maintenance (webapp/core/schedules.py launches them), on `high` so that a long
+    # Periodic maintenance (webapp/core/schedules/ launches them), on `high` so that a long
     # document backlog never delays recovery. Each run is cheap and the next one comes soon, so
     # a transient failure is not retried.
     JobKind(

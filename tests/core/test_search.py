@@ -9,7 +9,7 @@ import pytest
 from webapp.core.db import connection
 from webapp.core.embeddings import embedder_from_config, from_blobs, to_blob
 from webapp.core.models import Chunk, Document
-from webapp.edge.search import search_chunks
+from webapp.core.search import search_chunks
 from webapp.core.vector_index import ensure_vector_index, is_postgres, store_vectors
 
 TEXTS = [

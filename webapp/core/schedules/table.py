@@ -1,38 +1,7 @@
-"""Periodic jobs: what runs when (the ``schedule`` table), and the rq-scheduler process that
-starts them.
-
-* **Declared in one place.** :data:`SCHEDULABLE_JOBS` is the allow-list of what a schedule may
-  run, :func:`builtin_schedules` the schedules every Docket has (fixed ids). ``flask --app wsgi
-  schedule sync`` (run at release and by the scheduler process itself) writes them into the
-  ``schedule`` table and rq-scheduler's sorted set in Redis: idempotent — running it twice,
-  restarting the scheduler or deploying again never duplicates a schedule, a changed one is
-  replaced, one removed from the code disappears, and a paused one stays paused.
-* **The table is the truth, Redis a copy.** Schedules added at runtime (``POST
-  /api/schedules``) are rows too. When Redis lost its data (restarted empty, ``FLUSHALL``) the
-  scheduler process notices the missing marker key and writes every entry again from the table.
-* **Every run is an ordinary job.** rq-scheduler's own ``enqueue_job`` would push its stored
-  job into a queue, bypassing the job protocol; :class:`DocketScheduler` keeps rq-scheduler's
-  loop, lock, heartbeat and sorted set but starts each due schedule through
-  :func:`webapp.core.protocol.launch.launch` (or :func:`webapp.core.report_files.launch_report`): a Job row with
-  ``params``, enqueued with job id = row id, visible in the API like any other. rq-scheduler's
-  entry (a stored RQ job, pickled by RQ's default serializer like every Docket job) is only the
-  timetable: it holds the schedule's id.
-* **Cron is UTC.** rq-scheduler computes cron times in the server's local time zone, and its
-  ``crontab`` call warns on every computation (``FutureWarning``: no ``default_utc``).
-  :func:`next_cron_time` asks ``crontab`` for the next time after an aware UTC "now", which is
-  both UTC whatever ``TZ`` says and the call the warning asks for: fixed at the source.
-
-The same loop starts delayed one-off jobs (``run_at``/``delay`` of an upload or a report) when
-their time comes: their entries sit in the same sorted set under the job's own id
-(:mod:`webapp.core.protocol.delayed`), polled every ``SCHEDULER_INTERVAL`` (1 s).
-
-RQ's own scheduler is a different thing: it moves jobs RQ itself deferred — the delayed
-automatic retries of :class:`rq.Retry` — from each queue's ``ScheduledJobRegistry`` back to the
-queue, under a per-queue lock that one process holds. Every worker pool runs one
-(``with_scheduler=True``); the scheduler process runs one as well (:class:`DocketScheduler`
-takes RQ's locks whenever they are free), so delayed retries keep flowing when the worker that
-held the locks was killed: its locks expire after 61 s and the scheduler process takes them
-over at its next poll, where a worker would wait for its 10-minute maintenance.
+"""The schedule table: what may be scheduled (:data:`SCHEDULABLE_JOBS`), the built-in schedules,
+validation, cron in UTC, the timetable in Redis (:class:`Timetable`), its sync from the table,
+and :func:`fire` (one run, through the job protocol). The process that polls it:
+:mod:`webapp.core.schedules.scheduler`. (The design: :mod:`webapp.core.schedules`.)
 """
 
 from __future__ import annotations
@@ -40,27 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import crontab
-from flask import Flask, current_app
-from peewee import DatabaseError
+from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
-from rq.scheduler import RQScheduler
 from rq_scheduler import Scheduler
 
-from webapp.core.compat.rq_scheduler_private import create_entry_job, poll_interval, use_connection
+from webapp.core.compat.rq_scheduler_private import create_entry_job
 from webapp.core.db import connection, db
 from webapp.core.protocol.states import WAITING
-from webapp.core.protocol.launch import QueueUnavailable, launch, release_delayed
+from webapp.core.protocol.launch import QueueUnavailable, launch
 from webapp.core.models import Job, Schedule, utcnow
-from webapp.core.queues import QUEUE_NAMES, rq
+from webapp.core.queues import rq
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +214,13 @@ def fingerprint(schedule: Schedule) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _timestamp(value: datetime) -> float:
+def entry_score(value: datetime) -> float:
+    """The sorted-set score of a naive UTC time: its Unix timestamp (seconds)."""
     return value.replace(tzinfo=timezone.utc).timestamp()
 
 
-def _scheduler(connection_: Redis | None = None) -> "DocketScheduler":
-    return DocketScheduler(connection=connection_ or rq.connection, queue_name="high")
+def _scheduler(connection_: Redis | None = None) -> "Timetable":
+    return Timetable(connection=connection_ or rq.connection, queue_name="high")
 
 
 @dataclass
@@ -395,22 +362,11 @@ def fire(schedule_id: str) -> Job | None:
     return job
 
 
-class DocketScheduler(Scheduler):
-    """rq-scheduler's :class:`~rq_scheduler.Scheduler` whose due entries start through
-    :func:`fire` (a Job row per run) and whose cron times are UTC (:func:`next_cron_time`).
+class Timetable(Scheduler):
+    """rq-scheduler's :class:`~rq_scheduler.Scheduler` as the schedules' timetable: each schedule's
+    entry (a stored RQ job holding its id) and next run time in rq-scheduler's sorted set. The
+    scheduler process (:class:`webapp.core.schedules.scheduler.DocketScheduler`) is one, with the loop."""
 
-    Args:
-        app: the Flask app (config, database, Redis); ``None`` when used inside an app context
-            only to read or write entries.
-        **kwargs: rq-scheduler's (``connection``, ``interval`` in seconds, ``queue_name``).
-    """
-
-    def __init__(self, app: Flask | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.app = app
-        self.rq_scheduler: RQScheduler | None = None
-
-    # --- the timetable ----------------------------------------------------------------------
     def fetch_entry(self, entry_id: str):
         """rq-scheduler's stored job ``entry_id``, or ``None``."""
         try:
@@ -422,7 +378,7 @@ class DocketScheduler(Scheduler):
         """Store schedule's entry (an RQ job holding its id) and its next run time (naive UTC)."""
         entry_id = f"{ENTRY_PREFIX}{schedule.id}"
         when = next_run_after(schedule)
-        entry = create_entry_job(self, "webapp.core.schedules.fire", kwargs={"schedule_id": schedule.id},
+        entry = create_entry_job(self, "webapp.core.schedules.table.fire", kwargs={"schedule_id": schedule.id},
                                  id=entry_id, result_ttl=-1, queue_name="high",
                                  description=f"schedule {schedule.id}: {schedule.job} "
                                              f"{'cron ' + schedule.cron if schedule.cron else f'every {schedule.interval} s'}",
@@ -430,7 +386,7 @@ class DocketScheduler(Scheduler):
                                        "cron_string": schedule.cron, "interval": schedule.interval})
         with self.connection.pipeline() as pipe:
             entry.save(pipeline=pipe)
-            pipe.zadd(self.scheduled_jobs_key, {entry_id: _timestamp(when)})
+            pipe.zadd(self.scheduled_jobs_key, {entry_id: entry_score(when)})
             pipe.execute()
         return when
 
@@ -440,100 +396,3 @@ class DocketScheduler(Scheduler):
             pipe.zrem(self.scheduled_jobs_key, entry_id)
             pipe.delete(self.job_class.key_for(entry_id))
             pipe.execute()
-
-    # --- the loop -----------------------------------------------------------------------------
-    def enqueue_jobs(self):
-        """One poll (rq-scheduler's loop calls it every ``interval`` seconds while holding its
-        lock): write the entries again if Redis lost them, then start what is due. A Redis or
-        database outage is logged and the next poll tries again; the process keeps running."""
-        try:
-            self.deliver_retries()
-            with self.app.app_context():
-                if not self.connection.exists(SYNCED_KEY):
-                    result = sync_schedules(connection_=self.connection)
-                    log.info("scheduler: wrote rq-scheduler's entries from the schedule table "
-                             "(added %s, updated %s, removed %s)", result.added, result.updated, result.removed)
-                return super().enqueue_jobs()
-        except (RedisError, DatabaseError) as exc:
-            log.error("scheduler: poll failed, trying again in %s s: %s", poll_interval(self), exc)
-            return []
-
-    def get_jobs_to_queue(self, with_times: bool = False):
-        """rq-scheduler's due entries, with "now" to the microsecond: its own rounds now down to
-        whole seconds (``to_unix``), which started a delayed job (``run_at`` 12:00:00.4) up to a
-        second late on top of the poll interval."""
-        return self.get_jobs(time.time(), with_times=with_times)
-
-    def deliver_retries(self) -> None:
-        """RQ's scheduler role (see the module docstring): hold RQ's per-queue scheduler locks
-        when they are free, and move the due delayed retries of the queues it holds."""
-        if self.rq_scheduler is None:
-            self.rq_scheduler = RQScheduler(QUEUE_NAMES, connection=self.connection, interval=poll_interval(self))
-            use_connection(self.rq_scheduler, self.connection)
-            self.rq_scheduler.register_birth()
-        if self.rq_scheduler.acquired_locks != set(QUEUE_NAMES):
-            self.rq_scheduler.acquire_locks()  # takes the free ones, refreshes its own
-        else:
-            self.rq_scheduler.heartbeat()
-        if self.rq_scheduler.acquired_locks:
-            self.rq_scheduler.enqueue_scheduled_jobs()
-
-    def register_death(self):
-        """rq-scheduler's death, and RQ's scheduler locks released for the workers' schedulers."""
-        if self.rq_scheduler is not None:
-            try:
-                self.rq_scheduler.release_locks()
-                self.rq_scheduler.register_death()
-            except RedisError:
-                pass
-            self.rq_scheduler = None
-        super().register_death()
-
-    def enqueue_job(self, job) -> None:
-        """Start one due entry. A schedule's: first move it to its next run time (so a failure
-        can never start it in a loop), then :func:`fire` its schedule inside the app context.
-        A delayed job's (any id not starting with ``schedule-``): :func:`webapp.core.protocol.launch.release_delayed`."""
-        if not job.id.startswith(ENTRY_PREFIX):
-            try:
-                release_delayed(self.connection, job.id)
-            except DatabaseError as exc:
-                # The entry was claimed but the row could not move: reconcile writes it again.
-                log.error("delayed job %s: could not start it (database unavailable): %s", job.id, exc)
-            return
-        schedule_id = job.meta.get("schedule_id") or (job.kwargs or {}).get("schedule_id")
-        with connection():
-            schedule = Schedule.get_or_none(Schedule.id == schedule_id) if schedule_id else None
-        if schedule is None or schedule.paused:
-            self.remove_entry(job.id)
-            return
-        self.connection.zadd(self.scheduled_jobs_key, {job.id: _timestamp(next_run_after(schedule))})
-        try:
-            fire(schedule.id)
-        except DatabaseError as exc:
-            log.error("schedule %s: could not start its job (database unavailable): %s", schedule.id, exc)
-        except Exception:  # one broken schedule must not stop the process that runs all the others
-            log.exception("schedule %s: could not start its %s job", schedule.id, schedule.job)
-
-
-def run_scheduler(app: Flask, interval: float, burst: bool = False) -> None:
-    """Run the scheduler process until SIGTERM/SIGINT: write the schedules from the table into
-    rq-scheduler (so a deploy's changes apply even without the release phase), then poll every
-    ``interval`` seconds. If Redis or the database is unreachable, wait and start again instead of
-    exiting (a platform would restart it, a local ``honcho`` run would not)."""
-    backoff = 1.0
-    while True:
-        scheduler = DocketScheduler(app=app, connection=rq.connection, interval=interval, queue_name="high")
-        started = time.monotonic()
-        try:
-            with app.app_context():
-                result = sync_schedules(connection_=scheduler.connection)
-            log.info("scheduler: schedules synced (added %s, updated %s, removed %s, unchanged %d)",
-                     result.added, result.updated, result.removed, len(result.kept))
-            scheduler.run(burst=burst)
-            return
-        except (RedisError, DatabaseError) as exc:
-            if time.monotonic() - started > 60:  # it had been running: a new outage starts the backoff again
-                backoff = 1.0
-            log.error("scheduler: Redis or the database is unavailable (%s); trying again in %.0f s", exc, backoff)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 30)

@@ -1,9 +1,13 @@
-"""Accepting documents: validate uploads, store their bytes, record rows, launch the jobs.
+"""The document service: accept documents (validate, store their bytes, record rows, launch the
+jobs), find duplicates, delete a document with everything it owns. In the core, so that every
+producer — the API, the command line, and next the job path (a URL fetch, a source sync) — uses
+the same rules; a refusal is a :class:`~webapp.core.errors.ServiceError` with its status, code and
+sentence, which the edge answers as JSON. (A document as the API shows it: :mod:`webapp.edge.document_json`.)
 
 Order matters (the job protocol, :mod:`webapp.core.protocol.launch`): bytes are stored, then the Batch,
 Document and Job rows are committed in one transaction, then every job of the upload is
 enqueued in one Redis transaction (job id = Job row id), then the rows get ``enqueued_at``.
-If Redis refuses, the rows are marked ``failed`` and :class:`ApiError` 503 is raised, so no row
+If Redis refuses, the rows are marked ``failed`` and :class:`ServiceError` 503 is raised, so no row
 is left saying ``queued`` forever and no file is left queued. No parsing happens on this path.
 """
 
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, BinaryIO, Iterable
 
-from flask import current_app, url_for
+from flask import current_app
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -24,11 +28,11 @@ from rq.job import Job as RQJob
 from webapp.core import egress, filetypes
 from webapp.core.db import db
 from webapp.core.encryption import encrypt_secret
-from webapp.edge.errors import ApiError
+from webapp.core.errors import ServiceError
 from webapp.core.protocol.control import cancel_job
 from webapp.core.protocol.states import FINISHED, STARTED, TERMINAL, WAITING, JobStateError
 from webapp.core.protocol.launch import QueueUnavailable, enqueue_jobs, new_job
-from webapp.core.models import Batch, Chunk, Document, Job, Report, isoformat, new_id
+from webapp.core.models import Batch, Chunk, Document, Job, Report, new_id
 from webapp.core.report_files import launch_report, new_report
 from webapp.core.queues import rq
 from webapp.core.storage import StorageError, storage_from_config
@@ -68,7 +72,7 @@ def check_file_count(count: int) -> None:
     (``MAX_FILES_PER_UPLOAD``)."""
     limit = current_app.config["MAX_FILES_PER_UPLOAD"]
     if count > limit:
-        raise ApiError(413, "too_many_files", f"An upload may hold at most {limit} files; this one has more "
+        raise ServiceError(413, "too_many_files", f"An upload may hold at most {limit} files; this one has more "
                                               f"({count}). Send them in several uploads; nothing was uploaded.")
 
 
@@ -95,7 +99,7 @@ def validate_uploads(uploads: Iterable[Upload]) -> tuple[list[ValidatedUpload], 
         type) — each with its sentence. At least one file is accepted.
 
     Raises:
-        ApiError: 400 ``no_file`` when there is none, 413 ``too_many_files`` above
+        ServiceError: 400 ``no_file`` when there is none, 413 ``too_many_files`` above
             ``MAX_FILES_PER_UPLOAD`` files, and the refusal itself (400 ``empty_file``, 415
             ``unsupported_media_type``) when no file is accepted.
     """
@@ -118,10 +122,10 @@ def validate_uploads(uploads: Iterable[Upload]) -> tuple[list[ValidatedUpload], 
         validated.append(ValidatedUpload(filename, upload.file, content_type, size, digest))
     if not validated:
         if not refused:
-            raise ApiError(400, "no_file", "No file was sent; attach one or more files as form fields named 'file'.")
+            raise ServiceError(400, "no_file", "No file was sent; attach one or more files as form fields named 'file'.")
         first = refused[0]
         others = f" {len(refused) - 1} other file(s) were refused too." if len(refused) > 1 else ""
-        raise ApiError(first.status, first.code, f"{first.message}{others} Nothing was uploaded.")
+        raise ServiceError(first.status, first.code, f"{first.message}{others} Nothing was uploaded.")
     return validated, refused
 
 
@@ -174,12 +178,12 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
         The accepted files, the batch id and the refused files.
 
     Raises:
-        ApiError: 400/413/415 from :func:`validate_uploads` when no file is accepted (nothing stored); 400 ``invalid_callback_url``;
+        ServiceError: 400/413/415 from :func:`validate_uploads` when no file is accepted (nothing stored); 400 ``invalid_callback_url``;
             503 ``storage_unavailable`` when the bytes cannot be stored; 503 ``queue_unavailable``
             when Redis refuses the jobs (their rows are marked ``failed``; none was enqueued).
     """
     if report not in (None, "documents"):
-        raise ApiError(400, "invalid_report_type", "'report' may only be \"documents\": a documents report of "
+        raise ServiceError(400, "invalid_report_type", "'report' may only be \"documents\": a documents report of "
                                                    "the upload's files once every one of them ended.")
     validated, refused = validate_uploads(uploads)
     if callback_url is not None:
@@ -241,7 +245,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
         for key in stored_keys:
             storage.delete(key)
         current_app.logger.error("storing an upload failed: %s", exc)
-        raise ApiError(503, "storage_unavailable", "The upload could not be stored; please try again later.") from exc
+        raise ServiceError(503, "storage_unavailable", "The upload could not be stored; please try again later.") from exc
     except Exception:
         for key in stored_keys:
             storage.delete(key)
@@ -256,7 +260,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
         if report and not batch_id:  # every file a duplicate: nothing to wait for
             report_row = launch_report(report, _report_params(files, owner), owner)
     except QueueUnavailable as exc:
-        raise ApiError(503, "queue_unavailable", str(exc)) from exc
+        raise ServiceError(503, "queue_unavailable", str(exc)) from exc
     return UploadResult(files=[f for f in files if f is not None], batch_id=batch_id, refused=refused,
                         report=report_row, status=jobs[0].status if jobs else "queued")
 
@@ -333,74 +337,14 @@ def check_callback_url(url: str) -> str:
     checks it again.
 
     Raises:
-        ApiError: 400 ``invalid_callback_url`` otherwise, with the reason.
+        ServiceError: 400 ``invalid_callback_url`` otherwise, with the reason.
     """
     url = url.strip()
     try:
         egress.resolve(url, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
     except egress.DestinationRefused as exc:
-        raise ApiError(400, "invalid_callback_url", f"callback_url is refused: {exc}.") from None
+        raise ServiceError(400, "invalid_callback_url", f"callback_url is refused: {exc}.") from None
     return url
-
-
-def document_to_dict(document: Document, job: Job | None = None) -> dict[str, Any]:
-    """The API representation of a document (``GET /api/documents/<id>``).
-
-    ``status`` and ``error`` are those of the document's current job.
-    """
-    if job is None and document.job_id:
-        job = Job.get_or_none(Job.id == document.job_id)
-    return {
-        "id": document.id,
-        "filename": document.filename,
-        "content_type": document.content_type,
-        "bytes": document.size_bytes,
-        "sha256": document.sha256,
-        "status": job.status if job else None,
-        "batch_id": document.batch_id,
-        "pages": document.pages,
-        "chars": document.chars,
-        "chunks": document.chunk_count,
-        "warnings": document.warnings or [],
-        "error": job.error if job else None,
-        "error_code": job.error_code if job else None,
-        "job_id": document.job_id,
-        "created_at": isoformat(document.created_at),
-    }
-
-
-def batch_to_dict(batch: Batch) -> dict[str, Any]:
-    """The API representation of a batch (``GET /api/batches/<id>``).
-
-    ``totals`` counts the documents by their current job's status; ``progress`` (0–100 %) is
-    the mean over the documents, an ended job counting 100; ``report`` is the documents report
-    asked for with the upload (``{"id", "status", "report_url"}``) or ``None``.
-    """
-    documents = list(Document.select().where(Document.batch_id == batch.id).order_by(Document.created_at, Document.id))
-    jobs = Job.by_id(d.job_id for d in documents)
-    totals: dict[str, int] = {}
-    done = 0
-    for document in documents:
-        job = jobs.get(document.job_id)
-        status = job.status if job else "unknown"
-        totals[status] = totals.get(status, 0) + 1
-        done += 100 if status in TERMINAL else (job.progress if job else 0)
-    ended = sum(count for status, count in totals.items() if status in TERMINAL)
-    report = (Report.select(Report.id, Job.status.alias("job_status")).join(Job, on=(Job.id == Report.job_id))
-              .where(Job.batch_id == batch.id).dicts().first())
-    return {
-        "id": batch.id,
-        "size": batch.size,
-        "created_at": isoformat(batch.created_at),
-        "totals": totals,
-        "ended": ended,
-        "finished": ended == len(documents),
-        "progress": done // len(documents) if documents else 100,
-        "documents": [document_to_dict(d, jobs.get(d.job_id)) for d in documents],
-        # The documents report asked for with the upload (deferred until every document ended).
-        "report": {"id": report["id"], "status": report["job_status"],
-                   "report_url": url_for("api.get_report", report_id=report["id"])} if report else None,
-    }
 
 
 def read_upload(file_storage) -> Upload:

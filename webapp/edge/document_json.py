@@ -1,0 +1,71 @@
+"""A document and a batch as the API shows them (``GET /api/documents/<id>``, ``GET
+/api/batches/<id>``): the rows with their current job's status, links included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import url_for
+
+from webapp.core.models import Batch, Document, Job, Report, isoformat
+from webapp.core.protocol.states import TERMINAL
+
+
+def document_to_dict(document: Document, job: Job | None = None) -> dict[str, Any]:
+    """The API representation of a document (``GET /api/documents/<id>``).
+
+    ``status`` and ``error`` are those of the document's current job.
+    """
+    if job is None and document.job_id:
+        job = Job.get_or_none(Job.id == document.job_id)
+    return {
+        "id": document.id,
+        "filename": document.filename,
+        "content_type": document.content_type,
+        "bytes": document.size_bytes,
+        "sha256": document.sha256,
+        "status": job.status if job else None,
+        "batch_id": document.batch_id,
+        "pages": document.pages,
+        "chars": document.chars,
+        "chunks": document.chunk_count,
+        "warnings": document.warnings or [],
+        "error": job.error if job else None,
+        "error_code": job.error_code if job else None,
+        "job_id": document.job_id,
+        "created_at": isoformat(document.created_at),
+    }
+
+
+def batch_to_dict(batch: Batch) -> dict[str, Any]:
+    """The API representation of a batch (``GET /api/batches/<id>``).
+
+    ``totals`` counts the documents by their current job's status; ``progress`` (0–100 %) is
+    the mean over the documents, an ended job counting 100; ``report`` is the documents report
+    asked for with the upload (``{"id", "status", "report_url"}``) or ``None``.
+    """
+    documents = list(Document.select().where(Document.batch_id == batch.id).order_by(Document.created_at, Document.id))
+    jobs = Job.by_id(d.job_id for d in documents)
+    totals: dict[str, int] = {}
+    done = 0
+    for document in documents:
+        job = jobs.get(document.job_id)
+        status = job.status if job else "unknown"
+        totals[status] = totals.get(status, 0) + 1
+        done += 100 if status in TERMINAL else (job.progress if job else 0)
+    ended = sum(count for status, count in totals.items() if status in TERMINAL)
+    report = (Report.select(Report.id, Job.status.alias("job_status")).join(Job, on=(Job.id == Report.job_id))
+              .where(Job.batch_id == batch.id).dicts().first())
+    return {
+        "id": batch.id,
+        "size": batch.size,
+        "created_at": isoformat(batch.created_at),
+        "totals": totals,
+        "ended": ended,
+        "finished": ended == len(documents),
+        "progress": done // len(documents) if documents else 100,
+        "documents": [document_to_dict(d, jobs.get(d.job_id)) for d in documents],
+        # The documents report asked for with the upload (deferred until every document ended).
+        "report": {"id": report["id"], "status": report["job_status"],
+                   "report_url": url_for("api.get_report", report_id=report["id"])} if report else None,
+    }
