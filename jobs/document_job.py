@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from flask import current_app
 from peewee import InterfaceError, OperationalError
@@ -260,3 +260,10 @@ def _samples() -> dict[str, bytes]:
         filetypes.HTML: b"<!doctype html><html><body><p>Docket warms up its HTML parser.</p></body></html>",
         filetypes.TEXT: "Docket warms up its text decoder. Ünïcödé.".encode(),
     }
+
+
+def stored_uploads() -> Iterator[str]:
+    """The document kind's ``owns`` hook: the storage key of every document's upload (the orphans
+    job keeps them). One pass over the column."""
+    for (key,) in Document.select(Document.storage_key).tuples().iterator():
+        yield key

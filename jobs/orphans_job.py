@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable
 
 from flask import current_app
-from peewee import JOIN
 from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
@@ -27,9 +26,9 @@ from jobs.document_errors import JobError
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core.db import connection
 from webapp.core.protocol.states import FINISHED, WAITING, mark_failed
-from webapp.core.models import TERMINAL_STATUSES, Document, Job, Report
+from webapp.core.models import Document, Job, Report
+from webapp.core.protocol.kinds import JOB_KINDS, hook
 from webapp.core.queues import rq
-from webapp.core.report_files import FORMATS, report_key
 from webapp.core.storage import Storage, StorageError, storage_from_config
 
 log = logging.getLogger(__name__)
@@ -155,18 +154,16 @@ def _clean_orphans(storage: Storage, grace: float, progress: Progress) -> dict[s
 
 
 def referenced_keys() -> set[str]:
-    """Every storage key a row names: documents' uploads, reports' files, and every file a report
-    whose job has not ended may be writing (its files are stored before its row names them).
+    """Every storage key a row names, as each job kind's ``owns`` hook says (the document kind's
+    uploads; the report kind's files, and every file a report whose job has not ended may be
+    writing: its files are stored before its row names them).
 
-    One pass over the key columns; held in memory as a set (≈100 bytes a document).
+    One pass over the key columns per kind; held in memory as a set (≈100 bytes a document).
     """
-    keys = {key for (key,) in Document.select(Document.storage_key).tuples().iterator()}
-    reports = (Report.select(Report.id, Report.files, Job.status.alias("job_status"))
-               .join(Job, JOIN.LEFT_OUTER, on=(Job.id == Report.job_id)).dicts().iterator())
-    for report in reports:
-        keys.update((report["files"] or {}).values())
-        if report["job_status"] is not None and report["job_status"] not in TERMINAL_STATUSES:
-            keys.update(report_key(report["id"], fmt) for fmt in FORMATS)
+    keys: set[str] = set()
+    for kind in JOB_KINDS.values():
+        if kind.owns:
+            keys.update(hook(kind.owns)())
     return keys
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import statistics
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from flask import current_app
+from peewee import JOIN
 
 from jobs.document_errors import JobError
 from jobs.report_formats import render_report
@@ -20,7 +21,7 @@ from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core.db import connection
 from webapp.core.embeddings import EmbeddingError, embedder_from_config, from_blobs
 from webapp.core.logs import begin_stage, end_stage
-from webapp.core.models import Chunk, Document, Job, Report, isoformat, utcnow
+from webapp.core.models import TERMINAL_STATUSES, Chunk, Document, Job, Report, isoformat, utcnow
 from webapp.core.report_files import FORMATS, report_key
 from webapp.core.storage import StorageError, storage_from_config
 
@@ -237,3 +238,15 @@ def needed_by_report(job: Job) -> tuple[set[str], set[str]]:
     for report in Report.select(Report.params).where(Report.job_id == job.id):
         documents.update((report.params or {}).get("document_ids") or [])
     return set(), documents
+
+
+def stored_report_files() -> Iterator[str]:
+    """The report kind's ``owns`` hook: every stored file a report row names, and every file a
+    report whose job has not ended may be writing (its files are stored before its row names
+    them). The orphans job keeps them."""
+    reports = (Report.select(Report.id, Report.files, Job.status.alias("job_status"))
+               .join(Job, JOIN.LEFT_OUTER, on=(Job.id == Report.job_id)).dicts().iterator())
+    for report in reports:
+        yield from (report["files"] or {}).values()
+        if report["job_status"] is not None and report["job_status"] not in TERMINAL_STATUSES:
+            yield from (report_key(report["id"], fmt) for fmt in FORMATS)

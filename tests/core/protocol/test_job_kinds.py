@@ -19,6 +19,7 @@ from webapp.core.config import load_config
 from webapp.core.db import connection, create_tables
 from webapp.core.protocol.kinds import JOB_KINDS, JobKind, RetryPolicy, get_kind, register
 from webapp.core.protocol.launch import launch
+from webapp.core.workflows.rate_limits import configured_limits
 from webapp.edge.openapi import openapi_document
 
 SLEEPER = register(JobKind(
@@ -70,6 +71,19 @@ def test_the_declaration_is_the_kinds_only_description():
         load_config("/tmp", {"SLEEPER_JOB_TIMEOUT": "0"})
     with pytest.raises(ValueError, match="declared twice"):
         register(JobKind(name="sleeper", function="elsewhere.f", queue="high", timeout=1))
+    # A declared budget of job starts counts unless JOB_RATE_LIMITS names the kind. (Registered
+    # for this check only: the registry is the process's, and other tests count its budgets.)
+    register(JobKind(name="limited_sleeper", function=SLEEPER.function, queue="default", timeout=45,
+                     rate_limit="600/minute"))
+    try:
+        declared = configured_limits({})["job.limited_sleeper"]
+        assert (declared.amount, declared.seconds) == (600, 60)
+        overridden = configured_limits({"JOB_RATE_LIMITS": "limited_sleeper=5/second"})["job.limited_sleeper"]
+        assert (overridden.amount, overridden.seconds) == (5, 1)
+    finally:
+        JOB_KINDS.pop("limited_sleeper")
+    with pytest.raises(ValueError, match="limits notation"):
+        register(JobKind(name="badly_limited", function="x.f", queue="high", timeout=1, rate_limit="often"))
     # The API documents list it, with its description.
     assert openapi_document.__wrapped__()["x-job-kinds"]["sleeper"] == SLEEPER.description
 

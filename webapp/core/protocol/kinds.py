@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import importlib
 import random
+
+import limits
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -82,8 +84,13 @@ class JobKind:
             only (parsers, models), never a socket or a database connection.
         batch_member: a job of this kind counts in its batch's totals and progress (the
             documents of an upload; not the batch's report).
-        keeps: dotted path of ``keeps(params) -> (job ids, document ids)``: what a run of this
+        keeps: dotted path of ``keeps(job) -> (job ids, document ids)``: what a run of this
             kind that has not ended needs, so that retention keeps it.
+        owns: dotted path of ``owns() -> Iterable[str]``: every storage key that rows of this
+            kind's work name (an upload, a report's files, the files a running report may be
+            writing), so that the orphans job never deletes them.
+        rate_limit: the kind's default budget of job starts, shared by every worker (``"600/minute"``,
+            the ``limits`` notation); ``JOB_RATE_LIMITS`` replaces it. ``None``: unlimited.
         result_ttl_setting / failure_ttl_setting: config keys for how long RQ keeps the job's
             record after it finished / failed (seconds); the row stays regardless.
     """
@@ -98,6 +105,8 @@ class JobKind:
     warm_up: str | None = None
     batch_member: bool = False
     keeps: str | None = None
+    owns: str | None = None
+    rate_limit: str | None = None
     result_ttl_setting: str = "JOB_RESULT_TTL"
     failure_ttl_setting: str = "JOB_FAILURE_TTL"
 
@@ -149,6 +158,12 @@ def register(kind: JobKind) -> JobKind:
         raise ValueError(f"a job kind's name is lower case letters, digits and _ (at most 32): {kind.name!r}")
     if kind.queue not in ("high", "default"):
         raise ValueError(f"job kind {kind.name!r}: its queue must be high or default, not {kind.queue!r}")
+    if kind.rate_limit:
+        try:
+            limits.parse(kind.rate_limit)
+        except ValueError:
+            raise ValueError(f"job kind {kind.name!r}: its rate_limit {kind.rate_limit!r} is not in the limits "
+                             "notation (e.g. 600/minute)") from None
     known = JOB_KINDS.get(kind.name)
     if known is not None and known != kind:
         raise ValueError(f"job kind {kind.name!r} is declared twice, differently")
@@ -197,13 +212,13 @@ for _kind in (
         name="document", function="jobs.document_job.process_document", queue="default", timeout=600,
         retry=RetryPolicy(max_retries=3, base_delay=10, max_delay=300),
         description="Extract → chunk → embed → store one uploaded document (CPU-bound, minutes at most).",
-        warm_up="jobs.document_job.warm_up", batch_member=True,
+        warm_up="jobs.document_job.warm_up", batch_member=True, owns="jobs.document_job.stored_uploads",
     ),
     JobKind(
         name="report", function="jobs.report_job.build_report", queue="high", timeout=300,
         retry=RetryPolicy(max_retries=2, base_delay=5, max_delay=60),
         description="Build a report (activity, documents) in four formats; on high, never behind documents.",
-        keeps="jobs.report_job.needed_by_report",
+        keeps="jobs.report_job.needed_by_report", owns="jobs.report_job.stored_report_files",
     ),
     JobKind(
         name="webhook", function="jobs.webhook_job.deliver_webhook", queue="high", timeout=60,

@@ -157,7 +157,8 @@ def parse_job_rate_limits(text: str | None, kinds: Any) -> dict[str, RateLimit]:
 def configured_limits(config: Mapping[str, Any]) -> dict[str, RateLimit]:
     """Every budget the configuration limits: ``openai.requests``, ``openai.tokens`` (unless 0)
     and ``job.<kind>`` for each kind in ``JOB_RATE_LIMITS`` (``{kind: RateLimit}`` as
-    :func:`webapp.core.config.load_config` leaves it, or the setting's text).
+    :func:`webapp.core.config.load_config` leaves it, or the setting's text), else the kind's
+    declared ``rate_limit``.
 
     Raises:
         ValueError: ``JOB_RATE_LIMITS`` given as text that :func:`parse_job_rate_limits` refuses.
@@ -172,11 +173,13 @@ def configured_limits(config: Mapping[str, Any]) -> dict[str, RateLimit]:
             # Counted over the API's window plus SEND_MARGIN: a unit is stamped when it is taken,
             # the API counts the request when it arrives, up to a moment later.
             found[name] = RateLimit(amount, window + SEND_MARGIN, text)
+    from webapp.core.protocol.kinds import JOB_KINDS
+
     by_kind = config.get("JOB_RATE_LIMITS") or {}
     if isinstance(by_kind, str):  # the setting's text (a config given as a dict, as the tests do)
-        from webapp.core.protocol.kinds import JOB_KINDS
-
         by_kind = parse_job_rate_limits(by_kind, JOB_KINDS)
+    # A kind's declared budget (JobKind.rate_limit) unless JOB_RATE_LIMITS names the kind.
+    by_kind = {**{name: kind.rate_limit for name, kind in JOB_KINDS.items() if kind.rate_limit}, **by_kind}
     for kind, limit in by_kind.items():
         found[f"job.{kind}"] = limit if isinstance(limit, RateLimit) else RateLimit.parse(limit)
     return found
