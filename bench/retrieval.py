@@ -127,7 +127,7 @@ def run_embedder(embedder: str, questions: Sequence[Question], modes: Sequence[s
     from webapp.core.db import connection, create_tables
     from webapp.core.documents import accept_uploads, read_path
     from webapp.core.embeddings import embedder_name
-    from webapp.edge.errors import ServiceError
+    from webapp.edge.json_errors import ServiceError
     from webapp.core.models import Chunk
     from webapp.core.search import search_chunks
 

@@ -1,10 +1,10 @@
 """Errors a document job raises on purpose. Their text is shown to users as the job's ``error``.
 
-The base classes live in the shared core (:mod:`webapp.core.protocol.errors`): the state machine records
+The base classes live in the shared core (:mod:`webapp.core.protocol.job_errors`): the state machine records
 them on the row and the API returns them.
 """
 
-from webapp.core.protocol.errors import JobError  # noqa: F401  (re-exported for the job modules)
+from webapp.core.protocol.job_errors import JobError  # noqa: F401  (re-exported for the job modules)
 
 
 class DocumentError(JobError):

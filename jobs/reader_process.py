@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection, Pipe
 from typing import Any, Callable
 
 from jobs.document_errors import DocumentError, DocumentTooLarge
-from webapp.core.protocol.errors import WorkerProcessDied
+from webapp.core.protocol.job_errors import WorkerProcessDied
 from webapp.core.processes import die_with_parent
 
 log = logging.getLogger(__name__)

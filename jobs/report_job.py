@@ -1,7 +1,7 @@
 """The report job (kind ``report``, queue ``high``): gather a report's data, render it in four
 formats (:mod:`jobs.report_formats`) and store the files beside the uploads.
 
-Requested through :func:`webapp.edge.reports.request_report`, which validated the type and params
+Requested through :func:`webapp.edge.report_requests.request_report`, which validated the type and params
 and recorded the :class:`~webapp.core.models.Report` row; this job reads only that row.
 """
 

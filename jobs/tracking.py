@@ -8,7 +8,7 @@ Two places are kept up to date:
   (:mod:`webapp.core.protocol.states`), as the web process's and RQ's callbacks' do.
 
 A persisted progress write that finds the row no longer ``started`` (canceled or stopped
-meanwhile) raises :class:`~webapp.core.protocol.errors.JobStopped`: the job ends at that point.
+meanwhile) raises :class:`~webapp.core.protocol.job_errors.JobStopped`: the job ends at that point.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from rq import get_current_job
 
 from webapp.core.protocol import states as job_states
-from webapp.core.protocol.errors import JobStopped
+from webapp.core.protocol.job_errors import JobStopped
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from rq import get_current_job
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core import egress, webhooks
 from webapp.core.db import connection
-from webapp.core.protocol.errors import JobError, TransientJobError
+from webapp.core.protocol.job_errors import JobError, TransientJobError
 from webapp.core.models import Job, isoformat, utcnow
 
 

@@ -47,13 +47,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logs.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])  # before app.logger is first used
     metrics.init_app(app)  # PROMETHEUS_MULTIPROC_DIR, before anything imports prometheus_client
 
-    from webapp.edge import auth, errors, request_checks
+    from webapp.edge import auth, request_checks
+    from webapp.edge import json_errors
     from webapp.core.db import db
     from webapp.core.queues import rq
 
     db.init_app(app)
     rq.init_app(app)
-    errors.init_app(app)
+    json_errors.init_app(app)
     logs.init_app(app)  # request id and one log line per request; its hooks run before auth's
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
     request_checks.init_app(app)  # after auth's hook: no NUL, unpaired surrogate or too-deep JSON reaches a view

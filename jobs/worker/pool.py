@@ -21,7 +21,7 @@ from jobs.worker.job import DocketJob
 from jobs.worker.worker import STOP_SIGNALS, DocketWorker
 from webapp.core import metrics
 from webapp.core.db import db
-from webapp.core.protocol.errors import JobError, WorkerProcessDied
+from webapp.core.protocol.job_errors import JobError, WorkerProcessDied
 from webapp.core.protocol.states import on_job_failure
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from webapp.core.compat.rq_private import enqueue_at_front
 from webapp.core import metrics
 from webapp.core.logs import end_stage, log_context
 from webapp.core.processes import children_die_with_this_process, die_with_parent
-from webapp.core.protocol.errors import JobError, JobStopped, RateLimited
+from webapp.core.protocol.job_errors import JobError, JobStopped, RateLimited
 from webapp.core.protocol.states import mark_handed_back, mark_rate_limited
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from jobs.reader_process import read_in_own_process
 from tests.conftest import CORPUS, ROOT
 from tests.jobs.test_extract_hostile_memory import text_operators_pdf
 from webapp.core import filetypes
-from webapp.core.protocol.errors import WorkerProcessDied
+from webapp.core.protocol.job_errors import WorkerProcessDied
 
 MB = 1024 * 1024
 

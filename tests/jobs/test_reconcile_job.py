@@ -20,7 +20,7 @@ from tests.conftest import long_text, post_text, row, wait_for
 from tests.local_services import slow_worker_env
 from tests.jobs.test_recovery import _chunks, _started_in_embed
 from webapp.core.db import connection
-from webapp.core.protocol.errors import WorkerProcessDied
+from webapp.core.protocol.job_errors import WorkerProcessDied
 from webapp.core.protocol.kinds import get_kind
 from webapp.core.protocol.states import mark_started, on_job_failure, on_job_stopped
 from webapp.core.protocol.launch import launch

@@ -16,7 +16,7 @@ from webapp.core.db import connection
 from webapp.core.models import TERMINAL_STATUSES, Document, Job
 from webapp.core.queues import rq
 from webapp.core.documents import accept_uploads, read_path
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.edge.job_json import job_to_dict
 
 

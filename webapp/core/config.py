@@ -310,7 +310,7 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError("EMBEDDING_BATCH_SIZE must be between 1 and 2048 (OpenAI's limit per request)")
     if config["MAX_FILES_PER_UPLOAD"] < 1:
         raise ValueError("MAX_FILES_PER_UPLOAD must be at least 1")
-    # Werkzeug refuses a form of more parts than this with a bare 413 (webapp.edge.errors names it):
+    # Werkzeug refuses a form of more parts than this with a bare 413 (webapp.edge.json_errors names it):
     # the files and a few other fields (password, reprocess, callback_url).
     config["MAX_FORM_PARTS"] = config["MAX_FILES_PER_UPLOAD"] + 10
     if config["SEARCH_BLOCK_ROWS"] < 1:

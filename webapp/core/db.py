@@ -105,7 +105,7 @@ def _connect_for_request() -> None:
         database.connect(reuse_if_open=True)
     except MaxConnectionsExceeded:
         # Every pooled connection of this process stayed in use for DATABASE_POOL_TIMEOUT
-        # seconds: a 503 (webapp/edge/errors.py), as when the database is away, not a 500.
+        # seconds: a 503 (webapp/edge/json_errors.py), as when the database is away, not a 500.
         raise OperationalError(f"all {max_connections(database)} database connections of this process "
                                "are in use") from None
 

@@ -1,7 +1,7 @@
 """The document service: accept documents (validate, store their bytes, record rows, launch the
 jobs), find duplicates, delete a document with everything it owns. In the core, so that every
 producer — the API, the command line, and next the job path (a URL fetch, a source sync) — uses
-the same rules; a refusal is a :class:`~webapp.core.errors.ServiceError` with its status, code and
+the same rules; a refusal is a :class:`~webapp.core.service_errors.ServiceError` with its status, code and
 sentence, which the edge answers as JSON. (A document as the API shows it: :mod:`webapp.edge.document_json`.)
 
 Order matters (the job protocol, :mod:`webapp.core.protocol.launch`): bytes are stored, then the Batch,
@@ -28,7 +28,7 @@ from rq.job import Job as RQJob
 from webapp.core import egress, filetypes
 from webapp.core.db import db
 from webapp.core.encryption import encrypt_secret
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.core.protocol.control import cancel_job
 from webapp.core.protocol.states import FINISHED, STARTED, TERMINAL, WAITING, JobStateError
 from webapp.core.protocol.launch import QueueUnavailable, enqueue_jobs, new_job

@@ -343,7 +343,7 @@ class OpenAIEmbedder:
         import openai
         from rq import get_current_job
 
-        from webapp.core.protocol.errors import RateLimited
+        from webapp.core.protocol.job_errors import RateLimited
         from webapp.core.workflows.rate_limits import largest_cost
 
         rows: list[np.ndarray] = []

@@ -11,14 +11,14 @@ from webapp.core.documents import accept_uploads, delete_document, read_upload
 from webapp.edge.document_json import batch_to_dict, document_to_dict
 from webapp.core.protocol.delayed import StartTimeError, start_time
 from webapp.core.embeddings import EmbeddingError
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.core.protocol.control import cancel_job
 from webapp.core.protocol.states import JobStateError
 from webapp.edge.job_json import job_to_dict, list_jobs
 from webapp.core.protocol.launch import QueueUnavailable, relaunch
 from webapp.core.models import Batch, Document, Job, Report
 from webapp.core.report_files import CONTENT_TYPES, FORMATS
-from webapp.edge.reports import report_to_dict, request_report
+from webapp.edge.report_requests import report_to_dict, request_report
 from webapp.edge.request_checks import free_text
 from webapp.core.storage import StorageError, storage_from_config
 from webapp.core.search import MODES as SEARCH_MODES, search_chunks

@@ -28,8 +28,8 @@ from flask import (Blueprint, Flask, current_app, flash, g, redirect, render_tem
                    url_for)
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from webapp.edge.errors import error_response, get_or_404
-from webapp.core.errors import ServiceError
+from webapp.edge.json_errors import error_response, get_or_404
+from webapp.core.service_errors import ServiceError
 from webapp.core.models import Job
 from webapp.core.tokens import Principal, authenticate, principal_for
 

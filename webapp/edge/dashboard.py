@@ -63,8 +63,8 @@ from rq_dashboard import web as dashboard_web
 from werkzeug.exceptions import MethodNotAllowed
 
 from webapp.edge.auth import csrf, require_admin, same_origin
-from webapp.edge.errors import error_response
-from webapp.core.errors import ServiceError
+from webapp.edge.json_errors import error_response
+from webapp.core.service_errors import ServiceError
 
 URL_PREFIX = "/rq"
 BLUEPRINT = rq_dashboard.blueprint.name  # "rq_dashboard"
@@ -180,7 +180,7 @@ def _method_not_allowed(allowed=("POST",)):
 
 def _error(status: int, code: str, message: str):
     """An error answer of the dashboard: JSON (Docket's shape) for its data and actions, which its
-    script calls; on a page, what :mod:`webapp.edge.errors` answers an :class:`ServiceError` with (Docket's
+    script calls; on a page, what :mod:`webapp.edge.json_errors` answers an :class:`ServiceError` with (Docket's
     error page for a browser)."""
     if _endpoint() in PAGES:
         return current_app.handle_user_exception(ServiceError(status, code, message))

@@ -8,7 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.core.models import ALL_STATUSES, Job, isoformat
 from webapp.core.queues import rq
 

@@ -14,7 +14,7 @@ The answer (:func:`webapp.core.queue_stats.queue_statistics` computes it)::
 
 Errors: ``401`` without a principal, ``403 admin_required`` for a principal who is not an admin,
 ``503 queue_unavailable`` when Redis cannot be reached (``503 database_unavailable`` for the
-database, from :mod:`webapp.edge.errors`).
+database, from :mod:`webapp.edge.json_errors`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flask import Blueprint, current_app, jsonify
 from redis.exceptions import RedisError
 
 from webapp.edge.auth import require_admin
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.core.queue_stats import queue_statistics
 
 bp = Blueprint("queues_api", __name__, url_prefix="/api")

@@ -32,7 +32,7 @@ from typing import Any
 
 from flask import Flask, current_app, request
 
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 
 NUL = "\x00"
 # A NUL, or a surrogate code point (json.loads joins a valid pair into one character, so any left is unpaired).

@@ -26,7 +26,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from redis.exceptions import RedisError
 
 from webapp.edge.auth import current_principal, get_visible_or_404, owned
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.core.models import Job, Schedule, isoformat
 from webapp.core.schedules.table import (SCHEDULABLE_JOBS, ScheduleError, builtin_schedules, next_run_times,
                                          put_schedule_entry, remove_schedule_entry, validate_schedule)

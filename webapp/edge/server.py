@@ -1,6 +1,6 @@
 """The web server layer: gunicorn's worker for the Procfile's ``web`` process, with JSON errors.
 
-Flask answers every error it sees in the JSON shape (:mod:`webapp.edge.errors`), but some requests
+Flask answers every error it sees in the JSON shape (:mod:`webapp.edge.json_errors`), but some requests
 never reach Flask: gunicorn refuses them while parsing — a request line over
 ``--limit-request-line`` (4094 bytes by default) gets ``414``, too many or too large headers
 ``431``, malformed HTTP ``400`` — and writes its own HTML page. :class:`JsonErrorWorker` is
@@ -15,7 +15,7 @@ gunicorn's threaded worker (``gthread``, what ``--threads`` selects) whose
 How: gunicorn's own ``Worker.handle_error`` still decides the status, logs and writes the access
 log line; it is handed the client socket wrapped in :class:`_JsonErrorSocket`, which replaces the
 HTML body gunicorn sends with the JSON one (keeping gunicorn's status line). Nothing is patched
-globally. The code is the reason phrase in snake_case, as :mod:`webapp.edge.errors` makes it for
+globally. The code is the reason phrase in snake_case, as :mod:`webapp.edge.json_errors` makes it for
 Werkzeug's errors (``URI Too Long`` → ``uri_too_long``), except ``500`` → ``internal_error``.
 Every such answer is JSON, not only under ``/api``: when the request line cannot be read there is
 no path to decide by.

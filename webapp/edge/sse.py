@@ -54,7 +54,7 @@ from redis.exceptions import RedisError
 from webapp.edge.auth import get_visible_or_404, visible_job
 from webapp.core.protocol.kinds import batch_member_kinds
 from webapp.core.db import connection, db
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.core.protocol.event_hub import EventHub, Listener
 from webapp.core.protocol.events import EVENT_COLUMNS, batch_channel, job_channel, job_event
 from webapp.core.models import TERMINAL_STATUSES, Batch, Job

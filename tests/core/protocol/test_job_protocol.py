@@ -297,7 +297,7 @@ def test_a_job_canceled_during_any_stage_leaves_nothing_behind(app, client, stag
     from jobs.document_job import run_document_job
     from jobs.tracking import JobTracker
     from webapp.core.protocol import states as job_states
-    from webapp.core.protocol.errors import JobStopped
+    from webapp.core.protocol.job_errors import JobStopped
     from webapp.core.models import Document
 
     class CanceledDuring(JobTracker):

@@ -25,7 +25,7 @@ from rq.job import Job as RQJob
 from tests.conftest import post_text, row, serve_wsgi, wait_for
 from tests.local_services import LocalEmbeddingServer, openai_worker_env
 from webapp.core.config import load_config
-from webapp.core.protocol.errors import RateLimited
+from webapp.core.protocol.job_errors import RateLimited
 from webapp.core.workflows.rate_limits import (MAX_ENTRIES, RateLimit, acquire, acquire_all, begin_run, configured_limits,
                                 spent_in_run)
 

@@ -44,7 +44,7 @@ from rq.job import JobStatus
 from webapp.core.protocol import events as job_events
 from webapp.core.db import connection
 from webapp.core.protocol.events import EVENT_COLUMNS
-from webapp.core.protocol.errors import JobError, JobStopped, WorkerProcessDied
+from webapp.core.protocol.job_errors import JobError, JobStopped, WorkerProcessDied
 from webapp.core.models import TERMINAL_STATUSES, Document, Job, utcnow
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ A budget without a configured limit is free (no Redis command).
 :func:`acquire` takes units of one or more budgets. When they are not free it waits in place
 (one computed sleep until the window frees units, from ``limits``' own window statistics, then
 tries again) as long as the total wait stays within ``RATE_LIMIT_MAX_WAIT`` seconds; past that
-it raises :class:`~webapp.core.protocol.errors.RateLimited` with the seconds until the budget frees
+it raises :class:`~webapp.core.protocol.job_errors.RateLimited` with the seconds until the budget frees
 units. In a worker (``jobs/worker/``) that exception reschedules the job (row ``scheduled``,
 ``error_code`` ``rate_limited``), never fails it.
 
@@ -45,7 +45,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from webapp.core.protocol.errors import RateLimited
+from webapp.core.protocol.job_errors import RateLimited
 
 __all__ = ["RateLimit", "RateLimited", "acquire", "acquire_all", "configured_limits", "largest_cost",
            "parse_job_rate_limits", "begin_run", "spent_in_run", "KEY_PREFIX", "MAX_ENTRIES"]

@@ -12,7 +12,7 @@ from flask import Flask, jsonify, render_template, request
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 
 
 def get_or_404(model, row_id: str, noun: str):

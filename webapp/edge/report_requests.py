@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from webapp.core.errors import ServiceError
+from webapp.core.service_errors import ServiceError
 from webapp.core.protocol.launch import QueueUnavailable
 from webapp.core.models import Document, Job, Report, isoformat, utcnow
 from webapp.core.report_files import FORMATS, REPORT_TYPES, launch_report

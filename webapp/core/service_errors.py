@@ -4,7 +4,7 @@ line prints it, a job turns it into its own failure.
 :class:`ServiceError` carries an HTTP status as its category (400 invalid input, 404 not found,
 409 conflict, 413/415 too large or unsupported, 429 over a limit, 503 a dependency away), a
 snake_case ``code`` and a human sentence, so the services of the core (accepting documents,
-search) say what went wrong once, and :mod:`webapp.edge.errors` answers it as
+search) say what went wrong once, and :mod:`webapp.edge.json_errors` answers it as
 ``{"error": {"code", "message"}}`` with that status.
 """
 
