@@ -22,10 +22,13 @@ from webapp.core.protocol.launch import launch
 from webapp.core.workflows.rate_limits import configured_limits
 from webapp.edge.openapi import openapi_document
 
-SLEEPER = register(JobKind(
+# Declared, not registered at import: JOB_KIND_MODULES registers it in the processes that name this
+# module (the kind_app fixture's app, the workers it starts), and the fixture takes it out of this
+# process's registry afterwards, so no other test of the suite sees a kind it does not know.
+SLEEPER = JobKind(
     name="sleeper", function=f"{__name__}.sleep_in_steps", queue="default", timeout=45,
     retry=RetryPolicy(max_retries=0), description="A test kind: sleeps in steps, reporting its progress.",
-))
+)
 
 
 def sleep_in_steps(steps: int, seconds: float) -> dict[str, Any]:
@@ -50,10 +53,11 @@ def sleep_in_steps(steps: int, seconds: float) -> dict[str, Any]:
 
 @pytest.fixture
 def kind_app(config):
-    app = create_app({**config, "JOB_KIND_MODULES": (__name__,)})
+    app = create_app({**config, "JOB_KIND_MODULES": (__name__,)})  # registers SLEEPER here
     with app.app_context():
         create_tables()
-    return app
+    yield app
+    JOB_KINDS.pop(SLEEPER.name, None)
 
 
 def _launch(app, steps: int, seconds: float) -> str:
@@ -61,7 +65,7 @@ def _launch(app, steps: int, seconds: float) -> str:
         return launch("sleeper", {"steps": steps, "seconds": seconds}, owner="tester").id
 
 
-def test_the_declaration_is_the_kinds_only_description():
+def test_the_declaration_is_the_kinds_only_description(kind_app):
     assert get_kind("sleeper") is SLEEPER and JOB_KINDS["sleeper"].queue == "default"
     assert SLEEPER.time_limit({}) == 45 and SLEEPER.time_limit({"SLEEPER_JOB_TIMEOUT": 7}) == 7
     # Settings follow from the name for any kind, declared in the core or not.

@@ -16,8 +16,9 @@ Adding a kind is one declaration plus its function::
         description="Render the first page of a document as a PNG.",
     ))
 
-in a module of the core (the built-in kinds are below) or one named by ``JOB_KIND_MODULES``
-(imported by ``create_app`` in every process: web, worker, scheduler). Every producer then uses
+in a module of the core (the built-in kinds are below), or as a module-level ``JobKind`` of a
+module named by ``JOB_KIND_MODULES`` (imported by ``create_app`` in every process: web, worker,
+scheduler; :func:`load_kind_modules` registers its declarations). Every producer then uses
 :func:`webapp.core.protocol.launch.launch`, and rows, callbacks, cancel, retry, reconcile,
 metrics, ``/api/queues`` and the dashboard work unchanged. ``function`` is called with the row's
 ``params`` as keyword arguments (JSON values only).
@@ -184,14 +185,19 @@ def get_kind(name: str) -> JobKind:
 
 
 def load_kind_modules(names: Iterable[str]) -> None:
-    """Import the modules that declare more kinds (``JOB_KIND_MODULES``); each registers its
-    kinds when imported. The core names them as strings: it imports nothing above it.
+    """Import the modules that declare more kinds (``JOB_KIND_MODULES``) and register every
+    :class:`JobKind` each one holds at module level (a module may also call :func:`register`
+    itself). The core names them as strings: it imports nothing above it.
 
     Raises:
         ImportError: a module cannot be imported.
+        ValueError: from :func:`register`, for an invalid or conflicting declaration.
     """
     for name in names:
-        importlib.import_module(name)
+        module = importlib.import_module(name)
+        for value in list(vars(module).values()):
+            if isinstance(value, JobKind):
+                register(value)
 
 
 def batch_member_kinds() -> tuple[str, ...]:
