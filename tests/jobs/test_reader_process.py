@@ -13,9 +13,9 @@ import pytest
 
 from jobs.document_errors import DocumentError, DocumentTooLarge
 from jobs.extract import Limits, extract
+from benchmarks.hostile_memory import pdf_text_operators
 from jobs.reader_process import read_in_own_process
 from tests.conftest import CORPUS, ROOT
-from tests.jobs.test_extract_hostile_memory import text_operators_pdf
 from webapp.core import filetypes
 from webapp.core.protocol.job_errors import WorkerProcessDied
 
@@ -77,7 +77,7 @@ def test_pdfium_aborting_at_the_limit_is_too_much_memory_not_a_crash():
     """PDFium aborts its process when an allocation fails (SIGABRT): 1,000,000 text objects
     (≈ 600 MB) from a 10 KB page."""
     with pytest.raises(DocumentTooLarge) as refused:
-        extract(text_operators_pdf(1_000_000), filetypes.PDF, limits=Limits(max_memory=128 * MB))
+        extract(pdf_text_operators(1_000_000), filetypes.PDF, limits=Limits(max_memory=128 * MB))
     assert refused.value.code == "too_much_memory" and "Reading the PDF needed more than 128 MB" in refused.value.message
 
 
@@ -141,7 +141,7 @@ def test_a_read_interrupted_here_leaves_no_reader_behind():
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
         with pytest.raises(Interrupted):  # RQ's time limit is such an alarm
-            extract(text_operators_pdf(3_000_000), filetypes.PDF, limits=Limits(max_memory=4096 * MB))
+            extract(pdf_text_operators(3_000_000), filetypes.PDF, limits=Limits(max_memory=4096 * MB))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
