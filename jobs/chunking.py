@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from jobs.document_errors import DocumentTooLarge
@@ -30,12 +30,35 @@ _LAST_SPACE = re.compile(r".*\s", re.DOTALL)
 
 @dataclass
 class TextChunk:
-    """A chunk of text with the 1-based pages it spans (``None`` for formats without pages)."""
+    """A chunk of text with the 1-based pages it spans (``None`` for formats without pages).
+
+    Attributes:
+        headings: the heading path of the section it belongs to, outermost first
+            (``["4 Retention", "4.2 Deleting documents"]``); empty when the document has none.
+        ocr_confidence: the mean OCR confidence (0–1) of the OCR'd pages it spans; ``None``
+            when none of its text was read by OCR.
+    """
 
     ordinal: int
     text: str
     page_start: int | None
     page_end: int | None
+    headings: list[str] = field(default_factory=list)
+    ocr_confidence: float | None = None
+
+    @property
+    def ocr(self) -> bool:
+        """Whether some of its text was read by OCR."""
+        return self.ocr_confidence is not None
+
+
+def embedding_text(chunk: TextChunk) -> str:
+    """What is embedded for ``chunk``: its heading path as a contextual header line
+    (``"4 Retention > 4.2 Deleting documents"``), a blank line, then its text; its text alone when
+    it has no headings. The stored chunk text stays the document's own text."""
+    if not chunk.headings:
+        return chunk.text
+    return " > ".join(chunk.headings) + "\n\n" + chunk.text
 
 
 def chunk_pages(pages: Sequence[Page], max_chars: int, overlap: int = 0,
@@ -92,9 +115,15 @@ def chunk_pages(pages: Sequence[Page], max_chars: int, overlap: int = 0,
                 text=piece,
                 page_start=pages[first].number,
                 page_end=pages[last].number,
+                ocr_confidence=_ocr_confidence(pages[first:last + 1]),
             )
         )
     return chunks
+
+
+def _ocr_confidence(pages: Sequence[Page]) -> float | None:
+    confidences = [page.ocr_confidence for page in pages if page.ocr_confidence is not None]
+    return sum(confidences) / len(confidences) if confidences else None
 
 
 def windows(text: str, size: int) -> Iterator[tuple[int, str]]:

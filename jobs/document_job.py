@@ -20,9 +20,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from jobs.chunking import chunk_pages
+from jobs.chunking import chunk_pages, embedding_text
 from jobs.document_errors import DocumentError, JobError
 from jobs.extract import Limits, extract
+from jobs.readers.base import EXTRACTOR_VERSION
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core import filetypes, metrics
 from webapp.core.db import connection
@@ -72,7 +73,7 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
         config: the app's configuration (chunk sizes, embedder, storage).
 
     Returns:
-        ``{"document_id", "pages", "chars", "chunks", "warnings", "embedding_model"}`` — also
+        ``{"document_id", "pages", "chars", "chunks", "ocr_pages", "warnings", "embedding_model"}`` — also
         stored as the Job row's ``result``. ``{"skipped": reason}`` if the row says not to run.
 
     Raises:
@@ -139,7 +140,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
     embedder = embedder_from_config(config)
     try:
         vectors = embedder.embed(
-            [chunk.text for chunk in chunks],
+            [embedding_text(chunk) for chunk in chunks],
             on_batch=lambda done, total: tracker.set_progress(
                 "embed", CHUNK_END + (EMBED_END - CHUNK_END) * done // max(total, 1)
             ),
@@ -155,6 +156,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
         "pages": extraction.page_count,
         "chars": extraction.chars,
         "chunks": len(chunks),
+        "ocr_pages": extraction.ocr_pages,
         "warnings": extraction.warnings,
         "embedding_model": embedder.name,
     }
@@ -165,6 +167,9 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
             "page_start": chunk.page_start,
             "page_end": chunk.page_end,
             "text": chunk.text,
+            "headings": chunk.headings,
+            "ocr": chunk.ocr,
+            "ocr_confidence": chunk.ocr_confidence,
             "embedding_model": embedder.name,
             "dimensions": int(vectors.shape[1]),
             "embedding": to_blob(vector),
@@ -184,6 +189,8 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
             chars=extraction.chars,
             chunk_count=len(chunks),
             warnings=extraction.warnings,
+            ocr_pages=extraction.ocr_pages,
+            extractor_version=EXTRACTOR_VERSION,
             password=None,
         ).where(Document.id == document.id).execute()
         if not tracker.finish_query(result).execute():

@@ -21,6 +21,7 @@ from peewee import (
     BooleanField,
     CharField,
     DateTimeField,
+    FloatField,
     ForeignKeyField,
     IntegerField,
     Model,
@@ -92,6 +93,9 @@ class Document(db.Model):
     chars = IntegerField(null=True)  # non-whitespace characters of the extracted text
     chunk_count = IntegerField(null=True)
     warnings = JSONField(default=list)
+    ocr_pages = IntegerField(null=True)  # pages read by OCR in the run that made its chunks
+    # jobs.readers.base.EXTRACTOR_VERSION of that run; None: chunks made before structure was kept
+    extractor_version = IntegerField(null=True)
     owner = CharField(max_length=64, null=True, index=True)  # ApiToken.owner of the uploader
     created_at = DateTimeField(default=utcnow, index=True)
 
@@ -191,6 +195,9 @@ class Chunk(db.Model):
     page_start = IntegerField(null=True)  # 1-based; None for formats without pages
     page_end = IntegerField(null=True)
     text = TextField()
+    headings = JSONField(null=True)  # the heading path of its section, outermost first; None before version 7
+    ocr = BooleanField(null=True, default=False)  # its text was read by OCR (from at least one of its pages)
+    ocr_confidence = FloatField(null=True)  # the OCR engine's mean confidence, 0–1, over its OCR'd pages
     embedding_model = CharField(max_length=200, index=True)
     dimensions = IntegerField()
     embedding = BlobField()  # little-endian float32 × dimensions, L2-normalised

@@ -1,0 +1,1 @@
+"""One reader per document format: bytes → :class:`jobs.readers.base.Extraction`."""
