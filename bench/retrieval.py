@@ -4,10 +4,15 @@
                                         [--limit-questions N] [--chunk-size 1500] [--output PATH]
 
 ``bench/retrieval_questions.tsv`` holds questions written by reading the documents of the shared
-corpus (``../shared/corpus``), each with the document and the 1-based page range that answers it
-(page 1 for formats without pages). About half are paraphrases whose words differ from the
-text's ("where were the townspeople hiding" → "living in caves"), half ask for an exact name or
-number; most are English, a few German, Russian, Korean and Japanese.
+corpora (``../shared/corpus`` and ``../shared/corpus-formats``), each with the document and the
+1-based page range that answers it (page 1 for formats without pages; a slide is a page). About
+half are paraphrases whose words differ from the text's ("where were the townspeople hiding" →
+"living in caves"), half ask for an exact name or number; most are English, a few German,
+Russian, Korean and Japanese. Column ``answer_in`` says where the answer is: ``text`` (running
+text), or only ``scan`` (a scanned page: found only through OCR), ``table`` (a table row of a
+PDF, a sheet or a CSV file), ``heading`` (a question naming a section whose page does not, or
+barely, name it: found through the chunk's heading path) or ``slide`` (a slide's shapes, table or
+speaker notes).
 
 For each embedder (``hashing``, ``wordllama``; ``openai`` only when ``OPENAI_API_KEY`` is set) the
 whole corpus is ingested in-process through the project's own pipeline into a temporary SQLite
@@ -43,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 CORPUS = ROOT.parent / "shared" / "corpus"
+CORPUS_FORMATS = ROOT.parent / "shared" / "corpus-formats"
+ANSWER_KINDS = ("text", "scan", "table", "heading", "slide")
 QUESTIONS = Path(__file__).resolve().parent / "retrieval_questions.tsv"
 OUTPUT = Path(__file__).resolve().parent / "results" / "retrieval.md"
 K = 5
@@ -61,24 +68,28 @@ class Question:
     first_page: int
     last_page: int
     text: str
+    answer_in: str = "text"  # one of ANSWER_KINDS
 
 
 def load_questions(path: Path = QUESTIONS) -> list[Question]:
-    """Read the questions file (tab-separated: id, lang, type, file, pages, question).
+    """Read the questions file (tab-separated: id, lang, type, file, pages, question, answer_in).
 
     ``pages`` is ``N`` or ``N-M`` (inclusive). Raises ``ValueError`` on a malformed row or a
-    document that is not in the corpus.
+    document that is in neither corpus.
     """
     questions = []
     with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
             first, _, last = row["pages"].partition("-")
-            if not (CORPUS / row["file"]).is_file():
-                raise ValueError(f"question {row['id']}: {row['file']} is not in {CORPUS}")
+            if not any((folder / row["file"]).is_file() for folder in (CORPUS, CORPUS_FORMATS)):
+                raise ValueError(f"question {row['id']}: {row['file']} is in neither {CORPUS} nor {CORPUS_FORMATS}")
             if row["type"] not in ("semantic", "exact"):
                 raise ValueError(f"question {row['id']}: type must be semantic or exact")
+            answer_in = row.get("answer_in") or "text"
+            if answer_in not in ANSWER_KINDS:
+                raise ValueError(f"question {row['id']}: answer_in must be one of {', '.join(ANSWER_KINDS)}")
             questions.append(Question(row["id"], row["lang"], row["type"], row["file"], int(first),
-                                      int(last or first), row["question"]))
+                                      int(last or first), row["question"], answer_in))
     return questions
 
 
@@ -103,11 +114,15 @@ def search_modes() -> tuple[str, ...]:
 
 
 def corpus_files(only: Iterable[str] | None = None) -> list[Path]:
-    """The corpus documents, in ``MANIFEST.tsv`` order (``only``: just these file names)."""
-    with open(CORPUS / "MANIFEST.tsv", newline="", encoding="utf-8") as fh:
-        names = [row["file"] for row in csv.DictReader(fh, delimiter="\t")]
+    """The documents of both corpora, each in its ``MANIFEST.tsv`` order (``only``: just these file
+    names)."""
     wanted = set(only) if only is not None else None
-    return [CORPUS / name for name in names if wanted is None or name in wanted]
+    paths = []
+    for folder in (CORPUS, CORPUS_FORMATS):
+        with open(folder / "MANIFEST.tsv", newline="", encoding="utf-8") as fh:
+            names = [row["file"] for row in csv.DictReader(fh, delimiter="\t")]
+        paths += [folder / name for name in names if wanted is None or name in wanted]
+    return paths
 
 
 def run_embedder(embedder: str, questions: Sequence[Question], modes: Sequence[str], files: Sequence[Path],
@@ -200,14 +215,18 @@ def markdown(runs: Sequence[dict[str, Any]], questions: Sequence[Question], mode
         "semantic": [q for q in questions if q.type == "semantic"],
         "exact": [q for q in questions if q.type == "exact"],
         "not English": [q for q in questions if q.lang != "en"],
+        **{f"in {kind}": [q for q in questions if q.answer_in == kind] for kind in ANSWER_KINDS},
     }
+    structured = [q for q in questions if q.answer_in != "text"]
     lines = [
         f"Questions: {len(questions)} ({len(groups['semantic'])} semantic, {len(groups['exact'])} exact name/number, "
-        f"{len(groups['not English'])} not in English); k = {K}; chunks of ≤ {chunk_size} characters.",
+        f"{len(groups['not English'])} not in English; answered in running text {len(groups['in text'])}, only in "
+        + ", ".join(f"a {kind} {len(groups['in ' + kind])}" for kind in ANSWER_KINDS[1:])
+        + f"); k = {K}; chunks of ≤ {chunk_size} characters.",
         "",
-        "| embedder | mode | recall@5 | MRR@5 | recall@5 semantic | recall@5 exact | recall@5 not English "
-        "| chunks | ingest s | ms/query |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| embedder | mode | recall@5 | MRR@5 | recall@5 / MRR@5 scan, table, heading, slide (" + str(len(structured))
+        + ") | " + " | ".join(f"recall@5 {name}" for name in groups) + " | chunks | ingest s | ms/query |",
+        "|---|---|---|---|---|" + "---|" * len(groups) + "---|---|---|",
     ]
     for run in runs:
         for mode in modes:
@@ -217,8 +236,10 @@ def markdown(runs: Sequence[dict[str, Any]], questions: Sequence[Question], mode
                              f"| {run['ingest_s']:.1f} | n/a |")
                 continue
             recall, mrr = scores(ranks, questions)
+            structured_recall, structured_mrr = scores(ranks, structured)
             parts = [f"{scores(ranks, group)[0]:.2f}" if group else "–" for group in groups.values()]
-            lines.append(f"| {run['vector_space']} | {mode} | **{recall:.2f}** | {mrr:.2f} | {' | '.join(parts)} "
+            lines.append(f"| {run['vector_space']} | {mode} | **{recall:.2f}** | {mrr:.2f} "
+                         f"| **{structured_recall:.2f}** / {structured_mrr:.2f} | {' | '.join(parts)} "
                          f"| {run['chunks']} | {run['ingest_s']:.1f} | {run['query_ms'][mode]:.0f} |")
     lines += ["", "*ingest s* (every corpus file through upload and the document job) and *ms/query* are wall "
               "times on a shared machine: indicative only. A miss is a question whose answering pages are in "
@@ -228,12 +249,14 @@ def markdown(runs: Sequence[dict[str, Any]], questions: Sequence[Question], mode
         "",
         "Rank of the first chunk from the answering pages (– : not in the top 5):",
         "",
-        "| question | type | lang | " + " | ".join(f"{run['embedder']} {mode}" for run, mode in columns) + " |",
-        "|---|---|---|" + "---|" * len(columns),
+        "| question | type | lang | answer in | " + " | ".join(f"{run['embedder']} {mode}" for run, mode in columns)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(columns),
     ]
     for question in questions:
         cells = [str(run["ranks"][mode][question.id] or "–") for run, mode in columns]
-        lines.append(f"| {question.id} | {question.type} | {question.lang} | " + " | ".join(cells) + " |")
+        lines.append(f"| {question.id} | {question.type} | {question.lang} | {question.answer_in} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
