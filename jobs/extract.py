@@ -1,15 +1,18 @@
 """Text extraction: bytes of a supported document → its text, page by page, with its structure.
 
-One reader per format in :mod:`jobs.readers` (PDF via pypdfium2, .docx via python-docx, HTML via
-lxml's parser events, plain text and Markdown via charset-normalizer); :func:`extract` chooses it
+One reader per format in :mod:`jobs.readers` (PDF via pypdfium2, .docx via python-docx, .pptx via
+python-pptx, .xlsx via openpyxl, EPUB via ebooklib, HTML via lxml's parser events, CSV via the csv
+module, plain text and Markdown via charset-normalizer); :func:`extract` chooses it
 from the content type decided at upload, and the shapes it returns (:class:`Extraction`,
 :class:`Page`, :class:`Block`) live in :mod:`jobs.readers.base`.
 
-Hostile input is bounded by :class:`Limits` (the app's ``MAX_PDF_PAGES``, ``MAX_DOCUMENT_CHARS``,
-``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO`` and ``MAX_DOCUMENT_MEMORY``): a PDF's page
-count is checked before any page is read, a zip-based document's directory before anything is
-unpacked, the running count of characters as each page, paragraph or string is extracted, and
-the memory a PDF, .docx or HTML reader takes by reading it in a process of its own
+Hostile input is bounded by :class:`Limits` (the app's ``MAX_PDF_PAGES``, ``MAX_SHEET_CELLS``,
+``MAX_DOCUMENT_CHARS``, ``MAX_UNCOMPRESSED_SIZE``, ``MAX_COMPRESSION_RATIO`` and
+``MAX_DOCUMENT_MEMORY``): a PDF's pages and a presentation's slides are counted before any is
+read, a zip-based document's directory is checked before anything is unpacked, the cells of a
+sheet, a CSV file or a slide's tables are counted as they are read, and so are the characters of
+each page, paragraph or string; the memory a PDF, .docx, .pptx, .xlsx, EPUB or HTML reader takes
+is bounded by reading it in a process of its own
 (:mod:`jobs.reader_process`).
 """
 
@@ -44,8 +47,8 @@ def extract(
         password: for encrypted PDFs; the empty password is always tried first.
         on_page: called as ``on_page(done, total)`` after each PDF page.
         limits: bounds on pages, characters, unpacked size and memory; the config's defaults when
-            omitted. With ``limits.max_memory`` (the default), a PDF, .docx or HTML document is
-            read in a child process that may take that many bytes more than this one.
+            omitted. With ``limits.max_memory`` (the default), a PDF, .docx, .pptx, .xlsx, EPUB or
+            HTML document is read in a child process that may take that many bytes more than this one.
 
     Returns:
         An :class:`Extraction`. A PDF whose pages carry images but no text yields no text and the
@@ -58,7 +61,9 @@ def extract(
         DocumentTooLarge: (a ``DocumentError``) ``too_many_pages`` for a PDF of more than
             ``limits.max_pages`` pages, before any page is read; ``too_many_chars`` as soon as
             more than ``limits.max_chars`` non-whitespace characters have been extracted;
-            ``decompression_bomb`` for a .docx whose zip directory declares more than
+            ``too_many_pages`` too for a .pptx of more slides; ``too_many_cells`` as soon as more
+            than ``limits.max_sheet_cells`` cells of an .xlsx, a .csv or a .pptx's tables have
+            been read; ``decompression_bomb`` for a .docx, .pptx, .xlsx or EPUB whose zip directory declares more than
             ``limits.max_uncompressed_size`` bytes or an entry compressed more than
             ``limits.max_compression_ratio`` to 1, before anything is unpacked;
             ``too_much_memory`` when reading the document needs more than ``limits.max_memory``
@@ -76,7 +81,9 @@ def extract(
 
 # Formats read in a process of their own (as named in sentences): their parsers build objects
 # per element, text object or node, as many as the markup asks for, whatever the file's size.
-_OWN_PROCESS = {filetypes.PDF: "PDF", filetypes.DOCX: "Word document", filetypes.HTML: "HTML page"}
+_OWN_PROCESS = {filetypes.PDF: "PDF", filetypes.DOCX: "Word document", filetypes.HTML: "HTML page",
+                filetypes.PPTX: "PowerPoint presentation", filetypes.XLSX: "Excel workbook",
+                filetypes.EPUB: "EPUB book"}
 
 
 def _extract_here(data: bytes, content_type: str, password: str | None, limits: Limits,
@@ -95,8 +102,25 @@ def _extract_here(data: bytes, content_type: str, password: str | None, limits: 
         from jobs.readers.html import read_html
 
         return read_html(data, budget)
+    if content_type == filetypes.PPTX:
+        from jobs.readers.pptx import read_pptx
+
+        return read_pptx(data, limits, budget)
+    if content_type == filetypes.XLSX:
+        from jobs.readers.xlsx import read_xlsx
+
+        return read_xlsx(data, limits, budget)
+    if content_type == filetypes.EPUB:
+        from jobs.readers.epub import read_epub
+
+        return read_epub(data, limits, budget)
+    if content_type == filetypes.CSV:
+        from jobs.readers.csv_table import read_csv
+
+        return read_csv(data, limits, budget)
     if content_type in (filetypes.TEXT, filetypes.MARKDOWN):
         from jobs.readers.plain import read_text
 
         return read_text(data, budget)
     raise DocumentError(f"documents of type {content_type} are not supported", code="unsupported_type")
+

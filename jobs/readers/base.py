@@ -36,7 +36,9 @@ class Limits:
 
     Attributes:
         max_chars: non-whitespace characters extracted per document (``MAX_DOCUMENT_CHARS``).
-        max_pages: pages per PDF (``MAX_PDF_PAGES``).
+        max_pages: pages per PDF, slides per presentation (``MAX_PDF_PAGES``).
+        max_sheet_cells: cells per workbook (all sheets) or CSV file, and per presentation's
+            tables, counted as they are read (``MAX_SHEET_CELLS``).
         max_uncompressed_size: bytes a zip-based document (.docx) may unpack to, all entries
             together, as its zip directory declares (``MAX_UNCOMPRESSED_SIZE``).
         max_compression_ratio: largest ratio of unpacked to packed size of any one zip entry
@@ -50,6 +52,7 @@ class Limits:
 
     max_chars: int = 5_000_000
     max_pages: int = 2_000
+    max_sheet_cells: int = 1_000_000
     max_uncompressed_size: int = 200 * MB
     max_compression_ratio: int = 200
     max_memory: int | None = 512 * MB
@@ -60,6 +63,7 @@ class Limits:
         return cls(
             max_chars=config["MAX_DOCUMENT_CHARS"],
             max_pages=config["MAX_PDF_PAGES"],
+            max_sheet_cells=config["MAX_SHEET_CELLS"],
             max_uncompressed_size=config["MAX_UNCOMPRESSED_SIZE"],
             max_compression_ratio=config["MAX_COMPRESSION_RATIO"],
             max_memory=config["MAX_DOCUMENT_MEMORY"] * MB,

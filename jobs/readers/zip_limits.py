@@ -85,7 +85,7 @@ def unpack_bounded(data: bytes, kind: str = "Word document") -> io.BytesIO:
             for entry in source.infolist():
                 if entry.compress_type not in _ZIP_METHODS:
                     raise DocumentError(
-                        f"the {kind} is damaged or not from a word processor: its part {entry.filename[:80]!r} "
+                        f"the {kind} is damaged or not from an office application: its part {entry.filename[:80]!r} "
                         f"uses zip compression method {entry.compress_type}, not stored or deflated",
                         code="damaged_file")
                 with source.open(entry) as stream:

@@ -188,8 +188,11 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "MAX_DOCUMENT_CHARS": _int(env, "MAX_DOCUMENT_CHARS", 5_000_000),
         # Chunks one document may produce.
         "MAX_DOCUMENT_CHUNKS": _int(env, "MAX_DOCUMENT_CHUNKS", 5_000),
-        # Pages of one PDF.
+        # Pages of one PDF, and slides of one .pptx.
         "MAX_PDF_PAGES": _int(env, "MAX_PDF_PAGES", 2_000),
+        # Cells of one .xlsx (all sheets, counted as read; an empty row counts one) or .csv, and
+        # of one .pptx's tables.
+        "MAX_SHEET_CELLS": _int(env, "MAX_SHEET_CELLS", 1_000_000),
         # Zip-based formats (.docx): total uncompressed bytes, and the largest ratio of
         # uncompressed to compressed size, checked from the zip directory before anything is expanded.
         "MAX_UNCOMPRESSED_SIZE": _int(env, "MAX_UNCOMPRESSED_SIZE", 200 * MB),
@@ -321,8 +324,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         parse_storage_url(config["STORAGE_URL"])  # ValueError with a sentence that never repeats the URL
     if not 1 <= config["REPORT_URL_EXPIRY"] <= 7 * 24 * 3600:
         raise ValueError("REPORT_URL_EXPIRY must be between 1 and 604800 seconds (7 days, SigV4's limit)")
-    for name in ("MAX_DOCUMENT_CHARS", "MAX_DOCUMENT_CHUNKS", "MAX_PDF_PAGES", "MAX_UNCOMPRESSED_SIZE",
-                 "MAX_COMPRESSION_RATIO", "MAX_DOCUMENT_MEMORY"):
+    for name in ("MAX_DOCUMENT_CHARS", "MAX_DOCUMENT_CHUNKS", "MAX_PDF_PAGES", "MAX_SHEET_CELLS",
+                 "MAX_UNCOMPRESSED_SIZE", "MAX_COMPRESSION_RATIO", "MAX_DOCUMENT_MEMORY"):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1")
     if config["WORKER_CONCURRENCY"] < 1:

@@ -113,11 +113,12 @@ def validate_uploads(uploads: Iterable[Upload]) -> tuple[list[ValidatedUpload], 
             refused.append(Refused(filename, 400, "empty_file", f"{filename} is empty (0 bytes)."))
             continue
         content_type = filetypes.detect_content_type(sample, filename)
+        hint = filetypes.unsupported_hint(sample) if content_type is None else ""
         del sample
         if content_type is None:
             refused.append(Refused(filename, 415, "unsupported_media_type",
                                    f"{filename} is not a supported document; Docket accepts "
-                                   f"{filetypes.SUPPORTED_SENTENCE}."))
+                                   f"{filetypes.SUPPORTED_SENTENCE}.{hint}"))
             continue
         validated.append(ValidatedUpload(filename, upload.file, content_type, size, digest))
     if not validated:

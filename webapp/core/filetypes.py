@@ -1,11 +1,13 @@
 """Decide a document's type from its bytes (never from the client's extension or header).
 
-Supported: PDF, Word .docx, HTML, plain text and Markdown. The extension is only used to tell
-Markdown from plain text once the bytes have been shown to be text.
+Supported: PDF, Word .docx, PowerPoint .pptx, Excel .xlsx, EPUB, HTML, CSV, plain text and
+Markdown. The extension is only used once the bytes have been shown to be text: to tell Markdown
+(``.md``) and CSV (``.csv``/``.tsv``, when :func:`csv_dialect` finds columns too) from plain text.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 import zipfile
@@ -17,9 +19,24 @@ DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 HTML = "text/html"
 TEXT = "text/plain"
 MARKDOWN = "text/markdown"
+PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+EPUB = "application/epub+zip"
+CSV = "text/csv"
 
-SUPPORTED = {PDF: "PDF", DOCX: "Word (.docx)", HTML: "HTML", TEXT: "plain text", MARKDOWN: "Markdown"}
-SUPPORTED_SENTENCE = "PDF, Word (.docx), HTML, plain text and Markdown"
+SUPPORTED = {PDF: "PDF", DOCX: "Word (.docx)", PPTX: "PowerPoint (.pptx)", XLSX: "Excel (.xlsx)", EPUB: "EPUB",
+             HTML: "HTML", CSV: "CSV", TEXT: "plain text", MARKDOWN: "Markdown"}
+SUPPORTED_SENTENCE = ("PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), EPUB, HTML, CSV, plain text and "
+                      "Markdown")
+# The part that makes an Office Open XML package a given document (ECMA-376 part 2: the main
+# part's usual name; every producer we know writes it there).
+_OOXML_MAIN_PARTS = (("word/document.xml", DOCX), ("ppt/presentation.xml", PPTX), ("xl/workbook.xml", XLSX))
+# OLE2 / Compound File Binary: what an encrypted (password-protected) .docx/.xlsx/.pptx is, and
+# the old binary .doc/.xls/.ppt (MS-CFB 2.2: the header signature).
+CFB_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# CSV sniffing: delimiters tried, and the rows of the sample that must agree on their column count.
+CSV_DELIMITERS = ",;\t|"
+_CSV_SAMPLE_ROWS = 50
 
 # PDF 1.7 (ISO 32000-1, 7.5.2 and Annex H): the header is "%PDF-"; readers accept it
 # within the first 1024 bytes. See _looks_like_pdf for when a "%PDF-" that is not at the start counts.
@@ -54,18 +71,20 @@ def detect_content_type(data: bytes, filename: str | None = None) -> str | None:
     Args:
         data: the whole file (bytes).
         filename: the client's file name, only used to call text ending in ``.md``/``.markdown``
-            Markdown.
+            Markdown, and text ending in ``.csv``/``.tsv`` CSV when it has columns
+            (:func:`csv_dialect`); text without that hint stays plain text.
 
     Returns:
-        One of :data:`PDF`, :data:`DOCX`, :data:`HTML`, :data:`TEXT`, :data:`MARKDOWN`, or
-        ``None`` for empty or unsupported content (images, archives, other binaries).
+        One of :data:`PDF`, :data:`DOCX`, :data:`PPTX`, :data:`XLSX`, :data:`EPUB`, :data:`HTML`,
+        :data:`CSV`, :data:`TEXT`, :data:`MARKDOWN`, or ``None`` for empty or unsupported content
+        (images, other archives, other binaries, encrypted Office files).
     """
     if not data:
         return None
     if _looks_like_pdf(data):
         return PDF
     if data[:4] == b"PK\x03\x04":
-        return DOCX if _is_docx(data) else None
+        return _zip_document_type(data)
     head = data[:_SNIFF_BYTES]
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:]
@@ -74,8 +93,20 @@ def detect_content_type(data: bytes, filename: str | None = None) -> str | None:
     if _is_text(head):
         if filename and filename.lower().endswith((".md", ".markdown")):
             return MARKDOWN
+        if filename and filename.lower().endswith((".csv", ".tsv")) and csv_dialect(_decoded(head), cut=len(data) > _SNIFF_BYTES) is not None:
+            return CSV
         return TEXT
     return None
+
+
+def unsupported_hint(data: bytes) -> str:
+    """A sentence to add when :func:`detect_content_type` refuses ``data``: what the file seems to
+    be when that says what to do (an OLE2 file: a password-protected Office document, or an old
+    binary one), else ``""``."""
+    if data.startswith(CFB_MAGIC):
+        return (" It is an OLE2 compound file: a password-protected (encrypted) Word, Excel or PowerPoint "
+                "file, or an old .doc/.xls/.ppt; save it without a password as .docx, .xlsx or .pptx.")
+    return ""
 
 
 def _looks_like_pdf(data: bytes) -> bool:
@@ -105,12 +136,69 @@ def _looks_like_pdf(data: bytes) -> bool:
     return not _is_text(data[:_SNIFF_BYTES])
 
 
-def _is_docx(data: bytes) -> bool:
+def _zip_document_type(data: bytes) -> str | None:
+    """DOCX, PPTX or XLSX by the package's main part; EPUB by its ``mimetype`` entry (EPUB OCF
+    3.3 §4.2.6: the first entry, stored, holding ``application/epub+zip``) or, when a producer got
+    that wrong, its ``META-INF/container.xml``; ``None`` for other or unreadable zips."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return "word/document.xml" in archive.namelist()
+            entries = archive.infolist()
+            names = {entry.filename for entry in entries}
+            for part, content_type in _OOXML_MAIN_PARTS:
+                if part in names:
+                    return content_type
+            if entries and entries[0].filename == "mimetype":
+                with archive.open(entries[0]) as stream:
+                    if stream.read(64).strip() == EPUB.encode():
+                        return EPUB
+            return EPUB if "META-INF/container.xml" in names else None
     except ZIP_ERRORS:
-        return False
+        return None
+
+
+def csv_dialect(sample: str, cut: bool = False) -> type[csv.Dialect] | None:
+    """The CSV dialect of ``sample`` (a decoded text, or its start when ``cut``), or ``None`` when
+    it is not a table: the first rows (up to 50; at least 2) must all have the same number of
+    fields, at least 2, with :class:`csv.Sniffer`'s dialect (its delimiter one of ``, ; \\t |``),
+    else with the first of those delimiters that gives the most such fields (the Sniffer gives up
+    on short samples whose quoted fields hold other delimiters or line breaks). The last row is
+    left out when the sample was cut (by the caller or at 50 lines): it may be partial."""
+    lines = sample.splitlines(keepends=True)
+    cut = cut or len(lines) > _CSV_SAMPLE_ROWS
+    sample = "".join(lines[:_CSV_SAMPLE_ROWS])
+    try:
+        sniffed = csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS)
+    except csv.Error:
+        sniffed = None
+    if sniffed is not None and _csv_columns(sample, sniffed, cut):
+        return sniffed
+    best, columns = None, 0
+    for delimiter in CSV_DELIMITERS:
+        dialect = type("Sniffed", (csv.excel,), {"delimiter": delimiter})
+        found = _csv_columns(sample, dialect, cut)
+        if found > columns:
+            best, columns = dialect, found
+    return best
+
+
+def _csv_columns(sample: str, dialect: type[csv.Dialect] | csv.Dialect, cut: bool) -> int:
+    """The number of fields every row of ``sample`` has in ``dialect`` (at least 2 rows), else 0."""
+    try:
+        rows = [row for row in csv.reader(io.StringIO(sample), dialect) if row]
+    except csv.Error:
+        return 0
+    if cut and len(rows) > 2:
+        rows = rows[:-1]
+    widths = {len(row) for row in rows}
+    if len(rows) < 2 or len(widths) != 1:
+        return 0
+    width = widths.pop()
+    return width if width >= 2 else 0
+
+
+def _decoded(head: bytes) -> str:
+    match = charset_normalizer.from_bytes(head).best()
+    return str(match) if match is not None else ""
 
 
 def _is_text(head: bytes) -> bool:
