@@ -161,3 +161,32 @@ def test_the_pacer_spaces_launches_evenly_without_making_up_lost_time():
     pacer.wait()
     pacer.wait()
     assert slept == [0.25, 0.15, 0.25]
+
+
+def test_nothing_is_launched_while_the_queue_holds_more_than_max_queued(app, config, run_worker, start_worker,
+                                                                         library, tmp_path):
+    from tests.conftest import wait_for
+
+    before = documents(app)
+    backlog = [upload(app, "bob", f"bob-{n}") for n in range(2, 5)]  # no worker yet: 3 jobs wait in the queue
+    log = tmp_path / "reprocess.log"
+    with open(log, "w") as output:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "documents", "reprocess", "--owner", "alice",
+             "--rate", "200", "--max-queued", "2"],
+            cwd=ROOT, env=process_env(config, COLUMNS="400"), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "waiting for the workers" in log.read_text(), 60, "the command to wait for the queue")
+        # It waits before its first launch, and the queue cannot shrink without a worker.
+        assert all(documents(app)[library[n]] == before[library[n]] for n in ("alice-1", "alice-2"))
+        assert command.poll() is None
+
+        start_worker()
+        assert command.wait(COMMAND_DEADLINE) == 0, log.read_text()
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert summary(log.read_text()) == [2, 2, 0, 0, 0], log.read_text()
+    wait_for(lambda: {documents(app)[d][1] for d in [*backlog, library["alice-1"], library["alice-2"]]} == {"finished"},
+             180, "every job to finish")

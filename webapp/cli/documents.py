@@ -106,9 +106,12 @@ def _launch(console, document_ids: list[str], rate: float, max_queued: int) -> d
         task = progress.add_task("Launching", total=len(document_ids))
         for document_id in document_ids:
             try:
-                while max_queued and queue.count > max_queued:
-                    progress.update(task, description=f"Waiting ({queue.count} queued > {max_queued})")
-                    time.sleep(QUEUE_POLL_SECONDS)
+                if max_queued and queue.count > max_queued:
+                    console.print(f"The {queue.name} queue holds {queue.count} jobs, more than --max-queued "
+                                  f"{max_queued}: waiting for the workers.")
+                    while queue.count > max_queued:
+                        progress.update(task, description=f"Waiting ({queue.count} queued > {max_queued})")
+                        time.sleep(QUEUE_POLL_SECONDS)
                 progress.update(task, description="Launching")
                 pacer.wait()
                 job = reprocess_document(document_id)
