@@ -94,4 +94,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from webapp.cli.tokens import tokens_cli
 
     app.cli.add_command(tokens_cli)
+    from webapp.cli.documents import documents_cli
+
+    app.cli.add_command(documents_cli)  # documents reprocess
     return app

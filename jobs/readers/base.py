@@ -13,12 +13,12 @@ from functools import cached_property
 from typing import Any, Mapping
 
 from jobs.document_errors import DocumentError, DocumentTooLarge
+# What the readers and the chunker make, as a number stored on each document with its chunks
+# (Document.extractor_version); kept in the core, which selects old documents for `flask documents
+# reprocess --without-structure`: raise it there (webapp/core/extractor.py).
+from webapp.core.extractor import EXTRACTOR_VERSION  # noqa: F401  (re-exported)
 
 NO_TEXT_LAYER_WARNING = "no text layer (needs OCR)"
-# What the readers and the chunker make, as a number stored on each document with its chunks
-# (Document.extractor_version): raise it when a change to them would give old documents other
-# chunks, so `flask documents reprocess --stale` finds them. 2: headings, tables and OCR.
-EXTRACTOR_VERSION = 2
 # PDFium marks a hyphen that ends a line as U+0002; other C0 controls are noise in extracted text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 MB = 1024 * 1024

@@ -71,6 +71,7 @@ def id_routes(world) -> list[tuple[str, str]]:
         ("GET", f"/api/batches/{document['batch_id']}/events"),
         ("GET", f"/api/jobs/{document['job_id']}/events"),
         ("GET", f"/api/documents/{document['id']}"),
+        ("GET", f"/api/documents/{document['id']}/chunks"),
         ("DELETE", f"/api/documents/{document['id']}"),
         ("GET", f"/api/jobs/{document['job_id']}"),
         ("POST", f"/api/jobs/{document['job_id']}/cancel"),
@@ -86,6 +87,7 @@ def id_routes(world) -> list[tuple[str, str]]:
 
 def test_every_route_with_an_id_is_covered(app):
     tried = {("GET", "/api/batches/<batch_id>"), ("GET", "/api/documents/<document_id>"),
+             ("GET", "/api/documents/<document_id>/chunks"),
              ("GET", "/api/batches/<batch_id>/events"), ("GET", "/api/jobs/<job_id>/events"),
              ("DELETE", "/api/documents/<document_id>"), ("GET", "/api/jobs/<job_id>"),
              ("POST", "/api/jobs/<job_id>/cancel"), ("POST", "/api/jobs/<job_id>/retry"),

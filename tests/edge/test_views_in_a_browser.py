@@ -765,3 +765,54 @@ def test_keyboard_only_upload_and_search(page: Page, worker: Docket):
     page.keyboard.press("Enter")
     expect(page.locator("#search-results .result").first.locator(".result-name")).to_have_text(name)
     shot(page, "keyboard-search")
+
+
+# ---------- a document's own page ----------
+
+def test_a_documents_page_from_the_list_and_a_search_hit_landing_on_the_chunk(page: Page, worker: Docket):
+    from webapp.core.db import connection
+    from webapp.core.models import Chunk, Document
+
+    sign_in(page, worker.token("reader"))
+    name = "war-and-peace-ch1.txt"
+    upload(page, name)
+    row = doc_row(page, name)
+    expect(row.locator(".doc-status")).to_have_text(re.compile(r"^Finished: "), timeout=JOB_MS)
+    # The readers of this branch make no headings or OCR marks for a text file: give its chunks
+    # some, as the structure and OCR readers will, to see them on the page.
+    with worker.app.app_context(), connection():
+        document = Document.select().where(Document.owner == "reader").get()
+        last = Chunk.select(Chunk.ordinal).where(Chunk.document == document.id).order_by(Chunk.ordinal.desc()).get()
+        Chunk.update(headings=["War and Peace", "Book One", "Chapter I"]).where(Chunk.document == document.id).execute()
+        Chunk.update(ocr=True, ocr_confidence=0.93).where(Chunk.document == document.id,
+                                                          Chunk.ordinal == last.ordinal).execute()
+
+    row.get_by_role("link", name=name).click()  # the name in the list links to the document's page
+    expect(page).to_have_url(re.compile(rf"/documents/{document.id}$"))
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    expect(page.locator("#document-status")).to_have_text("finished")
+    expect(page.locator("#document-chunks")).to_have_text(str(last.ordinal + 1))
+    first = page.locator("#chunk-0")
+    expect(first).to_contain_text("Well, Prince, so Genoa and Lucca")
+    expect(first.get_by_role("navigation", name="Section of chunk 1")).to_have_text(
+        re.compile(r"War and Peace\s*Book One\s*Chapter I"))
+    expect(page.locator(f"#chunk-{last.ordinal} .chunk-ocr")).to_have_text("OCR · confidence 93 %")
+    shot(page, "document-page")
+
+    page.go_back()
+    search = page.get_by_label("Search documents")
+    search.fill("Novosiltsev's dispatch burnt his boats")
+    search.press("Enter")
+    hit = page.locator("#search-results .result").first
+    expect(hit.locator(".result-headings")).to_have_text("War and Peace › Book One › Chapter I")
+    link = hit.get_by_role("link", name=name)
+    ordinal = int(re.search(r"#chunk-(\d+)$", link.get_attribute("href")).group(1))
+    hit_text = hit.locator(".result-text").inner_text().rstrip("…")[:60]
+    link.click()
+    expect(page).to_have_url(re.compile(rf"/documents/{document.id}\?chunk={ordinal}#chunk-{ordinal}$"))
+    target = page.locator(f"#chunk-{ordinal}")
+    expect(target).to_be_in_viewport()  # the browser scrolled to the anchor
+    expect(target.locator(".chunk-text")).to_contain_text(hit_text)
+    assert page.evaluate("document.querySelector(':target') && document.querySelector(':target').id") == \
+        f"chunk-{ordinal}"
+    shot(page, "document-page-from-search")

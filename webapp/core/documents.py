@@ -28,6 +28,7 @@ from rq.job import Job as RQJob
 from webapp.core import egress, filetypes
 from webapp.core.db import db
 from webapp.core.encryption import encrypt_secret
+from webapp.core.extractor import EXTRACTOR_VERSION
 from webapp.core.service_errors import ServiceError
 from webapp.core.protocol.control import cancel_job
 from webapp.core.protocol.states import FINISHED, STARTED, TERMINAL, WAITING, JobStateError
@@ -383,3 +384,115 @@ def inspect_upload(file: BinaryIO) -> tuple[int, str, bytes]:
         head = file.read()
         file.seek(0)
     return size, digest.hexdigest(), head
+
+
+# --- a document's chunks, page by page ------------------------------------------------------------
+
+
+def list_chunks(document_id: str, limit: int, after: int | None = None) -> tuple[list[Chunk], bool]:
+    """A page of a document's chunks in reading order (keyset on ``ordinal``).
+
+    Args:
+        document_id: the document (the caller checked the owner).
+        limit: at most this many chunks, ≥ 1.
+        after: only chunks whose ordinal is greater (the last ordinal of the previous page);
+            ``None``: from the first.
+
+    Returns:
+        ``(chunks, more)``: the chunks without their embeddings, and whether more follow.
+    """
+    query = (Chunk.select(Chunk.id, Chunk.ordinal, Chunk.page_start, Chunk.page_end, Chunk.text, Chunk.headings,
+                          Chunk.ocr, Chunk.ocr_confidence)
+             .where(Chunk.document == document_id).order_by(Chunk.ordinal))
+    if after is not None:
+        query = query.where(Chunk.ordinal > after)
+    rows = list(query.limit(limit + 1))
+    return rows[:limit], len(rows) > limit
+
+
+def page_start_after(document_id: str, ordinal: int, page_size: int) -> int | None:
+    """Where the page holding chunk ``ordinal`` starts, when a document's chunks are shown
+    ``page_size`` at a time from the first: the ordinal just before that page (the ``after`` of
+    :func:`list_chunks`), or ``None`` for the first page. A missing ordinal gives the page it
+    would be on."""
+    position = Chunk.select().where(Chunk.document == document_id, Chunk.ordinal < ordinal).count()
+    start = (position // page_size) * page_size
+    if start == 0:
+        return None
+    row = (Chunk.select(Chunk.ordinal).where(Chunk.document == document_id).order_by(Chunk.ordinal)
+           .offset(start - 1).limit(1).first())
+    return row.ordinal if row else None
+
+
+def page_before(document_id: str, first_ordinal: int, page_size: int) -> tuple[bool, int | None]:
+    """The page before the one that starts at chunk ``first_ordinal``: ``(exists, after)``, where
+    ``after`` is that page's :func:`list_chunks` ``after`` (``None``: it is the first page)."""
+    earlier = list(Chunk.select(Chunk.ordinal).where(Chunk.document == document_id, Chunk.ordinal < first_ordinal)
+                   .order_by(Chunk.ordinal.desc()).limit(page_size + 1))
+    if not earlier:
+        return False, None
+    return True, earlier[page_size].ordinal if len(earlier) > page_size else None
+
+
+# --- reprocessing stored documents ----------------------------------------------------------------
+
+
+def documents_to_reprocess(*, owner: str | None = None, content_type: str | None = None,
+                           without_structure: bool = False):
+    """The documents a reprocess run selects, oldest first (a query of :class:`Document`).
+
+    Args:
+        owner: only this owner's documents; ``None``: every owner's.
+        content_type: only documents of this detected type (e.g. ``application/pdf``).
+        without_structure: only documents whose chunks were made before the current readers
+            (``extractor_version`` ``NULL`` or below :data:`~webapp.core.extractor.EXTRACTOR_VERSION`).
+    """
+    query = Document.select().order_by(Document.created_at, Document.id)
+    if owner is not None:
+        query = query.where(Document.owner == owner)
+    if content_type is not None:
+        query = query.where(Document.content_type == content_type)
+    if without_structure:
+        query = query.where(Document.extractor_version.is_null() | (Document.extractor_version < EXTRACTOR_VERSION))
+    return query
+
+
+def reprocess_document(document_id: str) -> Job | None:
+    """Launch a new ``document`` job for a stored document: its bytes are read, chunked and
+    embedded again, and the job's final write replaces the old chunks (one transaction).
+
+    The job protocol's order: the new Job row and the document's ``job_id`` pointing at it are
+    committed together — only if the document's current job has ended (guarded ``UPDATE …
+    WHERE job_id = <the ended job>``, so two reprocess runs at once launch one job) — then it is
+    enqueued.
+
+    Args:
+        document_id: the Document row's id.
+
+    Returns:
+        The new job, enqueued; ``None`` when nothing was launched: there is no such document, or
+        its current job is still waiting or running (not doubled).
+
+    Raises:
+        QueueUnavailable: Redis refused (the new row is marked ``failed``, the document points at it,
+            so a later run launches it again).
+    """
+    document = Document.get_or_none(Document.id == document_id)
+    if document is None:
+        return None
+    current = Job.find(document.job_id) if document.job_id else None
+    if current is not None and current.status not in TERMINAL:
+        return None
+    # No batch: the upload's batch (and its deferred report) ended with its first jobs.
+    job = new_job("document", {"document_id": document.id}, document_id=document.id, owner=document.owner)
+    with db.database.atomic() as transaction:
+        job.save(force_insert=True)
+        moved = (Document.update(job_id=job.id)
+                 .where(Document.id == document.id, Document.job_id == document.job_id if document.job_id
+                        else Document.job_id.is_null())
+                 .execute())
+        if not moved:  # someone launched another job for it meanwhile
+            transaction.rollback()
+            return None
+    enqueue_jobs([job])
+    return job

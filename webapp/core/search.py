@@ -29,6 +29,7 @@ chunks; nothing loads a vector space into Python.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections import Counter
@@ -76,8 +77,8 @@ def search_chunks(query: str, k: int, owner: str | None = None, document_id: str
         mode: ``"hybrid"`` (default), ``"vector"`` or ``"text"`` (see the module docstring).
 
     Returns:
-        Up to ``k`` dicts ``{"document_id", "filename", "chunk_id", "page_start", "page_end",
-        "score", "text"}``, best first (equal scores: the older chunk first). ``score``: vector
+        Up to ``k`` dicts ``{"document_id", "filename", "chunk_id", "ordinal", "page_start",
+        "page_end", "headings", "ocr", "score", "text"}``, best first (equal scores: the older chunk first). ``score``: vector
         mode the cosine similarity (−1…1); text mode the BM25 score (≥ 0); hybrid the fused RRF
         score (at most 2 / 61). All rounded to 6 decimals.
 
@@ -343,8 +344,8 @@ def _details(ranked: list[tuple[int, float]]) -> list[dict[str, Any]]:
     details = {
         row["id"]: row
         for row in Chunk.select(
-            Chunk.id, Chunk.document.alias("document_id"), Chunk.page_start, Chunk.page_end, Chunk.text,
-            Document.filename,
+            Chunk.id, Chunk.document.alias("document_id"), Chunk.ordinal, Chunk.page_start, Chunk.page_end,
+            Chunk.headings, Chunk.ocr, Chunk.text, Document.filename,
         )
         .join(Document)
         .where(Chunk.id.in_(chunk_ids))
@@ -355,11 +356,22 @@ def _details(ranked: list[tuple[int, float]]) -> list[dict[str, Any]]:
             "document_id": details[chunk_id]["document_id"],
             "filename": details[chunk_id]["filename"],
             "chunk_id": chunk_id,
+            "ordinal": details[chunk_id]["ordinal"],
             "page_start": details[chunk_id]["page_start"],
             "page_end": details[chunk_id]["page_end"],
+            "headings": _headings(details[chunk_id]["headings"]),
+            "ocr": bool(details[chunk_id]["ocr"]),
             "score": round(score, 6),
             "text": details[chunk_id]["text"],
         }
         for chunk_id, score in ranked
         if chunk_id in details  # deleted or reprocessed between the two queries: skipped, not a 500
     ]
+
+
+def _headings(value: Any) -> list[str]:
+    """A chunk's heading path as results show it: the stored JSON list, ``[]`` when unknown.
+    ``.dicts()`` skips the field's conversion, so the JSON text is read here."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return list(value or [])

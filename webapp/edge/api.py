@@ -7,8 +7,9 @@ import math
 from flask import Blueprint, current_app, jsonify, redirect, request, url_for
 
 from webapp.edge.auth import current_owner, get_visible_or_404, owned, owner_filter, visible_job
-from webapp.core.documents import accept_uploads, delete_document, read_upload
-from webapp.edge.document_json import batch_to_dict, document_to_dict
+from webapp.core.documents import accept_uploads, delete_document, list_chunks, read_upload
+from webapp.edge.document_json import (batch_to_dict, chunk_to_dict, decode_chunk_cursor, document_to_dict,
+                                       encode_chunk_cursor)
 from webapp.core.protocol.delayed import StartTimeError, start_time
 from webapp.core.embeddings import EmbeddingError
 from webapp.core.service_errors import ServiceError
@@ -144,6 +145,20 @@ def get_document(document_id: str):
     """One document with its current job's status, or 404 ``document_not_found``."""
     document = get_visible_or_404(Document, document_id, "document")
     return jsonify(document_to_dict(document))
+
+
+@bp.get("/documents/<document_id>/chunks")
+def get_document_chunks(document_id: str):
+    """A document's chunks in reading order (by ``ordinal``), a page at a time:
+    ``?limit=&cursor=`` → ``{"chunks": [...], "next": cursor|null}`` (:func:`chunk_to_dict`);
+    ``limit`` 1–100 (default 20). 400 ``invalid_limit``/``invalid_cursor``; 404
+    ``document_not_found`` for an unknown document or another owner's."""
+    limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    after = decode_chunk_cursor(request.args.get("cursor") or None)
+    document = get_visible_or_404(Document, document_id, "document")
+    chunks, more = list_chunks(document.id, limit, after)
+    return jsonify({"chunks": [chunk_to_dict(chunk) for chunk in chunks],
+                    "next": encode_chunk_cursor(chunks[-1].ordinal) if more else None})
 
 
 @bp.delete("/documents/<document_id>")

@@ -1,5 +1,6 @@
-"""A document and a batch as the API shows them (``GET /api/documents/<id>``, ``GET
-/api/batches/<id>``): the rows with their current job's status, links included."""
+"""A document, its chunks and a batch as the API shows them (``GET /api/documents/<id>``, ``GET
+/api/documents/<id>/chunks``, ``GET /api/batches/<id>``): the rows with their current job's
+status, links included; the cursor of a page of chunks."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 
 from flask import url_for
 
-from webapp.core.models import Batch, Document, Job, Report, isoformat
+from webapp.core.models import Batch, Chunk, Document, Job, Report, isoformat
 from webapp.core.protocol.states import TERMINAL
+from webapp.core.service_errors import ServiceError
+from webapp.edge.job_json import decode_keyset, encode_keyset
 
 
 def document_to_dict(document: Document, job: Job | None = None) -> dict[str, Any]:
@@ -69,3 +72,39 @@ def batch_to_dict(batch: Batch) -> dict[str, Any]:
         "report": {"id": report["id"], "status": report["job_status"],
                    "report_url": url_for("api.get_report", report_id=report["id"])} if report else None,
     }
+
+
+def chunk_to_dict(chunk: Chunk) -> dict[str, Any]:
+    """The API representation of a chunk (``GET /api/documents/<id>/chunks``): its place in the
+    document (``ordinal`` from 0, ``page_start``/``page_end`` from 1 or ``None`` for formats
+    without pages), its section's heading path (``headings``, outermost first; ``[]`` when
+    unknown), whether OCR read it (``ocr``) and the engine's mean confidence (``ocr_confidence``,
+    0–1, or ``None``), and its ``text``."""
+    return {
+        "ordinal": chunk.ordinal,
+        "page_start": chunk.page_start,
+        "page_end": chunk.page_end,
+        "headings": list(chunk.headings or []),
+        "ocr": bool(chunk.ocr),
+        "ocr_confidence": chunk.ocr_confidence,
+        "text": chunk.text,
+    }
+
+
+def encode_chunk_cursor(ordinal: int) -> str:
+    """The cursor of the page of a document's chunks that follows chunk ``ordinal``."""
+    return encode_keyset([ordinal])
+
+
+def decode_chunk_cursor(cursor: str | None) -> int | None:
+    """The ordinal a chunk cursor points after; ``None`` for no cursor (the first page).
+
+    Raises:
+        ServiceError: 400 ``invalid_cursor`` for a cursor that :func:`encode_chunk_cursor` did not make.
+    """
+    if not cursor:
+        return None
+    (ordinal,) = decode_keyset(cursor, (int,))
+    if not -1 <= ordinal < 2**31:  # an ordinal is a 32-bit integer column
+        raise ServiceError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.")
+    return ordinal

@@ -53,21 +53,44 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
+def encode_keyset(values: list[Any]) -> str:
+    """An opaque cursor holding ``values`` (JSON values: the sort key of the last row of a page):
+    URL-safe base64 of their JSON, without padding. Every paged list uses it (jobs, a document's
+    chunks), so one decoder checks them all."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_keyset(cursor: str, types: tuple[type, ...]) -> list[Any]:
+    """Inverse of :func:`encode_keyset`: the values, checked to be as many as ``types`` and of
+    those types (``bool`` is not an ``int`` here; a string holds no NUL, which PostgreSQL refuses).
+
+    Raises:
+        ServiceError: 400 ``invalid_cursor`` for anything else.
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(values, list) or len(values) != len(types):
+            raise ValueError("not a list of the cursor's length")
+        for value, kind in zip(values, types):
+            if isinstance(value, bool) or not isinstance(value, kind) or (isinstance(value, str) and "\x00" in value):
+                raise ValueError("a value of the wrong type")
+        return values
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise ServiceError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.") from None
+
+
 def encode_cursor(job: Job) -> str:
     """An opaque cursor pointing after ``job`` in newest-first order."""
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_keyset([job.created_at.isoformat(), job.id])
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Inverse of :func:`encode_cursor`. Raises :class:`ServiceError` 400 ``invalid_cursor``."""
+    created_at, job_id = decode_keyset(cursor, (str, str))
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if "\x00" in str(job_id):  # no id has one, and PostgreSQL refuses it in a query
-            raise ValueError("NUL in the cursor's job id")
-        return datetime.fromisoformat(created_at), str(job_id)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        return datetime.fromisoformat(created_at), job_id
+    except ValueError:
         raise ServiceError(400, "invalid_cursor", "The cursor is not valid; use the 'next' value of a previous page.") from None
 
 

@@ -41,6 +41,13 @@ function docAnchor(id) {
   return `doc-${id}`;
 }
 
+// A document's own page (server-rendered: its facts and chunks); with an ordinal, the page of
+// its chunks that holds that chunk, scrolled to it.
+function documentUrl(id, ordinal) {
+  const base = `/documents/${encodeURIComponent(id)}`;
+  return typeof ordinal === "number" ? `${base}?chunk=${ordinal}#chunk-${ordinal}` : base;
+}
+
 function renderDocument(tracker) {
   const { doc } = tracker;
   const name = doc.filename || "document";
@@ -48,7 +55,9 @@ function renderDocument(tracker) {
   item.id = docAnchor(doc.id);
   item.tabIndex = -1; // "show the existing document" links move the focus here
   const head = el("div", "doc-head");
-  head.append(el("span", "doc-name", doc.filename || "(unnamed)"));
+  const nameLink = el("a", "doc-name", doc.filename || "(unnamed)"); // the document's own page
+  nameLink.href = documentUrl(doc.id);
+  head.append(nameLink);
   const meta = [TYPE_LABELS[doc.content_type] || doc.content_type, formatBytes(doc.bytes), formatDate(doc.created_at)];
   head.append(el("span", "doc-meta", meta.filter(Boolean).join(" · ")));
   const progress = el("progress");
@@ -487,14 +496,23 @@ let searchSeq = 0; // ignore answers to searches that were superseded
 function renderResult(hit) {
   const item = el("li", "result");
   const head = el("div", "result-head");
-  head.append(el("span", "result-name", hit.filename));
+  const name = el("a", "result-name", hit.filename); // the chunk in context, on its document's page
+  name.href = documentUrl(hit.document_id, hit.ordinal);
+  head.append(name);
   const pages = formatPages(hit.page_start, hit.page_end);
   if (pages) head.append(el("span", "result-pages", pages));
+  if (hit.ocr) head.append(el("span", "chunk-ocr", "OCR"));
   const score = typeof hit.score === "number" ? hit.score.toFixed(3) : "–";
   head.append(el("span", "result-score", `score ${score}`));
   const text = hit.text || "";
   const para = el("p", "result-text");
-  item.append(head, para);
+  item.append(head);
+  if (hit.headings && hit.headings.length) {
+    const path = el("p", "result-headings", hit.headings.join(" › "));
+    path.setAttribute("aria-label", `Section: ${hit.headings.join(", ")}`);
+    item.append(path);
+  }
+  item.append(para);
   if (text.length <= SNIPPET_CHARS) {
     para.textContent = text;
     return item;
