@@ -1,6 +1,6 @@
 """Decide a document's type from its bytes (never from the client's extension or header).
 
-Supported: PDF, Word .docx, HTML, plain text and Markdown. The extension is only used to tell
+Supported: PDF, Word .docx, HTML, plain text, Markdown, and PNG, JPEG, TIFF and WebP images (read by OCR). The extension is only used to tell
 Markdown from plain text once the bytes have been shown to be text.
 """
 
@@ -17,9 +17,15 @@ DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 HTML = "text/html"
 TEXT = "text/plain"
 MARKDOWN = "text/markdown"
+PNG, JPEG, TIFF, WEBP = "image/png", "image/jpeg", "image/tiff", "image/webp"
+IMAGES = (PNG, JPEG, TIFF, WEBP)  # read by OCR (jobs/readers/image.py)
+# Magic numbers: PNG (RFC 2083 §3.1), JPEG (SOI + a marker), TIFF (TIFF 6.0 §2, little and
+# big endian), WebP (RIFF container with the WEBP form type, Google's container spec).
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", PNG), (b"\xff\xd8\xff", JPEG), (b"II*\x00", TIFF), (b"MM\x00*", TIFF))
 
-SUPPORTED = {PDF: "PDF", DOCX: "Word (.docx)", HTML: "HTML", TEXT: "plain text", MARKDOWN: "Markdown"}
-SUPPORTED_SENTENCE = "PDF, Word (.docx), HTML, plain text and Markdown"
+SUPPORTED = {PDF: "PDF", DOCX: "Word (.docx)", HTML: "HTML", TEXT: "plain text", MARKDOWN: "Markdown",
+             PNG: "PNG image", JPEG: "JPEG image", TIFF: "TIFF image", WEBP: "WebP image"}
+SUPPORTED_SENTENCE = "PDF, Word (.docx), HTML, plain text, Markdown and images (PNG, JPEG, TIFF, WebP; read by OCR)"
 
 # PDF 1.7 (ISO 32000-1, 7.5.2 and Annex H): the header is "%PDF-"; readers accept it
 # within the first 1024 bytes. See _looks_like_pdf for when a "%PDF-" that is not at the start counts.
@@ -57,13 +63,16 @@ def detect_content_type(data: bytes, filename: str | None = None) -> str | None:
             Markdown.
 
     Returns:
-        One of :data:`PDF`, :data:`DOCX`, :data:`HTML`, :data:`TEXT`, :data:`MARKDOWN`, or
-        ``None`` for empty or unsupported content (images, archives, other binaries).
+        One of :data:`PDF`, :data:`DOCX`, :data:`HTML`, :data:`TEXT`, :data:`MARKDOWN`, an image
+        type of :data:`IMAGES`, or ``None`` for empty or unsupported content (archives, other binaries).
     """
     if not data:
         return None
     if _looks_like_pdf(data):
         return PDF
+    image_type = _image_type(data)
+    if image_type:
+        return image_type
     if data[:4] == b"PK\x03\x04":
         return DOCX if _is_docx(data) else None
     head = data[:_SNIFF_BYTES]
@@ -103,6 +112,26 @@ def _looks_like_pdf(data: bytes) -> bool:
     if _PDF_OBJECT.search(after) and _PDF_ENDOBJ.search(after):
         return True
     return not _is_text(data[:_SNIFF_BYTES])
+
+
+def _image_type(data: bytes) -> str | None:
+    """The image type of ``data`` when it starts with an image's magic number and Pillow can read
+    its header (nothing is decoded: a few hundred bytes are parsed); ``None`` otherwise. An image
+    whose header declares too many pixels is still an image: its job fails ``too_many_pixels``."""
+    image_type = next((kind for magic, kind in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if image_type is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        image_type = WEBP
+    if image_type is None:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return image_type
+    except Image.DecompressionBombError:
+        return image_type
+    except Exception:  # noqa: BLE001 - Pillow's parsers raise many types for bytes that are no image
+        return None
 
 
 def _is_docx(data: bytes) -> bool:
