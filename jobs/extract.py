@@ -72,6 +72,7 @@ def extract(
         RuntimeError: a bug in a reader running in its own process (its traceback in the message).
     """
     limits = limits or Limits()
+    max_memory = limits.max_memory
     if limits.ocr != "off" and (content_type == filetypes.PDF or content_type in filetypes.IMAGES):
         # The OCR models are loaded here (once per process; the worker command's warm-up loads
         # them before it forks), never in the reader process: onnxruntime loading them under its
@@ -79,11 +80,16 @@ def extract(
         from jobs import ocr
 
         ocr.engine()
-    if limits.max_memory is not None and content_type in _OWN_PROCESS:
+        if max_memory is not None:
+            # onnxruntime reserves address space per inference far beyond what it touches: pages
+            # failed with std::bad_alloc under the 512 MB RLIMIT_AS in a worker (RSS stays ≈ 200 MB
+            # per page). Address space, not memory: WORKER_MAX_MEMORY and the OOM killer still bound RSS.
+            max_memory += ocr.OCR_ADDRESS_SPACE
+    if max_memory is not None and content_type in _OWN_PROCESS:
         from jobs.reader_process import read_in_own_process
 
         return read_in_own_process(_extract_here, data, content_type, password, limits,
-                                   max_memory=limits.max_memory, what=_OWN_PROCESS[content_type], on_page=on_page)
+                                   max_memory=max_memory, what=_OWN_PROCESS[content_type], on_page=on_page)
     return _extract_here(data, content_type, password, limits, on_page=on_page)
 
 

@@ -66,6 +66,9 @@ MIN_TEXT_LAYER_CHARS = 10
 #: text layer, has hundreds per page and is never read again).
 MIN_IMAGE_COVER = 0.25
 
+#: Bytes of address space a reader process may take beyond MAX_DOCUMENT_MEMORY when it may OCR
+#: (jobs/extract.py): onnxruntime's inferences reserve far more than they touch.
+OCR_ADDRESS_SPACE = 1024 * 1024 * 1024
 # Gaps that split a page in reading_order, in line heights (the median height of its boxes).
 _ROW_GAP, _COLUMN_GAP = 0.6, 0.5
 _MODELS = {"Det": "PP-OCRv6_det_small.onnx", "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
