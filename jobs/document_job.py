@@ -23,11 +23,12 @@ from rq.timeouts import JobTimeoutException
 from jobs.chunking import chunk_pages, embedding_text
 from jobs.document_errors import DocumentError, JobError
 from jobs.extract import Limits, extract
-from jobs.readers.base import EXTRACTOR_VERSION
+from jobs.readers.base import EXTRACTOR_VERSION, OCR_NEXT, OCR_STAGE
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core import filetypes, metrics
 from webapp.core.db import connection
 from webapp.core.encryption import DecryptionError, decrypt_secret
+from webapp.core.compat.rq_private import extend_time_limit
 from webapp.core.embeddings import EmbeddingError, embedder_from_config, embedder_kind, to_blob
 from webapp.core.logs import begin_stage, end_stage
 from webapp.core.models import Chunk, Document
@@ -102,7 +103,9 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
             raise
         except JobTimeoutException as exc:
             limit = getattr(tracker.rq_job, "timeout", None) or get_kind("document").time_limit(config)
-            raise JobError(f"processing took longer than the {limit} s limit "
+            rule = (f", {tracker.ocr_pages} of them for pages read by OCR (OCR_SECONDS_PER_PAGE)"
+                    if tracker.ocr_pages else "")
+            raise JobError(f"processing took longer than the {limit} s limit{rule} "
                            f"(stopped during {tracker.stage or 'start-up'})", code="timeout") from exc
         except Exception as exc:
             log.exception("job %s: unexpected error", tracker.job_id)
@@ -126,7 +129,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
         data,
         document.content_type,
         password=_password(document, config),
-        on_page=lambda done, total: tracker.set_progress("extract", EXTRACT_END * done // total),
+        on_page=lambda done, total, stage=None: _page_read(tracker, config, done, total, stage),
         limits=Limits.from_config(config),
     )
 
@@ -203,6 +206,22 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
     return result
 
 
+def _page_read(tracker: JobTracker, config: Mapping[str, Any], done: int, total: int, stage: str | None) -> None:
+    """Progress of the extraction (``on_page`` of :func:`jobs.extract.extract`): stage ``ocr``
+    while pages are read by OCR, ``extract`` otherwise. Before each page read by OCR, the job's
+    time limit grows by ``OCR_SECONDS_PER_PAGE`` seconds: the limit is ``DOCUMENT_JOB_TIMEOUT`` +
+    ``OCR_SECONDS_PER_PAGE`` × pages read by OCR so far (RQ fixes it at enqueue, when no one
+    has read the file; :func:`webapp.core.compat.rq_private.extend_time_limit`).
+
+    Raises:
+        JobStopped: the row was canceled or stopped meanwhile (:meth:`JobTracker.set_progress`).
+    """
+    if stage == OCR_NEXT:
+        tracker.ocr_pages += 1
+        extend_time_limit(tracker.rq_job, int(config.get("OCR_SECONDS_PER_PAGE", 30)))
+    tracker.set_progress(OCR_STAGE if stage in (OCR_STAGE, OCR_NEXT) else "extract", EXTRACT_END * done // total)
+
+
 def _password(document: Document, config: Mapping[str, Any]) -> str | None:
     """The document's PDF password, decrypted (it rests encrypted, :mod:`webapp.core.encryption`).
 
@@ -216,6 +235,7 @@ def _password(document: Document, config: Mapping[str, Any]) -> str | None:
         return decrypt_secret(config, document.password)
     except DecryptionError as exc:
         raise JobError(f"{exc}; upload the file again with its password", code="password_unreadable") from None
+
 
 def warm_up(app) -> None:
     """The document kind's ``warm_up`` (run by the worker command before it forks): every parser
@@ -241,7 +261,14 @@ def warm_up(app) -> None:
     if embedder_kind(config) != "openai":  # embedding with OpenAI would send a request
         embedder.embed(texts)
     filetypes.detect_content_type(b"warm-up text", "warm-up.txt")
-    log.info("document job warmed up (parsers, chunker, %s)", embedder.name)
+    if config.get("OCR", "auto") != "off":
+        # The OCR models (≈ 20 MB of files) loaded once here, before the fork: every worker
+        # process and its reader processes share them copy-on-write, and nothing is loaded under
+        # a reader's RLIMIT_AS (figures: README "OCR").
+        from jobs import ocr
+
+        ocr.warm_up()
+    log.info("document job warmed up (parsers, chunker, OCR, %s)", embedder.name)
 
 
 def _samples() -> dict[str, bytes]:

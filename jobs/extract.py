@@ -45,19 +45,24 @@ def extract(
         data: the file's bytes.
         content_type: a type from :mod:`webapp.core.filetypes` (decided from the bytes at upload).
         password: for encrypted PDFs; the empty password is always tried first.
-        on_page: called as ``on_page(done, total)`` after each PDF page.
+        on_page: called as ``on_page(done, total)`` after each PDF page, and for pages read by
+            OCR (PDF pages without a usable text layer, image frames) as ``on_page(done, total,
+            "ocr_next")`` before the page is read and ``on_page(done, total, "ocr")`` after.
         limits: bounds on pages, characters, unpacked size and memory; the config's defaults when
             omitted. With ``limits.max_memory`` (the default), a PDF, .docx, .pptx, .xlsx, EPUB or
             HTML document is read in a child process that may take that many bytes more than this one.
 
     Returns:
-        An :class:`Extraction`. A PDF whose pages carry images but no text yields no text and the
-        warning ``"no text layer (needs OCR)"``.
+        An :class:`Extraction`. With ``limits.ocr`` ``auto`` (the default), a PDF page without a
+        usable text layer and every image frame are read by OCR (:mod:`jobs.ocr`; the page's
+        ``ocr_confidence`` is set); with ``off``, a PDF whose pages carry images but no text
+        yields no text and the warning ``"no text layer (needs OCR)"``.
 
     Raises:
         DocumentError: ``password_required`` / ``wrong_password`` for encrypted PDFs,
             ``damaged_file`` when the parser cannot read the file, ``no_text`` when there is no
-            text and nothing that could hold any, ``unsupported_type`` for other types.
+            text and nothing that could hold any, ``unsupported_type`` for other types,
+            ``ocr_disabled`` for an image when ``limits.ocr`` is ``off``.
         DocumentTooLarge: (a ``DocumentError``) ``too_many_pages`` for a PDF of more than
             ``limits.max_pages`` pages, before any page is read; ``too_many_chars`` as soon as
             more than ``limits.max_chars`` non-whitespace characters have been extracted;
@@ -66,16 +71,30 @@ def extract(
             been read; ``decompression_bomb`` for a .docx, .pptx, .xlsx or EPUB whose zip directory declares more than
             ``limits.max_uncompressed_size`` bytes or an entry compressed more than
             ``limits.max_compression_ratio`` to 1, before anything is unpacked;
-            ``too_much_memory`` when reading the document needs more than ``limits.max_memory``
+            ``too_many_pixels`` for an image (frame) of more than ``limits.max_image_pixels``
+            pixels, before it is decoded; ``too_much_memory`` when reading the document needs more than ``limits.max_memory``
             bytes (a parser that crashes on the file in its process gives ``damaged_file``).
         RuntimeError: a bug in a reader running in its own process (its traceback in the message).
     """
     limits = limits or Limits()
-    if limits.max_memory is not None and content_type in _OWN_PROCESS:
+    max_memory = limits.max_memory
+    if limits.ocr != "off" and (content_type == filetypes.PDF or content_type in filetypes.IMAGES):
+        # The OCR models are loaded here (once per process; the worker command's warm-up loads
+        # them before it forks), never in the reader process: onnxruntime loading them under its
+        # RLIMIT_AS crashed it (SIGSEGV).
+        from jobs import ocr
+
+        ocr.engine()
+        if max_memory is not None:
+            # onnxruntime reserves address space per inference far beyond what it touches: pages
+            # failed with std::bad_alloc under the 512 MB RLIMIT_AS in a worker (RSS stays ≈ 200 MB
+            # per page). Address space, not memory: WORKER_MAX_MEMORY and the OOM killer still bound RSS.
+            max_memory += ocr.OCR_ADDRESS_SPACE
+    if max_memory is not None and content_type in _OWN_PROCESS:
         from jobs.reader_process import read_in_own_process
 
         return read_in_own_process(_extract_here, data, content_type, password, limits,
-                                   max_memory=limits.max_memory, what=_OWN_PROCESS[content_type], on_page=on_page)
+                                   max_memory=max_memory, what=_OWN_PROCESS[content_type], on_page=on_page)
     return _extract_here(data, content_type, password, limits, on_page=on_page)
 
 
@@ -83,7 +102,7 @@ def extract(
 # per element, text object or node, as many as the markup asks for, whatever the file's size.
 _OWN_PROCESS = {filetypes.PDF: "PDF", filetypes.DOCX: "Word document", filetypes.HTML: "HTML page",
                 filetypes.PPTX: "PowerPoint presentation", filetypes.XLSX: "Excel workbook",
-                filetypes.EPUB: "EPUB book"}
+                filetypes.EPUB: "EPUB book", **{content_type: "image" for content_type in filetypes.IMAGES}}
 
 
 def _extract_here(data: bytes, content_type: str, password: str | None, limits: Limits,
@@ -94,6 +113,10 @@ def _extract_here(data: bytes, content_type: str, password: str | None, limits: 
         from jobs.readers.pdf import read_pdf
 
         return read_pdf(data, password, on_page, limits, budget)
+    if content_type in filetypes.IMAGES:
+        from jobs.readers.image import read_image
+
+        return read_image(data, on_page, limits, budget)
     if content_type == filetypes.DOCX:
         from jobs.readers.docx import read_docx
 

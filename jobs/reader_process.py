@@ -60,8 +60,9 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
     at most ``max_memory`` bytes; its return value, or the :class:`DocumentError` it raised.
 
     Args:
-        read: the reading function; it must accept ``on_page`` (``on_page(done, total)`` calls
-            in the child are passed on to the caller's ``on_page`` here, in order).
+        read: the reading function; it must accept ``on_page`` (``on_page(done, total)`` and
+            ``on_page(done, total, stage)`` calls in the child are passed on to the caller's
+            ``on_page`` here, in order).
         args: its arguments (the child inherits them: nothing is copied).
         max_memory: bytes of address space the child may add to what it inherits
             (``MAX_DOCUMENT_MEMORY`` megabytes; see :class:`jobs.extract.Limits`).
@@ -101,7 +102,7 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
                 break
             if message[0] == "page":
                 if on_page:
-                    on_page(message[1], message[2])
+                    on_page(*message[1:])
                 continue
             answer = message
             break
@@ -132,8 +133,8 @@ def _child(sender: Connection, read: Callable[..., Any], args: tuple, max_memory
         die_with_parent(signal.SIGKILL)
         start = limit_address_space(max_memory)
 
-        def on_page(done: int, total: int) -> None:
-            sender.send(("page", done, total))
+        def on_page(done: int, total: int, *stage: str) -> None:
+            sender.send(("page", done, total, *stage))
 
         answer: tuple = ("done", read(*args, on_page=on_page if progress else None))
     except DocumentError as exc:

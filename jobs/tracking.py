@@ -47,6 +47,7 @@ class JobTracker:
         self.rq_job = rq_job
         self.stage: str | None = None
         self.progress = 0
+        self.ocr_pages = 0  # pages the job has begun to read by OCR (each grew its time limit)
         self._last_meta = self._last_row = time.monotonic()
 
     @classmethod

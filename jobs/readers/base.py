@@ -19,6 +19,11 @@ from jobs.document_errors import DocumentError, DocumentTooLarge
 from webapp.core.extractor import EXTRACTOR_VERSION  # noqa: F401  (re-exported)
 
 NO_TEXT_LAYER_WARNING = "no text layer (needs OCR)"
+# A page or image read by OCR where OCR found no text.
+OCR_FOUND_NOTHING_WARNING = "no text layer, and OCR found no text on it"
+# The progress callback's third argument (see jobs.extract.extract): the page reported was read by
+# OCR ("ocr"), or the next page is about to be ("ocr_next").
+OCR_STAGE, OCR_NEXT = "ocr", "ocr_next"
 # PDFium marks a hyphen that ends a line as U+0002; other C0 controls are noise in extracted text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 MB = 1024 * 1024
@@ -48,6 +53,10 @@ class Limits:
             process of its own forked from this one (``MAX_DOCUMENT_MEMORY`` megabytes; see
             :mod:`jobs.reader_process`). ``None``: read in this process, without a bound (for
             tests that measure this process's own allocations).
+        ocr: ``auto``, ``off`` or ``force`` (``OCR``; :mod:`jobs.ocr`).
+        max_image_pixels: pixels (width × height) of one image or image frame, checked from its
+            header before it is decoded; PDF pages are rendered for OCR within it
+            (``MAX_IMAGE_PIXELS``).
     """
 
     max_chars: int = 5_000_000
@@ -56,6 +65,8 @@ class Limits:
     max_uncompressed_size: int = 200 * MB
     max_compression_ratio: int = 200
     max_memory: int | None = 512 * MB
+    ocr: str = "auto"
+    max_image_pixels: int = 100_000_000
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Limits":
@@ -67,6 +78,8 @@ class Limits:
             max_uncompressed_size=config["MAX_UNCOMPRESSED_SIZE"],
             max_compression_ratio=config["MAX_COMPRESSION_RATIO"],
             max_memory=config["MAX_DOCUMENT_MEMORY"] * MB,
+            ocr=config.get("OCR", "auto"),
+            max_image_pixels=config.get("MAX_IMAGE_PIXELS", 100_000_000),
         )
 
 

@@ -8,7 +8,9 @@ import re
 from typing import Callable
 
 from jobs.document_errors import DocumentError, DocumentTooLarge
-from jobs.readers.base import NO_TEXT_LAYER_WARNING, CharBudget, Extraction, Limits, Page, clean_text, count_chars
+from jobs.readers.base import (
+    NO_TEXT_LAYER_WARNING, OCR_FOUND_NOTHING_WARNING, CharBudget, Extraction, Limits, Page, clean_text, count_chars,
+)
 
 
 def _open_pdf(data: bytes, password: str | None):
@@ -61,6 +63,7 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
             )
         pages: list[Page] = []
         pages_with_images = 0
+        ocr_found_nothing = 0
         for index in range(total):
             try:
                 page = pdf[index]
@@ -75,7 +78,11 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
                     text = textpage.get_text_bounded()
                 finally:
                     textpage.close()
-                if count_chars(text) == 0 and any(
+                read = _ocr_page(page, text, index, total, limits, on_page)
+                if read is not None:
+                    text, confidence = read
+                    ocr_found_nothing += confidence is None
+                elif count_chars(text) == 0 and any(
                     True for _ in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE])
                 ):
                     pages_with_images += 1
@@ -83,14 +90,18 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
                 page.close()
             text = clean_text(text)
             budget.add(text, f" at page {index + 1:,} of {total:,}")
-            pages.append(Page(index + 1, text))
+            pages.append(Page(index + 1, text, ocr_confidence=confidence if read is not None else None))
             if on_page:
-                on_page(index + 1, total)
+                on_page(index + 1, total, *(("ocr",) if read is not None else ()))
     finally:
         pdf.close()
 
     extraction = Extraction(pages=pages, page_count=total)
-    if extraction.chars == 0:
+    if ocr_found_nothing:
+        extraction.warnings.append(OCR_FOUND_NOTHING_WARNING if total == 1 else
+                                   f"{ocr_found_nothing} of {total} pages have no text layer, and OCR found no text "
+                                   "on them")
+    if extraction.chars == 0 and not ocr_found_nothing:
         if pages_with_images == 0:
             raise DocumentError(
                 "the PDF contains no readable text and no images: its pages are blank or damaged",
@@ -102,3 +113,19 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
             f"{pages_with_images} of {total} pages have no text layer (needs OCR); their content is not searchable"
         )
     return extraction
+
+
+def _ocr_page(page, text: str, index: int, total: int, limits: Limits,
+              on_page: Callable[..., None] | None) -> tuple[str, float | None] | None:
+    """The page's text read by OCR and the engine's confidence (``None`` when it read nothing),
+    or ``None`` when the page is not read by OCR (``limits.ocr``: ``off``; ``auto`` and a usable
+    text layer, :func:`jobs.ocr.is_scanned_page`). ``on_page(index, total, "ocr_next")`` is
+    called before the reading (the job's time limit grows by a page)."""
+    from jobs import ocr
+
+    if limits.ocr == ocr.OFF or (limits.ocr == ocr.AUTO and not ocr.is_scanned_page(page, text)):
+        return None
+    if on_page:
+        on_page(index, total, "ocr_next")
+    result = ocr.read_pdf_page(page, limits.max_image_pixels)
+    return result.text, result.confidence

@@ -146,3 +146,26 @@ def test_honcho_manager_internals_the_supervisor_copies():
     source = inspect.getsource(Manager)
     for name in ("self._processes", "self._terminating", "self._procmgr", "self._clock", "self._printer"):
         assert name in source, name
+
+
+def test_rq_job_time_limit_is_an_alarm_and_a_timeout_field_extend_time_limit_moves_both(redis_url):
+    import signal
+
+    from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+    from rq.worker.worker_classes import SimpleWorker
+
+    from jobs.worker.worker import DocketWorker
+
+    assert issubclass(DocketWorker, SimpleWorker) and DocketWorker.death_penalty_class is UnixSignalDeathPenalty
+    assert "signal.alarm(self._timeout)" in inspect.getsource(UnixSignalDeathPenalty.setup_death_penalty)
+    connection = Redis.from_url(redis_url)
+    job = Queue("default", connection=connection).enqueue("tests.jobs_for_tests.report_pid_and_sleep", 0, job_timeout=100)
+    pending = signal.alarm(0)  # pytest-timeout's own alarm, put back below
+    try:
+        assert rq_private.extend_time_limit(job, 30) is None  # no alarm: outside RQ's death penalty
+        with UnixSignalDeathPenalty(100, JobTimeoutException):
+            assert rq_private.extend_time_limit(job, 30) == 130
+            assert 128 <= signal.alarm(0) <= 130
+    finally:
+        signal.alarm(pending)
+    assert RQJob.fetch(job.id, connection=connection).timeout == 130

@@ -87,9 +87,9 @@ def test_running_the_job_twice_leaves_exactly_one_set_of_chunks(app, client, run
     assert job.status == "finished" and job.attempts == 2
 
 
-def test_scanned_pdf_finishes_with_zero_chunks_and_an_ocr_warning(client, run_worker):
+def test_scanned_pdf_finishes_with_zero_chunks_and_an_ocr_warning_when_ocr_is_off(client, run_worker):
     document = upload(client, "huck-finn-p22-scan.pdf").get_json()["documents"][0]
-    run_worker()
+    run_worker(OCR="off")  # by default it is read by OCR (tests/jobs/test_ocr.py)
     details = client.get(f"/api/documents/{document['id']}").get_json()
     assert details["status"] == "finished"
     assert details["chunks"] == 0 and details["chars"] == 0

@@ -201,6 +201,18 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # a process of its own, forked from the worker process, whose address space may grow by
         # this much (jobs/reader_process.py); a few KB of PDF can ask PDFium for gigabytes.
         "MAX_DOCUMENT_MEMORY": _int(env, "MAX_DOCUMENT_MEMORY", 512),
+        # --- OCR (jobs/ocr.py) ---
+        # auto: read pages without a usable text layer, and image uploads; off: never (an image
+        # upload fails, ocr_disabled); force: every page, ignoring its text layer.
+        "OCR": (env.get("OCR") or "auto").strip().lower(),
+        # The language of the text OCR reads: only what the models in rapidocr's wheel read
+        # offline (ocr_languages()); they are one multilingual model, so the value is a check.
+        "OCR_LANGUAGE": (env.get("OCR_LANGUAGE") or "multi").strip().lower(),
+        # Seconds added to a document job's time limit for each page it reads by OCR.
+        "OCR_SECONDS_PER_PAGE": _int(env, "OCR_SECONDS_PER_PAGE", 30),
+        # Pixels (width × height) of one image or image frame, checked from its header before it
+        # is decoded (too_many_pixels); a PDF page is rendered for OCR at no more than this.
+        "MAX_IMAGE_PIXELS": _int(env, "MAX_IMAGE_PIXELS", 100_000_000),
         # Worker processes `flask rq worker` runs: one per core, as document jobs are CPU-bound;
         # two per core with remote embeddings, where each job also waits on the network.
         "WORKER_CONCURRENCY": _int(env, "WORKER_CONCURRENCY",
@@ -325,9 +337,18 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     if not 1 <= config["REPORT_URL_EXPIRY"] <= 7 * 24 * 3600:
         raise ValueError("REPORT_URL_EXPIRY must be between 1 and 604800 seconds (7 days, SigV4's limit)")
     for name in ("MAX_DOCUMENT_CHARS", "MAX_DOCUMENT_CHUNKS", "MAX_PDF_PAGES", "MAX_SHEET_CELLS",
-                 "MAX_UNCOMPRESSED_SIZE", "MAX_COMPRESSION_RATIO", "MAX_DOCUMENT_MEMORY"):
+                 "MAX_UNCOMPRESSED_SIZE", "MAX_COMPRESSION_RATIO", "MAX_DOCUMENT_MEMORY", "MAX_IMAGE_PIXELS"):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1")
+    if config["OCR"] not in ("auto", "off", "force"):
+        raise ValueError(f"OCR must be auto, off or force, got {config['OCR']!r}")
+    if config["OCR_LANGUAGE"] not in ocr_languages():
+        raise ValueError(
+            f"OCR_LANGUAGE {config['OCR_LANGUAGE']!r} is not read by the OCR models Docket ships (rapidocr's "
+            "multilingual PP-OCRv6 model; other languages' models would be downloaded, which Docket never does): "
+            "use multi, or one of the languages it reads: " + ", ".join(ocr_languages()[1:]))
+    if config["OCR_SECONDS_PER_PAGE"] < 0:
+        raise ValueError("OCR_SECONDS_PER_PAGE must not be negative")
     if config["WORKER_CONCURRENCY"] < 1:
         raise ValueError("WORKER_CONCURRENCY must be at least 1")
     if config["DATABASE_POOL_SIZE"] < 1 or config["DATABASE_POOL_TIMEOUT"] < 0:
@@ -351,6 +372,28 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError("MAINTENANCE_JOB_TIMEOUT must be at least 1")
     _check_rate_limits(config)
     return config
+
+
+def ocr_languages() -> tuple[str, ...]:
+    """The ``OCR_LANGUAGE`` values that work offline: ``multi``, then the languages rapidocr 3.10's
+    ``default_models.yaml`` lists for the multilingual PP-OCRv6 "small" rec model its wheel
+    ships (read as text: the web process never imports rapidocr). Just ``("multi",)`` when
+    rapidocr is not installed or its list cannot be read."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr")
+    languages = ["multi"]
+    if spec is None or not spec.submodule_search_locations:
+        return tuple(languages)
+    try:
+        text = (Path(list(spec.submodule_search_locations)[0]) / "default_models.yaml").read_text()
+    except OSError:
+        return tuple(languages)
+    # "ppocrv6_langs: &ppocrv6_langs" then "- xx" items, up to the next key.
+    match = re.search(r"ppocrv6_langs: &ppocrv6_langs\n((?:\s+- \S+\n)+)", text)
+    if match:
+        languages += [item.strip()[2:] for item in match.group(1).splitlines() if item.strip()]
+    return tuple(languages)
 
 
 _KIND_SETTING = re.compile(r"^[A-Z][A-Z0-9_]*_JOB_(TIMEOUT|RETRIES)$")

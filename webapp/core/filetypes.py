@@ -1,8 +1,9 @@
 """Decide a document's type from its bytes (never from the client's extension or header).
 
-Supported: PDF, Word .docx, PowerPoint .pptx, Excel .xlsx, EPUB, HTML, CSV, plain text and
-Markdown. The extension is only used once the bytes have been shown to be text: to tell Markdown
-(``.md``) and CSV (``.csv``/``.tsv``, when :func:`csv_dialect` finds columns too) from plain text.
+Supported: PDF, Word .docx, PowerPoint .pptx, Excel .xlsx, EPUB, HTML, CSV, plain text,
+Markdown, and PNG, JPEG, TIFF and WebP images (read by OCR). The extension is only used once the
+bytes have been shown to be text: to tell Markdown (``.md``) and CSV (``.csv``/``.tsv``, when
+:func:`csv_dialect` finds columns too) from plain text.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 EPUB = "application/epub+zip"
 CSV = "text/csv"
 
+PNG, JPEG, TIFF, WEBP = "image/png", "image/jpeg", "image/tiff", "image/webp"
+IMAGES = (PNG, JPEG, TIFF, WEBP)  # read by OCR (jobs/readers/image.py)
+# Magic numbers: PNG (RFC 2083 §3.1), JPEG (SOI + a marker), TIFF (TIFF 6.0 §2, little and
+# big endian), WebP (RIFF container with the WEBP form type, Google's container spec).
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", PNG), (b"\xff\xd8\xff", JPEG), (b"II*\x00", TIFF), (b"MM\x00*", TIFF))
+
 SUPPORTED = {PDF: "PDF", DOCX: "Word (.docx)", PPTX: "PowerPoint (.pptx)", XLSX: "Excel (.xlsx)", EPUB: "EPUB",
-             HTML: "HTML", CSV: "CSV", TEXT: "plain text", MARKDOWN: "Markdown"}
-SUPPORTED_SENTENCE = ("PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), EPUB, HTML, CSV, plain text and "
-                      "Markdown")
+             HTML: "HTML", CSV: "CSV", TEXT: "plain text", MARKDOWN: "Markdown",
+             PNG: "PNG image", JPEG: "JPEG image", TIFF: "TIFF image", WEBP: "WebP image"}
+SUPPORTED_SENTENCE = ("PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), EPUB, HTML, CSV, plain text, "
+                      "Markdown and images (PNG, JPEG, TIFF, WebP; read by OCR)")
 # The part that makes an Office Open XML package a given document (ECMA-376 part 2: the main
 # part's usual name; every producer we know writes it there).
 _OOXML_MAIN_PARTS = (("word/document.xml", DOCX), ("ppt/presentation.xml", PPTX), ("xl/workbook.xml", XLSX))
@@ -76,13 +84,16 @@ def detect_content_type(data: bytes, filename: str | None = None) -> str | None:
 
     Returns:
         One of :data:`PDF`, :data:`DOCX`, :data:`PPTX`, :data:`XLSX`, :data:`EPUB`, :data:`HTML`,
-        :data:`CSV`, :data:`TEXT`, :data:`MARKDOWN`, or ``None`` for empty or unsupported content
-        (images, other archives, other binaries, encrypted Office files).
+        :data:`CSV`, :data:`TEXT`, :data:`MARKDOWN`, an image type of :data:`IMAGES`, or ``None``
+        for empty or unsupported content (other archives, other binaries, encrypted Office files).
     """
     if not data:
         return None
     if _looks_like_pdf(data):
         return PDF
+    image_type = _image_type(data)
+    if image_type:
+        return image_type
     if data[:4] == b"PK\x03\x04":
         return _zip_document_type(data)
     head = data[:_SNIFF_BYTES]
@@ -134,6 +145,26 @@ def _looks_like_pdf(data: bytes) -> bool:
     if _PDF_OBJECT.search(after) and _PDF_ENDOBJ.search(after):
         return True
     return not _is_text(data[:_SNIFF_BYTES])
+
+
+def _image_type(data: bytes) -> str | None:
+    """The image type of ``data`` when it starts with an image's magic number and Pillow can read
+    its header (nothing is decoded: a few hundred bytes are parsed); ``None`` otherwise. An image
+    whose header declares too many pixels is still an image: its job fails ``too_many_pixels``."""
+    image_type = next((kind for magic, kind in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if image_type is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        image_type = WEBP
+    if image_type is None:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return image_type
+    except Image.DecompressionBombError:
+        return image_type
+    except Exception:  # noqa: BLE001 - Pillow's parsers raise many types for bytes that are no image
+        return None
 
 
 def _zip_document_type(data: bytes) -> str | None:

@@ -5,12 +5,21 @@
   dependency checks and sets its status through its own pipeline; a job handed back by a
   stopping worker, or an overdue retry that reconcile delivers, has to go back in the same
   ``MULTI`` as the rest of the caller's change, with its id and data untouched.
+* :func:`extend_time_limit` — a running job's time limit grows (a document job's, by
+  ``OCR_SECONDS_PER_PAGE`` for each page it reads by OCR). RQ fixes ``job.timeout`` at enqueue
+  and offers no way to change it while the job runs. Docket's worker (a ``SimpleWorker``) runs the
+  job in its own process under ``UnixSignalDeathPenalty``, which is ``signal.alarm(job.timeout)``
+  around the job's function; the pool (``jobs.worker.pool.kill_overdue_workers``) reads the job's
+  ``timeout`` field from Redis. Both are moved on together. Tested in ``tests/core/test_compat.py``.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq.job import Job as RQJob
 from rq.queue import Queue
 
@@ -32,3 +41,31 @@ def enqueue_at_front(queue: Queue, job: RQJob, pipeline: Any = None, at_front: b
     """Put ``job`` (already saved in Redis) back in ``queue``, at the front unless ``at_front`` is
     false, as part of ``pipeline`` when given (``Queue._enqueue_job``; module docstring)."""
     queue._enqueue_job(job, pipeline=pipeline, at_front=at_front)
+
+
+def extend_time_limit(job: RQJob | None, seconds: int) -> int | None:
+    """Give the job running in this process ``seconds`` more before RQ's death penalty
+    (``signal.alarm``) stops it, and record its longer ``timeout`` in Redis (the pool's overdue
+    check reads it). Call it from the thread that runs the job.
+
+    Args:
+        job: the running RQ job; ``None`` outside RQ (nothing happens).
+        seconds: seconds to add (≥ 0).
+
+    Returns:
+        The job's time limit now (seconds since it started), or ``None`` when no alarm was set
+        (outside RQ's death penalty: nothing was changed).
+    """
+    remaining = signal.alarm(0)
+    if remaining == 0:  # no death penalty running here
+        return None
+    signal.alarm(remaining + seconds)
+    if job is None or not job.timeout or job.timeout < 0:
+        return None
+    job.timeout = int(job.timeout) + seconds
+    try:
+        job.connection.hset(job.key, "timeout", job.timeout)
+    except RedisError as exc:  # the alarm moved; the pool's check may kill the process JOB_KILL_GRACE early
+        logging.getLogger(__name__).warning("job %s: longer time limit not saved, Redis is unavailable: %s",
+                                            job.id, exc)
+    return job.timeout
