@@ -261,14 +261,7 @@ def warm_up(app) -> None:
     if embedder_kind(config) != "openai":  # embedding with OpenAI would send a request
         embedder.embed(texts)
     filetypes.detect_content_type(b"warm-up text", "warm-up.txt")
-    if config.get("OCR", "auto") != "off":
-        # The OCR models (≈ 20 MB of files) loaded once here, before the fork: every worker
-        # process and its reader processes share them copy-on-write, and nothing is loaded under
-        # a reader's RLIMIT_AS (figures: README "OCR").
-        from jobs import ocr
-
-        ocr.warm_up()
-    log.info("document job warmed up (parsers, chunker, OCR, %s)", embedder.name)
+    log.info("document job warmed up (parsers, chunker, %s)", embedder.name)
 
 
 def _samples() -> dict[str, bytes]:

@@ -78,18 +78,6 @@ def extract(
     """
     limits = limits or Limits()
     max_memory = limits.max_memory
-    if limits.ocr != "off" and (content_type == filetypes.PDF or content_type in filetypes.IMAGES):
-        # The OCR models are loaded here (once per process; the worker command's warm-up loads
-        # them before it forks), never in the reader process: onnxruntime loading them under its
-        # RLIMIT_AS crashed it (SIGSEGV).
-        from jobs import ocr
-
-        ocr.engine()
-        if max_memory is not None:
-            # onnxruntime reserves address space per inference far beyond what it touches: pages
-            # failed with std::bad_alloc under the 512 MB RLIMIT_AS in a worker (RSS stays ≈ 200 MB
-            # per page). Address space, not memory: WORKER_MAX_MEMORY and the OOM killer still bound RSS.
-            max_memory += ocr.OCR_ADDRESS_SPACE
     if max_memory is not None and content_type in _OWN_PROCESS:
         from jobs.reader_process import read_in_own_process
 

@@ -8,13 +8,25 @@ see ``rapidocr-3.10.0.dist-info/licenses/MODEL_LICENSES.md``). Each model is nam
 run time (checked with the network unreachable, ``tests/jobs/test_ocr_engine.py``). Its own
 logger (``RapidOCR``, which prints INFO lines to stderr by itself) is routed into ours at WARNING.
 
-One engine per process, made on first use (:func:`engine`); the worker command makes it before
-it forks its worker processes (:func:`warm_up`, called by ``jobs.document_job.warm_up``), so
-every worker process and every reader process forked from one (:mod:`jobs.reader_process`)
-inherits the loaded models: nothing to load under the reader's ``RLIMIT_AS``. onnxruntime runs
-with one thread (intra- and inter-op): a thread pool does not survive a fork, the machine's cores
-are shared by ``WORKER_CONCURRENCY`` processes, and one page at a time is the unit of progress
-and cancel anyway.
+Where it runs: in the worker process, never in a reader process. The reader process
+(:mod:`jobs.reader_process`) parses the PDF and renders the page, or decodes the image frame,
+under its memory limit, and hands the bitmap (at most ``MAX_IMAGE_PIXELS``, and 2000 pixels a
+side) to the worker process that forked it (:func:`jobs.reader_process.call_in_parent`), where
+the engine reads it. onnxruntime cannot work under the reader's ``RLIMIT_AS``: it reserves far
+more address space than it touches (a model loaded there crashed the process, a page read there
+failed with ``std::bad_alloc``), and a page is no parser's hostile input once it is pixels.
+
+One engine per worker process, made on first use (:func:`engine`): measured, loading the three
+models takes ≈ 1.8 s and 66 MB; reading a page takes the process to a peak of ≈ 0.55–0.6 GB
+(onnxruntime's buffers for the detection model at 2000 pixels a side), of which ≈ 0.3 GB stays
+allocated. Loading the engine in the worker command before it forks (shared copy-on-write by
+every worker process) would save the 1.8 s of each worker process's first OCR page, but costs
+every worker start 1.8 s and 66 MB, OCR or not, and what a page's reading allocates is private
+to the process that reads it anyway; so the engine is loaded where it is first needed. A worker
+process whose peak passed ``WORKER_MAX_MEMORY`` (512 MB by default) is replaced by a fresh one
+after its job, as after any large document (:mod:`jobs.worker`). onnxruntime runs with one
+thread (intra- and inter-op): the machine's cores are shared by ``WORKER_CONCURRENCY``
+processes, and one page at a time is the unit of progress and cancel anyway.
 
 Orientation (:func:`detect_rotation`): a scanned page may lie on its side or upside down
 (``/Rotate`` aside: the image itself is turned). Text detection runs once on a copy of at most
@@ -66,9 +78,6 @@ MIN_TEXT_LAYER_CHARS = 10
 #: text layer, has hundreds per page and is never read again).
 MIN_IMAGE_COVER = 0.25
 
-#: Bytes of address space a reader process may take beyond MAX_DOCUMENT_MEMORY when it may OCR
-#: (jobs/extract.py): onnxruntime's inferences reserve far more than they touch.
-OCR_ADDRESS_SPACE = 1024 * 1024 * 1024
 # Gaps that split a page in reading_order, in line heights (the median height of its boxes).
 _ROW_GAP, _COLUMN_GAP = 0.6, 0.5
 _MODELS = {"Det": "PP-OCRv6_det_small.onnx", "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
@@ -110,8 +119,7 @@ class OcrResult:
 
 
 def engine() -> Any:
-    """This process's rapidocr engine, made on first call (thread-safe) from the packaged models
-    and warmed up (:func:`warm_up`).
+    """This process's rapidocr engine, made on first call (thread-safe) from the packaged models.
 
     Raises:
         FileNotFoundError: a packaged model file is missing (a broken install).
@@ -121,7 +129,6 @@ def engine() -> Any:
         with _engine_lock:
             if _engine is None:
                 _engine = _make_engine()
-                warm_up()
     return _engine
 
 
@@ -146,23 +153,7 @@ def _make_engine() -> Any:
         params[f"{task}.model_path"] = str(path)
     ocr = rapidocr.RapidOCR(params=params)
     rapidocr_logger.setLevel(logging.WARNING)  # RapidOCR() sets it from Global.log_level again
-    ocr._load_det_model(), ocr._load_cls_model(), ocr._load_rec_model()  # all three now, not per first use
     return ocr
-
-
-def warm_up() -> None:
-    """Load the models and read one page-sized image (:data:`ENGINE_MAX_SIDE` pixels high) of a
-    few lines, so that the sessions' lazy state and the memory a page's reading takes are made in
-    this process (the worker command, before it forks its worker processes). Without it, a
-    reader process's first page (under its ``RLIMIT_AS``) failed with onnxruntime's
-    ``std::bad_alloc``."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (ENGINE_MAX_SIDE * 3 // 4, ENGINE_MAX_SIDE), "white")
-    draw = ImageDraw.Draw(image)
-    for row in range(8):
-        draw.text((100, 100 + 200 * row), "Docket warms up its OCR engine " * 3, fill="black")
-    read_image(image)
 
 
 def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
@@ -236,7 +227,10 @@ def read_image(image: Any) -> OcrResult:
     """Read the text of one image.
 
     The image is turned upright first (:func:`detect_rotation`), then read, its lines put in
-    reading order (:func:`reading_order`).
+    reading order (:func:`reading_order`). In a reader process (:mod:`jobs.reader_process`), the
+    reading is done by the worker process that forked it, where the engine lives
+    (:func:`jobs.reader_process.call_in_parent`): the reader renders or decodes the image under
+    its memory limit, the engine runs without it.
 
     Args:
         image: a ``PIL.Image.Image`` of any mode (converted to RGB); its longer side is brought
@@ -245,12 +239,20 @@ def read_image(image: Any) -> OcrResult:
     Returns:
         An :class:`OcrResult`; ``text`` is ``""`` and ``confidence`` ``None`` when no text was found.
     """
-    import numpy as np
+    from jobs.reader_process import call_in_parent
 
     image = image.convert("RGB")
     if max(image.size) > ENGINE_MAX_SIDE:
         image = image.copy()
         image.thumbnail((ENGINE_MAX_SIDE, ENGINE_MAX_SIDE))
+    return call_in_parent(_read_upright, image)
+
+
+def _read_upright(image: Any) -> OcrResult:
+    """:func:`read_image` of an RGB image of at most :data:`ENGINE_MAX_SIDE` pixels a side, in
+    the process that holds the engine."""
+    import numpy as np
+
     rotation = detect_rotation(image)
     if rotation:
         image = image.rotate(rotation, expand=True)

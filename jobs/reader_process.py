@@ -19,6 +19,13 @@ limit; below it, a child that died of a signal crashed on the file (``damaged_fi
 retried: the same file would do the same again. The worker process goes on, its own memory
 untouched. The child never outlives the worker process (``PR_SET_PDEATHSIG``), and a job
 interrupted while it reads (time limit, stop, hand-back at shutdown) kills it.
+
+Work that needs no protection from the file and more memory than the child should have runs in
+the worker process, asked for by the child (:func:`call_in_parent`): OCR. The child renders a
+scanned page under its limit (PDFium is what a hostile file attacks) and hands the bitmap, at
+most ``MAX_IMAGE_PIXELS``, to the worker process, where the OCR engine lives (loaded once per
+worker process; onnxruntime reserves far more address space than it touches, and failed under
+the child's limit).
 """
 
 from __future__ import annotations
@@ -52,6 +59,39 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # fails asks for room the rest of the limit cannot give: arrays grow by doubling, so a parser
 # whose growth is under half its limit has not run out.
 _NEAR_LIMIT = 0.5
+# In a reader process: the connection to the process that forked it (for call_in_parent).
+_to_parent: Connection | None = None
+
+
+def in_reader_process() -> bool:
+    """Whether this process is a reader process (:func:`read_in_own_process`'s child)."""
+    return _to_parent is not None
+
+
+def call_in_parent(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` run by the process that forked this reader process, its return value
+    here; in any other process, run here.
+
+    The child waits for the answer: the parent runs the call between the child's messages, so
+    calls are one at a time and memory holds one call's arguments (e.g. one rendered page).
+
+    Args:
+        function: a module-level function (sent by name); its arguments and return value are
+            pickled across the pipe.
+
+    Raises:
+        DocumentError: what ``function`` raised in the parent (re-created here).
+        RuntimeError: ``function`` raised anything else there (its type and message).
+    """
+    if _to_parent is None:
+        return function(*args)
+    _to_parent.send(("call", function, args))
+    reply = _to_parent.recv()
+    if reply[0] == "returned":
+        return reply[1]
+    if reply[0] == "refused":
+        raise _document_error(*reply[1:])
+    raise RuntimeError(f"{getattr(function, '__name__', function)} failed in the worker process: {reply[1]}")
 
 
 def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, what: str = "document",
@@ -81,7 +121,7 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
         RuntimeError: ``read`` raised anything else (a bug): its type and message; the child's
             traceback is logged here.
     """
-    receiver, sender = Pipe(duplex=False)
+    receiver, sender = Pipe()  # duplex: the child's calls are answered on it (call_in_parent)
     inherited_rss = _status_bytes("VmRSS")
     try:
         pid = os.fork()
@@ -104,6 +144,9 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
                 if on_page:
                     on_page(*message[1:])
                 continue
+            if message[0] == "call":
+                receiver.send(_run_call(message[1], message[2]))
+                continue
             answer = message
             break
     finally:
@@ -117,10 +160,24 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
     return _died(os.waitstatus_to_exitcode(status), grown, max_memory, what)
 
 
+def _run_call(function: Callable[..., Any], args: tuple) -> tuple:
+    """A child's :func:`call_in_parent`, run here: the reply to send back."""
+    try:
+        return ("returned", function(*args))
+    except DocumentError as exc:
+        return ("refused", type(exc) is DocumentTooLarge, exc.message, exc.code,
+                getattr(exc, "setting", None), getattr(exc, "limit", None))
+    except Exception as exc:  # noqa: BLE001 - a bug: logged here, told to the child as a sentence
+        log.exception("a reader process's call of %s failed", getattr(function, "__name__", function))
+        return ("failed", f"{type(exc).__name__}: {exc}")
+
+
 def _child(sender: Connection, read: Callable[..., Any], args: tuple, max_memory: int,
            progress: bool) -> None:  # pragma: no cover - runs in the child
     """The child's whole life: limits, the reading, one answer, ``os._exit``."""
+    global _to_parent
     code = 0
+    _to_parent = sender
     try:
         for signum in _WORKER_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
@@ -180,14 +237,19 @@ def _outcome(answer: tuple, max_memory: int, what: str) -> Any:
     if kind == "done":
         return answer[1]
     if kind == "refused":
-        _, too_large, message, code, setting, limit = answer
-        if too_large:
-            raise DocumentTooLarge(message, code=code, setting=setting, limit=limit)
-        raise DocumentError(message, code=code)
+        raise _document_error(*answer[1:])
     if kind == "memory":
         raise too_much_memory(max_memory, what)
     log.error("reading the %s failed in its own process:\n%s", what, answer[2])
     raise RuntimeError(f"reading the {what} failed in its own process: {answer[1]}")
+
+
+def _document_error(too_large: bool, message: str, code: str, setting: str | None,
+                    limit: int | None) -> DocumentError:
+    """A :class:`DocumentError` (or :class:`DocumentTooLarge`) re-created from its parts."""
+    if too_large:
+        return DocumentTooLarge(message, code=code, setting=setting, limit=limit)
+    return DocumentError(message, code=code)
 
 
 def _died(exitcode: int, grown: int, max_memory: int, what: str) -> Any:

@@ -16,7 +16,9 @@ from jobs.document_errors import DocumentError, DocumentTooLarge
 # What the readers and the chunker make, as a number stored on each document with its chunks
 # (Document.extractor_version); kept in the core, which selects old documents for `flask documents
 # reprocess --without-structure`: raise it there (webapp/core/extractor.py).
-from webapp.core.extractor import EXTRACTOR_VERSION  # noqa: F401  (re-exported)
+from webapp.core.extractor import EXTRACTOR_VERSION
+
+__all__ = ["EXTRACTOR_VERSION"]  # re-exported; the rest is imported by name
 
 NO_TEXT_LAYER_WARNING = "no text layer (needs OCR)"
 # A page or image read by OCR where OCR found no text.
