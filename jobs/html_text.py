@@ -20,6 +20,7 @@ import re
 from typing import Callable
 
 from jobs.document_errors import DocumentError
+from jobs.readers.base import HEADING, PARAGRAPH, TABLE, Block, markdown_row
 
 # Inline styles that hide an element from every reader: display:none, visibility:hidden (CSS is
 # case-insensitive and allows spaces around the colon; "!important" may follow).
@@ -36,6 +37,8 @@ _PRESERVE_WHITESPACE = frozenset({"pre", "textarea"})
 # Whitespace as BeautifulSoup tells a whitespace-only string (ASCII only, as HTML defines it).
 _ASCII_SPACES = " \n\t\x0c\r"
 _DROP, _PRESERVE = 1, 2  # flags of an open element
+_HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+_CELLS = frozenset({"td", "th"})
 _BLANK_LINES = re.compile(r"\n{3,}")
 # Trailing whitespace of a line, other than the line break: matched only from the start of a
 # whitespace run (the lookbehind), so a long run not followed by a line break costs linear time.
@@ -74,6 +77,16 @@ class _ReaderText:
         self.pending: list[str] = []
         self.text = io.StringIO()
         self.strings = 0
+        # Structure (see blocks()): the text since the last heading or table, the open heading,
+        # the open table (only the outermost: a nested table's text joins its cell).
+        self.blocks: list[Block] = []
+        self.paragraph = io.StringIO()
+        self.heading: io.StringIO | None = None
+        self.heading_level = 0
+        self.tables = 0  # open <table> elements
+        self.rows: list[str] = []  # the open table's rows with text, as Markdown pipe rows
+        self.cells: list[str] | None = None  # the open row's cells
+        self.cell: io.StringIO | None = None
 
     def _end_string(self, shown: bool = True) -> None:
         if not self.pending:
@@ -89,9 +102,80 @@ class _ReaderText:
             self.text.write("\n")
         self.text.write(string)
         self.strings += 1
+        if self.cell is not None:
+            self.cell.write(" ")  # strings of a cell (its inline elements' text) apart by a space
+            self.cell.write(string)
+        elif self.tables:
+            pass  # text of a table outside its cells: not shown by browsers in place, kept in the text only
+        elif self.heading is not None:
+            self.heading.write(string)
+        else:
+            self.paragraph.write("\n")
+            self.paragraph.write(string)
+
+    def _end_paragraph(self) -> None:
+        text = _tidy(self.paragraph.getvalue())
+        if text.strip():
+            self.blocks.append(Block(PARAGRAPH, text))
+        self.paragraph = io.StringIO()
+
+    def _end_cell(self) -> None:
+        if self.cell is not None and self.cells is not None:
+            self.cells.append(self.cell.getvalue())
+        self.cell = None
+
+    def _end_row(self) -> None:
+        self._end_cell()
+        if self.cells and any(cell.strip() for cell in self.cells):
+            self.rows.append(markdown_row(self.cells))
+        self.cells = None
+
+    def _structure_start(self, tag: str) -> None:
+        if tag == "table":
+            self.tables += 1
+            if self.tables == 1:
+                self._end_paragraph()
+                self.rows = []
+        elif self.tables == 1 and tag == "tr":
+            self._end_row()
+            self.cells = []
+        elif self.tables == 1 and tag in _CELLS:
+            self._end_cell()
+            if self.cells is None:  # a cell outside any <tr>: libxml2 opens none, so one is assumed
+                self.cells = []
+            self.cell = io.StringIO()
+        elif tag in _HEADINGS and not self.tables and self.heading is None:
+            self._end_paragraph()
+            self.heading, self.heading_level = io.StringIO(), _HEADINGS[tag]
+
+    def _structure_end(self, tag: str) -> None:
+        if tag == "table" and self.tables:
+            self.tables -= 1
+            if not self.tables:
+                self._end_row()
+                if self.rows:
+                    self.blocks.append(Block(TABLE, "\n".join(self.rows), rows=self.rows, header=len(self.rows) > 1))
+                self.rows = []
+        elif self.tables == 1 and tag == "tr":
+            self._end_row()
+        elif self.tables == 1 and tag in _CELLS:
+            self._end_cell()
+        elif tag in _HEADINGS and self.heading is not None and not self.tables:
+            title = " ".join(self.heading.getvalue().split())
+            if title:
+                self.blocks.append(Block(HEADING, title, self.heading_level))
+            self.heading = None
+
+    def structure(self) -> list[Block]:
+        """The page's blocks in order (after :meth:`close`): headings (``h1``–``h6``), tables
+        (the outermost ``<table>``: its rows with text, the first as header) and the text
+        between them as paragraphs."""
+        self._end_paragraph()
+        return self.blocks
 
     def start(self, tag: str, attributes) -> None:
         self._end_string()
+        self._structure_start(tag)
         flags = _DROP if tag in _NEVER_SHOWN or tag in _OWN_STRINGS or _is_hidden(attributes) else 0
         if tag in _PRESERVE_WHITESPACE:
             flags |= _PRESERVE
@@ -101,6 +185,7 @@ class _ReaderText:
 
     def end(self, tag: str) -> None:
         self._end_string()
+        self._structure_end(tag)
         if self.open:
             flags = self.open.pop()
             self.dropping -= flags & _DROP
@@ -130,6 +215,11 @@ class _ReaderText:
 
 
 def reader_text(data: bytes, on_string: Callable[[str], str]) -> str:
+    """The text a reader of an HTML page sees (see :func:`reader_structure`, whose text it is)."""
+    return reader_structure(data, on_string)[0]
+
+
+def reader_structure(data: bytes, on_string: Callable[[str], str]) -> tuple[str, list[Block]]:
     """The text a reader of an HTML page sees: without script, style, template and noscript
     elements, without elements hidden by ``hidden``, ``aria-hidden="true"`` or an inline
     ``display:none`` / ``visibility:hidden`` (so an inline-XBRL filing's ``ix:header`` is
@@ -146,15 +236,19 @@ def reader_text(data: bytes, on_string: Callable[[str], str]) -> str:
             to stop reading (the character budget does); the exception propagates.
 
     Returns:
-        The text, ``""`` for a page without any.
+        ``(text, blocks)``: the text, ``""`` for a page without any, and its structure: headings
+        (``h1``–``h6``, levels 1–6), tables (the outermost ``<table>`` elements: a Markdown pipe
+        row per ``<tr>`` with text, the first row as header, whether of ``<th>`` or ``<td>``; a
+        nested table's text joins its cell) and the text between them as paragraphs.
 
     Raises:
         DocumentError: ``damaged_file`` when lxml refuses the page in every encoding tried, or
             stops before its end (out of memory: libxml2 stops without an error).
         Whatever ``on_string`` raises.
 
-    Memory: the input, libxml2's decoded copy of it, a byte per open element and the text, so it
-    grows with the file's size and never with its markup (a 50 MB file of nested or side-by-side
+    Memory: the input, libxml2's decoded copy of it, a byte per open element and the text twice
+    (the text, and in blocks), a string per cell of the open table row and per table row with
+    text, so it grows with the file's size and never with its markup (a 50 MB file of nested or side-by-side
     elements: ``benchmarks/hostile_memory.py``).
     """
     from bs4.dammit import EncodingDetector
@@ -164,14 +258,22 @@ def reader_text(data: bytes, on_string: Callable[[str], str]) -> str:
     refused: list[str] = []
     for encoding in detector.encodings:
         try:
-            parser = etree.HTMLParser(target=_ReaderText(on_string), recover=True, encoding=encoding)
+            target = _ReaderText(on_string)
+            parser = etree.HTMLParser(target=target, recover=True, encoding=encoding)
             parser.feed(detector.markup)
             text = parser.close()
+            blocks = target.structure()
             break
         except (UnicodeDecodeError, LookupError, etree.ParserError) as exc:
             refused.append(f"{encoding}: {exc}")
     else:
         raise DocumentError("the HTML page could not be read in any encoding (" + "; ".join(refused) + ")",
                             code="damaged_file")
+    return _tidy(text), blocks
+
+
+def _tidy(text: str) -> str:
+    """Trailing spaces of lines stripped, runs of blank lines collapsed to one, no blank lines
+    around."""
     text = _TRAILING_SPACE.sub("", text)
     return _BLANK_LINES.sub("\n\n", text).strip("\n")
