@@ -46,6 +46,9 @@ class Limits:
             process of its own forked from this one (``MAX_DOCUMENT_MEMORY`` megabytes; see
             :mod:`jobs.reader_process`). ``None``: read in this process, without a bound (for
             tests that measure this process's own allocations).
+        pdf_tables: whether a PDF's pages with ruling lines are searched for tables with
+            pdfplumber (``PDF_TABLES``: ``auto`` → ``True``, ``off`` → ``False``; see
+            :mod:`jobs.readers.pdf_structure` for its cost).
     """
 
     max_chars: int = 5_000_000
@@ -53,6 +56,7 @@ class Limits:
     max_uncompressed_size: int = 200 * MB
     max_compression_ratio: int = 200
     max_memory: int | None = 512 * MB
+    pdf_tables: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Limits":
@@ -63,6 +67,7 @@ class Limits:
             max_uncompressed_size=config["MAX_UNCOMPRESSED_SIZE"],
             max_compression_ratio=config["MAX_COMPRESSION_RATIO"],
             max_memory=config["MAX_DOCUMENT_MEMORY"] * MB,
+            pdf_tables=config.get("PDF_TABLES", "off") == "auto",
         )
 
 
@@ -111,7 +116,8 @@ class Block:
             :data:`TABLE`.
         text: the block's text; for a table its rows as Markdown pipe rows, one per line, the
             header row first when it has one (see :func:`markdown_row`).
-        level: a heading's depth, 1 (top) to 6; 0 for other kinds.
+        level: a heading's depth, 1 (top) and deeper (6 in HTML and Markdown, 9 in Word); 0 for
+            other kinds. Only the order of levels matters (see :func:`jobs.chunking.chunk_pages`).
         rows: a table's Markdown pipe rows (``text`` is them joined by ``"\n"``).
         header: whether ``rows[0]`` is the table's header row (repeated in every chunk of it).
     """

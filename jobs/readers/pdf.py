@@ -45,7 +45,8 @@ def _pdfium_reason(exc: Exception) -> str:
 
 def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], None] | None,
              limits: Limits, budget: CharBudget) -> Extraction:
-    """The text of a PDF, page by page (see :func:`jobs.extract.extract` for the errors)."""
+    """The text of a PDF, page by page, with its headings and tables as blocks
+    (:mod:`jobs.readers.pdf_structure`; see :func:`jobs.extract.extract` for the errors)."""
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
@@ -59,6 +60,9 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
                 f"The document has {total:,} pages; the limit is {limits.max_pages:,} (MAX_PDF_PAGES).",
                 code="too_many_pages", setting="MAX_PDF_PAGES", limit=limits.max_pages,
             )
+        from jobs.readers.pdf_structure import PdfStructure
+
+        structure = PdfStructure(pdf, data, password, tables=limits.pdf_tables)
         pages: list[Page] = []
         pages_with_images = 0
         for index in range(total):
@@ -73,6 +77,7 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
                 textpage = page.get_textpage()
                 try:
                     text = textpage.get_text_bounded()
+                    structure.read_page(index, page, textpage)
                 finally:
                     textpage.close()
                 if count_chars(text) == 0 and any(
@@ -86,6 +91,7 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
             pages.append(Page(index + 1, text))
             if on_page:
                 on_page(index + 1, total)
+        structure.finish(pages)
     finally:
         pdf.close()
 

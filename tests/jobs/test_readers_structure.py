@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from jobs.extract import HEADING, PARAGRAPH, TABLE, Limits, extract
+from jobs.extract import HEADING, PARAGRAPH, TABLE, Limits, count_chars, extract
 from tests.conftest import CORPUS
 from webapp.core import filetypes
 
@@ -94,3 +94,44 @@ def test_corpus_markdown_and_html_headings():
     headings = [(b.level, b.text) for b in html.pages[0].blocks if b.kind == HEADING]
     assert (1, "Duck") in headings and (2, "Etymology") in headings and (3, "Feeding") in headings
     assert any(b.kind == TABLE and b.rows[0] == "| Duck |" for b in html.pages[0].blocks)
+
+
+def pdf(name: str, tables: bool = False):
+    return extract((CORPUS / name).read_bytes(), filetypes.PDF, limits=Limits(max_memory=None, pdf_tables=tables))
+
+
+def headings_of(extraction) -> list[tuple[int, int, str]]:
+    return [(page.number, b.level, b.text) for page in extraction.pages for b in page.blocks or [] if b.kind == HEADING]
+
+
+def test_pdf_headings_from_the_outline_at_their_pages_and_levels():
+    extraction = pdf("geotopo-117p-de.pdf")
+    headings = headings_of(extraction)
+    assert len(headings) == 35
+    assert headings[:3] == [(6, 1, "1 Topologische Grundbegriffe"), (6, 2, "1.1 Topologische Räume"),
+                            (10, 2, "1.2 Metrische Räume")]
+    assert (78, 3, "4.2.1 Flächeninhalt") in headings
+    for page in extraction.pages:  # blocks cut the page's text, which stays as it was
+        if page.blocks is not None:
+            assert count_chars("".join(b.text for b in page.blocks if b.kind != HEADING)) <= count_chars(page.text)
+
+
+def test_pdf_headings_from_font_sizes_without_an_outline():
+    headings = headings_of(pdf("dpr-paper-two-column.pdf"))
+    titles = [text for _, _, text in headings]
+    assert titles[0] == "Dense Passage Retrieval for Open-Domain Question Answering"
+    assert {"1 Introduction", "3.1 Overview", "8 Conclusion"} <= set(titles)
+    assert not any("arXiv" in title for title in titles)  # the rotated stamp in the margin
+    levels = {text: level for _, level, text in headings}
+    assert levels["Dense Passage Retrieval for Open-Domain Question Answering"] < levels["1 Introduction"] \
+        < levels["3.1 Overview"]
+
+
+def test_pdf_tables_by_pdfplumber_only_with_pdf_tables_auto():
+    found = pdf("geobase-nhn-data-model.pdf", tables=True)
+    page = found.pages[2]
+    (history, *_) = [b for b in page.blocks if b.kind == TABLE]
+    assert history.rows[0] == "| Date | Version | Description |" and history.header and len(history.rows) > 3
+    assert count_chars("".join(b.text for b in page.blocks)) >= 0.9 * count_chars(page.text)  # text kept
+    assert found.chars == pdf("geobase-nhn-data-model.pdf").chars  # the page's text is not changed
+    assert not any(b.kind == TABLE for p in pdf("geobase-nhn-data-model.pdf").pages for b in p.blocks or [])
