@@ -104,8 +104,10 @@ def chunk_pages(pages: Sequence[Page], max_chars: int, overlap: int = 0,
         if at_least > max_chunks:
             raise _too_many_chunks(f"would make at least {at_least:,}", max_chars, max_chunks)
     builder = _Builder(pages, max_chars, overlap, max_chunks)
-    for group in _groups(pages, max_chars):
-        builder.add_group(group)
+    groups = list(_groups(pages, max_chars))
+    for number, group in enumerate(groups):
+        builder.add_group(group, last=number == len(groups) - 1)
+    builder.check(more_to_come=False)
     return builder.chunks
 
 
@@ -199,25 +201,33 @@ class _Builder:
                 ordinal=len(self.chunks), text=text, page_start=spanned[0].number, page_end=spanned[-1].number,
                 headings=headings, ocr_confidence=_ocr_confidence(spanned),
             ))
-            if self.max_chunks is not None and len(self.chunks) > self.max_chunks:
-                raise _too_many_chunks(f"makes more than {self.max_chunks:,}", self.max_chars, self.max_chunks)
+            self.check()
         self._reset()
 
-    def add_group(self, group: tuple[list[list[str]], list[_Item]]) -> None:
-        """Chunk one group of sections: nothing of it shares a chunk with another group."""
+    def check(self, more_to_come: bool = True, pending: int = 0) -> None:
+        """Raise ``too_many_chunks`` when the chunks made (and ``pending`` ones about to be) are
+        more than ``max_chunks``: "makes more than" while ``more_to_come``, else their number."""
+        made = len(self.chunks) + pending
+        if self.max_chunks is not None and made > self.max_chunks:
+            raise _too_many_chunks(f"makes more than {self.max_chunks:,}" if more_to_come else f"makes {made:,}",
+                                   self.max_chars, self.max_chunks)
+
+    def add_group(self, group: tuple[list[list[str]], list[_Item]], last: bool) -> None:
+        """Chunk one group of sections (``last``: the document's last): nothing of it shares a
+        chunk with another group."""
         self.paths, items = group
         run: list[_Item] = []
         for item in items:
             if item.table is None:
                 run.append(item)
                 continue
-            self._add_text(run)
+            self._add_text(run, final=False)
             run = []
             self._add_table(item)
-        self._add_text(run)
+        self._add_text(run, final=last)
         self.flush()
 
-    def _add_text(self, run: list[_Item]) -> None:
+    def _add_text(self, run: list[_Item], final: bool) -> None:
         if not run:
             return
         text = PAGE_SEPARATOR.join(item.text for item in run)
@@ -237,7 +247,12 @@ class _Builder:
         # joins the chunk after it.
         room = min(_headings_length(run), self.max_chars // 4)
         splitter = self._splitter(self.max_chars - room)
-        pieces = list(_split(splitter, text, WINDOW_CHUNKS * self.max_chars))
+        pieces: list[tuple[int, str]] = []
+        for offset, window in windows(text, WINDOW_CHUNKS * self.max_chars):
+            if not window.isspace():  # the splitter takes seconds over long whitespace
+                pieces.extend((offset + start, piece) for start, piece in splitter.chunk_indices(window) if piece.strip())
+            # A document of too many chunks stops at the window that makes one more than allowed.
+            self.check(more_to_come=not final or offset + len(window) < len(text), pending=len(pieces))
 
         def put(start: int, end: int, piece: str) -> None:
             first = run[bisect.bisect_right(starts, start) - 1]

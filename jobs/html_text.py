@@ -20,7 +20,12 @@ import re
 from typing import Callable
 
 from jobs.document_errors import DocumentError
-from jobs.readers.base import HEADING, PARAGRAPH, TABLE, Block, markdown_row
+
+# Kinds of the structure's parts: as jobs.readers.base's Block kinds, which jobs.readers.html
+# makes of them (this module is below jobs.readers: it imports nothing from it).
+HEADING, PARAGRAPH, TABLE = "heading", "paragraph", "table"
+# One part of a page's structure: (kind, heading level or 0, text, a table's rows or []).
+Part = tuple[str, int, str, list[str]]
 
 # Inline styles that hide an element from every reader: display:none, visibility:hidden (CSS is
 # case-insensitive and allows spaces around the colon; "!important" may follow).
@@ -69,8 +74,9 @@ class _ReaderText:
     ``"\\n"`` or ``" "`` outside ``<pre>`` and ``<textarea>``.
     """
 
-    def __init__(self, on_string: Callable[[str], str]) -> None:
+    def __init__(self, on_string: Callable[[str], str], format_row: Callable[[list[str]], str]) -> None:
         self.on_string = on_string
+        self.format_row = format_row
         self.open = bytearray()  # flags of each open element, innermost last
         self.dropping = 0  # open elements with _DROP
         self.preserving = 0  # open elements with _PRESERVE
@@ -79,7 +85,7 @@ class _ReaderText:
         self.strings = 0
         # Structure (see blocks()): the text since the last heading or table, the open heading,
         # the open table (only the outermost: a nested table's text joins its cell).
-        self.blocks: list[Block] = []
+        self.blocks: list[Part] = []
         self.paragraph = io.StringIO()
         self.heading: io.StringIO | None = None
         self.heading_level = 0
@@ -116,7 +122,7 @@ class _ReaderText:
     def _end_paragraph(self) -> None:
         text = _tidy(self.paragraph.getvalue())
         if text.strip():
-            self.blocks.append(Block(PARAGRAPH, text))
+            self.blocks.append((PARAGRAPH, 0, text, []))
         self.paragraph = io.StringIO()
 
     def _end_cell(self) -> None:
@@ -127,7 +133,7 @@ class _ReaderText:
     def _end_row(self) -> None:
         self._end_cell()
         if self.cells and any(cell.strip() for cell in self.cells):
-            self.rows.append(markdown_row(self.cells))
+            self.rows.append(self.format_row(self.cells))
         self.cells = None
 
     def _structure_start(self, tag: str) -> None:
@@ -154,7 +160,7 @@ class _ReaderText:
             if not self.tables:
                 self._end_row()
                 if self.rows:
-                    self.blocks.append(Block(TABLE, "\n".join(self.rows), rows=self.rows, header=len(self.rows) > 1))
+                    self.blocks.append((TABLE, 0, "\n".join(self.rows), self.rows))
                 self.rows = []
         elif self.tables == 1 and tag == "tr":
             self._end_row()
@@ -163,13 +169,13 @@ class _ReaderText:
         elif tag in _HEADINGS and self.heading is not None and not self.tables:
             title = " ".join(self.heading.getvalue().split())
             if title:
-                self.blocks.append(Block(HEADING, title, self.heading_level))
+                self.blocks.append((HEADING, self.heading_level, title, []))
             self.heading = None
 
-    def structure(self) -> list[Block]:
-        """The page's blocks in order (after :meth:`close`): headings (``h1``–``h6``), tables
-        (the outermost ``<table>``: its rows with text, the first as header) and the text
-        between them as paragraphs."""
+    def structure(self) -> list[Part]:
+        """The page's parts in order (after :meth:`close`): headings (``h1``–``h6``), tables
+        (the outermost ``<table>``: its rows with text) and the text between them as
+        paragraphs."""
         self._end_paragraph()
         return self.blocks
 
@@ -216,10 +222,11 @@ class _ReaderText:
 
 def reader_text(data: bytes, on_string: Callable[[str], str]) -> str:
     """The text a reader of an HTML page sees (see :func:`reader_structure`, whose text it is)."""
-    return reader_structure(data, on_string)[0]
+    return reader_structure(data, on_string, lambda cells: " ".join(cells))[0]
 
 
-def reader_structure(data: bytes, on_string: Callable[[str], str]) -> tuple[str, list[Block]]:
+def reader_structure(data: bytes, on_string: Callable[[str], str],
+                     format_row: Callable[[list[str]], str]) -> tuple[str, list[Part]]:
     """The text a reader of an HTML page sees: without script, style, template and noscript
     elements, without elements hidden by ``hidden``, ``aria-hidden="true"`` or an inline
     ``display:none`` / ``visibility:hidden`` (so an inline-XBRL filing's ``ix:header`` is
@@ -234,12 +241,13 @@ def reader_structure(data: bytes, on_string: Callable[[str], str]) -> tuple[str,
         data: the page's bytes.
         on_string: called with each string as it is found; returns it cleaned. It may raise
             to stop reading (the character budget does); the exception propagates.
+        format_row: makes a table row's line of its cells' texts (as they are, with spaces).
 
     Returns:
-        ``(text, blocks)``: the text, ``""`` for a page without any, and its structure: headings
-        (``h1``–``h6``, levels 1–6), tables (the outermost ``<table>`` elements: a Markdown pipe
-        row per ``<tr>`` with text, the first row as header, whether of ``<th>`` or ``<td>``; a
-        nested table's text joins its cell) and the text between them as paragraphs.
+        ``(text, parts)``: the text, ``""`` for a page without any, and its structure as
+        :data:`Part` tuples: headings (``h1``–``h6``, levels 1–6), tables (the outermost
+        ``<table>`` elements: a ``format_row`` line per ``<tr>`` with text; a nested table's
+        text joins its cell) and the text between them as paragraphs.
 
     Raises:
         DocumentError: ``damaged_file`` when lxml refuses the page in every encoding tried, or
@@ -258,7 +266,7 @@ def reader_structure(data: bytes, on_string: Callable[[str], str]) -> tuple[str,
     refused: list[str] = []
     for encoding in detector.encodings:
         try:
-            target = _ReaderText(on_string)
+            target = _ReaderText(on_string, format_row)
             parser = etree.HTMLParser(target=target, recover=True, encoding=encoding)
             parser.feed(detector.markup)
             text = parser.close()
