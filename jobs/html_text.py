@@ -44,6 +44,7 @@ _ASCII_SPACES = " \n\t\x0c\r"
 _DROP, _PRESERVE = 1, 2  # flags of an open element
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 _CELLS = frozenset({"td", "th"})
+_STRUCTURE = frozenset({"table", "tr", *_CELLS, *_HEADINGS})  # tags that start or end a part
 _BLANK_LINES = re.compile(r"\n{3,}")
 # Trailing whitespace of a line, other than the line break: matched only from the start of a
 # whitespace run (the lookbehind), so a long run not followed by a line break costs linear time.
@@ -181,7 +182,8 @@ class _ReaderText:
 
     def start(self, tag: str, attributes) -> None:
         self._end_string()
-        self._structure_start(tag)
+        if tag in _STRUCTURE:
+            self._structure_start(tag)
         flags = _DROP if tag in _NEVER_SHOWN or tag in _OWN_STRINGS or _is_hidden(attributes) else 0
         if tag in _PRESERVE_WHITESPACE:
             flags |= _PRESERVE
@@ -191,7 +193,8 @@ class _ReaderText:
 
     def end(self, tag: str) -> None:
         self._end_string()
-        self._structure_end(tag)
+        if tag in _STRUCTURE:
+            self._structure_end(tag)
         if self.open:
             flags = self.open.pop()
             self.dropping -= flags & _DROP

@@ -12,6 +12,8 @@ from jobs.readers.zip_limits import check_zip, unpack_bounded
 
 # Word's built-in heading styles by name ("Heading 1" … "Heading 9"); "Title" counts as level 1.
 _HEADING_STYLE = re.compile(r"heading\s*([1-9])$", re.IGNORECASE)
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_W_STYLE_ID, _W_OUTLINE_LEVEL, _W_VAL = _W + "styleId", _W + "outlineLvl", _W + "val"
 
 
 def read_docx(data: bytes, limits: Limits, budget: CharBudget) -> Extraction:
@@ -38,12 +40,13 @@ def read_docx(data: bytes, limits: Limits, budget: CharBudget) -> Extraction:
     parts: list[str] = []
     blocks: list[Block] = []
     try:
+        levels = _style_levels(document)
         for block in document.iter_inner_content():  # paragraphs and tables in document order
             if isinstance(block, Table):
                 rows: list[str] = []
                 for row in block.rows:
-                    cells = _row_cells(row)
-                    part = clean_text("\t".join(cell.text for cell in row.cells))
+                    texts, cells = _row_cells(row)
+                    part = clean_text("\t".join(texts))
                     budget.add(part, f" at paragraph {len(parts) + 1:,}")
                     parts.append(part)
                     if any(text.strip() for text in cells):
@@ -55,7 +58,7 @@ def read_docx(data: bytes, limits: Limits, budget: CharBudget) -> Extraction:
                 budget.add(part, f" at paragraph {len(parts) + 1:,}")
                 parts.append(part)
                 if part.strip():
-                    level = _heading_level(block)
+                    level = _heading_level(block, levels)
                     blocks.append(Block(HEADING, part.strip(), level) if level else Block(PARAGRAPH, part))
     except DocumentError:
         raise
@@ -65,30 +68,50 @@ def read_docx(data: bytes, limits: Limits, budget: CharBudget) -> Extraction:
     return single_page("\n".join(parts), blocks)
 
 
-def _row_cells(row) -> list[str]:
-    """A row's cell texts, a cell merged across columns once (python-docx repeats it per column)."""
+def _row_cells(row) -> tuple[list[str], list[str]]:
+    """A row's cell texts, one per column (python-docx repeats a cell merged across columns), and
+    the same with a merged cell once."""
     texts: list[str] = []
+    once: list[str] = []
     previous = None
     for cell in row.cells:
         if previous is not None and cell._tc is previous:  # the same merged <w:tc>
+            texts.append(texts[-1])
             continue
         previous = cell._tc
         texts.append(cell.text)
-    return texts
+        once.append(texts[-1])
+    return texts, once
 
 
-def _heading_level(paragraph) -> int:
-    """The heading level (1 = top) of a paragraph, 0 for body text: from its style's name
-    (``Heading N``, ``Title`` → 1), else from an outline level set on the paragraph itself
-    (``w:outlineLvl`` 0–8 → 1–9; 9 means body text)."""
-    style = paragraph.style
-    name = style.name if style is not None and style.name else ""
-    match = _HEADING_STYLE.match(name)
-    if match:
-        return int(match.group(1))
-    if name.lower() == "title":
-        return 1
-    levels = paragraph._p.xpath("./w:pPr/w:outlineLvl/@w:val")
-    if levels and levels[0].isdigit() and int(levels[0]) < 9:
-        return int(levels[0]) + 1
-    return 0
+def _style_levels(document) -> dict[str, int]:
+    """Heading level of each paragraph style id that makes headings: by name (``Heading N``;
+    ``Title`` → 1), else by the outline level its definition sets. Read once: python-docx's
+    ``paragraph.style`` looks the style up by an XPath query over all styles (≈ 0.5 ms a
+    paragraph on the corpus's Word sample)."""
+    levels: dict[str, int] = {}
+    for style in document.styles.element.xpath("./w:style[@w:type='paragraph']"):
+        style_id = style.get(_W_STYLE_ID)
+        names = style.xpath("./w:name/@w:val")
+        name = names[0] if names else ""
+        match = _HEADING_STYLE.match(name)
+        outline = style.xpath("./w:pPr/w:outlineLvl/@w:val")
+        if match:
+            levels[style_id] = int(match.group(1))
+        elif name.lower() == "title":
+            levels[style_id] = 1
+        elif outline and outline[0].isdigit() and int(outline[0]) < 9:
+            levels[style_id] = int(outline[0]) + 1
+    return levels
+
+
+def _heading_level(paragraph, levels: dict[str, int]) -> int:
+    """The heading level (1 = top) of a paragraph, 0 for body text: an outline level set on the
+    paragraph itself (``w:outlineLvl`` 0–8 → 1–9; 9 means body text), else its style's
+    (:func:`_style_levels`)."""
+    properties = paragraph._p.pPr
+    outline = properties.find(_W_OUTLINE_LEVEL) if properties is not None else None
+    value = outline.get(_W_VAL, "") if outline is not None else ""
+    if value.isdigit():
+        return int(value) + 1 if int(value) < 9 else 0
+    return levels.get(paragraph._p.style, 0) if levels else 0

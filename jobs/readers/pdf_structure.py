@@ -11,7 +11,7 @@ Headings:
       heading of its depth on its destination page, placed at the line that shows the title, or
       at the top of the page when no line does.
     * Without an outline, from font sizes: a horizontal line of at most ``_MAX_HEADING_CHARS``
-      characters whose font size (sampled at three characters) is at least ``_HEADING_RATIO`` ×
+      characters whose font size (at its middle character) is at least ``_HEADING_RATIO`` ×
       the body size (the size most characters of the document have) is a heading, levels by
       size, largest first; so is a bold line at the body size that reads as a numbered section
       title (``"3.2 Results"``), a level per number below those. Lines repeated on more than a
@@ -91,21 +91,23 @@ class PdfStructure:
     def _measure_lines(self, index: int, textpage: Any) -> None:
         import pypdfium2.raw as pdfium_c
 
-        text = textpage.get_text_range()
-        lines: list[tuple[str, float]] = []
+        text = textpage.get_text_range()  # its offsets are PDFium's character indices
+        raw = textpage.raw
+        lines: list[tuple[str, float, bool]] = []
         start = 0
         while start < len(text):
             end = text.find("\n", start)
             end = len(text) if end < 0 else end
             line = text[start:end].strip()
             if line:
-                at = {start, (start + end) // 2, max(start, end - 2)}
-                size = round(max(pdfium_c.FPDFText_GetFontSize(textpage.raw, i) for i in at) * 2) / 2
+                middle = (start + end) // 2
+                size = round(pdfium_c.FPDFText_GetFontSize(raw, middle) * 2) / 2
                 self.sizes[size] += len(line)
                 # Rotated text (an arXiv stamp in the margin) is no heading.
-                if len(line) <= _MAX_HEADING_CHARS and pdfium_c.FPDFText_GetCharAngle(textpage.raw, start) == 0:
-                    bold = min(pdfium_c.FPDFText_GetFontWeight(textpage.raw, i) for i in at) >= 600
-                    lines.append((_normal(clean_text(line)), size, bold))
+                if len(line) <= _MAX_HEADING_CHARS and pdfium_c.FPDFText_GetCharAngle(raw, middle) == 0:
+                    line = _normal(clean_text(line))
+                    bold = _NUMBERED.match(line) is not None and pdfium_c.FPDFText_GetFontWeight(raw, middle) >= 600
+                    lines.append((line, size, bold))
             start = end + 1
         self.lines[index] = lines
 
