@@ -1,8 +1,10 @@
-"""Page-aware chunking: split extracted pages into chunks that fit the embedding model.
+"""Page- and section-aware chunking: split extracted pages into chunks that fit the embedding
+model, each with the heading path of its section, tables cut between rows only.
 
 Splitting itself is semantic-text-splitter's (paragraphs, then sentences, then words); this
-module hands it the text in windows of bounded length and maps each chunk back to the pages it
-came from.
+module reads the pages' blocks (headings, paragraphs, tables) into sections (see
+:func:`chunk_pages`), hands the splitter each section's text in windows of bounded length, and
+maps each chunk back to the pages and sections it came from.
 
 Why windows: semantic-text-splitter 0.33 takes time proportional to (length)² / capacity on text
 whose paragraph or line structure does not bound its search — one line of 1,000,000 CJK
