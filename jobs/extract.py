@@ -132,6 +132,6 @@ def _extract_here(data: bytes, content_type: str, password: str | None, limits: 
     if content_type in (filetypes.TEXT, filetypes.MARKDOWN):
         from jobs.readers.plain import read_text
 
-        return read_text(data, budget)
+        return read_text(data, budget, markdown=content_type == filetypes.MARKDOWN)
     raise DocumentError(f"documents of type {content_type} are not supported", code="unsupported_type")
 

@@ -59,6 +59,9 @@ class Limits:
         max_image_pixels: pixels (width × height) of one image or image frame, checked from its
             header before it is decoded; PDF pages are rendered for OCR within it
             (``MAX_IMAGE_PIXELS``).
+        pdf_tables: whether a PDF's pages with ruling lines are searched for tables with
+            pdfplumber (``PDF_TABLES``: ``auto`` → ``True``, ``off`` → ``False``; see
+            :mod:`jobs.readers.pdf_structure` for its cost).
     """
 
     max_chars: int = 5_000_000
@@ -69,6 +72,7 @@ class Limits:
     max_memory: int | None = 512 * MB
     ocr: str = "auto"
     max_image_pixels: int = 100_000_000
+    pdf_tables: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Limits":
@@ -82,6 +86,7 @@ class Limits:
             max_memory=config["MAX_DOCUMENT_MEMORY"] * MB,
             ocr=config.get("OCR", "auto"),
             max_image_pixels=config.get("MAX_IMAGE_PIXELS", 100_000_000),
+            pdf_tables=config.get("PDF_TABLES", "off") == "auto",
         )
 
 
@@ -130,7 +135,8 @@ class Block:
             :data:`TABLE`.
         text: the block's text; for a table its rows as Markdown pipe rows, one per line, the
             header row first when it has one (see :func:`markdown_row`).
-        level: a heading's depth, 1 (top) to 6; 0 for other kinds.
+        level: a heading's depth, 1 (top) and deeper (6 in HTML and Markdown, 9 in Word); 0 for
+            other kinds. Only the order of levels matters (see :func:`jobs.chunking.chunk_pages`).
         rows: a table's Markdown pipe rows (``text`` is them joined by ``"\n"``).
         header: whether ``rows[0]`` is the table's header row (repeated in every chunk of it).
     """

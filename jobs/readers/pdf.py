@@ -47,7 +47,8 @@ def _pdfium_reason(exc: Exception) -> str:
 
 def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], None] | None,
              limits: Limits, budget: CharBudget) -> Extraction:
-    """The text of a PDF, page by page (see :func:`jobs.extract.extract` for the errors)."""
+    """The text of a PDF, page by page, with its headings and tables as blocks
+    (:mod:`jobs.readers.pdf_structure`; see :func:`jobs.extract.extract` for the errors)."""
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
@@ -61,6 +62,9 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
                 f"The document has {total:,} pages; the limit is {limits.max_pages:,} (MAX_PDF_PAGES).",
                 code="too_many_pages", setting="MAX_PDF_PAGES", limit=limits.max_pages,
             )
+        from jobs.readers.pdf_structure import PdfStructure
+
+        structure = PdfStructure(pdf, data, password, tables=limits.pdf_tables)
         pages: list[Page] = []
         pages_with_images = 0
         ocr_found_nothing = 0
@@ -76,6 +80,7 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
                 textpage = page.get_textpage()
                 try:
                     text = textpage.get_text_bounded()
+                    structure.read_page(index, page, textpage)
                 finally:
                     textpage.close()
                 read = _ocr_page(page, text, index, total, limits, on_page)
@@ -93,6 +98,7 @@ def read_pdf(data: bytes, password: str | None, on_page: Callable[[int, int], No
             pages.append(Page(index + 1, text, ocr_confidence=confidence if read is not None else None))
             if on_page:
                 on_page(index + 1, total, *(("ocr",) if read is not None else ()))
+        structure.finish(pages)
     finally:
         pdf.close()
 

@@ -6,8 +6,9 @@ from jobs.document_errors import DocumentError
 from jobs.readers.base import CharBudget, Extraction, clean_text, single_page
 
 
-def read_text(data: bytes, budget: CharBudget) -> Extraction:
-    """The text of a plain-text or Markdown file, one page ``None``.
+def read_text(data: bytes, budget: CharBudget, markdown: bool = False) -> Extraction:
+    """The text of a plain-text or Markdown file, one page ``None``; for Markdown (``markdown``)
+    with its headings and pipe tables as blocks (:func:`jobs.readers.markdown.markdown_blocks`).
 
     Raises:
         DocumentError: ``damaged_file`` when its encoding cannot be recognised, ``no_text``
@@ -16,7 +17,11 @@ def read_text(data: bytes, budget: CharBudget) -> Extraction:
     """
     text = clean_text(_decode_text(data))
     budget.add(text)
-    return single_page(text)
+    if not markdown:
+        return single_page(text)
+    from jobs.readers.markdown import markdown_blocks
+
+    return single_page(text, markdown_blocks(text))
 
 
 def _decode_text(data: bytes) -> str:

@@ -101,7 +101,7 @@ def test_each_limit_fails_its_job_with_a_sentence_and_code(app, client, run_work
     pages = upload(client, "geotopo-117p-de.pdf").get_json()["documents"][0]  # 117 pages
     chars_pdf = upload(client, "dpr-paper-two-column.pdf").get_json()["documents"][0]  # 13 pages, ≈47,000 chars
     chars_docx = _post(client, paragraphs_docx(200), "long.docx")  # 200,000 chars
-    chunks = upload(client, "latex-two-column-lorem.pdf").get_json()["documents"][0]  # 6 chunks of 1,500
+    chunks = upload(client, "latex-two-column-lorem.pdf").get_json()["documents"][0]  # 7 chunks of 1,500 (its title and abstract are sections of their own)
     bomb = _post(client, zip_bomb(300), "bomb.docx")  # 300 MB behind ≈300 KB
     dense = _post(client, zip_bomb(20), "dense.docx")  # 20 MB, within MAX_UNCOMPRESSED_SIZE, ≈1,000:1
     lying = _post(client, lying_zip_bomb(300), "lying.docx")
@@ -138,7 +138,7 @@ def test_each_limit_fails_its_job_with_a_sentence_and_code(app, client, run_work
     assert "(extraction stopped at paragraph 31)" in error and "(MAX_DOCUMENT_CHARS)" in error, error
 
     assert failed(chunks, "too_many_chunks") == \
-        "The document makes 6 chunks of at most 1,500 characters; the limit is 5 (MAX_DOCUMENT_CHUNKS)."
+        "The document makes 7 chunks of at most 1,500 characters; the limit is 5 (MAX_DOCUMENT_CHUNKS)."
 
     error = failed(bomb, "decompression_bomb")
     assert error.startswith("The Word document would unpack to 300 MB; the limit is 200 MB "

@@ -248,6 +248,9 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Characters per chunk (upper bound) and overlap between neighbouring chunks.
         "CHUNK_SIZE": _int(env, "CHUNK_SIZE", 1500),
         "CHUNK_OVERLAP": _int(env, "CHUNK_OVERLAP", 150),
+        # Tables of PDFs found by pdfplumber on pages with ruling lines (auto), or not (off): slow
+        # (≈ 1 s per ruled page) and walks every page object (jobs/readers/pdf_structure.py).
+        "PDF_TABLES": (env.get("PDF_TABLES") or "off").strip().lower(),
         # What makes the chunks' vectors (webapp/core/embeddings.py): wordllama (offline, semantic),
         # hashing (offline, lexical) or openai. Unset: openai with OPENAI_API_KEY, else wordllama
         # (the better offline one on bench/retrieval.py). Vectors of one are never compared with another's.
@@ -364,6 +367,8 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     for name in ("RECONCILE_GRACE", "STUCK_JOB_MARGIN", "SHUTDOWN_GRACE", "ORPHAN_GRACE"):
         if config[name] < 0:
             raise ValueError(f"{name} must not be negative")
+    if config["PDF_TABLES"] not in ("auto", "off"):
+        raise ValueError("PDF_TABLES must be auto or off")
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ValueError(f"LOG_FORMAT must be json or text, got {config['LOG_FORMAT']!r}")
     if not 0 <= config["CHUNK_OVERLAP"] < config["CHUNK_SIZE"] // 2:
