@@ -32,6 +32,7 @@ BENCHMARKS = (
     ("memory", "benchmarks.memory", "run"),
     ("rate_limit", "benchmarks.rate_limit", "run"),
     ("hostile_memory", "benchmarks.hostile_memory", "run"),
+    ("ocr", "benchmarks.ocr", "run"),
 )
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"

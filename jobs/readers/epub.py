@@ -5,18 +5,13 @@ HTML pages are (:mod:`jobs.html_text`: no tree is built)."""
 from __future__ import annotations
 
 import posixpath
-import re
 import warnings
 
 from jobs.document_errors import DocumentError
-from jobs.html_text import _ReaderText  # the HTML reader's rules for what a reader sees, shared
-from jobs.readers.base import HEADING, PARAGRAPH, Block, CharBudget, Extraction, Limits, clean_text, single_page
+from jobs.readers.base import HEADING, Block, CharBudget, Extraction, Limits, clean_text, markdown_row, single_page
 from jobs.readers.zip_limits import check_zip, unpack_bounded
 
 KIND = "EPUB book"
-_HEADINGS = {f"h{level}": level for level in range(1, 7)}
-_BLANK_LINES = re.compile(r"\n{3,}")
-_TRAILING_SPACE = re.compile(r"(?<![^\S\n])[^\S\n]++(?=\n|\Z)")
 _XHTML_TYPES = ("application/xhtml+xml", "text/html")
 
 
@@ -85,67 +80,23 @@ def _add_title(titles: dict[str, str], entry) -> None:
         titles.setdefault(name, " ".join(clean_text(title).split()))
 
 
-class _ChapterText(_ReaderText):
-    """:class:`jobs.html_text._ReaderText` that also cuts the strings into blocks at headings."""
-
-    def __init__(self, budget: CharBudget) -> None:
-        super().__init__(self._on_string)
-        self.budget = budget
-        self.blocks: list[Block] = []
-        self.level = 0  # of the heading open, 0 outside headings
-        self.parts: list[str] = []
-
-    def _on_string(self, string: str) -> str:
-        string = clean_text(string)
-        self.budget.add(string)
-        self.parts.append(string)
-        return string
-
-    def _flush(self) -> None:
-        if self.level:
-            text = " ".join(" ".join(self.parts).split())
-            if text:
-                self.blocks.append(Block(HEADING, text, level=self.level))
-        else:
-            text = _BLANK_LINES.sub("\n\n", _TRAILING_SPACE.sub("", "\n".join(self.parts))).strip()
-            if text:
-                self.blocks.append(Block(PARAGRAPH, text))
-        self.parts = []
-
-    def start(self, tag: str, attributes) -> None:
-        super().start(tag, attributes)  # ends the string before the tag
-        if tag in _HEADINGS and not self.level:
-            self._flush()
-            self.level = _HEADINGS[tag]
-
-    def end(self, tag: str) -> None:
-        super().end(tag)  # ends the string inside the tag
-        if self.level and tag in _HEADINGS:
-            self._flush()
-            self.level = 0
-
-    def close(self) -> str:
-        text = super().close()
-        self._flush()
-        return text
-
-
 def _chapter_blocks(content: bytes, budget: CharBudget) -> list[Block]:
-    """One spine document's blocks. EPUB requires UTF-8 or UTF-16 (EPUB 3.3 §6.1.4); bytes that
-    are neither are read as UTF-8 with replacement characters."""
-    from lxml import etree
+    """One spine document's headings, tables and paragraphs, read as an HTML page is
+    (:func:`jobs.html_text.reader_structure`: parser events, no tree), each string counted
+    against ``budget``."""
+    from jobs.html_text import reader_structure
 
     if not content.strip():
         return []
-    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = content.decode("utf-16", errors="replace")
-    else:
-        text = content.decode("utf-8", errors="replace").removeprefix("\ufeff")
-    target = _ChapterText(budget)
-    parser = etree.HTMLParser(target=target, recover=True)
+
+    def counted(string: str) -> str:
+        string = clean_text(string)
+        budget.add(string)
+        return string
+
     try:
-        parser.feed(text)
-        parser.close()
-    except etree.ParserError as exc:
-        raise DocumentError(f"the {KIND} has a chapter that could not be read ({exc})", code="damaged_file") from None
-    return target.blocks
+        _, parts = reader_structure(content, counted, markdown_row)
+    except DocumentError as exc:
+        raise DocumentError(f"the {KIND} has a chapter that could not be read ({exc.message})",
+                            code="damaged_file") from None
+    return [Block(kind, part, level, rows=rows, header=len(rows) > 1) for kind, level, part, rows in parts]

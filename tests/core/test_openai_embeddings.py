@@ -14,6 +14,7 @@ import random
 import numpy as np
 import pytest
 
+from jobs.chunking import TextChunk, embedding_text
 from tests.conftest import api_client, upload
 from tests.local_services import API_KEY, DEFAULT_MODEL, DIMENSIONS, fake_embedding, openai_worker_env
 from webapp import create_app
@@ -30,6 +31,13 @@ from webapp.core.db import connection
 from webapp.core.models import Chunk
 
 DPR_QUERY = "dense passage retrieval question answering"
+
+
+def embedded(chunk: Chunk) -> str:
+    """What the document job sends to the embedding API for a stored chunk: its heading path as
+    a contextual header line, then its text (jobs.chunking.embedding_text)."""
+    return embedding_text(TextChunk(chunk.ordinal, chunk.text, chunk.page_start, chunk.page_end,
+                                    headings=chunk.headings or []))
 
 
 def normalised(vector: list[float]) -> np.ndarray:
@@ -55,10 +63,10 @@ def assert_openai_chunks(chunks: list[Chunk], model: str = DEFAULT_MODEL) -> Non
         assert chunk.dimensions == DIMENSIONS and len(chunk.embedding) == 4 * DIMENSIONS
     vectors = vectors_of(chunks)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    expected = np.stack([normalised(fake_embedding(chunk.text)) for chunk in chunks])
+    expected = np.stack([normalised(fake_embedding(embedded(chunk))) for chunk in chunks])
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
     # The server's raw vectors are not unit length, so the equality above needs Docket's normalising.
-    raw_norms = [np.linalg.norm(fake_embedding(chunk.text)) for chunk in chunks]
+    raw_norms = [np.linalg.norm(fake_embedding(embedded(chunk))) for chunk in chunks]
     assert max(abs(norm - 1.0) for norm in raw_norms) > 0.5
 
 
@@ -98,7 +106,7 @@ def test_openai_embedded_chunks_are_normalised_searchable_and_kept_apart_from_ha
         assert recorded.model == DEFAULT_MODEL and recorded.encoding_format == "base64"
         assert 1 <= len(recorded.inputs) <= OPENAI_MAX_INPUTS_PER_REQUEST
     sent = [text for recorded in worker_requests for text in recorded.inputs]
-    assert sorted(sent) == sorted(c.text for c in dpr_chunks + lorem_chunks)
+    assert sorted(sent) == sorted(embedded(c) for c in dpr_chunks + lorem_chunks)
     assert any(recorded.shuffled for recorded in worker_requests)
 
     # Search on the OpenAI-configured app: the query goes through the local server as well.
@@ -195,7 +203,7 @@ def test_a_large_document_is_embedded_in_requests_within_openai_limits(app, open
         assert 1 <= len(recorded.inputs) <= OPENAI_MAX_INPUTS_PER_REQUEST
         assert recorded.input_bytes <= OPENAI_MAX_TOKENS_PER_REQUEST
     # The batches, concatenated, are the chunks in order: nothing lost, repeated or reordered.
-    assert [text for r in requests for text in r.inputs] == [c.text for c in chunks]
+    assert [text for r in requests for text in r.inputs] == [embedded(c) for c in chunks]
     assert all(r.shuffled for r in requests if len(r.inputs) > 1)
     assert_openai_chunks(chunks)
 

@@ -39,7 +39,10 @@ MAGIC = [b"", b"%PDF-1.7\n", b"PK\x03\x04", b"<!DOCTYPE html><html>", b"\xef\xbb
          b"<?xml version='1.0'?>", b"\x00"]
 ENCODINGS = ["utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "latin-1", "cp1252", "shift_jis", "euc-jp",
              "gb18030", "koi8-r"]
-LIMITS = Limits(max_chars=200_000)  # small enough that a huge line meets it
+# max_chars small enough that a huge line meets it; OCR off: reading a page takes seconds (over
+# hypothesis's deadline), and what it reads is pixels of at most MAX_IMAGE_PIXELS, which no
+# corrupted byte makes hostile (tests/jobs/test_ocr.py reads scans and images with OCR).
+LIMITS = Limits(max_chars=200_000, ocr="off")
 
 
 @functools.cache

@@ -32,6 +32,7 @@ def document_to_dict(document: Document, job: Job | None = None) -> dict[str, An
         "pages": document.pages,
         "chars": document.chars,
         "chunks": document.chunk_count,
+        "ocr_pages": document.ocr_pages,
         "warnings": document.warnings or [],
         "error": job.error if job else None,
         "error_code": job.error_code if job else None,

@@ -34,7 +34,8 @@ function describeOutcome(doc) {
   }
   const pages = doc.pages ? ` from ${plural(doc.pages, "page")}` : "";
   const chars = typeof doc.chars === "number" ? ` (${plural(doc.chars, "character")})` : "";
-  return { text: `Finished: ${plural(doc.chunks, "chunk")}${pages}${chars}`, kind: warnings.length ? "warning" : "finished" };
+  const ocr = doc.ocr_pages ? `, ${doc.ocr_pages === doc.pages ? "all" : doc.ocr_pages} read by OCR` : "";
+  return { text: `Finished: ${plural(doc.chunks, "chunk")}${pages}${chars}${ocr}`, kind: warnings.length ? "warning" : "finished" };
 }
 
 function docAnchor(id) {
