@@ -20,7 +20,7 @@ orientation detection, so rotated pages are fair game) with its English model, o
 page (its own start-up, ≈ 0.1 s, is counted against it). Both engines use one thread
 (``OMP_THREAD_LIMIT=1`` for tesseract; :mod:`jobs.ocr` sets onnxruntime's), rounds alternate.
 
-Peak memory: the largest scan (by pages × pixels) extracted by ``jobs.extract.extract`` in a
+Peak memory: the largest scan (by bytes) extracted by ``jobs.extract.extract`` in a
 fresh process with the app's defaults (the reader process renders, this process reads by OCR,
 as a worker process does), its ``ru_maxrss`` after the extraction, against the same process's
 peak with everything imported and the OCR engine loaded (the idle worker process's part).
@@ -142,16 +142,20 @@ def measure(read, items) -> dict[str, float]:
     return figures
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over execve, so a process started by
+# this (large) one would report this one's peak.
 _PEAK_SCRIPT = """
 import json, resource, sys
 from jobs import ocr
 from jobs.extract import Limits, extract
 from webapp.core import filetypes
+def hwm():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
 ocr.engine()
-idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+idle = hwm()
 data = open(sys.argv[1], "rb").read()
 extraction = extract(data, filetypes.PDF, limits=Limits())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()
 reader = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print(json.dumps({"idle": idle, "peak": peak, "reader": reader, "ocr_pages": extraction.ocr_pages}))
 """
