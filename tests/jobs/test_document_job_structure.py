@@ -55,3 +55,10 @@ def test_a_word_document_is_chunked_by_section_and_its_table_repeats_its_header(
     first, last = chunks[0], chunks[-1]
     assert first.headings == ["4 Retention"] and first.text.startswith("4 Retention\n\nHow long")
     assert last.headings == ["4 Retention", "4.2 Deleting documents"] and "leave no chunks" in last.text
+
+    # The heading path reaches search results and the chunks endpoint as the worker stored it.
+    hits = client.get("/api/search", query_string={"q": "leave no chunks", "k": 3}).get_json()["results"]
+    hit = next(r for r in hits if r["ordinal"] == last.ordinal)
+    assert hit["headings"] == ["4 Retention", "4.2 Deleting documents"] and hit["ocr"] is False
+    listed = client.get(f"/api/documents/{document['id']}/chunks", query_string={"limit": 100}).get_json()["chunks"]
+    assert [c["headings"] for c in listed] == [c.headings for c in chunks]
