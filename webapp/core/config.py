@@ -236,6 +236,15 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "WEBHOOK_ALLOW_PRIVATE": _bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
         # Seconds one webhook POST may take (connect + answer) before it counts as failed.
         "WEBHOOK_TIMEOUT": _int(env, "WEBHOOK_TIMEOUT", 10),
+        # URL fetches (POST /api/documents with JSON urls, web and sitemap sources): loopback,
+        # private, link-local and reserved addresses are refused (SSRF) unless this is true — an
+        # operator's intranet. The same check as webhooks (webapp/core/egress.py).
+        "FETCH_ALLOW_PRIVATE_NETWORKS": _bool(env, "FETCH_ALLOW_PRIVATE_NETWORKS", False),
+        # Seconds to open a fetch's connection, and seconds each read of its answer may wait.
+        "FETCH_CONNECT_TIMEOUT": _float(env, "FETCH_CONNECT_TIMEOUT", 10.0),
+        "FETCH_READ_TIMEOUT": _float(env, "FETCH_READ_TIMEOUT", 30.0),
+        # The User-Agent of fetches (some servers refuse requests without one).
+        "FETCH_USER_AGENT": env.get("FETCH_USER_AGENT") or "Docket-Fetch/1",
         # A cap in seconds on every automatic retry's delay. (Each kind's time limit and retries
         # are <NAME>_JOB_TIMEOUT and <NAME>_JOB_RETRIES, read below for any kind.)
         "RETRY_MAX_DELAY": _optional_int(env, "RETRY_MAX_DELAY"),

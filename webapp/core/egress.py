@@ -1,5 +1,5 @@
-"""Requests to URLs that users give (webhook ``callback_url`` today, URL fetches next): SSRF-safe
-by construction.
+"""Requests to URLs that users give (webhook ``callback_url``, URL fetches, web and sitemap sources):
+SSRF-safe by construction.
 
 A URL from a user must never make the server call its own network (loopback, the private
 networks, the cloud metadata service at 169.254.169.254). A check that parses the URL with one
@@ -22,7 +22,8 @@ this module does all of it in one place, in this order:
    behind a public one.
 4. **Connect to a checked address** (urllib3's connection pool opened on the IP itself, with the
    URL's host as ``Host`` header, TLS SNI and certificate name): no second lookup happens.
-   Redirects are not followed; a caller that follows them checks each ``Location`` again.
+   :func:`request` follows no redirect; :func:`fetch` follows up to :data:`MAX_REDIRECTS`, each
+   ``Location`` going through steps 1–4 again.
 
 What it does not guarantee: anything about the receiver once the connection is made (a public
 host may forward what it gets), and nothing about networks that public addresses reach from
@@ -37,6 +38,7 @@ import re
 import socket
 from dataclasses import dataclass
 from typing import Mapping
+from urllib.parse import urljoin
 
 import certifi
 import urllib3
@@ -161,14 +163,24 @@ def refusal(address: IPAddress) -> str | None:
     return None
 
 
+def always_refused(address: IPAddress) -> bool:
+    """An address refused even where private networks are allowed: link-local (169.254.0.0/16,
+    fe80::/10 — where cloud metadata services answer, e.g. 169.254.169.254, and no intranet
+    document lives) and multicast, also when embedded in an IPv6 address."""
+    return any(candidate is not None and (candidate.is_link_local or candidate.is_multicast)
+               for candidate in (address, embedded_ipv4(address)))
+
+
 def resolve(url: str, allow_private: bool = False) -> Destination:
     """Parse ``url``, resolve its host once and check every address (module docstring).
 
     Args:
         url: the URL a user gave.
         allow_private: accept addresses that are not public (an operator's setting for
-            receivers on the local network, e.g. ``WEBHOOK_ALLOW_PRIVATE``); parsing and
-            resolving stay as strict, and the request still goes to a resolved address.
+            receivers on the local network, ``WEBHOOK_ALLOW_PRIVATE`` and
+            ``FETCH_ALLOW_PRIVATE_NETWORKS``) except link-local and multicast ones
+            (:func:`always_refused`); parsing and resolving stay as strict, and the request
+            still goes to a resolved address.
 
     Returns:
         A :class:`Destination` to pass to :func:`request`.
@@ -195,7 +207,7 @@ def resolve(url: str, allow_private: bool = False) -> Destination:
         if address in addresses:
             continue
         reason = refusal(address)
-        if reason and not allow_private:
+        if reason and (not allow_private or always_refused(address)):
             raise DestinationRefused(f"its host {host!r} resolves to {reason}")
         addresses.append(address)
     if not addresses:
@@ -205,7 +217,7 @@ def resolve(url: str, allow_private: bool = False) -> Destination:
 
 
 def request(destination: Destination, method: str, body: bytes | None = None,
-            headers: Mapping[str, str] | None = None, timeout: float = 10.0,
+            headers: Mapping[str, str] | None = None, timeout: float | Timeout = 10.0,
             preload_content: bool = True, ca_certs: str | None = None) -> urllib3.BaseHTTPResponse:
     """Send one request to ``destination``'s checked addresses, in order, until one connects.
 
@@ -215,7 +227,8 @@ def request(destination: Destination, method: str, body: bytes | None = None,
         method: ``"POST"``, ``"GET"``, …
         body: the request body, or ``None``.
         headers: extra headers; ``Host`` is always the URL's host.
-        timeout: seconds for the connection and again for each read.
+        timeout: seconds for the connection and again for each read, or urllib3's
+            :class:`~urllib3.util.Timeout` with the two apart.
         preload_content: ``False`` to stream the body (the caller reads and closes it).
         ca_certs: path of the CA bundle that https certificates must chain to (default:
             certifi's, the Mozilla trust store that ``requests`` uses).
@@ -245,10 +258,10 @@ def request(destination: Destination, method: str, body: bytes | None = None,
     raise RequestFailed(_describe(error)) from error
 
 
-def _pool(destination: Destination, address: str, timeout: float,
+def _pool(destination: Destination, address: str, timeout: float | Timeout,
           ca_certs: str | None) -> urllib3.HTTPConnectionPool:
     """A one-connection pool opened on ``address``, speaking to ``destination.host``."""
-    limits = Timeout(connect=timeout, read=timeout)
+    limits = timeout if isinstance(timeout, Timeout) else Timeout(connect=timeout, read=timeout)
     if destination.scheme == "https":
         return urllib3.HTTPSConnectionPool(address, destination.port, timeout=limits, maxsize=1, retries=False,
                                            server_hostname=destination.host, assert_hostname=destination.host,
@@ -268,3 +281,161 @@ def _describe(exc: Exception | None) -> str:
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         return f"{name}: no answer in time"
     return f"{name}: {reason}" if reason else name
+
+
+# --- fetching a URL's content (URL fetches, web and sitemap sources) ------------------------------
+
+MAX_REDIRECTS = 5  # redirects a fetch follows, each checked like the first URL
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Answers worth asking again for (RFC 9110: 408 Request Timeout, 429 Too Many Requests, 5xx).
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+READ_BLOCK = 64 * 1024  # bytes decoded per read of a fetched body
+
+
+class FetchTooLarge(Exception):
+    """The answer's body is larger than the fetch's ``max_bytes`` (declared or counted).
+
+    Attributes:
+        limit: the limit in bytes.
+        declared: the ``Content-Length`` when it announced too much, else ``None``.
+    """
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        super().__init__(f"it is larger than the {limit:,}-byte limit" +
+                         (f" (Content-Length: {declared:,})" if declared is not None else ""))
+        self.limit, self.declared = limit, declared
+
+
+class FetchStatusError(Exception):
+    """The server answered with an HTTP status that is not a success (nor a redirect followed).
+
+    Attributes:
+        status: the HTTP status code.
+        transient: the status says asking later may succeed (:data:`TRANSIENT_STATUSES`).
+    """
+
+    def __init__(self, status: int, reason: str, url: str) -> None:
+        super().__init__(f"the server answered HTTP {status} {reason}".rstrip() + f" for {url}")
+        self.status, self.transient = status, status in TRANSIENT_STATUSES
+
+
+class TooManyRedirects(Exception):
+    """More than :data:`MAX_REDIRECTS` redirects, or a redirect without a usable ``Location``."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetched answer.
+
+    Attributes:
+        url: the URL whose answer this is (the last one after redirects).
+        status: 200 (or another 2xx), or 304 when a conditional fetch found the version unchanged
+            (``body`` is then empty).
+        headers: the answer's headers, names lower-cased.
+        body: the body's bytes, decoded from any ``Content-Encoding`` (at most ``max_bytes``).
+        redirects: the URLs redirected through, in order (empty when none).
+    """
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    redirects: tuple[str, ...] = ()
+
+    @property
+    def etag(self) -> str | None:
+        """The ``ETag`` header, verbatim (quotes and ``W/`` kept), or ``None``."""
+        return self.headers.get("etag") or None
+
+    @property
+    def last_modified(self) -> str | None:
+        """The ``Last-Modified`` header, verbatim (an HTTP date), or ``None``."""
+        return self.headers.get("last-modified") or None
+
+    @property
+    def not_modified(self) -> bool:
+        """A conditional fetch's answer: the server's version is the one asked about (HTTP 304)."""
+        return self.status == 304
+
+
+def fetch(url: str, *, max_bytes: int, allow_private: bool = False, connect_timeout: float = 10.0,
+          read_timeout: float = 30.0, headers: Mapping[str, str] | None = None,
+          max_redirects: int = MAX_REDIRECTS, ca_certs: str | None = None) -> Fetched:
+    """GET ``url`` safely: every URL on the way (the first and each redirect's ``Location``) is
+    parsed, resolved once and checked by :func:`resolve`, and its request goes to a checked address
+    (:func:`request`); the body is read in blocks and refused past ``max_bytes``.
+
+    Args:
+        url: the URL a user gave.
+        max_bytes: most bytes of the (decoded) body; more is :class:`FetchTooLarge`, with nothing
+            more read. A ``Content-Length`` above it is refused before the body is read.
+        allow_private: accept addresses that are not public (``FETCH_ALLOW_PRIVATE_NETWORKS``).
+        connect_timeout: seconds to open each connection.
+        read_timeout: seconds each read may wait for data (not the whole transfer).
+        headers: extra request headers, e.g. ``If-None-Match`` / ``If-Modified-Since`` for a
+            conditional fetch (a 304 answer is returned, not raised).
+        max_redirects: redirects followed (``301, 302, 303, 307, 308``); more is an error.
+        ca_certs: the CA bundle for https (default: certifi's).
+
+    Returns:
+        A :class:`Fetched` for the first answer that is not a redirect: a 2xx or 304.
+
+    Raises:
+        DestinationRefused: a URL on the way is refused (``transient`` when the resolver failed).
+        RequestFailed: no connection, no answer within the timeouts, a TLS failure, a broken transfer.
+        FetchStatusError: any other status (4xx, 5xx; ``transient`` for 408, 425, 429 and 5xx ones
+            that say "later").
+        TooManyRedirects: more than ``max_redirects`` redirects, or one without a ``Location``.
+        FetchTooLarge: the body is larger than ``max_bytes``.
+    """
+    sent = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", **(headers or {})}
+    timeout = Timeout(connect=connect_timeout, read=read_timeout)
+    redirects: list[str] = []
+    current = url.strip()
+    while True:
+        destination = resolve(current, allow_private)
+        response = request(destination, "GET", headers=sent, timeout=timeout, preload_content=False,
+                           ca_certs=ca_certs)
+        try:
+            if response.status in REDIRECT_STATUSES:
+                location = response.headers.get("location")
+                if not location:
+                    raise TooManyRedirects(f"{current} answered HTTP {response.status} without a Location")
+                if len(redirects) >= max_redirects:
+                    raise TooManyRedirects(f"more than {max_redirects} redirects (the last one to {location})")
+                redirects.append(current)
+                current = urljoin(current, location)
+                continue
+            if response.status == 304 or 200 <= response.status < 300:
+                answer_headers = {name.lower(): value for name, value in response.headers.items()}
+                body = b"" if response.status == 304 else _read_body(response, max_bytes)
+                return Fetched(url=current, status=response.status, headers=answer_headers, body=body,
+                               redirects=tuple(redirects))
+            raise FetchStatusError(response.status, response.reason or "", current)
+        finally:
+            response.close()  # closes its connection too (its one-connection pool is then unused)
+            response.release_conn()
+
+
+def _read_body(response: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
+    """The decoded body, read in :data:`READ_BLOCK` pieces and refused past ``max_bytes``."""
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes \
+            and not response.headers.get("content-encoding"):
+        raise FetchTooLarge(max_bytes, int(declared))
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            # urllib3 2: read(amt) returns at most amt *decoded* bytes, so a compressed bomb is
+            # counted as it unpacks, never unpacked whole first.
+            block = response.read(READ_BLOCK, decode_content=True)
+            if not block:
+                break
+            size += len(block)
+            if size > max_bytes:
+                raise FetchTooLarge(max_bytes)
+            parts.append(block)
+    except Urllib3Error as exc:
+        raise RequestFailed(_describe(exc)) from exc
+    return b"".join(parts)

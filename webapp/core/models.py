@@ -98,9 +98,20 @@ class Document(db.Model):
     extractor_version = IntegerField(null=True)
     owner = CharField(max_length=64, null=True, index=True)  # ApiToken.owner of the uploader
     created_at = DateTimeField(default=utcnow, index=True)
+    # A fetched document (POST /api/documents with JSON urls): the URL its fetch job downloads, and the
+    # ETag / Last-Modified its server sent with the stored bytes. None for an upload.
+    source_url = TextField(null=True)
+    etag = CharField(max_length=200, null=True)
+    last_modified = CharField(max_length=64, null=True)
 
     class Meta:
         table_name = "document"
+
+    @property
+    def awaiting_fetch(self) -> bool:
+        """A fetched document whose bytes have not been downloaded yet (its storage key names
+        nothing so far)."""
+        return self.source_url is not None and not self.sha256
 
 
 class Job(db.Model):
