@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from flask import current_app
 from peewee import InterfaceError, OperationalError
@@ -62,7 +62,8 @@ def process_document(document_id: str) -> dict[str, Any]:
     return run_document_job(document_id, JobTracker(rq_job.id, rq_job), current_app.config)
 
 
-def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> dict[str, Any]:
+def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
+                     prepare: Callable[[Document, JobTracker, Mapping[str, Any]], None] | None = None) -> dict[str, Any]:
     """Extract → chunk → embed → store one document, keeping its Job row up to date.
 
     The body of :func:`process_document`, callable without RQ (``benchmarks/pipeline_limit.py``
@@ -72,6 +73,9 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
         document_id: :class:`~webapp.core.models.Document` id.
         tracker: the job's tracker (its ``job_id`` is the Job row).
         config: the app's configuration (chunk sizes, embedder, storage).
+        prepare: called as ``prepare(document, tracker, config)`` once the row says run, before
+            the stored bytes are read — a fetch job downloads and stores them there
+            (:func:`jobs.fetch_job.download`); its :class:`JobError` is the job's failure.
 
     Returns:
         ``{"document_id", "pages", "chars", "chunks", "ocr_pages", "warnings", "embedding_model"}`` — also
@@ -94,7 +98,7 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
         if not tracker.start():
             return NOT_RUNNING
         try:
-            return _run(document_id, tracker, config)
+            return _run(document_id, tracker, config, prepare)
         except JobError:
             raise
         except (OperationalError, InterfaceError, RedisConnectionError):
@@ -113,10 +117,13 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
                            code="internal_error") from exc
 
 
-def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> dict[str, Any]:
+def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
+         prepare: Callable[[Document, JobTracker, Mapping[str, Any]], None] | None = None) -> dict[str, Any]:
     document = Document.get_or_none(Document.id == document_id)
     if document is None:
         raise JobError(f"document {document_id} does not exist", code="not_found")
+    if prepare is not None:
+        prepare(document, tracker, config)
 
     tracker.set_progress("extract", 0)
     begin_stage("extract")  # one log line per stage as it ends (webapp/core/logs.py)
@@ -131,6 +138,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any]) -> di
         password=_password(document, config),
         on_page=lambda done, total, stage=None: _page_read(tracker, config, done, total, stage),
         limits=Limits.from_config(config),
+        web_page=(document.source_url or "").startswith(("http://", "https://")),
     )
 
     tracker.set_progress("chunk", EXTRACT_END)

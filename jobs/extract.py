@@ -38,6 +38,7 @@ def extract(
     password: str | None = None,
     on_page: Callable[[int, int], None] | None = None,
     limits: Limits | None = None,
+    web_page: bool = False,
 ) -> Extraction:
     """Extract the text of a document.
 
@@ -51,6 +52,8 @@ def extract(
         limits: bounds on pages, characters, unpacked size and memory; the config's defaults when
             omitted. With ``limits.max_memory`` (the default), a PDF, .docx, .pptx, .xlsx, EPUB or
             HTML document is read in a child process that may take that many bytes more than this one.
+        web_page: an HTML document fetched from a site (``Document.source_url``): only its main
+            content is read (:mod:`jobs.readers.web_page`), not its menus and footers.
 
     Returns:
         An :class:`Extraction`. With ``limits.ocr`` ``auto`` (the default), a PDF page without a
@@ -81,9 +84,9 @@ def extract(
     if max_memory is not None and content_type in _OWN_PROCESS:
         from jobs.reader_process import read_in_own_process
 
-        return read_in_own_process(_extract_here, data, content_type, password, limits,
+        return read_in_own_process(_extract_here, data, content_type, password, limits, web_page,
                                    max_memory=max_memory, what=_OWN_PROCESS[content_type], on_page=on_page)
-    return _extract_here(data, content_type, password, limits, on_page=on_page)
+    return _extract_here(data, content_type, password, limits, web_page, on_page=on_page)
 
 
 # Formats read in a process of their own (as named in sentences): their parsers build objects
@@ -93,7 +96,7 @@ _OWN_PROCESS = {filetypes.PDF: "PDF", filetypes.DOCX: "Word document", filetypes
                 filetypes.EPUB: "EPUB book", **{content_type: "image" for content_type in filetypes.IMAGES}}
 
 
-def _extract_here(data: bytes, content_type: str, password: str | None, limits: Limits,
+def _extract_here(data: bytes, content_type: str, password: str | None, limits: Limits, web_page: bool = False,
                   on_page: Callable[[int, int], None] | None = None) -> Extraction:
     """:func:`extract` in this process."""
     budget = CharBudget(limits.max_chars)
@@ -109,6 +112,10 @@ def _extract_here(data: bytes, content_type: str, password: str | None, limits: 
         from jobs.readers.docx import read_docx
 
         return read_docx(data, limits, budget)
+    if content_type == filetypes.HTML and web_page:
+        from jobs.readers.web_page import read_web_page
+
+        return read_web_page(data, budget)
     if content_type == filetypes.HTML:
         from jobs.readers.html import read_html
 

@@ -106,7 +106,7 @@ def _clean_orphans(storage: Storage, grace: float, progress: Progress) -> dict[s
         note("deleted_files", key)
         if counts["deleted_files"] % BATCH_ROWS == 0:
             progress("files", 10)
-    if not present and Document.select().exists():
+    if not present and Document.select().where(Document.sha256 != "").exists():
         raise JobError("the storage lists no file at all although documents are recorded (is STORAGE_PATH "
                        "mounted, or STORAGE_URL the right bucket and prefix?); nothing was changed",
                        code="storage_unavailable", transient=False)
@@ -114,13 +114,16 @@ def _clean_orphans(storage: Storage, grace: float, progress: Progress) -> dict[s
     progress("documents", 40)
     after = ""
     while True:
-        documents = list(Document.select(Document.id, Document.storage_key, Document.job_id)
+        documents = list(Document.select(Document.id, Document.storage_key, Document.job_id, Document.source_url,
+                                         Document.sha256)
                          .where(Document.id > after).order_by(Document.id).limit(BATCH_ROWS))
         if not documents:
             break
         after = documents[-1].id
         # Listed before the row was read? A document uploaded since is checked again by key.
-        missing = [d for d in documents if d.storage_key not in present and not _exists(storage, d.storage_key)]
+        # A fetched document not downloaded yet has no file so far: nothing is missing.
+        missing = [d for d in documents if d.storage_key not in present and not d.awaiting_fetch
+                   and not _exists(storage, d.storage_key)]
         jobs = Job.by_id(document.job_id for document in missing)
         for document in missing:
             note("missing_documents", document.id)

@@ -267,6 +267,87 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
                         report=report_row, status=jobs[0].status if jobs else "queued")
 
 
+def url_filename(url: str) -> str:
+    """A display name for a fetched URL before its answer names one: the path's last segment
+    (percent-decoded), else the host."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    segment = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) if parts.path.strip("/") else ""
+    return clean_filename(segment or parts.hostname or "page")
+
+
+def accept_urls(urls: Iterable[str], *, owner: str, callback_url: str | None = None,
+                run_at: datetime | None = None) -> UploadResult:
+    """Record and launch a ``fetch`` job for each URL: the job downloads it (SSRF-checked again at
+    every redirect, :func:`webapp.core.egress.fetch`) and then runs the document pipeline on it.
+
+    Each URL is checked now as the job will check it (:func:`webapp.core.egress.resolve` with
+    ``FETCH_ALLOW_PRIVATE_NETWORKS``), so a refused address is answered at once; a refused URL
+    refuses only itself. The new documents form one batch; their rows are committed before their
+    jobs are enqueued (one Redis transaction). Nothing is deduplicated here: the bytes are not
+    known until the job has fetched them.
+
+    Args:
+        urls: the request's URLs, at most ``MAX_FILES_PER_UPLOAD``.
+        owner: whose documents and jobs these are.
+        callback_url: webhook for each job's final state, as for an upload.
+        run_at: planned start (naive UTC) or ``None``.
+
+    Returns:
+        An :class:`UploadResult` (``refused`` entries carry the URL as ``filename``).
+
+    Raises:
+        ServiceError: 400 ``no_url`` when there is none or one is not a string, 413
+            ``too_many_files`` above ``MAX_FILES_PER_UPLOAD``, the refusal itself (400
+            ``url_refused``) when every URL is refused, 400 ``invalid_callback_url``, 503
+            ``queue_unavailable`` when Redis refuses the jobs (their rows are marked ``failed``).
+    """
+    urls = list(urls)
+    if not urls or not all(isinstance(url, str) and url.strip() for url in urls):
+        raise ServiceError(400, "no_url", "Send 'url' (a string) or 'urls' (a list of strings): the http:// or "
+                                          "https:// addresses of the documents to fetch.")
+    check_file_count(len(urls))
+    if callback_url is not None:
+        callback_url = check_callback_url(callback_url)
+    allow_private = current_app.config["FETCH_ALLOW_PRIVATE_NETWORKS"]
+    accepted: list[str] = []
+    refused: list[Refused] = []
+    for url in (url.strip() for url in urls):
+        try:
+            egress.resolve(url, allow_private)
+        except egress.DestinationRefused as exc:
+            refused.append(Refused(url, 400, "url_refused", f"{url} cannot be fetched: {exc}."))
+            continue
+        accepted.append(url)
+    if not accepted:
+        first = refused[0]
+        others = f" {len(refused) - 1} other URL(s) were refused too." if len(refused) > 1 else ""
+        raise ServiceError(first.status, first.code, f"{first.message}{others} Nothing was accepted.")
+    batch_id = new_id()
+    jobs: list[Job] = []
+    files: list[Accepted] = []
+    with db.database.atomic():
+        Batch.create(id=batch_id, size=len(accepted), owner=owner)
+        for url in accepted:
+            document_id = new_id()
+            job = new_job("fetch", {"document_id": document_id}, document_id=document_id, batch_id=batch_id,
+                          callback_url=callback_url, owner=owner, run_at=run_at)
+            document = Document.create(
+                id=document_id, filename=url_filename(url), content_type="", size_bytes=0, sha256="",
+                storage_key=f"documents/{document_id[:2]}/{document_id}", source_url=url,
+                job_id=job.id, batch_id=batch_id, owner=owner,
+            )
+            job.save(force_insert=True)
+            files.append(Accepted(document))
+            jobs.append(job)
+    try:
+        enqueue_jobs(jobs)
+    except QueueUnavailable as exc:
+        raise ServiceError(503, "queue_unavailable", str(exc)) from exc
+    return UploadResult(files=files, batch_id=batch_id, refused=refused, status=jobs[0].status)
+
+
 def _report_params(files: list["Accepted | None"], owner: str) -> dict[str, Any]:
     """A documents report's parameters for an upload's files (new ones and duplicates, once each)."""
     ids = [accepted.document.id for accepted in files if accepted is not None]

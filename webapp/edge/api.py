@@ -7,7 +7,7 @@ import math
 from flask import Blueprint, current_app, jsonify, redirect, request, url_for
 
 from webapp.edge.auth import current_owner, get_visible_or_404, owned, owner_filter, visible_job
-from webapp.core.documents import accept_uploads, delete_document, list_chunks, read_upload
+from webapp.core.documents import accept_uploads, accept_urls, delete_document, list_chunks, read_upload
 from webapp.edge.document_json import (batch_to_dict, chunk_to_dict, decode_chunk_cursor, document_to_dict,
                                        encode_chunk_cursor)
 from webapp.core.protocol.delayed import StartTimeError, start_time
@@ -72,17 +72,26 @@ def upload_documents():
     processed again: its entry has ``"duplicate": true`` and points at that document and its job.
     An empty or unsupported file is listed under ``refused`` with its reason while the others are
     accepted; when none is accepted the answer is that file's 400/415 error.
+
+    Or a JSON object ``{"url": "https://…"}`` / ``{"urls": [...]}`` (with ``callback_url``,
+    ``run_at``/``delay`` as above): each URL gets a ``fetch`` job that downloads it and then runs
+    the document pipeline; the answer has the same shape. A URL whose address is refused
+    (loopback, private, link-local… unless ``FETCH_ALLOW_PRIVATE_NETWORKS``) is listed under
+    ``refused`` (``url_refused``); when every one is, the answer is that 400.
     """
-    files = request.files.getlist("file")
-    result = accept_uploads(
-        [read_upload(f) for f in files if f],
-        password=request.form.get("password") or None,
-        owner=current_owner(),
-        reprocess=_flag("reprocess"),
-        callback_url=request.form.get("callback_url") or None,
-        run_at=_start_time(request.form),
-        report=request.form.get("report") or None,
-    )
+    if request.is_json:
+        result = _accept_url_request()
+    else:
+        files = request.files.getlist("file")
+        result = accept_uploads(
+            [read_upload(f) for f in files if f],
+            password=request.form.get("password") or None,
+            owner=current_owner(),
+            reprocess=_flag("reprocess"),
+            callback_url=request.form.get("callback_url") or None,
+            run_at=_start_time(request.form),
+            report=request.form.get("report") or None,
+        )
     duplicates = Job.by_id(accepted.document.job_id for accepted in result.files if accepted.duplicate)
     body = {
         "batch_id": result.batch_id,
@@ -104,6 +113,27 @@ def upload_documents():
         "report": _report_links(result.report) if result.report else None,
     }
     return jsonify(body), 202
+
+
+def _accept_url_request():
+    """:func:`accept_urls` for a JSON body ``{"url": …}`` or ``{"urls": [...]}``."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ServiceError(400, "invalid_json", 'Send a JSON object such as {"url": "https://example.com/a.pdf"} '
+                                                'or {"urls": [...]}, or files as multipart/form-data.')
+    unknown = sorted(set(body) - {"url", "urls", "callback_url", "run_at", "delay"})
+    if unknown:
+        raise ServiceError(400, "unknown_field", f"Unknown field(s) {', '.join(unknown)}: a fetch request takes url or "
+                                                 "urls, and optionally callback_url, run_at or delay.")
+    if ("url" in body) == ("urls" in body):
+        raise ServiceError(400, "no_url", "Send either 'url' (a string) or 'urls' (a list of strings).")
+    urls = [body["url"]] if "url" in body else body["urls"]
+    if not isinstance(urls, list):
+        raise ServiceError(400, "no_url", "'urls' must be a list of strings.")
+    callback_url = body.get("callback_url")
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise ServiceError(400, "invalid_callback_url", "'callback_url' must be a string.")
+    return accept_urls(urls, owner=current_owner(), callback_url=callback_url or None, run_at=_start_time(body))
 
 
 def _start_time(source):

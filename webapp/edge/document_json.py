@@ -17,7 +17,9 @@ from webapp.edge.job_json import decode_keyset, encode_keyset
 def document_to_dict(document: Document, job: Job | None = None) -> dict[str, Any]:
     """The API representation of a document (``GET /api/documents/<id>``).
 
-    ``status`` and ``error`` are those of the document's current job.
+    ``status`` and ``error`` are those of the document's current job. A fetched document has its
+    ``source_url`` and the ``etag``/``last_modified`` its server sent with the stored bytes; its
+    ``content_type`` is ``""`` and ``sha256`` ``None`` until its fetch job has downloaded it.
     """
     if job is None and document.job_id:
         job = Job.get_or_none(Job.id == document.job_id)
@@ -26,7 +28,10 @@ def document_to_dict(document: Document, job: Job | None = None) -> dict[str, An
         "filename": document.filename,
         "content_type": document.content_type,
         "bytes": document.size_bytes,
-        "sha256": document.sha256,
+        "sha256": document.sha256 or None,
+        "source_url": document.source_url,
+        "etag": document.etag,
+        "last_modified": document.last_modified,
         "status": job.status if job else None,
         "batch_id": document.batch_id,
         "pages": document.pages,

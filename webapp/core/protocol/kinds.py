@@ -221,6 +221,13 @@ for _kind in (
         warm_up="jobs.document_job.warm_up", batch_member=True, owns="jobs.document_job.stored_uploads",
     ),
     JobKind(
+        name="fetch", function="jobs.fetch_job.fetch_document", queue="default", timeout=600,
+        retry=RetryPolicy(max_retries=3, base_delay=10, max_delay=300),
+        description="Download a document from its URL (every redirect SSRF-checked), then extract → chunk → "
+                    "embed → store it like an upload.",
+        batch_member=True,
+    ),
+    JobKind(
         name="report", function="jobs.report_job.build_report", queue="high", timeout=300,
         retry=RetryPolicy(max_retries=2, base_delay=5, max_delay=60),
         description="Build a report (activity, documents) in four formats; on high, never behind documents.",
