@@ -233,3 +233,27 @@ def test_the_orphans_job_leaves_a_fetch_that_has_not_downloaded_yet_alone(app, s
     assert orphans.status == "finished", (orphans.error, orphans.error_code)
     assert orphans.result["missing_documents"] == [] and orphans.result["failed_jobs"] == []
     assert row(app, waiting["job_id"]).status == "scheduled"
+
+
+def test_a_failed_fetch_is_fetched_again_by_retry_and_by_reprocess(app, site, run_worker):
+    client = api_client(app)
+    entry = fetch(client, f"{site.base}/soon.txt").get_json()["documents"][0]
+    run_worker()
+    assert client.get(entry["status_url"]).get_json()["error_code"] == "http_error"  # 404: not there yet
+    site.pages["/soon.txt"] = (200, {}, b"The notice arrived on the second try.")
+    assert client.post(f"/api/jobs/{entry['job_id']}/retry").status_code == 202
+    run_worker()
+    job = client.get(entry["status_url"]).get_json()
+    assert job["status"] == "finished" and job["attempts"] == 2, job
+    assert "second try" in chunk_texts(app, entry["id"])[0]
+
+    site.pages["/soon.txt"] = (404, {}, b"")
+    other = fetch(client, f"{site.base}/soon.txt").get_json()["documents"][0]
+    run_worker()
+    site.pages["/soon.txt"] = (200, {}, b"The notice is back.")
+    from webapp.core.documents import reprocess_document
+    with app.app_context(), connection():
+        job = reprocess_document(other["id"])
+    assert job.kind == "fetch"  # never downloaded: fetched again, not read from an empty storage key
+    run_worker()
+    assert chunk_texts(app, other["id"]) == ["The notice is back."]

@@ -540,7 +540,8 @@ def documents_to_reprocess(*, owner: str | None = None, content_type: str | None
 
 def reprocess_document(document_id: str) -> Job | None:
     """Launch a new ``document`` job for a stored document: its bytes are read, chunked and
-    embedded again, and the job's final write replaces the old chunks (one transaction).
+    embedded again, and the job's final write replaces the old chunks (one transaction). A fetched
+    document whose download never succeeded gets a ``fetch`` job instead.
 
     The job protocol's order: the new Job row and the document's ``job_id`` pointing at it are
     committed together — only if the document's current job has ended (guarded ``UPDATE …
@@ -565,7 +566,9 @@ def reprocess_document(document_id: str) -> Job | None:
     if current is not None and current.status not in TERMINAL:
         return None
     # No batch: the upload's batch (and its deferred report) ended with its first jobs.
-    job = new_job("document", {"document_id": document.id}, document_id=document.id, owner=document.owner)
+    # A fetched document whose bytes never arrived is fetched again; any other is read from storage.
+    kind = "fetch" if document.awaiting_fetch else "document"
+    job = new_job(kind, {"document_id": document.id}, document_id=document.id, owner=document.owner)
     with db.database.atomic() as transaction:
         job.save(force_insert=True)
         moved = (Document.update(job_id=job.id)
