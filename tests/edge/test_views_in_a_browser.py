@@ -150,6 +150,7 @@ def docket(redis_server, tmp_path_factory) -> Iterator[Docket]:
         "OPENAI_BASE_URL": None,
         "SECRET_KEY": TEST_SECRET_KEY,
         "SESSION_COOKIE_SECURE": False,  # plain http on 127.0.0.1
+        "FETCH_ALLOW_PRIVATE_NETWORKS": True,  # the fetch test's web site listens on 127.0.0.1
     }
     app = create_app(config)
     with app.app_context():
@@ -466,6 +467,29 @@ def test_upload_text_scanned_and_encrypted_pdfs(page: Page, worker: Docket, upda
         assert not streams, streams  # the fallback did the work
 
 
+def test_fetch_a_web_page_by_url_from_the_upload_form(page: Page, worker: Docket):
+    from werkzeug.wrappers import Response
+
+    from tests.conftest import serve_wsgi
+
+    article = (b"<html><body><nav>Home | Products | Careers</nav><main><h1>Field notes</h1><p>"
+               + b"The heron returned to the northern pond at dawn and fished for an hour. " * 8
+               + b"</p></main><footer>Copyright ACME</footer></body></html>")
+    site = Response(article, content_type="text/html")
+    with serve_wsgi(site) as base:
+        sign_in(page, worker.token("fetcher"))
+        page.get_by_label("Or fetch from the web (one URL per line)").fill(f"{base}/notes/field-notes.html")
+        page.get_by_role("button", name="Upload").click()
+        expect(page.locator("#upload-status")).to_have_text("Fetching 1 URL; processing in the background.")
+        row = doc_row(page, "field-notes.html")
+        expect(row.locator(".doc-status")).to_have_text(re.compile(r"^Finished: 1 chunk "), timeout=JOB_MS)
+    # Refused at once, with the reason, when the address is one Docket does not fetch.
+    page.get_by_label("Or fetch from the web (one URL per line)").fill("http://169.254.169.254/latest/meta-data/")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-error")).to_contain_text("not a public address")
+    shot(page, "fetch-by-url")
+
+
 # ---------- search ----------
 
 def test_search_shows_the_passage(page: Page, worker: Docket):
@@ -715,9 +739,9 @@ def test_keyboard_only_upload_and_search(page: Page, worker: Docket):
     expect(page.locator("#documents-message")).to_have_text("No documents yet. Upload one above.")
 
     # Tab order: skip link, the navigation, sign out, then the upload form top to bottom, search.
-    stops = focus_stops(page, 15)
+    stops = focus_stops(page, 16)
     names = [s["id"] or s["text"] for s in stops]
-    assert names == ["Skip to content", "Documents", "Reports", "Schedules", "Sign out", "upload-file",
+    assert names == ["Skip to content", "Documents", "Reports", "Schedules", "Sign out", "upload-file", "upload-urls",
                      "upload-password", "upload-reprocess", "upload-callback", "upload-delay", "upload-report",
                      "upload-button", "search-q", "Search", "refresh-button"], names
     invisible = [s for s in stops if not (s["outline"] or s["shadow"])]
@@ -752,7 +776,7 @@ def test_keyboard_only_upload_and_search(page: Page, worker: Docket):
             expect(page.get_by_label("Files", exact=True)).to_be_focused()
     assert chooser is not None, "neither Space nor Enter opened the file chooser"
     chooser.set_files(str(CORPUS / name))
-    for expected in ("upload-password", "upload-reprocess", "upload-callback", "upload-delay", "upload-report",
+    for expected in ("upload-urls", "upload-password", "upload-reprocess", "upload-callback", "upload-delay", "upload-report",
                      "upload-button"):
         page.keyboard.press("Tab")
         expect(page.locator(f"#{expected}")).to_be_focused()

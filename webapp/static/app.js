@@ -436,24 +436,39 @@ async function handleUpload(event) {
   const submit = $("upload-button");
   errorBox.textContent = "";
   const files = [...fileInput.files];
-  if (!files.length) {
-    errorBox.textContent = "Choose at least one file to upload.";
+  const urls = $("upload-urls").value.split(/\s+/).filter(Boolean);
+  if (!files.length && !urls.length) {
+    errorBox.textContent = "Choose at least one file to upload, or give a URL to fetch.";
     return fileInput.focus();
   }
-  const body = new FormData();
-  files.forEach((file) => body.append("file", file, file.name));
-  if (password) body.append("password", password);
-  if ($("upload-reprocess").checked) body.append("reprocess", "true");
-  if (callbackUrl) body.append("callback_url", callbackUrl);
+  if (files.length && urls.length) {
+    errorBox.textContent = "Send files or URLs, one kind at a time: clear one of the two fields.";
+    return $("upload-urls").focus();
+  }
   const delay = $("upload-delay").value.trim();
-  if (delay) body.append("delay", delay);
-  if ($("upload-report").checked) body.append("report", "documents");
+  let body;
+  const headers = csrfHeaders();
+  if (urls.length) { // a fetch request: JSON (the fetch jobs download them)
+    const request = { urls };
+    if (callbackUrl) request.callback_url = callbackUrl;
+    if (delay) request.delay = Number(delay);
+    body = JSON.stringify(request);
+    headers["Content-Type"] = "application/json";
+  } else {
+    body = new FormData();
+    files.forEach((file) => body.append("file", file, file.name));
+    if (password) body.append("password", password);
+    if ($("upload-reprocess").checked) body.append("reprocess", "true");
+    if (callbackUrl) body.append("callback_url", callbackUrl);
+    if (delay) body.append("delay", delay);
+    if ($("upload-report").checked) body.append("report", "documents");
+  }
 
   const hadFocus = document.activeElement === submit;
   submit.disabled = true; // (which drops the keyboard focus: given back below)
-  statusBox.textContent = `Uploading ${plural(files.length, "file")}…`;
+  statusBox.textContent = urls.length ? `Sending ${plural(urls.length, "URL")}…` : `Uploading ${plural(files.length, "file")}…`;
   try {
-    const result = await readResponse(await fetch("/api/documents", { method: "POST", body, headers: csrfHeaders() }));
+    const result = await readResponse(await fetch("/api/documents", { method: "POST", body, headers }));
     if (!result.ok) {
       statusBox.textContent = "";
       errorBox.textContent = errorMessage(result);
@@ -475,8 +490,11 @@ async function handleUpload(event) {
     if (docs.length > 1 || fresh.length < docs.length) addBatch(data, docs.length);
     const dupCount = docs.length - fresh.length;
     const later = fresh.some((d) => d.status === "scheduled");
+    const refused = (data.refused || []).map((r) => r.error).join(" ");
+    if (refused) errorBox.textContent = refused;
     statusBox.textContent = (fresh.length
-      ? `Uploaded ${plural(fresh.length, "file")}; ${later ? "scheduled to start later" : "processing in the background"}.` +
+      ? `${urls.length ? "Fetching" : "Uploaded"} ${plural(fresh.length, urls.length ? "URL" : "file")}; ` +
+        `${later ? "scheduled to start later" : "processing in the background"}.` +
         (dupCount ? ` ${plural(dupCount, "file")} had already been uploaded.` : "")
       : `Nothing new to process: ${dupCount === 1 ? "the file was" : "the files were"} already uploaded.`) +
       (data.report ? " A documents report follows once every file is done (Reports page)." : "");
