@@ -70,18 +70,25 @@ class Output:
         self.out.print(table)
 
     def record(self, fields: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
-        """Print a JSON object as ``name  value`` lines (nested values as compact JSON), whatever
-        fields it has."""
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column(overflow="fold")
-        for name, value in fields.items():
-            if name not in skip:
-                grid.add_row(Text(name), Text(_text(value)))
-        self.out.print(grid)
+        """Print a JSON object as aligned ``name  value`` lines, whatever fields it has: those of
+        :data:`FIRST_FIELDS` first, then the others in the server's order; empty ones (null, "",
+        [], {}) left out; nested values as compact JSON."""
+        names = [name for name in FIRST_FIELDS if name in fields]
+        names += [name for name in fields if name not in names]
+        shown = [(name, fields[name]) for name in names if name not in skip and fields[name] not in (None, "", [], {})]
+        width = max((len(name) for name, _ in shown), default=0)
+        for name, value in shown:
+            line = Text(name.ljust(width), style="bold")
+            line.append("  " + _text(value))
+            self.out.print(line)
 
     def line(self, text: str) -> None:
         self.out.print(Text(text))
+
+
+# The fields of a job or source a person looks for first (the rest follow as the server sent them).
+FIRST_FIELDS = ("id", "name", "kind", "status", "stage", "progress", "error", "error_code", "attempts", "retry_at",
+                "run_at", "url", "urls", "schedule", "last_sync", "result", "document_id", "batch_id")
 
 
 def _text(value: Any) -> str:
