@@ -12,7 +12,7 @@ from docket_client.http import DocketClient
 # RQ's status names: a job in one of these will not change again by itself.
 TERMINAL_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})
 POLL_INTERVAL = 1.0  # seconds between two looks at the jobs still running
-POLL_RETRIES = 5  # a look that got no answer or a 502/503/504 is retried (urllib3's backoff: ≈ 1+2+4+8+16 s)
+POLL_RETRIES = 5  # a look that got no answer or a 502/503/504 is retried (urllib3's backoff: 0+2+4+8+16 = 30 s)
 
 
 def follow_jobs(client: DocketClient, labels: dict[str, str], console: Console,

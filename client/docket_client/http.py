@@ -79,8 +79,8 @@ def error_for(response: requests.Response, what: str, token_given: bool) -> Dock
             text = "No token was sent: set DOCKET_TOKEN to an API token (create one on the server with " \
                    "'flask --app wsgi tokens create NAME')."
         else:
-            text = "The server refused the token: set DOCKET_TOKEN to a valid API token (it is unknown, " \
-                   f"mistyped or was revoked){said}"
+            text = "The server refused the token: set DOCKET_TOKEN to a valid API token" + (
+                said or " (it is unknown, mistyped or was revoked).")
         return DocketError(text, status, code)
     if status == 403:
         return DocketError(f"The token is not allowed to do this{said}", status, code)
