@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +159,8 @@ def _start_fields(reprocess: bool, callback_url: str | None, delay: float | None
 
 def collect_files(paths: tuple[str, ...]) -> list[Path]:
     """The files named by ``paths``; folders are walked recursively, hidden entries skipped,
-    in name order."""
+    in name order — as the server's ``flask ingest`` does (``webapp/cli/ingest.py``), written
+    again here because the client imports nothing of the server."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -472,6 +472,3 @@ def run() -> None:
     """The console script's entry point (``docket``)."""
     main(prog_name="docket")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
