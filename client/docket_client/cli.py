@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from docket_client import __version__
-from docket_client.follow import TERMINAL_STATUSES, describe_state, follow_jobs
+from docket_client.follow import TERMINAL_STATUSES, describe_state, follow_job, follow_jobs
 from docket_client.http import (DEFAULT_TIMEOUT, DEFAULT_URL, EXIT_JOBS_FAILED, EXIT_OK, DocketClient,
                                 DocketError)
 
@@ -276,16 +276,12 @@ def status(ctx: click.Context, job_id: str, wait: bool) -> None:
     output, client = _output(ctx), _client(ctx)
     job = client.job(job_id)
     if wait and job.get("status") not in TERMINAL_STATUSES:
-        job = follow_jobs(client, {job_id: job_id}, output.err)[0][job_id]
-    _show_job(output, job)
-    ctx.exit(EXIT_JOBS_FAILED if wait and job.get("status") != "finished" else EXIT_OK)
-
-
-def _show_job(output: Output, job: dict) -> None:
+        job = follow_job(client, job_id, output.err)
     if output.as_json:
         output.json(job)
     else:
         output.record(job)
+    ctx.exit(EXIT_JOBS_FAILED if wait and job.get("status") != "finished" else EXIT_OK)
 
 
 @main.command()
@@ -313,7 +309,7 @@ def retry(ctx: click.Context, job_id: str, wait: bool) -> None:
     output, client = _output(ctx), _client(ctx)
     job = client.retry(job_id)
     if wait:
-        job = follow_jobs(client, {job_id: job_id}, output.err)[0][job_id]
+        job = follow_job(client, job_id, output.err)
     if output.as_json:
         output.json(job)
     else:
@@ -444,7 +440,7 @@ def sources_sync(ctx: click.Context, source_id: str, wait: bool) -> None:
     job_id = answer.get("job_id")
     job = None
     if wait and job_id:
-        job = follow_jobs(client, {job_id: f"sync {source_id}"}, output.err)[0][job_id]
+        job = follow_job(client, job_id, output.err, f"sync {source_id}")
     if output.as_json:
         output.json({**answer, "job": job} if job else answer)
     elif job:

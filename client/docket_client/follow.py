@@ -53,6 +53,12 @@ def follow_jobs(client: DocketClient, labels: dict[str, str], console: Console,
             time.sleep(POLL_INTERVAL)
 
 
+def follow_job(client: DocketClient, job_id: str, console: Console, label: str | None = None) -> dict:
+    """Follow one job as :func:`follow_jobs` does, without a time limit; returns its last JSON
+    (terminal). Raises :class:`DocketError` as :func:`follow_jobs` does."""
+    return follow_jobs(client, {job_id: label or job_id}, console)[0][job_id]
+
+
 def describe_state(job: dict) -> str:
     """A few words on a job's state: ``started: embed``, ``scheduled until 15:10:00Z``, ``failed: …``."""
     status = job.get("status") or "unknown"
