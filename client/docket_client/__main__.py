@@ -1,0 +1,5 @@
+"""``python -m docket_client``: the same as the ``docket`` command."""
+
+from docket_client.cli import run
+
+run()
