@@ -59,6 +59,11 @@ def assert_one_sentence(result: subprocess.CompletedProcess, exit_status: int, *
 
 
 @pytest.fixture
+def config(config):
+    return {**config, "FETCH_ALLOW_PRIVATE_NETWORKS": True}
+
+
+@pytest.fixture
 def token(app) -> str:
     return make_token(app, "tester")
 
@@ -218,29 +223,29 @@ def test_a_used_up_openai_budget_is_a_429_sentence_with_its_retry_after(config, 
     assert 1 <= seconds <= 61, sentence
 
 
-# --- URL fetch and sources: their server side lands separately (issue 23); these run once it has ----
-
-def _skip_unless_the_server_fetches_urls(base: str, token: str) -> None:
-    answer = requests.post(f"{base}/api/documents", json={"urls": []}, timeout=30,
-                           headers={"Authorization": f"Bearer {token}"})
-    code = (answer.json().get("error") or {}).get("code") if answer.headers.get("Content-Type", "").startswith(
-        "application/json") else None
-    if code == "no_file":
-        pytest.skip("the server does not fetch URLs yet (POST /api/documents with JSON 'urls' answers no_file): "
-                    "its side of issue 23 has not landed")
+# --- URL fetch -------------------------------------------------------------------------------------
 
 
-def test_fetch_of_a_loopback_url_is_refused_with_the_reason(web, token):
-    _skip_unless_the_server_fetches_urls(web, token)
-    url = f"http://127.0.0.1:{free_port()}/secret.txt"
-    result = docket(web, token, "fetch", url)
-    assert result.returncode in (1, 3), describe(result)  # listed as refused, or the whole request a 400
-    assert "Traceback" not in result.stderr
-    if result.returncode == 1:
-        row = [line for line in result.stdout.splitlines() if "127.0.0.1" in line]
-        assert row and "refused: " in row[0], result.stdout
-    else:
-        assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1, describe(result)
+def test_fetch_wait_downloads_a_page_and_search_finds_it(config, web, token, start_worker):
+    """``FETCH_ALLOW_PRIVATE_NETWORKS`` (this module's config) lets the web process and the worker reach
+    the test's loopback site."""
+    from werkzeug.wrappers import Response
+
+    from tests.conftest import serve_wsgi
+
+    page = f"<html><body><nav>Home | Shop</nav><main><h1>Ledger</h1><p>{PHRASE}</p></main></body></html>"
+    with serve_wsgi(Response(page, content_type="text/html")) as site:
+        start_worker(**WORKER_ENV)
+        result = docket(web, token, "fetch", "--wait", f"{site}/books/ledger.html")
+    assert result.returncode == 0, describe(result)
+    assert "ledger.html" in result.stdout and "finished" in result.stdout, describe(result)
+    found = docket(web, token, "search", "quokka ledger QX7741")
+    assert found.returncode == 0 and "ledger.html" in found.stdout, describe(found)
+
+
+def test_fetch_of_a_refused_address_is_one_sentence(web, token):
+    result = docket(web, token, "fetch", "http://169.254.169.254/latest/meta-data/")
+    assert_one_sentence(result, 3, "cannot be fetched", "not a public address")
 
 
 def _skip_unless_the_server_has_sources(base: str, token: str) -> None:
