@@ -315,3 +315,12 @@ def test_delete_keeps_or_deletes_the_documents_and_owners_are_checked(app, run_w
     with app.app_context(), connection():
         assert SourceItem.select().count() == 0
         assert Document.select().where(Document.owner == "alice").count() == 1
+
+
+def test_the_sources_page_has_the_form_and_a_nav_link(app):
+    from tests.conftest import browser_client
+
+    client = browser_client(app, "alice", admin=False)
+    html = client.get("/sources").get_data(as_text=True)
+    assert 'id="source-form"' in html and 'aria-current="page">Sources</a>' in html
+    assert 'name="csrf-token"' in html and "sources.js" in html
