@@ -64,6 +64,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     webhooks.init_app(app)  # a job with a callback_url that ends launches its delivery
     chords.init_app(app)  # a batch whose last document job ended releases its callback (report)
+    from webapp.core import sources
+
+    sources.init_app(app)  # a source item is synced once its document job finished (issue 23)
 
     from webapp.edge import api, dashboard, health, queues_api, schedules_api, views
 
@@ -72,6 +75,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(sse.bp)  # GET /api/jobs/<id>/events, /api/batches/<id>/events (SSE)
     app.register_blueprint(schedules_api.bp)
+    from webapp.edge import sources_api
+
+    app.register_blueprint(sources_api.bp)  # /api/sources (issue 23)
     app.register_blueprint(queues_api.bp)
     from webapp.edge import prometheus
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -30,7 +27,8 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import AWS_ENV, CORPUS, api_client, make_token, row, upload, wait_for
+from tests.conftest import CORPUS, api_client, make_token, row, upload
+from tests.s3_server import bucket, s3_endpoint, s3_env  # noqa: F401  (fixtures, shared with tests/jobs/test_sync_job.py)
 from webapp.core.config import load_config
 from webapp.core.db import connection
 from webapp.local.embedded_redis import free_port
@@ -41,59 +39,6 @@ from webapp.core.storage import (PART_SIZE, LocalStorage, S3Storage, StorageErro
 
 MB = 1024 * 1024
 PREFIX = "docket"
-# Not secrets: moto accepts any credentials. They prove the settings travel through boto3's own variables.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory) -> str:
-    """moto's S3 server (``python -m moto.server``) on a free local port; stopped after the module."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        try:
-            return requests.get(f"{endpoint}/moto-api/", timeout=2).status_code < 500
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_for(up, 60, "moto's S3 server to answer")
-        yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def s3_env(s3_endpoint, monkeypatch) -> dict[str, str]:
-    """boto3's variables for the local server, set in this process (the app under test) too."""
-    env = {"AWS_ENDPOINT_URL": s3_endpoint, **CREDENTIALS}
-    for name in AWS_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
-
-
-@pytest.fixture
-def bucket(s3_env) -> str:
-    """A new, empty bucket for the test."""
-    name = f"docket-test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=name)
-    return name
-
-
 @pytest.fixture
 def config(config, s3_env, bucket):
     """The usual test config with ``STORAGE_URL=s3://<bucket>/docket``; the AWS variables are in

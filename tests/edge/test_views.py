@@ -16,7 +16,7 @@ from bs4 import BeautifulSoup
 
 from tests.conftest import browser_client, upload
 
-PAGES = ("/", "/reports", "/schedules")
+PAGES = ("/", "/reports", "/schedules", "/sources")
 
 
 @pytest.fixture
@@ -74,8 +74,9 @@ def test_nav_links_both_pages_and_resolve(client, path):
     nav = page.find("nav")
     assert nav is not None and nav.get("aria-label")
     hrefs = {a.get_text(strip=True): a["href"] for a in nav.find_all("a")}
-    assert set(hrefs) == {"Documents", "Reports", "Schedules"}
+    assert set(hrefs) == {"Documents", "Reports", "Schedules", "Sources"}
     assert hrefs["Reports"] == "/reports" and hrefs["Documents"] == "/" and hrefs["Schedules"] == "/schedules"
+    assert hrefs["Sources"] == "/sources"
     for href in hrefs.values():
         assert client.get(href).status_code == 200, href
     current = nav.find("a", attrs={"aria-current": "page"})

@@ -245,6 +245,13 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "FETCH_READ_TIMEOUT": _float(env, "FETCH_READ_TIMEOUT", 30.0),
         # The User-Agent of fetches (some servers refuse requests without one).
         "FETCH_USER_AGENT": env.get("FETCH_USER_AGENT") or "Docket-Fetch/1",
+        # --- Sources (POST /api/sources, the sync job) ---
+        # Most items one source may hold: the URLs of a web source, the <loc>s read from a sitemap
+        # (nested sitemaps included), the objects listed under an S3 prefix. A listing cut at this
+        # bound deletes nothing that was not listed (a sync's deletions need the whole listing).
+        "SOURCE_MAX_ITEMS": _int(env, "SOURCE_MAX_ITEMS", 10_000),
+        # Syncs of a source that GET /api/sources/<id> shows (newest first).
+        "SOURCE_SYNC_HISTORY": _int(env, "SOURCE_SYNC_HISTORY", 20),
         # A cap in seconds on every automatic retry's delay. (Each kind's time limit and retries
         # are <NAME>_JOB_TIMEOUT and <NAME>_JOB_RETRIES, read below for any kind.)
         "RETRY_MAX_DELAY": _optional_int(env, "RETRY_MAX_DELAY"),

@@ -18,7 +18,7 @@ import io
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from flask import current_app
 from redis.exceptions import RedisError
@@ -538,7 +538,8 @@ def documents_to_reprocess(*, owner: str | None = None, content_type: str | None
     return query
 
 
-def reprocess_document(document_id: str) -> Job | None:
+def reprocess_document(document_id: str, *, new_version: dict[str, Any] | None = None,
+                       in_transaction: Callable[[Job], None] | None = None) -> Job | None:
     """Launch a new ``document`` job for a stored document: its bytes are read, chunked and
     embedded again, and the job's final write replaces the old chunks (one transaction). A fetched
     document whose download never succeeded gets a ``fetch`` job instead.
@@ -550,6 +551,12 @@ def reprocess_document(document_id: str) -> Job | None:
 
     Args:
         document_id: the Document row's id.
+        new_version: Document columns to set in the same guarded ``UPDATE`` (a source sync's new
+            bytes: ``storage_key``, ``sha256``, ``size_bytes``, ``content_type``, ``etag``,
+            ``last_modified``), so the document names its new bytes exactly when its new job is
+            committed; ``None``: the same bytes again.
+        in_transaction: called with the new job inside the same transaction once the move
+            succeeded (a source sync marks its item there); its exception rolls everything back.
 
     Returns:
         The new job, enqueued; ``None`` when nothing was launched: there is no such document, or
@@ -571,12 +578,14 @@ def reprocess_document(document_id: str) -> Job | None:
     job = new_job(kind, {"document_id": document.id}, document_id=document.id, owner=document.owner)
     with db.database.atomic() as transaction:
         job.save(force_insert=True)
-        moved = (Document.update(job_id=job.id)
+        moved = (Document.update(job_id=job.id, **(new_version or {}))
                  .where(Document.id == document.id, Document.job_id == document.job_id if document.job_id
                         else Document.job_id.is_null())
                  .execute())
         if not moved:  # someone launched another job for it meanwhile
             transaction.rollback()
             return None
+        if in_transaction is not None:
+            in_transaction(job)
     enqueue_jobs([job])
     return job

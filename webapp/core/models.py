@@ -272,7 +272,68 @@ class ApiToken(db.Model):
         return next(iter(cls.raw(sql, token_hash)), None)
 
 
-ALL_MODELS = [Batch, Document, Job, Report, Chunk, Schedule, ApiToken]
+# --- Sources (issue 23): an S3 prefix, web URLs or a sitemap kept in sync --------------------------
+
+
+class Source(db.Model):
+    """A place whose items are kept in sync as documents (``POST /api/sources``,
+    :mod:`webapp.core.sources`): ``kind`` ``s3`` (``url`` ``s3://bucket/prefix/``), ``web`` (``urls``,
+    a JSON list) or ``sitemap`` (``url`` of a ``sitemap.xml``). ``sync_job_id`` is the Job of the
+    running or last sync: a new sync is launched only by a guarded ``UPDATE … WHERE sync_job_id =
+    <that ended job>``, so two syncs of one source never overlap."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    owner = CharField(max_length=64, null=True, index=True)  # ApiToken.owner; the documents' owner
+    kind = CharField(max_length=16)  # "s3", "web" or "sitemap"
+    name = CharField(max_length=200)
+    url = TextField(null=True)  # s3://bucket/prefix/ or the sitemap's URL; None for "web"
+    urls = JSONField(null=True)  # the "web" kind's URLs
+    schedule_id = CharField(max_length=64, null=True)  # Schedule.id of its cron, None: on request only
+    sync_job_id = CharField(max_length=64, null=True, index=True)  # Job.id of the running/last sync
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "source"
+
+
+class SourceItem(db.Model):
+    """One item of a source (an S3 object key or a URL) and the document made from it.
+
+    ``version`` is the version whose bytes the document holds now (S3: the listing's ETag; web:
+    the body's SHA-256); ``synced_version`` is set only once a document job of that version
+    finished (:func:`webapp.core.sources.item_job_ended`), so an item whose job failed or never ran
+    is ingested again by the next sync. Unique per (source, key): one document per item."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    source = ForeignKeyField(Source, backref="items", on_delete="CASCADE", lazy_load=False)
+    key = CharField(max_length=2048)
+    document_id = CharField(max_length=64, null=True, index=True)  # Document.id, None until ingested
+    version = CharField(max_length=255, null=True)
+    synced_version = CharField(max_length=255, null=True)
+    state = CharField(max_length=16, default="pending")  # "pending", "synced" or "failed"
+    error = TextField(null=True)  # why its last attempt failed (a sentence)
+    updated_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "source_item"
+        indexes = ((("source", "key"), True),)
+
+
+class SourceSync(db.Model):
+    """One sync of a source: its Job (status, times, error) and its counts (``listed``,
+    ``ingested``, ``changed``, ``deleted``, ``unchanged``, ``failed``, ``retried``, ``in_flight``),
+    written while it runs, so a canceled or failed sync keeps what it did."""
+
+    job_id = CharField(primary_key=True, max_length=64)  # Job.id (kind "sync")
+    source = ForeignKeyField(Source, backref="syncs", on_delete="CASCADE", lazy_load=False)
+    counts = JSONField(null=True)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "source_sync"
+
+
+ALL_MODELS = [Batch, Document, Job, Report, Chunk, Schedule, ApiToken, Source, SourceItem, SourceSync]
 
 
 def _unproxied(database):

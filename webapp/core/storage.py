@@ -261,6 +261,16 @@ def _s3_client(endpoint_url: str | None) -> Any:
         return client
 
 
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """The process's boto3 S3 client with storage's settings (:func:`_s3_client`): for readers of
+    other buckets than ``STORAGE_URL``'s, such as an S3 source (:mod:`jobs.sync_job`).
+
+    Raises:
+        StorageError: the client cannot be made (a malformed ``AWS_ENDPOINT_URL`` or region).
+    """
+    return _s3_client(endpoint_url)
+
+
 def _s3_error(action: str, key: str, exc: Exception) -> StorageError:
     """A :class:`StorageError` for a boto3/botocore exception: not transient only when the key
     does not exist. The message names the key and S3's error, never a credential."""

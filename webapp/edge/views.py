@@ -1,6 +1,6 @@
 """The HTML pages: upload, live job progress and search (``/``), a document's own page
 (``/documents/<id>``, rendered on the server: its facts and chunks), reports (``/reports``) and
-periodic jobs (``/schedules``).
+periodic jobs (``/schedules``) and sources kept in sync (``/sources``).
 
 The other pages are static shells; their scripts (``static/common.js`` plus one per page) talk to the
 JSON API. No inline script or style, so a Content-Security-Policy without ``'unsafe-inline'``
@@ -46,6 +46,13 @@ def schedules():
     return render_template("schedules.html", page="schedules",
                            jobs=[job for job in SCHEDULABLE_JOBS.values() if admin or not job.admin_only],
                            min_interval=MIN_INTERVAL)
+
+
+@bp.get("/sources")
+def sources():
+    """The sources page (issue 23): add a source (S3 prefix, web URLs, sitemap; optional cron),
+    sync it, see its syncs' counts, delete it — ``static/sources.js`` over ``/api/sources``."""
+    return render_template("sources.html", page="sources")
 
 
 @bp.get("/queues")

@@ -84,6 +84,7 @@ MIGRATION_LOCK_ID = 0x646F636B6574
 
 from webapp.core.migrations import (m0001_baseline, m0002_job_protocol, m0003_schedules, m0004_owners, m0005_search,
                                     m0006_delayed_jobs, m0007_structure, m0008_fetched_documents)
+from webapp.core.migrations import m0009_sources
 from webapp.core.migrations.m0002_job_protocol import JOB_PROTOCOL_COLUMNS  # noqa: F401  (the tests read it)
 from webapp.core.migrations.m0004_owners import OWNER_COLUMNS  # noqa: F401
 from webapp.core.migrations.m0005_search import PGVECTOR_MISSING, SEARCH_INDEX_COLUMNS  # noqa: F401
@@ -103,7 +104,8 @@ MIGRATION_LOCK_ID = 0x646F636B6574
 #: Every step, in order (one module each, beside this one).
 MIGRATIONS: tuple[Migration, ...] = tuple(module.STEP for module in (
     m0001_baseline, m0002_job_protocol, m0003_schedules, m0004_owners, m0005_search, m0006_delayed_jobs,
-    m0007_structure, m0008_fetched_documents))
+    m0007_structure, m0008_fetched_documents,
+    m0009_sources))
 LATEST_VERSION = MIGRATIONS[-1].version
 
 def _schema_version_model(database: Database) -> type[Model]:

@@ -259,3 +259,14 @@ for _kind in (
     ),
 ):
     register(_kind)
+
+
+# --- Sources (issue 23) --------------------------------------------------------------------------
+
+register(JobKind(
+    name="sync", function="jobs.sync_job.sync_source", queue="default", timeout=3600,
+    # A failed listing (S3 or the sitemap briefly away) is tried again twice; items already done
+    # are seen as synced or in flight, so a retry repeats nothing.
+    retry=RetryPolicy(max_retries=2, base_delay=30, max_delay=300),
+    description="Sync one source (S3 prefix, web URLs, sitemap): ingest new and changed items, delete gone ones.",
+))

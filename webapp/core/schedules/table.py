@@ -47,14 +47,14 @@ class SchedulableJob:
         description: one sentence for the API and the schedules page.
         params: parameter name → (type, description); nothing else is accepted.
         start: starts one run with the schedule's ``params``, the app config and the schedule's
-            owner (``None``: the system's); returns the Job row it launched.
+            owner (``None``: the system's); returns the Job row it launched, or ``None`` when it declined to start now (skipped).
         admin_only: only an admin may add it (maintenance jobs act on every owner's rows).
     """
 
     name: str
     description: str
     params: dict[str, tuple[type, str]]
-    start: Callable[[dict[str, Any], dict[str, Any], str | None], Job]
+    start: Callable[[dict[str, Any], dict[str, Any], str | None], Job | None]
     admin_only: bool = True
 
 
@@ -79,6 +79,14 @@ def _start_activity_report(params: dict[str, Any], config: dict[str, Any], owner
     return Job.find(report.job_id)
 
 
+def _start_source_sync(params: dict[str, Any], config: dict[str, Any], owner: str | None) -> Job | None:
+    """A sync of source ``source_id`` through its one-at-a-time guard
+    (:func:`webapp.core.sources.start_scheduled_sync`); ``None`` when skipped (a sync still runs)."""
+    from webapp.core.sources import start_scheduled_sync
+
+    return start_scheduled_sync(params, config, owner)
+
+
 SCHEDULABLE_JOBS: dict[str, SchedulableJob] = {
     job.name: job
     for job in (
@@ -92,6 +100,11 @@ SCHEDULABLE_JOBS: dict[str, SchedulableJob] = {
         SchedulableJob("activity_report", "An activity report of the last hours (parameter hours, default 24), "
                        "on the high queue.",
                        {"hours": (int, "hours covered (1–8784)")}, _start_activity_report, admin_only=False),
+        # Sources (issue 23): POST /api/sources with "cron" adds one; a due time while the
+        # source's previous sync still runs is skipped.
+        SchedulableJob("sync_source", "Sync a source (parameter source_id): ingest new and changed items, "
+                       "delete gone ones.", {"source_id": (str, "the source's id")}, _start_source_sync,
+                       admin_only=False),
     )
 }
 
@@ -356,6 +369,9 @@ def fire(schedule_id: str) -> Job | None:
             job = None  # launch marked the row failed (queue_unavailable); it is still the last run
             job_id = exc.job_ids[0] if exc.job_ids else None
         else:
+            if job is None:  # the start refused to launch now (a source's sync still running): skipped
+                log.info("schedule %s: its %s job did not start now; skipped", schedule_id, schedule.job)
+                return None
             job_id = job.id
         Schedule.update(last_run_at=utcnow(), last_job_id=job_id).where(Schedule.id == schedule_id).execute()
     log.info("schedule %s: started %s job %s", schedule_id, schedule.job, job_id)
