@@ -374,13 +374,19 @@ def sources_list(ctx: click.Context) -> None:
     if output.as_json:
         output.json(answer)
         return
-    rows = [[s.get("id"), s.get("kind"), s.get("name"), _where(s), s.get("schedule"), _last_sync(s.get("last_sync"))]
+    rows = [[s.get("id"), s.get("kind"), s.get("name"), _where(s), _cron(s.get("schedule")),
+             _last_sync(s.get("sync_job") or s.get("last_sync"))]
             for s in answer.get("sources") or []]
     output.table(["Id", "Kind", "Name", "Where", "Schedule", "Last sync"], rows)
 
 
 def _where(source: dict) -> str:
     return str(source.get("url") or ", ".join(map(str, source.get("urls") or [])))
+
+
+def _cron(schedule: Any) -> str:
+    """A source's schedule as the server gives it (``{"cron": …}``, or a bare string) as its cron text."""
+    return str(schedule.get("cron") or "") if isinstance(schedule, dict) else _text(schedule)
 
 
 def _last_sync(value: Any) -> str:
@@ -403,7 +409,7 @@ def sources_add(ctx: click.Context, urls: tuple[str, ...], kind: str | None, sch
     if kind in ("s3", "sitemap") and len(urls) != 1:
         raise click.UsageError(f"A {kind} source has one URL; give web page URLs with --kind web.")
     body: dict[str, Any] = {"kind": kind, **({"urls": list(urls)} if kind == "web" else {"url": urls[0]})}
-    body.update({key: value for key, value in (("schedule", schedule), ("name", name)) if value})
+    body.update({key: value for key, value in (("cron", schedule), ("name", name)) if value})
     _show_source(_output(ctx), _client(ctx).add_source(body))
 
 

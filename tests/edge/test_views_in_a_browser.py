@@ -682,6 +682,14 @@ def test_usable_at_375_px(new_context, worker: Docket, watched: Watched):
     assert scroll_width(page) <= NARROW["width"]
     shot(page, "narrow-schedules")
 
+    page.goto("/sources")  # add one: its row, with its buttons, must fit too
+    page.get_by_label("Kind").select_option("web")
+    page.get_by_label("URL, or URLs one a line").fill("http://127.0.0.1:9/a-rather-long-path/of-a-handbook/page.html")
+    page.get_by_role("button", name="Add source").tap()
+    expect(page.locator("#sources > li, #sources tr").first).to_contain_text("page.html")
+    assert scroll_width(page) <= NARROW["width"]
+    shot(page, "narrow-sources")
+
 
 # ---------- the keyboard ----------
 
@@ -709,7 +717,7 @@ def focus_stops(page: Page, count: int) -> list[dict]:
 
 def test_every_control_is_labelled(page: Page, worker: Docket):
     page.goto("/signin")
-    pages = ["/signin", "/", "/reports", "/schedules"]
+    pages = ["/signin", "/", "/reports", "/schedules", "/sources"]
     for path in pages:
         if path == "/":
             sign_in(page, worker.token("labels-person", admin=True))
@@ -739,9 +747,9 @@ def test_keyboard_only_upload_and_search(page: Page, worker: Docket):
     expect(page.locator("#documents-message")).to_have_text("No documents yet. Upload one above.")
 
     # Tab order: skip link, the navigation, sign out, then the upload form top to bottom, search.
-    stops = focus_stops(page, 16)
+    stops = focus_stops(page, 17)
     names = [s["id"] or s["text"] for s in stops]
-    assert names == ["Skip to content", "Documents", "Reports", "Schedules", "Sign out", "upload-file", "upload-urls",
+    assert names == ["Skip to content", "Documents", "Reports", "Schedules", "Sources", "Sign out", "upload-file", "upload-urls",
                      "upload-password", "upload-reprocess", "upload-callback", "upload-delay", "upload-report",
                      "upload-button", "search-q", "Search", "refresh-button"], names
     invisible = [s for s in stops if not (s["outline"] or s["shadow"])]

@@ -70,6 +70,8 @@ def test_an_s3_source_follows_changes_deletions_and_additions(app, bucket, run_w
     response = client.post("/api/sources", json={"kind": "s3", "url": f"s3://{bucket}/notes/"})
     assert response.status_code == 201, response.get_json()
     source_id = response.get_json()["id"]
+    assert response.get_json()["url"] == f"s3://{bucket}/notes/"
+    assert response.get_json()["source_url"] == f"/api/sources/{source_id}"
 
     first = client.post(f"/api/sources/{source_id}/sync")
     assert first.status_code == 202

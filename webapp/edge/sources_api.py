@@ -8,7 +8,7 @@ A source, as every answer here shows it::
      "urls": ["https://…", …] | null,                      # a web source's pages
      "schedule": {"id", "cron", "next_run_at", "url"} | null,
      "sync_job": {"id", "status", "url"} | null,             # the running or last sync
-     "created_at": "…", "url": "/api/sources/…", "sync_url": "/api/sources/…/sync"}
+     "created_at": "…", "source_url": "/api/sources/…", "sync_url": "/api/sources/…/sync"}
 
 ``GET /api/sources/<id>`` adds ``items`` (``{"total", "synced", "pending", "failed"}``) and
 ``syncs`` (the last ``SOURCE_SYNC_HISTORY`` (20), newest first): ``{"job_id", "status", "counts":
@@ -65,7 +65,7 @@ def source_to_dict(source: Source, schedule: Schedule | None = None, next_run_at
             "id": sync_job.id, "status": sync_job.status, "url": url_for("api.get_job", job_id=sync_job.id),
         },
         "created_at": isoformat(source.created_at),
-        "url": url_for("sources_api.get_source", source_id=source.id),
+        "source_url": url_for("sources_api.get_source", source_id=source.id),
         "sync_url": url_for("sources_api.sync_source", source_id=source.id),
     }
 

@@ -17,7 +17,7 @@ async function sourceRow(source) {
   head.append(el("span", "doc-name", source.name), el("span", "doc-meta", `${source.kind} · added ${formatTime(source.created_at)}`));
   item.append(head);
   if (source.schedule) item.append(el("p", "job-detail", `Synced on cron ${source.schedule.cron} (UTC)`));
-  const detail = await getJson(source.url);
+  const detail = await getJson(source.source_url);
   const history = el("ul", "source-syncs");
   const syncs = (detail.ok && detail.data.syncs) || [];
   if (!syncs.length) history.append(el("li", "doc-note", "Not synced yet."));
@@ -62,7 +62,7 @@ async function removeSource(source, withDocuments, message) {
   if (!window.confirm(`Delete ${what}?`)) return;
   sourcesBusy += 1;
   try {
-    const url = withDocuments ? `${source.url}?delete_documents=true` : source.url;
+    const url = withDocuments ? `${source.source_url}?delete_documents=true` : source.source_url;
     const result = await readResponse(await fetch(url, { method: "DELETE", headers: csrfHeaders({ Accept: "application/json" }) }));
     message.textContent = result.ok ? "" : errorMessage(result);
   } catch (_) {
