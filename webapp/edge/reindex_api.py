@@ -15,9 +15,10 @@ The recipe and counts are the web process's configuration's; the reindex job com
 worker's (run both with the same settings).
 
 ``POST /api/admin/reindex`` (no body) launches the ``reindex`` job: ``202 {"job_id", "status",
-"status_url"}``. One at a time: while one is waiting or running the answer is ``409
-reindex_running`` with that job as ``job`` (nothing launched). Cancel it with ``POST
-/api/jobs/<id>/cancel``: it launches nothing more; the document jobs it launched go on.
+"status_url", "launched": true}``. One at a time: while one is waiting or running the answer is
+``200`` with that job and ``"launched": false`` (nothing launched; asking again is harmless, as
+a button pressed twice). Cancel it with ``POST /api/jobs/<id>/cancel``: it launches nothing more;
+the document jobs it launched go on.
 
 Errors: ``401`` without a principal, ``403 admin_required`` for one who is not an admin, ``503
 queue_unavailable`` when Redis cannot be reached.
@@ -79,7 +80,7 @@ def get_reindex():
 
 @bp.post("/reindex")
 def post_reindex():
-    """Launch the reindex job: 202 with it; 409 ``reindex_running`` with the one waiting or running.
+    """Launch the reindex job: 202 with it; 200 with the one waiting or running (nothing launched).
 
     Raises:
         ServiceError: 403 ``admin_required`` (401 without a principal); 503 ``queue_unavailable``
@@ -93,14 +94,6 @@ def post_reindex():
     except (RedisError, LockError) as exc:
         current_app.logger.error("reindex: Redis is unavailable: %s", exc)
         raise ServiceError(503, "queue_unavailable", REDIS_DOWN) from exc
-    link = url_for("api.get_job", job_id=job.id)
-    if not launched:
-        response = jsonify({
-            "error": {"code": "reindex_running",
-                      "message": f"A reindex job is already {job.status} ({job.id}); follow it at {link}, or cancel "
-                                 "it before launching another."},
-            "job": {"job_id": job.id, "status": job.status, "status_url": link},
-        })
-        response.status_code = 409
-        return response
-    return jsonify({"job_id": job.id, "status": job.status, "status_url": link}), 202
+    answer = {"job_id": job.id, "status": job.status, "status_url": url_for("api.get_job", job_id=job.id),
+              "launched": launched}
+    return jsonify(answer), 202 if launched else 200
