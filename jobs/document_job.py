@@ -30,6 +30,7 @@ from webapp.core.db import connection
 from webapp.core.encryption import DecryptionError, decrypt_secret
 from webapp.core.compat.rq_private import extend_time_limit
 from webapp.core.embeddings import EmbeddingError, embedder_from_config, embedder_kind, to_blob
+from webapp.core.indexing import index_digest
 from webapp.core.logs import begin_stage, end_stage
 from webapp.core.models import Chunk, Document
 from webapp.core.protocol.kinds import get_kind
@@ -202,6 +203,8 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
             warnings=extraction.warnings,
             ocr_pages=extraction.ocr_pages,
             extractor_version=EXTRACTOR_VERSION,
+            # What made these chunks, committed with them: a reindex finds the document current.
+            index_digest=index_digest(config),
             password=None,
         ).where(Document.id == document.id).execute()
         if not tracker.finish_query(result).execute():

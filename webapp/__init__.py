@@ -79,6 +79,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(sources_api.bp)  # /api/sources (issue 23)
     app.register_blueprint(queues_api.bp)
+    from webapp.edge import reindex_api
+
+    app.register_blueprint(reindex_api.bp)  # /api/admin/reindex, admins only
     from webapp.edge import prometheus
 
     app.register_blueprint(prometheus.bp)  # GET /metrics (Prometheus), admins only
@@ -102,5 +105,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(tokens_cli)
     from webapp.cli.documents import documents_cli
 
-    app.cli.add_command(documents_cli)  # documents reprocess
+    app.cli.add_command(documents_cli)  # documents reprocess, documents reindex
     return app

@@ -283,8 +283,10 @@ def applied_line(versions: list[int]) -> str:
 
 
 def test_migrations_are_numbered_from_one_without_gaps():
-    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert LATEST_VERSION == len(MIGRATIONS)
+    versions = [m.version for m in MIGRATIONS]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+    assert versions == list(range(1, LATEST_VERSION + 1))
+    assert LATEST_VERSION == versions[-1]
     assert len({m.name for m in MIGRATIONS}) == len(MIGRATIONS)
 
 

@@ -109,29 +109,37 @@ def test_openai_embedded_chunks_are_normalised_searchable_and_kept_apart_from_ha
     assert sorted(sent) == sorted(embedded(c) for c in dpr_chunks + lorem_chunks)
     assert any(recorded.shuffled for recorded in worker_requests)
 
-    # Search on the OpenAI-configured app: the query goes through the local server as well.
+    # Search on the OpenAI-configured app: the query goes through the local server as well, for
+    # the OpenAI chunks; the offline embedder's chunk is ranked in its own space against its own
+    # embedding of the query (no request), and the two rankings are fused by rank.
     hits = openai_client.get("/api/search", query_string={"q": DPR_QUERY, "k": 50, "mode": "vector"})
     assert hits.status_code == 200, hits.get_json()
     results = hits.get_json()["results"]
     query_request = openai_server.requests[-1]
     assert len(openai_server.requests) == len(worker_requests) + 1
     assert query_request.inputs == [DPR_QUERY] and query_request.authorization == f"Bearer {API_KEY}"
-    assert results[0]["document_id"] == dpr["id"] and results[0]["filename"] == "dpr-paper-two-column.pdf"
-    # Only OpenAI chunks are ranked (there are more than k = 50 of them), never the hashing one.
     assert len(dpr_chunks + lorem_chunks) > 50 and len(results) == 50
-    assert {r["chunk_id"] for r in results} <= {c.id for c in dpr_chunks + lorem_chunks}
+    openai_ids = {c.id for c in dpr_chunks + lorem_chunks}
+    assert {c.id for c in hashed_chunks} <= {r["chunk_id"] for r in results}  # its space's best: ranked too
+    in_openai = [r for r in results if r["chunk_id"] in openai_ids]
+    assert in_openai[0]["document_id"] == dpr["id"] and in_openai[0]["filename"] == "dpr-paper-two-column.pdf"
+    # Within the OpenAI space, the order of the cosine similarities to the server's query vector;
+    # scores are the fusion's (1 / (60 + rank in its space)), never one model's score against another's.
+    query_vector = normalised(fake_embedding(DPR_QUERY))
+    by_id = {c.id: c for c in dpr_chunks + lorem_chunks}
+    cosines = [round(float(vectors_of([by_id[r["chunk_id"]]])[0] @ query_vector), 6) for r in in_openai]
+    assert cosines == sorted(cosines, reverse=True)
+    assert [r["score"] for r in in_openai] == [round(1 / (60 + rank), 6) for rank in range(1, len(in_openai) + 1)]
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
-    query_vector = normalised(fake_embedding(DPR_QUERY))
-    by_id = {c.id: c for c in dpr_chunks}
-    top = by_id[results[0]["chunk_id"]]
-    assert results[0]["score"] == pytest.approx(float(vectors_of([top])[0] @ query_vector), abs=1e-5)
 
-    # Search on an app without a key (the offline embedder): only its chunk, no OpenAI chunk.
+    # Search on an app without a key (the offline embedder): its chunk by its own vectors; the
+    # OpenAI space cannot embed the query here, so its chunks are ranked by full text only.
     hashing_hits = client.get("/api/search", query_string={"q": DPR_QUERY, "k": 50})
     assert hashing_hits.status_code == 200
-    assert [r["chunk_id"] for r in hashing_hits.get_json()["results"]] == [c.id for c in hashed_chunks]
-    assert len(openai_server.requests) == len(worker_requests) + 1  # the hashing search called nobody
+    found = [r["chunk_id"] for r in hashing_hits.get_json()["results"]]
+    assert {c.id for c in hashed_chunks} <= set(found) and set(found) - {c.id for c in hashed_chunks} <= openai_ids
+    assert len(openai_server.requests) == len(worker_requests) + 1  # the offline search called nobody
 
     # The query cannot be embedded: a 502 with the service's reason, not a 500.
     openai_server.mode = "unauthorized"
@@ -152,10 +160,12 @@ def test_embedding_model_setting_names_the_model_and_the_vector_space(app, confi
     assert_openai_chunks(chunks_of(app, document["id"]), model="text-embedding-3-large")
     assert openai_server.requests and {r.model for r in openai_server.requests} == {"text-embedding-3-large"}
 
-    # An app on the default model is another vector space: it finds nothing (and embeds nothing).
+    # An app on the default model finds it too: the chunks' vector space is ranked with its own
+    # model (text-embedding-3-large), never against a text-embedding-3-small query vector.
     count = len(openai_server.requests)
-    assert openai_client.get("/api/search", query_string={"q": "lorem ipsum"}).get_json()["results"] == []
-    assert len(openai_server.requests) == count
+    results = openai_client.get("/api/search", query_string={"q": "lorem ipsum"}).get_json()["results"]
+    assert [r["document_id"] for r in results] == [document["id"]]
+    assert len(openai_server.requests) == count + 1 and openai_server.requests[-1].model == "text-embedding-3-large"
     large = create_app({**config, "OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": openai_server.url,
                         "EMBEDDING_MODEL": "text-embedding-3-large"})
     results = api_client(large).get("/api/search", query_string={"q": "lorem ipsum"}).get_json()["results"]

@@ -207,3 +207,91 @@ def test_deleting_a_document_removes_its_full_text_rows(indexed):
             database.execute_sql("INSERT INTO chunk_fts(chunk_fts, rank) VALUES ('integrity-check', 1)")
     with indexed.test_request_context(), connection():
         assert geneva not in {r["document_id"] for r in search_chunks("Geneva", 50, mode="text")}
+
+
+# --- several vector spaces at once (after a change of EMBEDDER, before the reindex ends) -----------
+
+# One distinctive phrase per document; the first half embedded by hashing, the rest by WordLlama.
+PHRASES = ["quarterly falconry budget", "submarine cable inspection", "vineyard irrigation schedule",
+           "glacier retreat measurements", "lighthouse keeper roster", "orchestra tuning protocol"]
+
+
+def _store(database, embedder, filename: str, text: str, space: str | None = None) -> str:
+    vector = embedder.embed([text])
+    document = Document.create(filename=filename, content_type="text/plain", size_bytes=len(text),
+                               sha256=filename.rjust(64, "0"), storage_key=f"documents/x/{filename}", owner="alice")
+    name = space or embedder.name
+    ensure_vector_index(database, name, vector.shape[1])
+    Chunk.create(document=document.id, ordinal=0, text=text, embedding_model=name, dimensions=vector.shape[1],
+                 embedding=to_blob(vector[0]))
+    store_vectors(database, document.id, [0], vector)
+    return document.id
+
+
+@pytest.fixture
+def two_spaces(app):
+    """The app (configured embedder: WordLlama) with documents in two vector spaces: hashing's
+    (made before EMBEDDER changed) and WordLlama's. Returns (app, {phrase: document id})."""
+    from webapp.core.embeddings import embedder_for_space
+
+    assert embedder_from_config(app.config).name.startswith("wordllama")
+    hashing = embedder_for_space(app.config, "hashing-v1:2048")
+    with app.app_context(), connection() as database:
+        documents = {}
+        for n, phrase in enumerate(PHRASES):
+            embedder = hashing if n < len(PHRASES) // 2 else embedder_from_config(app.config)
+            documents[phrase] = _store(database, embedder, f"doc-{n}.txt",
+                                       f"Minutes of the meeting about the {phrase}, with actions.")
+    return app, documents
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "text"])
+def test_every_document_is_found_whichever_vector_space_its_chunks_are_in(two_spaces, mode):
+    app, documents = two_spaces
+    with app.test_request_context(), connection():
+        for phrase, document_id in documents.items():
+            results = search_chunks(phrase, 3, mode=mode)
+            # Vector mode interleaves the spaces' rankings (rank 1 of each ties): among the first
+            # two; hybrid's and text's full-text ranking puts it first.
+            top = [r["document_id"] for r in results[:2 if mode == "vector" else 1]]
+            assert document_id in top, (phrase, mode, results)
+
+
+def test_vector_mode_fuses_each_spaces_own_ranking_by_rank_never_by_score(two_spaces):
+    from webapp.core.embeddings import embedder_for_space
+    from webapp.core.search import fuse
+
+    app, documents = two_spaces
+    query = "falconry budget meeting"
+    with app.test_request_context(), connection():
+        expected = []
+        for space in sorted({c.embedding_model for c in Chunk.select()}):
+            embedder = embedder_for_space(app.config, space)
+            rows = list(Chunk.select().where(Chunk.embedding_model == space).order_by(Chunk.id))
+            query_vector = np.asarray(embedder.embed([query])[0], dtype=np.float64)
+            scores = [round(float(from_blobs([c.embedding], c.dimensions)[0].astype(np.float64) @ query_vector), 6)
+                      for c in rows]
+            expected.append(sorted(zip((c.id for c in rows), scores), key=lambda pair: (-pair[1], pair[0])))
+        got = [(r["chunk_id"], r["score"]) for r in search_chunks(query, 50, mode="vector")]
+    assert got == fuse(expected)
+    assert len(got) == len(PHRASES)  # every chunk of both spaces, each ranked in its own
+
+
+def test_a_space_without_a_query_embedder_is_ranked_by_full_text(two_spaces, caplog):
+    app, documents = two_spaces
+    from webapp.core.embeddings import embedder_for_space
+
+    with app.app_context(), connection() as database:
+        # Chunks of an OpenAI model while this app has no OPENAI_API_KEY, and of a retired model.
+        openai = _store(database, embedder_for_space(app.config, "hashing-v1:2048"), "openai.txt",
+                        "The saxophone maintenance checklist.", space="openai:text-embedding-3-small")
+        retired = _store(database, embedder_for_space(app.config, "hashing-v1:2048"), "retired.txt",
+                         "The trombone rehearsal calendar.", space="hashing-v0:1024")
+    with app.test_request_context(), connection():
+        for mode in ("vector", "hybrid"):
+            for query, document_id in (("saxophone maintenance", openai), ("trombone rehearsal", retired),
+                                       ("lighthouse keeper roster", documents["lighthouse keeper roster"])):
+                # Ranked by text only, such a chunk ties with the other rankings' first ones.
+                found = [r["document_id"] for r in search_chunks(query, 4, mode=mode)]
+                assert document_id in found, (query, mode, found)
+    assert any("needs OPENAI_API_KEY" in record.getMessage() for record in caplog.records)

@@ -1,57 +1,38 @@
-"""``flask --app wsgi documents reprocess``: process stored documents again — after the readers
-improved (``--without-structure``: documents made before headings, tables and OCR were kept), or
-for one owner or one type — through ordinary document jobs, at a bounded rate.
+"""``flask --app wsgi documents reprocess`` and ``documents reindex``: process stored documents
+again through ordinary document jobs, at a bounded rate.
 
-Each document goes the way of every job (:func:`webapp.core.documents.reprocess_document`: row
-committed, then enqueued); a document whose job is still waiting or running is skipped, not
-doubled. The launches are paced evenly at ``--rate`` per second (a monotonic clock: no burst at
-the start of each second, nothing to share between processes), and stop while the ``default``
-queue (the document jobs' queue) holds more than ``--max-queued`` jobs, so a library of 100,000
-documents does not bury the uploads behind it.
+* ``reprocess`` — after the readers improved (``--without-structure``: documents made before
+  headings, tables and OCR were kept), or for one owner or one type;
+* ``reindex`` — the documents a settings change left stale (``EMBEDDER``, ``CHUNK_SIZE``, …:
+  :mod:`webapp.core.indexing`), from this command's configuration.
+
+Both share one launch loop (:func:`webapp.core.relaunch.relaunch_documents`): each document goes
+the way of every job (row committed, then enqueued); a document whose job is still waiting or
+running is skipped, not doubled. The launches are paced evenly at ``--rate`` per second and stop
+while the ``default`` queue (the document jobs' queue) holds more than ``--max-queued`` jobs, so a
+library of 100,000 documents does not bury the uploads behind it.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import Callable
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
-from redis.exceptions import RedisError
 
 from webapp.core.db import connection
-from webapp.core.documents import documents_to_reprocess, reprocess_document
-from webapp.core.models import Document, Job
+from webapp.core.documents import documents_to_reprocess
+from webapp.core.indexing import in_flight, index_digest, index_recipe, stale_documents
+from webapp.core.models import Document
 from webapp.core.protocol.kinds import get_kind
-from webapp.core.protocol.launch import QueueUnavailable
-from webapp.core.protocol.states import TERMINAL
 from webapp.core.queues import rq
-
-QUEUE_POLL_SECONDS = 1.0  # how often a full queue is looked at again
+from webapp.core.relaunch import Pacer, relaunch_documents  # noqa: F401  (Pacer: the tests read it here)
 
 
 @click.group("documents")
 def documents_cli() -> None:
-    """Stored documents: reprocess them."""
-
-
-class Pacer:
-    """Evenly spaced moments at ``rate`` per second on a monotonic clock: :meth:`wait` returns
-    at the earliest at the previous moment plus ``1 / rate`` s (never earlier than now: time
-    spent elsewhere, e.g. waiting for the queue, is not made up by a burst)."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.interval, self.clock, self.sleep = 1.0 / rate, clock, sleep
-        self.next_at: float | None = None
-
-    def wait(self) -> None:
-        now = self.clock()
-        if self.next_at is not None and now < self.next_at:
-            self.sleep(self.next_at - now)
-            now = self.next_at
-        self.next_at = now + self.interval
+    """Stored documents: reprocess them, or reindex the ones a settings change left stale."""
 
 
 @documents_cli.command("reprocess")
@@ -82,54 +63,95 @@ def reprocess_command(everything: bool, owner: str | None, content_type: str | N
     with connection():
         selection = documents_to_reprocess(owner=owner, content_type=content_type, without_structure=without_structure)
         document_ids = [row.id for row in selection.select(Document.id)]
-        in_flight = (selection.select(Document.id).join(Job, on=(Job.id == Document.job_id))
-                     .where(Job.status.not_in(tuple(TERMINAL))).count())
+        skipped = in_flight(selection)
     if dry_run:
-        console.print(f"Would launch {len(document_ids) - in_flight} document job(s): {len(document_ids)} "
-                      f"document(s) selected, {in_flight} skipped (still queued or running).")
+        console.print(f"Would launch {len(document_ids) - skipped} document job(s): {len(document_ids)} "
+                      f"document(s) selected, {skipped} skipped (still queued or running).")
         return
     counts = _launch(console, document_ids, rate, max_queued)
-    _print_summary(len(document_ids), counts)
+    _print_summary(len(document_ids), counts, "Docket reprocess")
+    sys.exit(1 if counts["refused"] else 0)
+
+
+@documents_cli.command("reindex")
+@click.option("--owner", default=None, help="Only this owner's documents.")
+@click.option("--rate", default=5.0, show_default=True, type=click.FloatRange(min=0.01, max=1000),
+              help="Documents launched per second, at most.")
+@click.option("--max-queued", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Launch nothing while the document jobs' queue holds more jobs than this (0: no bound).")
+@click.option("--limit", default=None, type=click.IntRange(min=1),
+              help="Launch at most this many documents (the oldest stale ones first).")
+@click.option("--dry-run", is_flag=True, help="Only print the recipe and how many documents would be launched.")
+@with_appcontext
+def reindex_command(owner: str | None, rate: float, max_queued: int, limit: int | None, dry_run: bool) -> None:
+    """Process again the documents a settings change left stale, RATE per second at most.
+
+    Stale: documents with chunks made under other settings than this command's configuration
+    (EMBEDDER and its model, CHUNK_SIZE, CHUNK_OVERLAP, OCR, PDF_TABLES, the extractor's version),
+    or before digests were kept. Run it with the workers' settings. A document whose job is still
+    queued or running is skipped. Search keeps answering from each document's old chunks until
+    its new ones are stored. Prints the counts; exits 1 when the queue (Redis) refused a job.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    config = current_app.config
+    recipe, digest = index_recipe(config), index_digest(config)
+    console.print("Recipe " + digest[:12] + ": " + ", ".join(f"{key}={value}" for key, value in recipe.items()))
+    with connection():
+        selection = stale_documents(digest, owner=owner)
+        document_ids = [row.id for row in selection.select(Document.id)]
+        skipped = in_flight(selection)
+    stale = len(document_ids)
+    if limit is not None:
+        document_ids = document_ids[:limit]
+    if dry_run:
+        console.print(f"Would launch at most {min(len(document_ids), stale - skipped)} document job(s): {stale} stale "
+                      f"document(s), {skipped} of them still queued or running.")
+        return
+    counts = _launch(console, document_ids, rate, max_queued)
+    _print_summary(len(document_ids), counts, "Docket reindex")
     sys.exit(1 if counts["refused"] else 0)
 
 
 def _launch(console, document_ids: list[str], rate: float, max_queued: int) -> dict[str, int]:
-    """Launch the documents' jobs with a progress bar; counts of ``launched``, ``skipped``
-    (in flight, or deleted meanwhile) and ``refused`` (Redis refused: the run stops there)."""
+    """Launch the documents' jobs with a progress bar (:func:`~webapp.core.relaunch.relaunch_documents`);
+    counts of ``launched``, ``skipped`` (in flight, or deleted meanwhile) and ``refused`` (Redis
+    refused: the run stops there)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    counts = {"launched": 0, "skipped": 0, "refused": 0}
     queue = rq.get_queue(get_kind("document").queue)
-    pacer = Pacer(rate)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress, connection():
         task = progress.add_task("Launching", total=len(document_ids))
-        for document_id in document_ids:
-            try:
-                if max_queued and queue.count > max_queued:
-                    console.print(f"The {queue.name} queue holds {queue.count} jobs, more than --max-queued "
-                                  f"{max_queued}: waiting for the workers.")
-                    while queue.count > max_queued:
-                        progress.update(task, description=f"Waiting ({queue.count} queued > {max_queued})")
-                        time.sleep(QUEUE_POLL_SECONDS)
-                progress.update(task, description="Launching")
-                pacer.wait()
-                job = reprocess_document(document_id)
-            except (QueueUnavailable, RedisError) as exc:
-                counts["refused"] += 1
-                console.print(f"[red]The queue refused document {document_id}: {exc} Stopped; run the command "
-                              "again later (launched documents are not launched twice).[/red]")
-                break
-            counts["launched" if job is not None else "skipped"] += 1
+
+        def full() -> bool:
+            return bool(max_queued) and queue.count > max_queued
+
+        def waiting(first: bool) -> None:
+            count = queue.count
+            if first:
+                console.print(f"The {queue.name} queue holds {count} jobs, more than --max-queued "
+                              f"{max_queued}: waiting for the workers.")
+            progress.update(task, description=f"Waiting ({count} queued > {max_queued})")
+
+        def launched(document_id: str, job) -> None:
+            progress.update(task, description="Launching")
             progress.advance(task)
-    return counts
+
+        def refused(document_id: str, exc: Exception) -> None:
+            console.print(f"[red]The queue refused document {document_id}: {exc} Stopped; run the command "
+                          "again later (launched documents are not launched twice).[/red]")
+
+        return relaunch_documents(document_ids, rate, full=full, on_wait=waiting, on_result=launched,
+                                  on_refused=refused)
 
 
-def _print_summary(selected: int, counts: dict[str, int]) -> None:
+def _print_summary(selected: int, counts: dict[str, int], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Docket reprocess")
+    table = Table(title=title)
     for column in ("Selected", "Launched", "Skipped (in flight)", "Refused by the queue", "Not reached"):
         table.add_column(column, justify="right")
     reached = counts["launched"] + counts["skipped"] + counts["refused"]

@@ -292,6 +292,11 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # Seconds a job may wait in place for a rate limit's budget before it is rescheduled.
         "RATE_LIMIT_MAX_WAIT": _float(env, "RATE_LIMIT_MAX_WAIT", 5.0),
         "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
+        # --- re-indexing after a settings change (webapp/core/indexing.py, jobs/reindex_job.py) ---
+        # Document jobs a reindex job launches per second, at most, and how many of the jobs it
+        # launched may wait in the queue at once (it waits while that many do; 0: no bound).
+        "REINDEX_RATE": _float(env, "REINDEX_RATE", 5.0),
+        "REINDEX_MAX_QUEUED": _int(env, "REINDEX_MAX_QUEUED", 100),
         # Chunks a search reads and scores at a time: its memory is bounded by one block
         # (rows × dimensions × 4 bytes: 16 MB at 2,048 rows of the hashing embedder's 2,048).
         "SEARCH_BLOCK_ROWS": _int(env, "SEARCH_BLOCK_ROWS", 2048),
@@ -347,6 +352,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
     # Werkzeug refuses a form of more parts than this with a bare 413 (webapp.edge.json_errors names it):
     # the files and a few other fields (password, reprocess, callback_url).
     config["MAX_FORM_PARTS"] = config["MAX_FILES_PER_UPLOAD"] + 10
+    if not 0.01 <= config["REINDEX_RATE"] <= 1000:
+        raise ValueError("REINDEX_RATE must be between 0.01 and 1000 documents per second")
+    if config["REINDEX_MAX_QUEUED"] < 0:
+        raise ValueError("REINDEX_MAX_QUEUED must not be negative (0: no bound)")
     if config["SEARCH_BLOCK_ROWS"] < 1:
         raise ValueError("SEARCH_BLOCK_ROWS must be at least 1")
     if config["STORAGE_URL"]:

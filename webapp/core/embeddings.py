@@ -476,6 +476,52 @@ def embedder_from_config(config: Mapping[str, Any]) -> Embedder:
     )
 
 
+class SpaceUnavailable(ValueError):
+    """No embedder can be built here for a vector space (:func:`embedder_for_space`); ``str(exc)``
+    says why in a sentence."""
+
+
+def embedder_for_space(config: Mapping[str, Any], space: str) -> Embedder:
+    """The embedder that makes the vectors of vector space ``space`` (a ``Chunk.embedding_model``),
+    whatever ``EMBEDDER`` selects: a search ranks each space's chunks against the query embedded
+    by that space's own model, so documents not yet re-embedded after an ``EMBEDDER`` change stay
+    findable.
+
+    Args:
+        config: the app's configuration; an OpenAI space takes ``OPENAI_API_KEY``,
+            ``OPENAI_BASE_URL``, the timeouts, batch size and rate limits from it, and its model
+            from ``space`` (``openai:<model>``).
+        space: the vector space's name, e.g. ``wordllama:l2_supercat-256``, ``hashing-v1:2048``,
+            ``openai:text-embedding-3-small``.
+
+    Returns:
+        The embedder (built once per process for the same settings, as :func:`embedder_from_config`);
+        its ``name`` is ``space``.
+
+    Raises:
+        SpaceUnavailable: an OpenAI space without ``OPENAI_API_KEY``, or a space no embedder of
+            this version makes (an older hashing or WordLlama version, an unknown name).
+    """
+    if space == WordLlamaEmbedder.name:
+        return _build_embedder("wordllama", None, "", None, 0, 0, 0)
+    if space == HashingEmbedder.name:
+        return _build_embedder("hashing", None, "", None, 0, 0, 0)
+    if space.startswith("openai:") and len(space) > len("openai:"):
+        if not config.get("OPENAI_API_KEY"):
+            raise SpaceUnavailable(f"vector space {space} needs OPENAI_API_KEY to embed a query")
+        return _build_embedder(
+            "openai",
+            config.get("OPENAI_API_KEY"),
+            space[len("openai:"):],
+            config.get("OPENAI_BASE_URL"),
+            config.get("OPENAI_TIMEOUT", 60),
+            config.get("OPENAI_MAX_RETRIES", 3),
+            config.get("EMBEDDING_BATCH_SIZE", OPENAI_MAX_INPUTS_PER_REQUEST),
+            rate_limit_settings(config),
+        )
+    raise SpaceUnavailable(f"no embedder of this version of Docket makes vector space {space}")
+
+
 #: What the OpenAI budgets need from the configuration (webapp/core/workflows/rate_limits.py).
 RATE_LIMIT_SETTINGS = ("REDIS_URL", "REDIS_TLS_VERIFY", "OPENAI_REQUESTS_PER_MINUTE", "OPENAI_TOKENS_PER_MINUTE",
                        "OPENAI_RATE_WINDOW", "RATE_LIMIT_MAX_WAIT")

@@ -96,6 +96,9 @@ class Document(db.Model):
     ocr_pages = IntegerField(null=True)  # pages read by OCR in the run that made its chunks
     # jobs.readers.base.EXTRACTOR_VERSION of that run; None: chunks made before structure was kept
     extractor_version = IntegerField(null=True)
+    # webapp.core.indexing.index_digest of the settings that made its chunks (extractor, chunk
+    # size and overlap, vector space, OCR, PDF tables); None: made before digests were kept.
+    index_digest = CharField(max_length=64, null=True)
     owner = CharField(max_length=64, null=True, index=True)  # ApiToken.owner of the uploader
     created_at = DateTimeField(default=utcnow, index=True)
     # A fetched document (POST /api/documents with JSON urls): the URL its fetch job downloads, and the

@@ -1,7 +1,14 @@
 """Search: the top-k chunks for a query, by vector similarity, by full text, or both fused.
 
-Three rankings of one vector space's chunks (the configured embedder's), always filtered inside
-the queries (owner, document, batch), never after:
+Rankings of the chunks in the search's scope, always filtered inside the queries (owner,
+document, batch), never after. Each **vector space** (``Chunk.embedding_model``: one model's
+vectors) present in the scope is ranked on its own, against the query embedded by that space's
+model (:func:`webapp.core.embeddings.embedder_for_space`): usually there is one, the configured
+embedder's; after a change of ``EMBEDDER`` there are two until a reindex has re-embedded every
+document, and each document stays findable meanwhile. Scores of different models are never
+compared: the rankings are fused by their ranks (reciprocal rank fusion). A space whose query
+embedder cannot be built here (an OpenAI space without ``OPENAI_API_KEY``, a space of an older
+Docket) is ranked by full text instead, logged once per process.
 
 * **vector**: cosine similarity to the query's embedding. On PostgreSQL pgvector's HNSW index of
   the vector space (:mod:`webapp.core.vector_index`) proposes ``max(k, CANDIDATES)`` candidates (with
@@ -20,7 +27,12 @@ the queries (owner, document, batch), never after:
   or more add no candidates unless all words do). The user's text never reaches FTS syntax:
   it is split into words, each quoted.
 * **hybrid** (default): reciprocal rank fusion (Cormack, Clarke & Büttcher 2009) of the vector
-  and text rankings, each cut at ``CANDIDATES``: score = Σ 1 / (``RRF_K`` + rank), rank from 1.
+  rankings (one per space) and the text ranking (every chunk in scope, of any space), each cut
+  at ``CANDIDATES``: score = Σ 1 / (``RRF_K`` + rank), rank from 1.
+
+With one vector space in scope, vector mode's scores are its cosine similarities; with several,
+vector mode answers the reciprocal rank fusion of the spaces' rankings (and of the text
+rankings standing in for spaces without a query embedder), scores as in hybrid mode.
 
 Memory per request is bounded by the candidates and one block of vectors, whatever the number of
 chunks; nothing loads a vector space into Python.
@@ -30,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -38,7 +51,7 @@ from typing import Any, Iterator
 import numpy as np
 from flask import current_app
 
-from webapp.core.embeddings import embedder_from_config, from_blobs
+from webapp.core.embeddings import EmbeddingError, SpaceUnavailable, embedder_for_space, embedder_from_config, from_blobs
 from webapp.core.models import Chunk, Document
 from webapp.core.vector_index import is_postgres, space_predicate, vector_expression, vector_literal, vector_type
 
@@ -60,13 +73,13 @@ HNSW_MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 HNSW_EF_SEARCH = 200
 
 WORD = re.compile(r"\w+")
+log = logging.getLogger(__name__)
 
 
 def search_chunks(query: str, k: int, owner: str | None = None, document_id: str | None = None,
                   batch_id: str | None = None, mode: str = "hybrid") -> list[dict[str, Any]]:
-    """Rank the chunks of the configured embedder's vector space for ``query``.
-
-    Chunks embedded by another model (another vector space) are never returned.
+    """Rank the chunks in scope for ``query``, each vector space against its own model's embedding
+    of the query (module docstring).
 
     Args:
         query: the search text (non-empty).
@@ -79,39 +92,94 @@ def search_chunks(query: str, k: int, owner: str | None = None, document_id: str
     Returns:
         Up to ``k`` dicts ``{"document_id", "filename", "chunk_id", "ordinal", "page_start",
         "page_end", "headings", "ocr", "score", "text"}``, best first (equal scores: the older chunk first). ``score``: vector
-        mode the cosine similarity (−1…1); text mode the BM25 score (≥ 0); hybrid the fused RRF
-        score (at most 2 / 61). All rounded to 6 decimals.
+        mode the cosine similarity (−1…1) with one vector space in scope, the fused RRF score with
+        several; text mode the BM25 score (≥ 0); hybrid the fused RRF score. All rounded to 6 decimals.
 
     Raises:
         ValueError: ``mode`` is not one of :data:`MODES`.
-        webapp.core.embeddings.EmbeddingError: the embedding service failed for the query (vector
-            and hybrid modes).
+        webapp.core.embeddings.EmbeddingError: the embedding service failed for the query in the
+            configured embedder's space (vector and hybrid modes; another space falls back to
+            its text ranking, logged).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     config = current_app.config
-    embedder = embedder_from_config(config)
-    scope = _Scope(embedder.name, owner, document_id, batch_id)
+    everything = _Scope(None, owner, document_id, batch_id)
+    if mode == "text":
+        return _details(_text_ranking(everything, query, k))
+    configured = embedder_from_config(config)
+    n = k if mode == "vector" else max(k, CANDIDATES)
+    vector_rankings, without_embedder = [], []
+    for space in spaces_in_scope(everything) or [configured.name]:
+        scope = everything.within(space)
+        embedder = configured if space == configured.name else _space_embedder(config, space)
+        if embedder is None:
+            without_embedder.append(scope)
+            continue
+        try:
+            vector_rankings.append(_vector_ranking(scope, query, embedder, n, config["SEARCH_BLOCK_ROWS"]))
+        except EmbeddingError as exc:
+            if space == configured.name:
+                raise
+            log.warning("search: the query could not be embedded for vector space %s (%s); its chunks are "
+                        "ranked by full text for this search", space, exc)
+            without_embedder.append(scope)
     if mode == "vector":
-        ranked = _vector_ranking(scope, query, embedder, k, config["SEARCH_BLOCK_ROWS"])
-    elif mode == "text":
-        ranked = _text_ranking(scope, query, k)
+        if len(vector_rankings) == 1 and not without_embedder:
+            ranked = vector_rankings[0]  # one space: its own scores (cosine similarity)
+        else:
+            ranked = fuse([*vector_rankings, *(_text_ranking(scope, query, n) for scope in without_embedder)])[:k]
     else:
-        vector = _vector_ranking(scope, query, embedder, max(k, CANDIDATES), config["SEARCH_BLOCK_ROWS"])
-        text = _text_ranking(scope, query, max(k, CANDIDATES))
-        ranked = fuse([vector, text])[:k]
+        ranked = fuse([*vector_rankings, _text_ranking(everything, query, n)])[:k]
     return _details(ranked)
 
 
-class _Scope:
-    """Which chunks a search ranks: one vector space, optionally one owner, document, batch."""
+_UNAVAILABLE_LOGGED: set[str] = set()  # vector spaces whose missing query embedder this process logged
 
-    def __init__(self, space: str, owner: str | None, document_id: str | None, batch_id: str | None) -> None:
+
+def _space_embedder(config, space: str):
+    """The query embedder of vector space ``space``, or ``None`` (logged once per process) when it
+    cannot be built here (:class:`~webapp.core.embeddings.SpaceUnavailable`)."""
+    try:
+        return embedder_for_space(config, space)
+    except SpaceUnavailable as exc:
+        if space not in _UNAVAILABLE_LOGGED:
+            _UNAVAILABLE_LOGGED.add(space)
+            log.warning("search: %s; its chunks are ranked by full text only", exc)
+        return None
+
+
+def spaces_in_scope(scope: "_Scope") -> list[str]:
+    """The vector spaces (``Chunk.embedding_model``) of the chunks in ``scope``'s filters, in name
+    order. A loose index scan (one indexed ``min`` per space: a recursive query), so its cost grows
+    with the number of spaces, usually one or two, not with the number of chunks."""
+    database = Chunk._meta.database
+    param = "%s" if is_postgres(database) else "?"
+    filters, values = scope.sql(param)
+    # The join only for the document's columns: SQLite answers a single table's min() from the index.
+    join = ' JOIN "document" d ON d.id = c.document_id' if scope.owner is not None or scope.batch_id is not None else ""
+    step = f'SELECT min(c.embedding_model) FROM "chunk" c{join} WHERE {{after}}{filters}'
+    sql = (f"WITH RECURSIVE spaces(m) AS (SELECT ({step.format(after='1 = 1')}) UNION ALL "
+           f"SELECT ({step.format(after='c.embedding_model > spaces.m')}) FROM spaces WHERE spaces.m IS NOT NULL) "
+           "SELECT m FROM spaces WHERE m IS NOT NULL")
+    return [row[0] for row in database.execute_sql(sql, (*values, *values)).fetchall()]
+
+
+class _Scope:
+    """Which chunks a search ranks: one vector space (``None``: every space), optionally one owner,
+    document, batch."""
+
+    def __init__(self, space: str | None, owner: str | None, document_id: str | None, batch_id: str | None) -> None:
         self.space, self.owner, self.document_id, self.batch_id = space, owner, document_id, batch_id
+
+    def within(self, space: str) -> "_Scope":
+        """The same filters, in vector space ``space`` only."""
+        return _Scope(space, self.owner, self.document_id, self.batch_id)
 
     def peewee(self, query):
         """``query`` (over ``Chunk``) restricted to the scope."""
-        query = query.where(Chunk.embedding_model == self.space)
+        if self.space is not None:
+            query = query.where(Chunk.embedding_model == self.space)
         if self.document_id is not None:
             query = query.where(Chunk.document == self.document_id)
         if self.owner is not None or self.batch_id is not None:
@@ -123,7 +191,8 @@ class _Scope:
         return query
 
     def sql(self, param: str) -> tuple[str, list[Any]]:
-        """SQL conditions on ``c`` (chunk) and ``d`` (document) for the filters, and their values."""
+        """SQL conditions on ``c`` (chunk) and ``d`` (document) for the filters (not the space),
+        and their values."""
         conditions, values = [], []
         for column, value in (("c.document_id", self.document_id), ("d.owner", self.owner),
                               ("d.batch_id", self.batch_id)):
@@ -265,19 +334,21 @@ def _text_ranking(scope: _Scope, query: str, n: int) -> list[tuple[int, float]]:
 def _matches(database, scope: _Scope, term: str, limit: int) -> list[tuple[int, str]]:
     """Up to ``limit`` ``(chunk id, text)`` of the scope whose text has the word ``term``, best
     first by the database's own rank (FTS5's bm25, PostgreSQL's ts_rank_cd), ties by id."""
+    param = "%s" if is_postgres(database) else "?"
+    filters, values = scope.sql(param)
+    if scope.space is not None:  # a space ranked by text for want of its query embedder
+        filters, values = f" AND c.embedding_model = {param}{filters}", [scope.space, *values]
     if is_postgres(database):
-        filters, values = scope.sql("%s")
         document, tsquery = "to_tsvector('simple', c.text)", "plainto_tsquery('simple', %s)"
         sql = (f'SELECT c.id, c.text FROM "chunk" c JOIN "document" d ON d.id = c.document_id '
-               f"WHERE {document} @@ {tsquery} AND c.embedding_model = %s{filters} "
+               f"WHERE {document} @@ {tsquery}{filters} "
                f"ORDER BY ts_rank_cd({document}, {tsquery}) DESC, c.id LIMIT %s")
-        params = (term, scope.space, *values, term, limit)
+        params = (term, *values, term, limit)
     else:
-        filters, values = scope.sql("?")
         sql = ('SELECT c.id, c.text FROM (SELECT rowid AS id, bm25("chunk_fts") AS rank FROM "chunk_fts" '
                'WHERE "chunk_fts" MATCH ?) m JOIN "chunk" c ON c.id = m.id JOIN "document" d ON d.id = c.document_id '
-               f"WHERE c.embedding_model = ?{filters} ORDER BY m.rank, c.id LIMIT ?")
-        params = (fts5_match([term]), scope.space, *values, limit)
+               f"WHERE 1 = 1{filters} ORDER BY m.rank, c.id LIMIT ?")
+        params = (fts5_match([term]), *values, limit)
     return [(int(row[0]), row[1]) for row in database.execute_sql(sql, params).fetchall()]
 
 

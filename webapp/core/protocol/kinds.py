@@ -239,6 +239,16 @@ for _kind in (
         description="POST a job's final state to its callback_url (a few quick retries, bounded timeout).",
         keeps="jobs.webhook_job.needed_by_delivery",
     ),
+    # Re-indexing after a settings change (POST /api/admin/reindex; webapp/core/indexing.py). On
+    # high, so that it starts at once and HIGH_QUEUE_WORKERS' process may hold it while the
+    # others run the document jobs it launches; it mostly sleeps (paced, bounded), so its time
+    # limit is a day. A transient failure (Redis refused a launch) is retried: a new run resumes
+    # with the documents still stale.
+    JobKind(
+        name="reindex", function="jobs.reindex_job.reindex", queue="high", timeout=24 * 3600,
+        retry=RetryPolicy(max_retries=3, base_delay=10, max_delay=120),
+        description="Launch a document job for every document a settings change left stale, at a bounded rate.",
+    ),
     # Periodic maintenance (webapp/core/schedules/ launches them), on `high` so that a long
     # document backlog never delays recovery. Each run is cheap and the next one comes soon, so
     # a transient failure is not retried.
