@@ -235,7 +235,7 @@ def _describe(done: list[TakenOut]) -> str:
     return sentence[0].upper() + sentence[1:] + "."
 
 
-def delete_job_view(job_id: str, registry=None):
+def delete_job_view(job_id: str):
     """``POST /rq/job/<id>/delete``: :func:`take_out` of the job. 200 ``{"status": "OK",
     "message", "job_status"}`` (the row's status afterwards, ``null`` without a row); 404
     ``job_not_found`` when neither RQ nor Docket knows the job."""
