@@ -713,6 +713,27 @@ def test_requeue_all_is_dockets_retry_for_each_failed_job(app, client, redis, ru
         assert (job["status"], job["attempts"]) == ("failed", 2)
 
 
+def test_empty_of_the_scheduled_registry_cancels_its_jobs(app, client, redis):
+    from webapp.core.protocol.states import mark_rate_limited
+
+    waiting = post_text_document(client, "rate-limited.txt")
+    # As the worker gives a job whose rate limit is used up to RQ's scheduler (jobs/worker/worker.py).
+    retry_at = datetime.now(timezone.utc) + timedelta(hours=1)
+    with app.app_context(), connection():
+        assert mark_rate_limited(waiting, retry_at, "waiting for the test's rate limit")
+    queue = Queue("default", connection=redis)
+    queue.remove(waiting)
+    queue.schedule_job(RQJob.fetch(waiting, connection=redis), retry_at)
+    admin = browser_client(app)
+    assert dashboard_ids(admin, "default", "scheduled") == [waiting]
+    assert assert_agree(admin, client, waiting)["status"] == "scheduled"
+
+    body = admin.post("/rq/queue/default/scheduled/empty").get_json()
+    assert body["canceled"] == [waiting] and body["count"] == 1
+    assert assert_agree(admin, client, waiting)["status"] == "canceled"
+    assert dashboard_ids(admin, "default", "scheduled") == []
+
+
 def test_delete_and_empty_of_ended_jobs_drop_only_rqs_records_and_the_rows_keep_their_truth(
     app, client, redis, run_worker
 ):
