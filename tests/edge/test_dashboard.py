@@ -149,6 +149,9 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     queued_document = post_text_document(client, "queued.txt")
     queued_report = client.post("/api/reports", json={"type": "activity", "params": {}}).get_json()["job_id"]
     queued_maintenance = start_maintenance(app)
+    app.config["FETCH_ALLOW_PRIVATE_NETWORKS"] = True  # the receiver listens on 127.0.0.1
+    queued_fetch = client.post("/api/documents", json={"url": f"{receiver.url}/ok.pdf"}).get_json()
+    queued_fetch = queued_fetch["documents"][0]["job_id"]
     from webapp.core.protocol.launch import launch
     with app.app_context(), connection():
         queued_webhook = launch("webhook", {"job_id": delivered["job_id"]}).id
@@ -163,7 +166,7 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     assert set(states.values()) == RQ_STATES, states
     assert states[deferred.id] == "deferred" and states[started_id] == "started"
     assert states[scheduled_id] == "scheduled" and states[stopped_id] == "stopped"
-    for job_id in (queued_document, queued_report, queued_webhook, *queued_maintenance):
+    for job_id in (queued_document, queued_report, queued_webhook, queued_fetch, *queued_maintenance):
         assert states[job_id] == "queued" and row(app, job_id).status == "queued"
     assert (row(app, scheduled_id).status, row(app, stopped_id).status, row(app, started_id).status) == (
         "scheduled", "stopped", "started")
@@ -427,9 +430,10 @@ def test_dashboard_actions_refuse_get_and_without_the_csrf_token_or_from_another
 
     # The page's buttons: a POST from this site with the token requeues the failed job.
     answer = admin.post("/rq/requeue/default", headers=SAME_SITE[1])
-    assert answer.status_code == 200 and answer.get_json() == {"status": "OK", "count": 1}
+    assert answer.status_code == 200 and answer.get_json()["count"] == 1 and answer.get_json()["refused"] == []
     after = rq_state(redis, job_ids)
     assert after["failed"] == [] and after["queued"] == [queued, failed] and after["statuses"][failed] == "queued"
+    assert row(app, failed).status == "queued"  # Docket's retry: the row follows
 
 
 def test_dashboard_actions_check_the_token_and_origin_themselves(app, client, redis, monkeypatch):
@@ -444,7 +448,8 @@ def test_dashboard_actions_check_the_token_and_origin_themselves(app, client, re
         refused = admin.post(path, headers=CROSS_SITE[1])
         assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "cross_origin_refused", path
     assert Queue("default", connection=redis).get_job_ids() == [queued]
-    assert admin.post("/rq/queue/default/queued/empty", headers=SAME_SITE[1]).get_json() == {"status": "OK"}
+    emptied = admin.post("/rq/queue/default/queued/empty", headers=SAME_SITE[1]).get_json()
+    assert emptied["status"] == "OK" and emptied["canceled"] == [queued]
     assert Queue("default", connection=redis).get_job_ids() == []
 
 
@@ -472,7 +477,8 @@ def test_the_dashboard_buttons_post_every_action_with_the_csrf_token(app, redis)
     # What the script sends (the page's token as X-CSRFToken, this site's Origin) works.
     browser = session_without_token(app, admin)
     answer = browser.post(f"/rq/job/{job.id}/delete", headers={"Origin": SITE, "X-CSRFToken": token})
-    assert answer.get_json() == {"status": "OK"}
+    # A job of no Docket row (enqueued by something else): RQ's own delete.
+    assert answer.get_json()["status"] == "OK" and "not one of Docket's jobs" in answer.get_json()["message"]
     assert not RQJob.exists(job.id, connection=redis)
 
 
@@ -556,17 +562,210 @@ def test_docket_job_page_is_rq_dashboards_with_every_value_escaped():
 
 # --- errors of the dashboard's actions and data: JSON sentences, never a 500 -------------------------
 
-def test_requeue_of_a_canceled_job_is_409_json(app, client, redis):
+# --- the dashboard's buttons go through Docket's job protocol: the API and the dashboard agree -------
+
+def dashboard_ids(admin, queue_name: str, registry_name: str) -> list[str]:
+    """The ids the dashboard lists in a queue's registry (its own JSON, first page of 100)."""
+    answer = admin.get(f"/rq/0/data/jobs/{queue_name}/{registry_name}/100/asc/1.json")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    return [job["id"] for job in answer.get_json()["jobs"]]
+
+
+def assert_agree(admin, client, job_id: str) -> dict:
+    """``GET /api/jobs/<id>`` and the dashboard's ``job.json`` say the same: the row's status is
+    RQ's; a job RQ no longer has is a 404 in the dashboard and ``rq_status: null`` in the API.
+    Returns the API's job."""
+    api = client.get(f"/api/jobs/{job_id}").get_json()
+    answer = admin.get(f"/rq/0/data/job/{job_id}.json")
+    if answer.status_code == 404:
+        assert api["rq_status"] is None, api
+    else:
+        assert answer.status_code == 200
+        assert answer.get_json()["status"] == api["status"] == api["rq_status"], (answer.get_json(), api)
+    return api
+
+
+def launch_reconcile(app) -> str:
+    """Start a reconcile job as the scheduler does; its job id."""
+    from webapp.core.schedules.table import SCHEDULABLE_JOBS
+
+    with app.app_context(), connection():
+        return SCHEDULABLE_JOBS["reconcile"].start({}, app.config, None).id
+
+
+def failed_upload(client, name: str = "libreoffice-writer-password.pdf") -> str:
+    """A document job that fails for good (a wrong password) once a worker runs it; its job id."""
+    return upload(client, name, password="wrong", reprocess="true").get_json()["documents"][0]["job_id"]
+
+
+def test_empty_of_a_queue_cancels_its_jobs_and_reconcile_does_not_bring_them_back(app, client, redis, run_worker):
+    queued = [post_text_document(client, f"waiting-{n}.txt") for n in range(3)]
+    admin = browser_client(app)
+    assert dashboard_ids(admin, "default", "queued") == queued
+
+    answer = admin.post("/rq/queue/default/queued/empty")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["status"] == "OK" and body["canceled"] == queued and body["count"] == 3
+    assert body["message"] == "3 waiting jobs canceled (not to run)."
+    for job_id in queued:
+        job = assert_agree(admin, client, job_id)
+        assert (job["status"], job["rq_status"], job["error_code"]) == ("canceled", "canceled", "canceled")
+    assert dashboard_ids(admin, "default", "queued") == []
+    assert sorted(dashboard_ids(admin, "default", "canceled")) == sorted(queued)
+
+    # Reconcile (no grace: every row is old enough to be compared with RQ) leaves them canceled.
+    reconcile = launch_reconcile(app)
+    run_worker(RECONCILE_GRACE="0")
+    assert row(app, reconcile).status == "finished"
+    assert row(app, reconcile).result["restored"] == []
+    for job_id in queued:
+        job = assert_agree(admin, client, job_id)
+        assert job["status"] == "canceled" and job["attempts"] == 0
+
+
+def test_delete_of_a_running_job_stops_it_as_the_apis_cancel_does(
+    app, openai_app, openai_client, openai_server, start_worker, redis
+):
+    from tests.conftest import long_text, post_text
+    from tests.local_services import slow_worker_env
+    from webapp.core.models import Chunk
+
+    start_worker(**slow_worker_env(openai_server))
+    document = post_text(openai_client, long_text()).get_json()["documents"][0]
+    job_id = document["job_id"]
+    wait_for(lambda: (lambda j: j["status"] == "started" and j["stage"] == "embed")(
+        openai_client.get(f"/api/jobs/{job_id}").get_json()), 60, "the job to reach its embed stage")
+    admin = browser_client(openai_app)
+    assert job_id in dashboard_ids(admin, "default", "started")
+
+    answer = admin.post(f"/rq/job/{job_id}/delete")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.get_json()["job_status"] == "stopped" and "stopped" in answer.get_json()["message"]
+    job = wait_for(lambda: (lambda j: j if j["status"] == "stopped" and j["rq_status"] == "stopped" else None)(
+        openai_client.get(f"/api/jobs/{job_id}").get_json()), 30, "the row and RQ to record the stop")
+    assert job["error_code"] == "stopped"
+    with openai_app.app_context(), connection():  # its partial output rolled back
+        assert Chunk.select().where(Chunk.document == document["id"]).count() == 0
+    assert_agree(admin, openai_client, job_id)
+    assert job_id not in dashboard_ids(admin, "default", "started")
+
+
+def test_requeue_of_a_failed_job_is_dockets_retry_of_the_same_row(app, client, redis, run_worker):
+    failed = failed_upload(client)
+    run_worker()
+    assert (row(app, failed).status, row(app, failed).attempts) == ("failed", 1)
+    admin = browser_client(app)
+    assert dashboard_ids(admin, "default", "failed") == [failed]
+
+    answer = admin.post(f"/rq/job/{failed}/requeue")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.get_json()["job_status"] == "queued" and "retried" in answer.get_json()["message"]
+    job = assert_agree(admin, client, failed)
+    assert (job["status"], job["error"], job["attempts"]) == ("queued", None, 1)
+    assert dashboard_ids(admin, "default", "failed") == [] and dashboard_ids(admin, "default", "queued") == [failed]
+
+    run_worker()  # it runs again (and fails again: the password is still wrong), counted
+    job = assert_agree(admin, client, failed)
+    assert (job["status"], job["attempts"]) == ("failed", 2)
+
+    # A job Docket's retry refuses (it is running, queued or finished) is a 409 with the retry's sentence.
+    finished = post_text_document(client, "finished.txt")
+    run_worker()
+    refused = admin.post(f"/rq/job/{finished}/requeue")
+    assert refused.status_code == 409 and refused.mimetype == "application/json"
+    error = refused.get_json()["error"]
+    assert error["code"] == "job_not_requeueable" and "finished" in error["message"], error
+    assert assert_agree(admin, client, finished)["status"] == "finished"
+    missing = admin.post("/rq/job/no-such-job/requeue")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "job_not_found"
+
+
+def test_requeue_of_a_canceled_job_retries_it(app, client, redis, run_worker):
     canceled = post_text_document(client, "canceled.txt")
     assert client.post(f"/api/jobs/{canceled}/cancel").get_json()["status"] == "canceled"
     admin = browser_client(app)
     answer = admin.post(f"/rq/job/{canceled}/requeue")
-    assert answer.status_code == 409 and answer.mimetype == "application/json"
-    error = answer.get_json()["error"]
-    assert error["code"] == "job_not_requeueable" and "canceled" in error["message"], error
-    assert RQJob.fetch(canceled, connection=redis).get_status().value == "canceled"
-    missing = admin.post("/rq/job/no-such-job/requeue")
-    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "job_not_found"
+    assert answer.status_code == 200 and answer.mimetype == "application/json", answer.get_data(as_text=True)
+    assert assert_agree(admin, client, canceled)["status"] == "queued"
+    assert dashboard_ids(admin, "default", "canceled") == [] and dashboard_ids(admin, "default", "queued") == [canceled]
+    run_worker()
+    job = assert_agree(admin, client, canceled)
+    assert (job["status"], job["attempts"]) == ("finished", 1)
+
+
+def test_requeue_all_is_dockets_retry_for_each_failed_job(app, client, redis, run_worker):
+    failed = [failed_upload(client), failed_upload(client, "libreoffice-writer-password.pdf")]
+    run_worker()
+    failed = sorted(set(failed))
+    assert {row(app, job_id).status for job_id in failed} == {"failed"}
+    admin = browser_client(app)
+    answer = admin.post("/rq/requeue/default")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["count"] == len(failed) and body["refused"] == [] and body["message"].endswith("retried (as Docket's retry does).")
+    for job_id in failed:
+        assert assert_agree(admin, client, job_id)["status"] == "queued"
+    assert dashboard_ids(admin, "default", "failed") == []
+    run_worker()
+    for job_id in failed:
+        job = assert_agree(admin, client, job_id)
+        assert (job["status"], job["attempts"]) == ("failed", 2)
+
+
+def test_empty_of_the_scheduled_registry_cancels_its_jobs(app, client, redis):
+    from webapp.core.protocol.states import mark_rate_limited
+
+    waiting = post_text_document(client, "rate-limited.txt")
+    # As the worker gives a job whose rate limit is used up to RQ's scheduler (jobs/worker/worker.py).
+    retry_at = datetime.now(timezone.utc) + timedelta(hours=1)
+    with app.app_context(), connection():
+        assert mark_rate_limited(waiting, retry_at, "waiting for the test's rate limit")
+    queue = Queue("default", connection=redis)
+    queue.remove(waiting)
+    queue.schedule_job(RQJob.fetch(waiting, connection=redis), retry_at)
+    admin = browser_client(app)
+    assert dashboard_ids(admin, "default", "scheduled") == [waiting]
+    assert assert_agree(admin, client, waiting)["status"] == "scheduled"
+
+    body = admin.post("/rq/queue/default/scheduled/empty").get_json()
+    assert body["canceled"] == [waiting] and body["count"] == 1
+    assert assert_agree(admin, client, waiting)["status"] == "canceled"
+    assert dashboard_ids(admin, "default", "scheduled") == []
+
+
+def test_delete_and_empty_of_ended_jobs_drop_only_rqs_records_and_the_rows_keep_their_truth(
+    app, client, redis, run_worker
+):
+    failed = failed_upload(client)
+    finished = [post_text_document(client, f"done-{n}.txt") for n in range(2)]
+    run_worker()
+    admin = browser_client(app)
+
+    answer = admin.post(f"/rq/job/{failed}/delete")
+    assert answer.status_code == 200 and answer.get_json()["job_status"] == "failed"
+    assert "already ended (failed)" in answer.get_json()["message"]
+    job = assert_agree(admin, client, failed)  # the dashboard no longer has it; the API says how it ended
+    assert (job["status"], job["rq_status"]) == ("failed", None)
+    assert dashboard_ids(admin, "default", "failed") == []
+
+    body = admin.post("/rq/queue/default/finished/empty").get_json()
+    assert sorted(body["removed"]) == sorted(finished) and body["canceled"] == body["stopped"] == []
+    for job_id in finished:
+        job = assert_agree(admin, client, job_id)
+        assert (job["status"], job["rq_status"]) == ("finished", None)
+    assert dashboard_ids(admin, "default", "finished") == []
+
+    # A queued job deleted from the dashboard is canceled, as the API's cancel does.
+    queued = post_text_document(client, "queued.txt")
+    answer = admin.post(f"/rq/job/{queued}/delete").get_json()
+    assert answer["job_status"] == "canceled"
+    assert assert_agree(admin, client, queued)["status"] == "canceled"
+    # Nothing left to do: an empty registry, and a job neither RQ nor Docket knows.
+    assert admin.post("/rq/queue/default/started/empty").get_json()["count"] == 0
+    assert admin.post("/rq/job/no-such-job/delete").status_code == 404
+    unknown = admin.post("/rq/queue/default/no-such-registry/empty")
+    assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "registry_not_found"
 
 
 def test_redis_down_is_503_json_on_the_dashboards_data(app, config, unused_redis_url):
@@ -578,8 +777,10 @@ def test_redis_down_is_503_json_on_the_dashboards_data(app, config, unused_redis
         assert answer.status_code == 503 and answer.mimetype == "application/json", (path, answer.status_code)
         error = answer.get_json()["error"]
         assert error["code"] == "queue_unavailable" and "Redis" in error["message"], (path, error)
-    answer = admin.post("/rq/requeue/default")
-    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "queue_unavailable"
+    for path in ("/rq/requeue/default", "/rq/queue/default/queued/empty", "/rq/job/some-job/delete",
+                 "/rq/job/some-job/requeue"):
+        answer = admin.post(path)
+        assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "queue_unavailable", path
     # A page a person opens gets the sentence on Docket's error page, no traceback.
     page = admin.get("/rq/0/view/workers", headers={"Accept": "text/html"})
     assert page.status_code == 503 and page.mimetype == "text/html"

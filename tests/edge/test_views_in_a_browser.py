@@ -640,6 +640,33 @@ def test_dashboard_opens_for_an_admin_and_refuses_others(new_context, page: Page
     expect(person).to_have_url(f"{worker.base}/")
 
 
+def test_dashboard_empty_cancels_the_queued_jobs_and_docket_agrees(page: Page, docket: Docket):
+    """The dashboard's "Empty queue" goes through Docket's cancel: the dashboard says what it did,
+    and Docket's page, the API and the dashboard's job page all say canceled."""
+    docket.stop_worker()  # no worker: the job waits in its queue
+    sign_in(page, docket.token("queue-emptier", admin=True))
+    name = "latex-two-column-lorem.pdf"
+    upload(page, name)
+    expect(doc_row(page, name).locator(".doc-status")).to_have_text("Queued — waiting for a worker")
+
+    page.goto("/rq/0/view/jobs/default/queued/8/asc/1")
+    job_row = page.locator("table#jobs tbody tr[data-role=job]")
+    expect(job_row).to_have_count(1)
+    job_id = job_row.get_attribute("data-job-id")
+    page.locator("#empty-btn").click()
+    page.locator("#confirmation-modal-yes").click()
+    expect(page.get_by_role("status")).to_have_text("1 waiting job canceled (not to run).")
+    expect(page.locator("table#jobs tbody")).to_have_text("No jobs.")
+    shot(page, "dashboard-emptied")
+
+    job = page.request.get(f"/api/jobs/{job_id}").json()  # the session's own API answer
+    assert (job["status"], job["rq_status"]) == ("canceled", "canceled"), job
+    page.goto(f"/rq/0/view/job/{job_id}")
+    expect(page.locator("#job-data")).to_contain_text("canceled")
+    page.goto("/")
+    expect(doc_row(page, name).locator(".doc-status")).to_have_text(re.compile(r"^Canceled"))
+
+
 # ---------- a phone-sized screen ----------
 
 def test_usable_at_375_px(new_context, worker: Docket, watched: Watched):

@@ -28,10 +28,18 @@ rq-dashboard 0.9 (its blueprint, embedded; see the README's "Known traps") is wi
   non-admin chose. Docket's copy of that page (``templates/rq_dashboard/job.html``) uses the
   escaping ``<%- %>`` throughout; the JSON keeps the values as RQ holds them (``application/json``,
   ``nosniff``). The job lists already escape them.
+* **Its buttons go through Docket's job protocol.** rq-dashboard's requeue, delete, empty and
+  requeue-all change RQ's records behind the rows' back (an emptied queue's rows stayed
+  ``queued`` and reconcile ran them anyway). :mod:`webapp.edge.dashboard_actions` replaces those
+  views for this app: requeue is Docket's retry, delete and empty are Docket's cancel (or stop)
+  for each job, or drop only RQ's record of a job that already ended; each answer carries a
+  ``message`` the overridden base template shows. "Compact" is rq-dashboard's (it only drops ids
+  of jobs RQ no longer has).
 * **Errors as sentences.** Under ``/rq`` Redis down is ``503 queue_unavailable`` (as under
-  ``/api``), a requeue of a job that is not failed (canceled, finished …) ``409
-  job_not_requeueable``, an action on a job RQ no longer has ``404 job_not_found``: JSON for the
-  data and actions, Docket's error page for a page a browser opens (:func:`_error`), never a 500.
+  ``/api``), a requeue that Docket's retry refuses (finished, queued …) ``409
+  job_not_requeueable``, an action on a job neither RQ nor Docket has ``404 job_not_found``: JSON
+  for the data and actions, Docket's error page for a page a browser opens (:func:`_error`),
+  never a 500.
 * **Configured from Docket's.** ``RQ_DASHBOARD_REDIS_URL`` is the app's ``REDIS_URL`` (with
   ``ssl_cert_reqs=none`` when ``REDIS_TLS_VERIFY`` is off); ``setup_rq_connection`` is called
   here; the serializer is the one Docket's queues use (RQ's default pickle serializer). The
@@ -62,6 +70,7 @@ from rq.job import Job as RQJob
 from rq_dashboard import web as dashboard_web
 from werkzeug.exceptions import MethodNotAllowed
 
+from webapp.edge import dashboard_actions
 from webapp.edge.auth import csrf, require_admin, same_origin
 from webapp.edge.json_errors import error_response
 from webapp.core.service_errors import ServiceError
@@ -92,12 +101,14 @@ READS = {  # JSON and files the pages fetch: they only read
     "favicon": "/rq/favicon.ico",
     "static": "its CSS and JavaScript: /rq/static/…",
 }
-ACTIONS = {  # they change RQ's records: POST only, from this site, with the page's CSRF token
-    "requeue_all": "requeues every failed job of a queue: /rq/requeue/<queue>, which rq-dashboard 0.9 "
-                   "also routes for GET, so a link from another site could requeue them all",
-    "requeue_job_view": "requeues one failed job: /rq/job/<id>/requeue",
-    "delete_job_view": "deletes one job from Redis: /rq/job/<id>/delete",
-    "empty_queue": "deletes every job of a queue or registry: /rq/queue/<queue>/<registry>/empty",
+ACTIONS = {  # they change jobs: POST only, from this site, with the page's CSRF token; Docket's views
+    # (webapp/edge/dashboard_actions.py) go through the job protocol, so the rows and RQ agree
+    "requeue_all": "retries every failed job of a queue (Docket's retry): /rq/requeue/<queue>, which "
+                   "rq-dashboard 0.9 also routes for GET, so a link from another site could requeue them all",
+    "requeue_job_view": "retries one job (Docket's retry): /rq/job/<id>/requeue",
+    "delete_job_view": "cancels a waiting job, stops a running one (Docket's cancel), or deletes RQ's record "
+                       "of one that ended: /rq/job/<id>/delete",
+    "empty_queue": "that delete for every job of a queue or registry: /rq/queue/<queue>/<registry>/empty",
     "compact_queue": "drops the ids of vanished jobs from a queue's list: /rq/queue/<queue>/compact",
 }
 REDIS_DOWN = "The job queue (Redis) is unavailable, so the dashboard can neither read nor change it; try again shortly."
@@ -201,18 +212,19 @@ def _job_not_found(exc: NoSuchJobError):
 
 
 def _job_not_requeueable(exc: InvalidJobOperation):
-    """A requeue of a job that is not in RQ's failed registry (canceled, finished, queued …, or
-    requeued meanwhile): 409 with its status, not a 500."""
+    """RQ's own requeue refused a job that is not Docket's (no row, :mod:`webapp.edge.dashboard_actions`)
+    because it is not in RQ's failed registry: 409 with its status, not a 500. (A job of Docket's
+    that its retry refuses is answered there with the retry's sentence.)"""
     job_id = (request.view_args or {}).get("job_id")
-    if not job_id:  # requeue_all: a job left the failed registry while the others were requeued
+    if not job_id:
         return _error(409, "job_not_requeueable", "A failed job of this queue was requeued or deleted meanwhile; "
                                                   "reload the page to see what is left.")
     try:
         status = RQJob.fetch(job_id, connection=current_app.redis_conn).get_status().value
     except (NoSuchJobError, RedisError):
         status = "no longer failed"
-    return _error(409, "job_not_requeueable", f"Only a failed job can be requeued; job {job_id} is {status}. "
-                                              f"To run it again, retry it in Docket (POST /api/jobs/{job_id}/retry).")
+    return _error(409, "job_not_requeueable", f"Job {job_id} is not one of Docket's jobs, and RQ requeues only a "
+                                              f"failed job; it is {status}. Nothing was changed.")
 
 
 def _content_security_policy(response):
@@ -284,6 +296,22 @@ def _compact_skips_empty_queues(view):
     return wrapped
 
 
+def _deletes_if_enabled(view, name: str):
+    """Keep rq-dashboard's ``RQ_DASHBOARD_DISABLE_DELETE`` for delete and empty (its pages then
+    hide those buttons), answered as a sentence: ``403 dashboard_delete_disabled``."""
+    if name not in ("delete_job_view", "empty_queue"):
+        return view
+
+    def wrapped(*args, **kwargs):
+        if current_app.config.get("RQ_DASHBOARD_DISABLE_DELETE"):
+            return _error(403, "dashboard_delete_disabled", "Deleting jobs from the dashboard is turned off "
+                                                            "(RQ_DASHBOARD_DISABLE_DELETE); nothing was changed.")
+        return view(*args, **kwargs)
+    wrapped.__name__ = wrapped.__qualname__ = name
+    wrapped.__doc__ = view.__doc__
+    return wrapped
+
+
 def init_app(app: Flask) -> None:
     """Mount rq-dashboard at ``/rq`` on ``app``, admins only, on the app's Redis (module docstring).
 
@@ -309,5 +337,8 @@ def init_app(app: Flask) -> None:
     app.after_request_funcs.setdefault(BLUEPRINT, []).append(_content_security_policy)
     app.view_functions[f"{BLUEPRINT}.job_info"] = dashboard_web.jsonify(job_info)
     views = app.view_functions
+    # The buttons go through Docket's job protocol (cancel, stop, retry), not behind its back.
+    for name in ("delete_job_view", "requeue_job_view", "requeue_all", "empty_queue"):
+        views[f"{BLUEPRINT}.{name}"] = _deletes_if_enabled(getattr(dashboard_actions, name), name)
     views[f"{BLUEPRINT}.job_view"] = _not_found_for_missing_jobs(views[f"{BLUEPRINT}.job_view"])
     views[f"{BLUEPRINT}.compact_queue"] = _compact_skips_empty_queues(views[f"{BLUEPRINT}.compact_queue"])
