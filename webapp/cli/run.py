@@ -177,10 +177,8 @@ def dev_command(port: int) -> None:
                    f"Sign in: http://127.0.0.1:{port}/signin#token={token}\n"
                    f"API: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/api/documents\n"
                    "Tokens that outlive restarts: flask --app wsgi tokens create NAME [--admin]")
-        # The supervisor dies with this process (SIGTERM from the kernel, even if this one is
-        # SIGKILLed), and then stops the Procfile's processes as on Ctrl-C.
         supervisor = subprocess.Popen(_supervisor_command(port), env=env,
-                                      preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, os.getpid()))
+                                      preexec_fn=functools.partial(_supervisor_preexec, os.getpid()))
         keeper = _RedisKeeper(embedded) if embedded is not None else None
         while True:
             try:
@@ -191,7 +189,7 @@ def dev_command(port: int) -> None:
                     keeper.check()
     except _Stop:
         if supervisor is not None and supervisor.poll() is None:
-            supervisor.send_signal(signal.SIGINT)  # it stops web, worker and scheduler, then exits
+            supervisor.send_signal(signal.SIGTERM)  # it stops web, worker and scheduler, then exits
             try:
                 supervisor.wait(KILL_WAIT + 15)
             except subprocess.TimeoutExpired:  # its runners stop their groups when it dies
@@ -252,6 +250,16 @@ class _RedisKeeper:
                            f"{self.backoff.delay(self.failures):g} s", err=True)
                 return
             click.echo(f"Restarted the embedded Redis at {url} (data in {self.embedded.data_dir}).", err=True)
+
+
+def _supervisor_preexec(run_command_pid: int) -> None:
+    """In the supervisor's process before ``exec``: it dies with the run command (SIGTERM from the
+    kernel, even if the run command is SIGKILLed; it then stops the Procfile's processes as on
+    Ctrl-C), and a terminal's Ctrl-C is ignored until its loop handles it — the run command
+    forwards the stop as SIGTERM, whose default action ends a supervisor still importing (nothing
+    started yet) without the traceback a KeyboardInterrupt there printed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGTERM, run_command_pid)
 
 
 def _supervisor_command(port: int) -> list[str]:
