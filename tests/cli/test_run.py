@@ -226,8 +226,40 @@ def test_an_answering_redis_url_is_used_and_named(config, redis_url, tmp_path):
         output = log.read_text(errors="replace")
         assert f"Using the Redis at {redis_url} (REDIS_URL)." in output, _tail(log)
         assert "embedded" not in output and not (instance / "redis.url").exists(), _tail(log)
+        # Ctrl-C this early reaches the supervisor while it is still starting the Procfile's
+        # processes: it used to die of a KeyError in its signal handler (no pid yet for the
+        # processes not started), leaving web, worker and scheduler on the suite's shared Redis.
+        os.killpg(process.pid, signal.SIGINT)
+        assert _wait_until(lambda: process.poll() is not None, STOP_DEADLINE), _tail(log)
+        assert _wait_until(lambda: not _instance_processes(instance), STOP_DEADLINE), \
+            f"left running: {_instance_processes(instance)}{_tail(log)}"
+        assert "Traceback" not in log.read_text(errors="replace"), _tail(log, 120)
     finally:
         _stop(process, process.pid, log)
+
+
+def test_a_stop_before_every_process_started_stops_the_rest_as_they_start(tmp_path):
+    """The supervisor's SIGTERM/SIGINT handler with processes whose start is not reported yet:
+    no error (honcho's ``_killall`` raised KeyError), and each is stopped once it has started."""
+    from honcho.printer import Printer
+
+    from webapp.local.supervisor import RestartingManager
+
+    out = tmp_path / "supervisor.log"
+    with open(out, "w") as printed:
+        manager = RestartingManager(Printer(printed), restart=["worker"])
+        manager.add_process("web.1", "sleep 600", env=process_env_minimal(), cwd=str(tmp_path))
+        manager.terminate()  # as the signal handler does, before loop() started anything
+        assert manager._terminating
+        manager.loop()  # starts them, sees them start during a shutdown, stops them
+    text = out.read_text()
+    assert "web.1 started" in text and "sending SIGTERM to web.1" in text, text
+    assert manager.returncode is not None, text
+
+
+def process_env_minimal() -> dict[str, str]:
+    """The test's environment for a plain shell command (its token: no process outlives the test)."""
+    return {**os.environ, conftest.TEST_TOKEN_ENV: conftest.current_test_token() or ""}
 
 
 def _stop(process: subprocess.Popen, pgid: int, log: Path) -> None:
@@ -249,25 +281,24 @@ def _stop(process: subprocess.Popen, pgid: int, log: Path) -> None:
                 pass
     if process.poll() is None:
         process.wait(STOP_DEADLINE)
-    # A stop that reaches honcho while it is still starting its processes (the run command said
-    # "Database ready" a moment before) leaves them running, in sessions of their own that the log
-    # does not name yet (issue [5 of 5]: the run command must end everything it started, however
-    # it ends). Until then the test ends them itself: every process it started carries its token.
-    conftest.kill_processes_of_test(conftest.current_test_token())
+    # Nothing more: a process the run command left behind is the conftest guard's to find and
+    # to fail the test with (the run command ends everything it started, however it ends).
 
 
 # --- A crashed worker or scheduler comes back; web keeps serving (webapp.local.supervisor) ---------
 
 
-def _start_run_command(config, redis_url: str, tmp_path: Path) -> tuple[subprocess.Popen, str, Path, dict]:
+def _start_run_command(config, redis_url: str, tmp_path: Path, **extra_env: str
+                       ) -> tuple[subprocess.Popen, str, Path, dict]:
     """Start ``flask --app wsgi dev`` in a process group of its own and wait until /readyz says 200.
 
-    Returns the process (its pid is the group id), the base URL, the file its output goes to and
-    its environment.
+    ``extra_env``: more environment (e.g. :data:`CHEAP`). Returns the process (its pid is the
+    group id), the base URL, the file its output goes to and its environment.
     """
     port = free_port()
     env = process_env(config, REDIS_URL=redis_url, DOCKET_INSTANCE_PATH=str(tmp_path / "instance"),
-                      DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}", STORAGE_PATH=str(tmp_path / "dev-uploads"))
+                      DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}", STORAGE_PATH=str(tmp_path / "dev-uploads"),
+                      **extra_env)
     log = tmp_path / "dev-output.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(port)],
@@ -485,3 +516,224 @@ def test_the_supervisor_stops_everything_when_a_process_it_does_not_restart_exit
         assert _wait_until(lambda: not left(), STOP_DEADLINE), f"processes left running: {left()}{_tail(log)}"
     finally:
         _stop(process, process.pid, log)
+
+
+# --- The run command ends everything it started, however it ends (issue 21) --------------------------
+
+# One worker process and one web worker: each case starts the whole service, on 2 shared cores.
+CHEAP = {"WORKER_CONCURRENCY": "1", "HIGH_QUEUE_WORKERS": "0", "WEB_CONCURRENCY": "1"}
+
+
+def _instance_processes(instance: Path) -> list[str]:
+    """The live processes serving ``instance``: the run command and every process below it carry
+    ``DOCKET_INSTANCE_PATH``; redis-server overwrites its environment with its process title, so it
+    is found by its working directory (``--dir``, under the instance)."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            ours = process.environ().get("DOCKET_INSTANCE_PATH") == str(instance)
+            if not ours and "redis" in process.name():
+                ours = Path(process.cwd()).is_relative_to(instance)
+            if ours:
+                found.append(f"pid {process.pid}: {' '.join(process.cmdline())[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+class _Relay(threading.Thread):
+    """Copies what arrives on file descriptor ``fd`` (a pipe's or a pseudo-terminal's reading end)
+    to ``log`` until :meth:`end`, which closes ``fd``: the reader is gone, as when ``tee`` exits or
+    the terminal window closes."""
+
+    def __init__(self, fd: int, log: Path):
+        super().__init__(daemon=True)
+        self.fd, self.log, self.done = fd, log, threading.Event()
+
+    def run(self) -> None:
+        import select
+
+        with open(self.log, "ab") as out:
+            while not self.done.is_set():
+                if select.select([self.fd], [], [], 0.1)[0]:
+                    try:
+                        data = os.read(self.fd, 65536)
+                    except OSError:  # EIO: the pseudo-terminal's last writer closed it
+                        data = b""
+                    if not data:
+                        break
+                    out.write(data)
+                    out.flush()
+
+    def end(self) -> None:
+        if not self.done.is_set():
+            self.done.set()
+            self.join(10)
+            os.close(self.fd)
+
+
+def _start_ending(config, redis_url: str, tmp_path: Path, instance: Path, output: str, run: int):
+    """Start ``flask --app wsgi dev`` for ``instance`` (a session of its own) with its output to
+    ``output``: ``file``, ``pipe`` (read by a :class:`_Relay`) or ``pty`` (a pseudo-terminal that
+    is its controlling terminal, read by a :class:`_Relay`). Waits until /readyz answers 200.
+
+    Returns the process, its log, and the relay (``None`` for ``file``).
+    """
+    import fcntl
+    import termios
+
+    port = free_port()
+    env = process_env(config, REDIS_URL=redis_url, DOCKET_INSTANCE_PATH=str(instance),
+                      DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}", STORAGE_PATH=str(tmp_path / "dev-uploads"),
+                      **CHEAP)
+    log = tmp_path / f"dev-output-{run}-{output}.log"
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(port)]
+    relay = None
+    if output == "file":
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+    elif output == "pipe":
+        reading, writing = os.pipe()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=writing,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        os.close(writing)
+        relay = _Relay(reading, log)
+    else:  # a terminal: the command leads a session whose controlling terminal is the pty
+        master, slave = os.openpty()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                   start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        relay = _Relay(master, log)
+    if relay:
+        relay.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            return True
+        try:
+            return requests.get(f"{base}/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    assert _wait_until(ready, START_DEADLINE), f"run {run} ({output}): /readyz never answered 200{_tail(log)}"
+    assert process.poll() is None, f"run {run} exited early (status {process.returncode}){_tail(log)}"
+    return process, log, relay
+
+
+ENDINGS = [  # (how the run command ends, where its output goes)
+    ("SIGTERM", "file"),  # `kill PID`, a process manager
+    ("SIGINT", "file"),  # Ctrl-C: the terminal signals the whole foreground process group
+    ("broken pipe, then SIGINT", "pipe"),  # `bin/run | tee log`, Ctrl-C: tee ends first
+    ("SIGKILL", "file"),  # nothing of its own clean-up runs
+    ("closed terminal", "pty"),  # the window closes: SIGHUP, and every write fails with EIO
+]
+
+
+def test_the_run_command_ends_everything_it_started_however_it_ends(config, unused_redis_url, tmp_path):
+    """One instance, started again after each ending (which proves the instance lock and the
+    port free again): after each, within a deadline, no process of the instance is left — no
+    Procfile process, no worker or gunicorn child, no redis-server, no supervisor."""
+    instance = tmp_path / "instance"
+    endings = [*ENDINGS, ("SIGINT", "file")]  # the last run: a start after the closed terminal
+    for run, (ending, output) in enumerate(endings, 1):
+        process, log, relay = _start_ending(config, unused_redis_url, tmp_path, instance, output, run)
+        try:
+            assert _instance_processes(instance), "the process search finds nothing"
+            assert any("redis-server" in line for line in _instance_processes(instance)), _instance_processes(instance)
+            if ending == "SIGTERM":
+                process.send_signal(signal.SIGTERM)
+            elif ending == "SIGINT":
+                os.killpg(process.pid, signal.SIGINT)
+            elif ending.startswith("broken pipe"):
+                relay.end()
+                os.killpg(process.pid, signal.SIGINT)
+            elif ending == "SIGKILL":
+                process.kill()
+            else:
+                relay.end()  # closing the master hangs the terminal up: SIGHUP to the session leader
+            assert _wait_until(lambda: process.poll() is not None, STOP_DEADLINE), \
+                f"run {run}: the run command outlived {ending}{_tail(log)}"
+            assert _wait_until(lambda: not _instance_processes(instance), STOP_DEADLINE), \
+                f"run {run}: left running after {ending}: {_instance_processes(instance)}{_tail(log)}"
+        finally:
+            if relay is not None:
+                relay.end()
+            if process.poll() is None:
+                _stop(process, process.pid, log)
+    assert "Traceback" not in log.read_text(errors="replace"), _tail(log, 120)
+
+
+def test_a_killed_embedded_redis_is_restarted_and_logged(config, unused_redis_url, tmp_path):
+    """It used to stay dead (a zombie, nothing logged, every upload 503 until the run command
+    restarted): now it comes back on the same port with its data, and uploads work again."""
+    process, base, log, env = _start_run_command(config, unused_redis_url, tmp_path, **CHEAP)
+    try:
+        headers = _auth_headers(env)
+        url = (tmp_path / "instance" / "redis.url").read_text().strip()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        (redis,) = [child for child in psutil.Process(process.pid).children()
+                    if "redis" in child.name() and child.status() != psutil.STATUS_ZOMBIE]
+        redis.kill()
+        assert _wait_until(lambda: "Restarted the embedded Redis" in log.read_text(errors="replace"), START_DEADLINE), \
+            _tail(log)
+        output = log.read_text(errors="replace")
+        assert re.search(r"The embedded Redis exited unexpectedly \(rc=-9, killed by SIGKILL\) after [\d.]+ s; "
+                         rf"restarting it on port {port} in 1 s", output), _tail(log)
+        assert redis_answers(url), f"the restarted Redis does not answer at {url}{_tail(log)}"
+        assert not [child for child in psutil.Process(process.pid).children()
+                    if child.status() == psutil.STATUS_ZOMBIE], "the killed redis-server was never reaped"
+        assert (tmp_path / "instance" / "redis.url").read_text().strip() == url
+
+        job = _upload_text_and_wait(base, headers, log, "Written after the embedded Redis was killed.\n" * 3)
+        assert job["status"] == "finished", f"{job}{_tail(log, 120)}"
+    finally:
+        _stop(process, process.pid, log)
+
+
+def test_two_run_commands_started_at_once_on_one_instance_one_starts_the_other_refuses(
+    config, unused_redis_url, tmp_path
+):
+    """Both used to start a redis-server on the same data folder; the loser died with "database is
+    locked" and its clean-up deleted the survivor's redis.url. The instance lock is taken first."""
+    instance = tmp_path / "instance"
+    env = process_env(config, REDIS_URL=unused_redis_url, DOCKET_INSTANCE_PATH=str(instance),
+                      DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}", STORAGE_PATH=str(tmp_path / "dev-uploads"),
+                      **CHEAP)
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"dev-{n}.log" for n in (1, 2)]
+    processes = []
+    for port, log in zip(ports, logs):
+        with open(log, "wb") as out:
+            processes.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "dev", "--port", str(port)],
+                                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+    try:
+        assert _wait_until(lambda: any(p.poll() is not None for p in processes), START_DEADLINE), \
+            _tail(logs[0]) + _tail(logs[1])
+        (loser,) = [n for n, p in enumerate(processes) if p.poll() is not None]
+        winner = 1 - loser
+        assert processes[loser].returncode == 1, _tail(logs[loser])
+        refusal = logs[loser].read_text(errors="replace")
+        # (its pid, unless it was read in the instant between the winner's lock and its write)
+        assert re.search(rf"Another run command for this instance \({re.escape(str(instance))}\) is running "
+                         rf"\(pid ({processes[winner].pid}|unknown)\)", refusal), refusal
+        assert "embedded" not in refusal, refusal
+        base = f"http://127.0.0.1:{ports[winner]}"
+
+        def ready() -> bool:
+            try:
+                return requests.get(f"{base}/readyz", timeout=5).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert _wait_until(ready, START_DEADLINE), _tail(logs[winner])
+        url = (instance / "redis.url").read_text().strip()
+        assert redis_answers(url), url
+        assert processes[winner].poll() is None, _tail(logs[winner])
+    finally:
+        for process, log in zip(processes, logs):
+            _stop(process, process.pid, log)

@@ -16,10 +16,11 @@ from rq.worker.base import BaseWorker
 from rq.worker_pool import WorkerPool
 from rq_scheduler import Scheduler
 
-from webapp.core.compat import peewee_private, rq_private, rq_scheduler_private
+from webapp.core.compat import peewee_private, rq_private, rq_scheduler_private, werkzeug_private
 
 PINNED = {"rq": "3.0.0", "rq-scheduler": "0.14.0", "rq-dashboard": "0.9.0", "peewee": "4.5.3",
-          "flask": "3.1.3", "gunicorn": "27.0.1", "honcho": "2.0.0"}
+          "flask": "3.1.3", "gunicorn": "27.0.1", "honcho": "2.0.0",
+          "werkzeug": "3.1.9"}
 
 
 def parameters(function) -> list[str]:
@@ -144,8 +145,49 @@ def test_honcho_manager_internals_the_supervisor_copies():
     for name in ("_start", "_system_print", "_all_started", "_all_stopped", "_any_stopped", "_killall", "loop"):
         assert hasattr(Manager, name), name
     source = inspect.getsource(Manager)
-    for name in ("self._processes", "self._terminating", "self._procmgr", "self._clock", "self._printer"):
+    for name in ("self._processes", "self._terminating", "self._procmgr", "self._clock", "self._printer",
+                 "self._process_ctor"):
         assert name in source, name
+
+
+def test_honcho_process_internals_the_supervisors_runner_uses():
+    """webapp.local.supervisor.GroupProcess copies honcho's ``Process.run``: its message helper,
+    the ``_events`` queue it reads, and the ``Popen`` (``sh -c`` in a new session) it starts."""
+    from honcho.process import Popen, Process
+
+    assert parameters(Process.run) == ["self", "events", "ignore_signals"]
+    assert "self._events" in inspect.getsource(Process._send_message)
+    assert "start_new_session" in inspect.getsource(Popen.__init__)
+
+
+def test_werkzeug_form_limits_are_told_apart_from_the_traceback():
+    """webapp.core.compat.werkzeug_private: the frame and locals of each form limit's raise."""
+    import io
+
+    from werkzeug.exceptions import RequestEntityTooLarge
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from webapp.core.compat.werkzeug_private import exceeded_form_limit
+
+    def refusal(data, **limits) -> RequestEntityTooLarge:
+        request = Request(EnvironBuilder(method="POST", data=data, content_type="multipart/form-data").get_environ())
+        for name, value in limits.items():
+            setattr(request, name, value)
+        with pytest.raises(RequestEntityTooLarge) as raised:
+            request.files
+        return raised.value
+
+    files = {f"f{n}": (io.BytesIO(b"x"), f"{n}.txt") for n in range(5)}
+    assert exceeded_form_limit(refusal(files, max_form_parts=3)) == werkzeug_private.FormLimit("parts", 4)
+    assert exceeded_form_limit(refusal({"a": "1", "b": "2", "c": "3"}, max_form_parts=2)).files == 0
+    # A field larger than the limit, read over several of the parser's 64 KiB chunks: its name is known.
+    field = exceeded_form_limit(refusal({"note": "n" * 200_000}, max_form_memory_size=100_000))
+    assert field == werkzeug_private.FormLimit("field_size", 0, "note")
+    # More unparsed bytes than the limit in one chunk (a limit below 64 KiB): the size, not the field.
+    assert exceeded_form_limit(refusal({"note": "n" * 2_000}, max_form_memory_size=1_000)) == \
+        werkzeug_private.FormLimit("field_size", 0, None)
+    assert exceeded_form_limit(RequestEntityTooLarge()) is None  # not raised by the form parser
 
 
 def test_rq_job_time_limit_is_an_alarm_and_a_timeout_field_extend_time_limit_moves_both(redis_url):

@@ -182,6 +182,9 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 50 * MB),
         # Files in one upload (one batch); more are refused with 413 too_many_files.
         "MAX_FILES_PER_UPLOAD": _int(env, "MAX_FILES_PER_UPLOAD", 100),
+        # Bytes one form field other than a file may hold (Flask's setting and default); more are
+        # refused with 413 form_field_too_large.
+        "MAX_FORM_MEMORY_SIZE": _int(env, "MAX_FORM_MEMORY_SIZE", 500_000),
         # --- limits on what one document may become (jobs/extract.py, jobs/chunking.py): each is
         # refused with a clear error and error_code instead of filling the database ---
         # Non-whitespace characters extracted from one document (≈ 2,500 dense pages).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -56,6 +56,36 @@ def _wants_html() -> bool:
     return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
+def _too_large(exc: HTTPException):
+    """The 413 that names what was too large: the body (``payload_too_large``, above
+    ``MAX_CONTENT_LENGTH``), the files (``too_many_files``), the form's parts
+    (``too_many_form_parts``, above ``MAX_FORM_PARTS``) or one text field
+    (``form_field_too_large``, above ``MAX_FORM_MEMORY_SIZE``)."""
+    from webapp.core.compat.werkzeug_private import exceeded_form_limit
+
+    config = current_app.config
+    limit = config.get("MAX_CONTENT_LENGTH")
+    form_limit = exceeded_form_limit(exc)
+    if form_limit is None or (request.content_length is not None and limit and request.content_length > limit):
+        message = (f"The upload is larger than the {limit // (1024 * 1024)} MB limit (MAX_CONTENT_LENGTH)."
+                   if limit else _MESSAGES[413])
+        return error_response(413, "payload_too_large", message)
+    files = config.get("MAX_FILES_PER_UPLOAD")
+    if form_limit.limit == "field_size":
+        which = f"the field '{form_limit.field}'" if form_limit.field else "one of this form's fields"
+        return error_response(413, "form_field_too_large",
+                              f"A form field other than a file may hold at most {config['MAX_FORM_MEMORY_SIZE']:,} "
+                              f"bytes (MAX_FORM_MEMORY_SIZE); {which} is larger. Nothing was uploaded.")
+    if form_limit.files > files:
+        return error_response(413, "too_many_files", f"An upload may hold at most {files} files "
+                                                     "(MAX_FILES_PER_UPLOAD); this one has more. Send them in several "
+                                                     "uploads; nothing was uploaded.")
+    return error_response(413, "too_many_form_parts",
+                          f"A form may have at most {config['MAX_FORM_PARTS']} parts, files and other fields together "
+                          f"(MAX_FORM_PARTS: MAX_FILES_PER_UPLOAD + 10); this one has more, though no more than "
+                          f"{files} files. Send fewer fields; nothing was uploaded.")
+
+
 def init_app(app: Flask) -> None:
     """Register the handlers that turn errors into JSON for API paths."""
 
@@ -72,14 +102,7 @@ def init_app(app: Flask) -> None:
         if not _wants_json():
             return exc
         if exc.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            if request.content_length is not None and limit and request.content_length <= limit:
-                # Not the size: Werkzeug's limit on form parts (MAX_FORM_PARTS) refused it.
-                files = app.config.get("MAX_FILES_PER_UPLOAD")
-                return error_response(413, "too_many_files", f"An upload may hold at most {files} files; this one "
-                                                             "has more. Send them in several uploads.")
-            message = f"The upload is larger than the {limit // (1024 * 1024)} MB limit." if limit else _MESSAGES[413]
-            return error_response(413, "payload_too_large", message)
+            return _too_large(exc)
         response = error_response(exc.code or 500, _code_for(exc), _MESSAGES.get(exc.code or 0, exc.description or exc.name))
         # Keep the exception's own headers (405's Allow, which RFC 9110 requires; 416's Content-Range …).
         for name, value in exc.get_headers():

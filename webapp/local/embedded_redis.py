@@ -73,12 +73,15 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> str:
-        """Start the server and wait until it answers; return its URL.
+        """Start the server and wait until it answers; return its URL. Calling it again after
+        the server exited starts it again on the same port, with the same data folder.
 
         Raises:
             RuntimeError: no binary, or the server did not answer within ``timeout`` seconds.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()  # an earlier server's, which exited
         command = [
             find_redis_server(),
             "--port", str(self.port),
@@ -103,6 +106,11 @@ class EmbeddedRedis:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer within {timeout} s")
+
+    def returncode(self) -> int | None:
+        """The server's exit status once it has exited (reaping it: no zombie), else ``None``
+        (running, or never started). Negative: killed by that signal."""
+        return self.process.poll() if self.process is not None else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM lets it flush its append-only file), then kill it if it hangs."""

@@ -6,9 +6,17 @@ the web process down with it. :class:`RestartingManager` is honcho's ``Manager``
 a process whose type is in ``restart`` (``worker``, ``scheduler``) that exits while nobody asked it
 to stop is started again after a backoff (1 s, doubling up to 30 s; back to 1 s once it has run
 for 30 s), with a ``system`` line naming its exit status. Any other process exiting (``web``)
-still stops everything, with that process's exit status. SIGINT / SIGTERM stop everything as in
-honcho (SIGTERM to each process group, SIGKILL after honcho's ``KILL_WAIT``, 5 s) and cancel any
-pending restart.
+still stops everything, with that process's exit status. SIGINT / SIGTERM / SIGHUP stop everything
+as in honcho (SIGTERM to each process group, SIGKILL after honcho's ``KILL_WAIT``, 5 s) and cancel
+any pending restart.
+
+Nothing it started outlives it, however it ends (issue 21): each Procfile process runs in a process
+group of its own (honcho's ``sh -c`` in a new session), watched by a runner process forked from
+the supervisor (:class:`GroupProcess`). A runner gets SIGTERM from the kernel when the supervisor
+dies (``PR_SET_PDEATHSIG``; a SIGKILLed supervisor included) and then stops its whole group —
+SIGTERM, SIGKILL after ``KILL_WAIT`` — so gunicorn's and the pool's worker processes go too. The
+run command makes the supervisor itself die with it the same way. Its output cannot raise
+(:mod:`webapp.local.output`): a closed terminal or a broken pipe does not abort a shutdown.
 
 Run as ``python -m webapp.local.supervisor --procfile Procfile --app-root . --port 5000 --restart
 worker,scheduler web worker scheduler``; it prints honcho's usual lines (``worker.1 started
@@ -24,6 +32,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -33,6 +42,13 @@ from pathlib import Path
 from honcho import environ
 from honcho.manager import KILL_WAIT, SIGNALS, Manager
 from honcho.printer import Printer
+from honcho.process import Popen as HonchoPopen, Process
+
+from webapp.core.processes import die_with_parent
+from webapp.local.output import make_output_unbreakable
+
+# honcho's table, plus SIGHUP: a closed terminal (or its shell) stops everything like Ctrl-C.
+STOP_SIGNALS = {**SIGNALS, signal.SIGHUP: {'name': 'SIGHUP', 'rc': 129}}
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,78 @@ def describe_exit(returncode: int | None) -> str:
     return f"rc={returncode}"
 
 
+def stop_process_group(pgid: int, leader: subprocess.Popen | None = None, grace: float = KILL_WAIT) -> None:
+    """End every process of group ``pgid``: SIGTERM, then SIGKILL to what is left after ``grace``
+    seconds. Returns once the group is empty (a moment after the SIGKILL at worst).
+
+    Args:
+        pgid: the process group (honcho's ``sh -c`` leads one per Procfile process).
+        leader: the group's leader when it is this process's child: it is reaped as it exits
+            (a zombie still counts as a member of its group).
+    """
+    def alive() -> bool:
+        if leader is not None:
+            leader.poll()
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + wait
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not alive():
+            return
+
+
+class GroupProcess(Process):
+    """honcho's ``Process`` (the runner of one Procfile process, forked from the supervisor), which
+    stops its process group when the supervisor dies.
+
+    honcho's runner ignores SIGINT and SIGTERM and exits only when its child does: the supervisor
+    signals the child's group itself. Here the runner also asks the kernel for SIGTERM when the
+    supervisor dies (``PR_SET_PDEATHSIG``); a stop signal that finds the supervisor gone ends the
+    group (:func:`stop_process_group`) and then the runner. While the supervisor lives, SIGINT,
+    SIGTERM and SIGHUP (a terminal's, sent to the whole foreground group) change nothing, as in
+    honcho. The handlers are Python functions, not ``SIG_IGN``, so the Procfile process does not
+    inherit an ignored SIGINT across ``exec``.
+    """
+
+    def run(self, events=None, ignore_signals=False) -> None:  # noqa: ARG002 — honcho's signature
+        """honcho 2.0's ``Process.run`` (start the command, relay its lines, report its stop) with
+        the supervisor's death handled; ``ignore_signals`` is honcho's and always applies here."""
+        supervisor = os.getppid()
+        self._events = events
+        self._child = None
+
+        def on_stop_signal(signum, frame):
+            if os.getppid() == supervisor:
+                return  # the supervisor lives: it signals the group itself (honcho's design)
+            if self._child is not None:
+                stop_process_group(self._child.pid, self._child)
+            os._exit(128 + signum)  # no 'stop' message: nobody reads the queue any more
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, on_stop_signal)
+        die_with_parent(signal.SIGTERM, supervisor)
+        self._child = HonchoPopen(self.cmd, env=self.env, cwd=self.cwd)  # sh -c, in a session of its own
+        self._send_message({'pid': self._child.pid}, type='start')
+        for line in iter(self._child.stdout.readline, b''):
+            if not self.quiet:
+                self._send_message(line)
+        self._child.stdout.close()
+        self._child.wait()
+        self._send_message({'returncode': self._child.returncode}, type='stop')
+
+
 class RestartingManager(Manager):
     """honcho's ``Manager`` that restarts the processes of the types in ``restart`` when they exit.
 
@@ -77,6 +165,7 @@ class RestartingManager(Manager):
 
     def __init__(self, printer: Printer | None = None, restart: Iterable[str] = (), backoff: Backoff = Backoff()):
         super().__init__(printer)
+        self._process_ctor = GroupProcess
         self.restart = frozenset(restart)
         self.backoff = backoff
 
@@ -85,17 +174,18 @@ class RestartingManager(Manager):
 
         honcho 2.0's ``Manager.loop`` (signal handling, ``KILL_WAIT``, exit status), with the
         changes marked ``# +`` below: a restartable process's stop schedules its restart instead
-        of stopping everything, due restarts are started on each turn, and a process restarted
-        as a shutdown began is stopped too. honcho has no hook for this, hence the copy; it is
+        of stopping everything, due restarts are started on each turn, a process restarted (or
+        started) as a shutdown began is stopped too, and SIGHUP stops everything as SIGTERM does
+        (status 129). honcho has no hook for this, hence the copy; it is
         pinned in requirements.txt.
         """
         def _terminate(signum, frame):
-            self._system_print("%s received\n" % SIGNALS[signum]['name'])
-            self.returncode = SIGNALS[signum]['rc']
+            self._system_print("%s received\n" % STOP_SIGNALS[signum]['name'])
+            self.returncode = STOP_SIGNALS[signum]['rc']
             self.terminate()
 
-        signal.signal(signal.SIGTERM, _terminate)
-        signal.signal(signal.SIGINT, _terminate)
+        for signum in STOP_SIGNALS:  # + SIGHUP
+            signal.signal(signum, _terminate)
 
         self._start()
 
@@ -135,6 +225,25 @@ class RestartingManager(Manager):
         for p in self._processes.values():
             p.pop('restart_at', None)
         super().terminate()
+
+    def _killall(self, force: bool = False) -> None:
+        """honcho's ``_killall`` for the processes that have started: one whose start has not been
+        reported yet has no pid to signal (honcho raised ``KeyError`` there, from the signal
+        handler, and the supervisor died leaving the rest running); :meth:`_on_start` stops it
+        as soon as it reports its start."""
+        for name, p in self._processes.items():
+            if 'returncode' in p or p.get('pid') is None:
+                continue
+            signame = 'SIGKILL' if force else 'SIGTERM'
+            self._system_print("sending %s to %s (pid %s)\n" % (signame, name, p['pid']))
+            if force:
+                self._procmgr.kill(p['pid'])
+            else:
+                self._procmgr.terminate(p['pid'])
+
+    def _start(self) -> None:
+        for name in self._processes:
+            self._processes[name]['process'] = self._spawn(name)
 
     def _restartable(self, name: str) -> bool:
         return name.rsplit('.', 1)[0] in self.restart
@@ -214,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--restart", default="", help="comma-separated process types to restart when they exit")
     parser.add_argument("processes", nargs="*", help="process types to start (default: all)")
     args = parser.parse_args(argv)
+    make_output_unbreakable()
 
     procfile = environ.parse_procfile(args.procfile.read_text())
     names = args.processes or list(procfile.processes)
