@@ -364,7 +364,7 @@ def test_the_schedules_page_is_linked_and_uses_script_files_only(app):
     for tag in page.find_all(True):
         assert not [a for a in tag.attrs if a.lower().startswith("on")], tag.name
     options = [o["value"] for o in page.find("select", id="schedule-job").find_all("option")]
-    assert options == ["reconcile", "retention", "orphans", "activity_report"]
+    assert options == ["reconcile", "retention", "orphans", "activity_report", "sync_source"]
     for control in page.find_all(["input", "select", "textarea"]):
         if control.get("type") != "hidden":
             assert page.find("label", attrs={"for": control["id"]}), control

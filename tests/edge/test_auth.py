@@ -60,13 +60,19 @@ def alice_world(app, web, start_worker):
              "alice's report")
     schedule = alice.post(f"{web}/api/schedules", json={"job": "activity_report", "cron": "0 5 * * *"})
     assert schedule.status_code == 201, schedule.text
-    return {"tokens": tokens, "document": uploaded, "report": report, "schedule": schedule.json()}
+    source = alice.post(f"{web}/api/sources", json={"kind": "s3", "url": "s3://alice-contracts/2026/"})
+    assert source.status_code == 201, source.text
+    return {"tokens": tokens, "document": uploaded, "report": report, "schedule": schedule.json(),
+            "source": source.json()}
 
 
 def id_routes(world) -> list[tuple[str, str]]:
     """Every /api route that names a row, with alice's ids filled in."""
-    document, report, schedule = world["document"], world["report"], world["schedule"]
+    document, report, schedule, source = world["document"], world["report"], world["schedule"], world["source"]
     return [
+        ("GET", f"/api/sources/{source['id']}"),
+        ("POST", f"/api/sources/{source['id']}/sync"),
+        ("DELETE", f"/api/sources/{source['id']}"),
         ("GET", f"/api/batches/{document['batch_id']}"),
         ("GET", f"/api/batches/{document['batch_id']}/events"),
         ("GET", f"/api/jobs/{document['job_id']}/events"),
@@ -93,7 +99,9 @@ def test_every_route_with_an_id_is_covered(app):
              ("POST", "/api/jobs/<job_id>/cancel"), ("POST", "/api/jobs/<job_id>/retry"),
              ("GET", "/api/reports/<report_id>"), ("GET", "/api/reports/<report_id>/download"),
              ("GET", "/api/schedules/<schedule_id>"), ("DELETE", "/api/schedules/<schedule_id>"),
-             ("POST", "/api/schedules/<schedule_id>/pause"), ("POST", "/api/schedules/<schedule_id>/resume")}
+             ("POST", "/api/schedules/<schedule_id>/pause"), ("POST", "/api/schedules/<schedule_id>/resume"),
+             ("GET", "/api/sources/<source_id>"), ("POST", "/api/sources/<source_id>/sync"),
+             ("DELETE", "/api/sources/<source_id>")}
     routes = {(method, rule.rule) for rule in app.url_map.iter_rules()
               if rule.rule.startswith("/api/") and rule.arguments
               for method in rule.methods - {"HEAD", "OPTIONS"}}
@@ -107,7 +115,7 @@ def test_another_owner_gets_404_on_every_route_and_sees_nothing_in_lists(web, al
         assert response.status_code == 404, (method, path, response.status_code, response.text)
         assert response.json()["error"]["code"].endswith("_not_found"), (method, path)
     for path, key in (("/api/documents", "documents"), ("/api/jobs", "jobs"), ("/api/reports", "reports"),
-                      ("/api/schedules", "schedules")):
+                      ("/api/schedules", "schedules"), ("/api/sources", "sources")):
         assert bob.get(f"{web}{path}").json()[key] == [], path
     assert bob.get(f"{web}/api/search", params={"q": "termination notice"}).json()["results"] == []
     assert bob.post(f"{web}/api/search", json={"q": "termination notice"}).json()["results"] == []
@@ -140,6 +148,8 @@ def test_an_owner_sees_own_rows_and_an_admin_sees_everything(web, alice_world):
     assert kinds == {"document", "report"}
     assert {s["id"] for s in alice.get(f"{web}/api/schedules").json()["schedules"]} == {alice_world["schedule"]["id"]}
     assert alice_world["schedule"]["id"] in {s["id"] for s in admin.get(f"{web}/api/schedules").json()["schedules"]}
+    assert [s["id"] for s in alice.get(f"{web}/api/sources").json()["sources"]] == [alice_world["source"]["id"]]
+    assert alice_world["source"]["id"] in {s["id"] for s in admin.get(f"{web}/api/sources").json()["sources"]}
     # The report alice asked for covers her documents only (params record whose).
     assert alice.get(f"{web}/api/reports/{alice_world['report']['id']}").json()["params"]["owner"] == "alice"
     # Maintenance jobs are the system's: not for alice to schedule.

@@ -152,6 +152,9 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     app.config["FETCH_ALLOW_PRIVATE_NETWORKS"] = True  # the receiver listens on 127.0.0.1
     queued_fetch = client.post("/api/documents", json={"url": f"{receiver.url}/ok.pdf"}).get_json()
     queued_fetch = queued_fetch["documents"][0]["job_id"]
+    source = client.post("/api/sources", json={"kind": "s3", "url": "s3://dashboard-test/inbox/"}).get_json()
+    queued_sync = client.post(f"/api/sources/{source['id']}/sync").get_json()["job_id"]
+    queued_reindex = client.post("/api/admin/reindex").get_json()["job_id"]
     from webapp.core.protocol.launch import launch
     with app.app_context(), connection():
         queued_webhook = launch("webhook", {"job_id": delivered["job_id"]}).id
@@ -166,7 +169,8 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     assert set(states.values()) == RQ_STATES, states
     assert states[deferred.id] == "deferred" and states[started_id] == "started"
     assert states[scheduled_id] == "scheduled" and states[stopped_id] == "stopped"
-    for job_id in (queued_document, queued_report, queued_webhook, queued_fetch, *queued_maintenance):
+    for job_id in (queued_document, queued_report, queued_webhook, queued_fetch, queued_sync, queued_reindex,
+                   *queued_maintenance):
         assert states[job_id] == "queued" and row(app, job_id).status == "queued"
     assert (row(app, scheduled_id).status, row(app, stopped_id).status, row(app, started_id).status) == (
         "scheduled", "stopped", "started")
