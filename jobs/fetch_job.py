@@ -59,7 +59,8 @@ def download(document: Document, tracker: JobTracker, config: Mapping[str, Any])
     Raises:
         JobError: ``not_found`` (the document has no URL); ``url_refused`` (an address on the way
             is not public, or the URL is invalid; transient only when the resolver failed for the
-            moment); ``fetch_failed`` (no connection, a timeout, TLS; transient); ``http_error``
+            moment); ``fetch_timeout`` (no connection or no answer within the timeouts; transient);
+            ``fetch_failed`` (refused or broken connection, TLS; transient); ``http_error``
             (an HTTP error status; transient for 408, 425, 429 and 5xx); ``too_many_redirects``;
             ``file_too_large`` (over ``MAX_CONTENT_LENGTH`` bytes); ``empty_file``;
             ``unsupported_media_type`` (the bytes are no supported document);
@@ -78,6 +79,10 @@ def download(document: Document, tracker: JobTracker, config: Mapping[str, Any])
     except egress.DestinationRefused as exc:
         raise JobError(f"{url} cannot be fetched: {exc}", code="url_refused", transient=exc.transient) from exc
     except egress.RequestFailed as exc:
+        if exc.timed_out:
+            raise JobError(f"fetching {url} timed out ({exc}; FETCH_CONNECT_TIMEOUT {config['FETCH_CONNECT_TIMEOUT']} s, "
+                           f"FETCH_READ_TIMEOUT {config['FETCH_READ_TIMEOUT']} s)", code="fetch_timeout",
+                           transient=True) from exc
         raise JobError(f"fetching {url} failed: {exc}", code="fetch_failed", transient=True) from exc
     except egress.FetchStatusError as exc:
         raise JobError(f"fetching failed: {exc}", code="http_error", transient=exc.transient) from exc

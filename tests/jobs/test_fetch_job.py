@@ -205,10 +205,11 @@ def test_each_way_a_fetch_goes_wrong_has_its_error_code_and_only_transient_ones_
         assert outcome[path]["attempts"] == 1  # permanent: not retried
     assert "404" in outcome["/gone"]["error"]
     assert "20,000-byte limit" in outcome["/bomb.txt"]["error"]
-    for path in ("/busy", "/slow"):  # transient: a retry is scheduled
+    for path, code in (("/busy", "http_error"), ("/slow", "fetch_timeout")):  # transient: a retry is scheduled
         job = outcome[path]
         assert job["status"] == "scheduled" and job["retry_at"], (path, job)
-        assert row(app, entries[paths.index(path)]["job_id"]).error_code in ("http_error", "fetch_failed")
+        assert row(app, entries[paths.index(path)]["job_id"]).error_code == code, path
+    assert "FETCH_READ_TIMEOUT 1.0 s" in row(app, entries[paths.index("/slow")]["job_id"]).error
 
 
 def test_bad_fetch_requests_get_a_sentence(app):

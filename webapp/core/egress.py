@@ -73,7 +73,19 @@ class DestinationRefused(ValueError):
 
 class RequestFailed(Exception):
     """The request was sent to a checked address and got no HTTP answer: connection refused or
-    reset, a timeout, a TLS failure. The message names the cause."""
+    reset, a timeout, a TLS failure. The message names the cause; ``timed_out`` is true when the
+    connection or an answer did not come within its time limit."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+def _timed_out(exc: Exception | None) -> bool:
+    """urllib3 ran out of time (connect or read); not a refused connection, which urllib3 2 also
+    derives from ``ConnectTimeoutError``."""
+    return (isinstance(exc, urllib3.exceptions.TimeoutError)
+            and not isinstance(exc, urllib3.exceptions.NewConnectionError))
 
 
 @dataclass(frozen=True)
@@ -251,7 +263,7 @@ def request(destination: Destination, method: str, body: bytes | None = None,
         except urllib3.exceptions.NewConnectionError as exc:
             error = exc  # refused or unreachable: the next checked address, if any
         except Urllib3Error as exc:
-            raise RequestFailed(_describe(exc)) from exc
+            raise RequestFailed(_describe(exc), timed_out=_timed_out(exc)) from exc
         finally:
             if preload_content:
                 pool.close()
@@ -437,5 +449,5 @@ def _read_body(response: urllib3.BaseHTTPResponse, max_bytes: int) -> bytes:
                 raise FetchTooLarge(max_bytes)
             parts.append(block)
     except Urllib3Error as exc:
-        raise RequestFailed(_describe(exc)) from exc
+        raise RequestFailed(_describe(exc), timed_out=_timed_out(exc)) from exc
     return b"".join(parts)
