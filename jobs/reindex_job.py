@@ -19,7 +19,11 @@ them). Cancel (``POST /api/jobs/<id>/cancel``) stops the run where it is: nothin
 launched, and the document jobs already launched go on.
 
 The run holds one worker process while it paces and waits (sleeping), so the document jobs need
-another one: the pool's other processes, or ``HIGH_QUEUE_WORKERS`` taking this job.
+another one: the pool's other processes, or ``HIGH_QUEUE_WORKERS`` taking this job. Before each
+wait the run checks whether its own process is the only one listening on the document jobs' queue
+(``WORKER_CONCURRENCY=1`` with this job on the pool's only process): waiting would never end, so the
+run fails at once with ``no_document_worker`` and says so — the document jobs it launched run as
+soon as this process is free, and the next reindex goes on with the documents still stale.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core.db import connection
 from webapp.core.indexing import index_digest, index_recipe, stale_documents
 from webapp.core.models import Document, Job
+from webapp.core.protocol.kinds import get_kind
 from webapp.core.protocol.states import TERMINAL, WAITING
 from webapp.core.relaunch import relaunch_documents
 
 log = logging.getLogger(__name__)
 
 DRAIN_POLL_SECONDS = 1.0  # how often the ending of the launched jobs is looked at
+WORKER_CHECK_SECONDS = 10.0  # how often a waiting run looks again for another worker of the document jobs
 ID_BATCH = 500  # job ids per status query
 
 
@@ -81,6 +87,36 @@ class LaunchedJobs:
                 self.waiting += 1
 
 
+class DocumentWorkerCheck:
+    """Whether this job's worker process is the only one listening on the document jobs' queue (RQ's
+    worker registry) — then waiting for them can never end — looked at no more than every
+    :data:`WORKER_CHECK_SECONDS`."""
+
+    def __init__(self, rq_job, queue_name: str) -> None:
+        self.rq_job, self.queue_name, self.checked_at = rq_job, queue_name, float("-inf")
+
+    def require(self, launched: int) -> None:
+        """Raise :class:`JobError` ``no_document_worker`` when the only worker that would run the
+        document jobs this run waits for is its own (``launched`` so far, for the sentence)."""
+        if self.rq_job is None or time.monotonic() - self.checked_at < WORKER_CHECK_SECONDS:
+            return
+        from rq import Queue, Worker
+
+        connection = self.rq_job.connection
+        own = self.rq_job.worker_name
+        names = {worker.name for worker in Worker.all(connection=connection,
+                                                      queue=Queue(self.queue_name, connection=connection))}
+        self.checked_at = time.monotonic()
+        # Only this process would take them, and it is busy waiting: a deadlock. (With no worker on
+        # that queue at all, the jobs wait like any job until one starts: nothing to say here.)
+        if own in names and names == {own}:
+            raise JobError(f"no other worker process takes {self.queue_name} jobs, so the {launched} document job(s) "
+                           "this reindex launched cannot run while it waits for them; they run once this process is "
+                           "free. Run the reindex again then (it goes on with the documents still stale), or give "
+                           "the worker more processes (WORKER_CONCURRENCY ≥ 2, or HIGH_QUEUE_WORKERS ≥ 1 for this job)",
+                           code="no_document_worker")
+
+
 def reindex() -> dict[str, Any]:
     """The RQ job: launch a document job for every stale document, bounded, then wait for them.
 
@@ -93,7 +129,9 @@ def reindex() -> dict[str, Any]:
 
     Raises:
         JobError: ``queue_unavailable`` (transient: retried, and the next run resumes, as the
-            documents already done are no longer stale) when Redis refused a launch.
+            documents already done are no longer stale) when Redis refused a launch;
+            ``no_document_worker`` when the run would wait for document jobs that no other
+            worker process takes (:class:`DocumentWorkerCheck`).
         JobStopped: the job was canceled or stopped (launched document jobs go on).
         RuntimeError: called outside an RQ worker.
     """
@@ -106,6 +144,7 @@ def reindex() -> dict[str, Any]:
         digest = index_digest(config)
         document_ids = [row.id for row in stale_documents(digest).select(Document.id)]
         launched = LaunchedJobs()
+        workers = DocumentWorkerCheck(tracker.rq_job, get_kind("document").queue)
         counts = {"selected": len(document_ids), "launched": 0, "skipped": 0, "finished": 0, "failed": 0}
         log.info("reindex %s: %d stale document(s) to launch at %.2f/s, at most %d waiting", tracker.job_id,
                  len(document_ids), rate, max_queued)
@@ -123,7 +162,10 @@ def reindex() -> dict[str, Any]:
             if launched.waiting < max_queued:
                 return False
             launched.refresh()
-            return launched.waiting >= max_queued
+            if launched.waiting >= max_queued:
+                workers.require(counts["launched"])
+                return True
+            return False
 
         def one_launched(document_id: str, job: Job | None) -> None:
             if job is None:
@@ -141,6 +183,7 @@ def reindex() -> dict[str, Any]:
                            "with the documents still stale", code="queue_unavailable", transient=True)
         launched.refresh()
         while launched.pending:
+            workers.require(counts["launched"])
             report("waiting_for_documents")
             time.sleep(DRAIN_POLL_SECONDS)
             launched.refresh()

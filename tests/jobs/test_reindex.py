@@ -184,3 +184,17 @@ def test_only_admins_reindex(app):
         assert response.get_json()["error"]["message"].endswith(".")
     with app.app_context(), connection():
         assert Job.select().where(Job.kind == "reindex").count() == 0
+
+
+def test_a_reindex_on_the_only_worker_process_fails_at_once_instead_of_waiting_forever(app, library, start_worker):
+    """With one process taking both queues, the reindex would wait for document jobs nobody can run."""
+    _, ids = library
+    client = api_client(app)
+    start_worker(WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0", REINDEX_MAX_QUEUED="1", REINDEX_RATE="100")
+    job_id = client.post("/api/admin/reindex").get_json()["job_id"]
+    job = wait_for(lambda: (lambda j: j if j["status"] in ("failed", "finished") else None)(
+        client.get(f"/api/jobs/{job_id}").get_json()), DEADLINE, "the reindex to end")
+    assert (job["status"], job["error_code"]) == ("failed", "no_document_worker"), job
+    assert "no other worker process takes default jobs" in job["error"]
+    # The document job it launched runs once the process is free; the next reindex goes on from there.
+    wait_for(lambda: len(spaces_of(app).get(NEW, ())) == 1, DEADLINE, "the launched document job to run")
