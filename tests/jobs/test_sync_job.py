@@ -326,3 +326,62 @@ def test_the_sources_page_has_the_form_and_a_nav_link(app):
     html = client.get("/sources").get_data(as_text=True)
     assert 'id="source-form"' in html and 'aria-current="page">Sources</a>' in html
     assert 'name="csrf-token"' in html and "sources.js" in html
+
+
+class SlowSite(Site):
+    """A web site that takes ``delay`` seconds per answer, so that a sync is still running when it is canceled."""
+
+    delay = 0.4
+
+    def __call__(self, environ, start_response):
+        import time
+
+        time.sleep(self.delay)
+        return super().__call__(environ, start_response)
+
+
+FRUITS = ["rambutan", "pitaya", "soursop", "kiwano", "tamarillo", "bilimbi", "santol", "mamoncillo"]
+
+
+def test_a_sync_stopped_midway_leaves_the_next_one_correct(app, start_worker):
+    """Cancel of a running sync stops it between items; the next sync ingests the rest, counts what the first
+    one ingested as unchanged once processed, and every URL ends with exactly one document."""
+    from tests.conftest import wait_for
+
+    site = SlowSite()
+    for fruit in FRUITS:
+        site.pages[f"/{fruit}"] = (page(fruit), {"ETag": f'"{fruit}"'})
+    client = api_client(app, "alice", admin=False)
+    with serve_wsgi(site) as base:
+        source_id = client.post("/api/sources", json={"kind": "web", "urls": [f"{base}/{f}" for f in FRUITS]}
+                                ).get_json()["id"]
+        job_id = client.post(f"/api/sources/{source_id}/sync").get_json()["job_id"]
+        start_worker(WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0", FETCH_ALLOW_PRIVATE_NETWORKS="true")
+        wait_for(lambda: (client.get(f"/api/sources/{source_id}").get_json()["syncs"] or [{}])[0]
+                 .get("counts", {}).get("ingested", 0) >= 2, 120, "the sync to ingest two pages")
+        assert client.post(f"/api/jobs/{job_id}/cancel").get_json()["status"] == "stopped"
+        first = client.get(f"/api/sources/{source_id}").get_json()["syncs"][0]
+        assert first["status"] == "stopped" and 2 <= first["counts"]["ingested"] < len(FRUITS), first
+
+        def settled():  # every document job the stopped sync launched has ended
+            with app.app_context(), connection():
+                from webapp.core.models import Job
+                jobs = [Job.get_by_id(d.job_id).status for d in Document.select()]
+            return jobs and all(status in ("finished", "failed") for status in jobs)
+
+        wait_for(settled, 120, "the documents of the stopped sync to be processed")
+        second_id = client.post(f"/api/sources/{source_id}/sync").get_json()["job_id"]
+        wait_for(lambda: client.get(f"/api/jobs/{second_id}").get_json()["status"] == "finished", 120,
+                 "the second sync")
+        second = client.get(f"/api/sources/{source_id}").get_json()["syncs"][0]
+        done = first["counts"]["ingested"]
+        assert second["counts"]["listed"] == len(FRUITS)
+        assert second["counts"]["unchanged"] == done and second["counts"]["ingested"] == len(FRUITS) - done, second
+        assert second["counts"]["failed"] == 0
+        wait_for(lambda: settled() and len(found(app, "mamoncillo")) == 1, 120, "the last page's document")
+    with app.app_context(), connection():
+        urls = [d.source_url for d in Document.select()]
+        assert sorted(urls) == sorted(f"{base}/{f}" for f in FRUITS)  # one document per URL, none doubled
+        assert SourceItem.select().where(SourceItem.synced_version.is_null()).count() == 0
+    for fruit in FRUITS:
+        assert len(found(app, fruit)) == 1, fruit
