@@ -385,3 +385,29 @@ def test_a_sync_stopped_midway_leaves_the_next_one_correct(app, start_worker):
         assert SourceItem.select().where(SourceItem.synced_version.is_null()).count() == 0
     for fruit in FRUITS:
         assert len(found(app, fruit)) == 1, fruit
+
+
+def test_a_syncs_counts_come_over_its_event_stream(app, config, start_worker, tmp_path):
+    from tests.conftest import make_token, procfile_web
+    from tests.edge.test_sse import EventStream, bearer
+
+    site = SlowSite()
+    for fruit in FRUITS[:5]:
+        site.pages[f"/{fruit}"] = (page(fruit), {})
+    token = make_token(app, "alice")
+    client = api_client(app, "alice", admin=False, token=token)
+    with serve_wsgi(site) as base, procfile_web(config, tmp_path / "web.log") as web:
+        source_id = client.post("/api/sources", json={"kind": "web", "urls": [f"{base}/{f}" for f in FRUITS[:5]]}
+                                ).get_json()["id"]
+        job_id = client.post(f"/api/sources/{source_id}/sync").get_json()["job_id"]
+        stream = EventStream(web, f"/api/jobs/{job_id}/events", bearer(token))
+        events = stream.events()
+        assert next(events)[1]["status"] == "queued"
+        start_worker(WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0", FETCH_ALLOW_PRIVATE_NETWORKS="true")
+        rest = [data for name, data in events if name == "job"]
+        stream.close()
+    running = [event["counts"] for event in rest if event["status"] == "started" and event.get("counts")]
+    assert running, rest  # the counts move while the sync runs
+    ingested = [counts["ingested"] for counts in running]
+    assert ingested == sorted(ingested) and running[-1]["listed"] == 5
+    assert rest[-1]["status"] == "finished"
