@@ -7,6 +7,7 @@ import struct
 import zlib
 
 import pypdfium2 as pdfium
+import pytest
 
 from tests.conftest import CORPUS, post_text, upload, wait_for
 from webapp.core.models import Chunk, Document
@@ -49,6 +50,9 @@ def _png_declaring(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+# A hang guard matching its worker's own 900 s bound (pytest.ini's 300 s is too little for ≈ 10 pages of
+# single-threaded OCR on a loaded 2-core machine: it timed out at 300 s in a CI check with other work running).
+@pytest.mark.timeout(960)
 def test_scans_rotations_mixed_pdfs_and_images_are_read_by_ocr(app, client, run_worker):
     rotated = upload(client, "docling-image-only-4p.pdf").get_json()["documents"][0]
     mixed = post_text(client, _mixed_pdf(), "mixed.pdf").get_json()["documents"][0]
