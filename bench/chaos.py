@@ -373,13 +373,16 @@ def kill_horse(service: Service, rng: random.Random, fault: Fault) -> None:
     found = _busy_target(service, busy)
     if found:
         pid = rng.choice(sorted(found))
-        fault.affected = [found[pid]]
     else:
-        pids = [p.pid for name in service.workers() for p in service.pool_processes(name)]
-        pid = rng.choice(pids)
-        fault.note = "idle process"
+        pid = rng.choice([p.pid for name in service.workers() for p in service.pool_processes(name)])
     fault.target = f"pid {pid}"
     _mark(fault)
+    # Frozen first, then asked what it runs: the job it was running a moment ago may have ended
+    # and another begun (a hit must name the job the kill really interrupted).
+    os.kill(pid, signal.SIGSTOP)
+    job = service.running_jobs().get(pid)
+    fault.affected = [job] if job else []
+    fault.note = "" if job else "idle process"
     os.kill(pid, signal.SIGKILL)
 
 
@@ -398,7 +401,7 @@ def _busy_worker(service: Service, rng: random.Random) -> tuple[str, list[str]]:
 def kill_whole_worker(service: Service, rng: random.Random, fault: Fault) -> None:
     """SIGKILL a worker command with all its processes at once (each stopped first, so none
     reacts to another's death: a lost machine), then start a replacement."""
-    name, fault.affected = _busy_worker(service, rng)
+    name, _ = _busy_worker(service, rng)
     fault.target = name
     process = service.processes[name]
     tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
@@ -406,8 +409,13 @@ def kill_whole_worker(service: Service, rng: random.Random, fault: Fault) -> Non
     _mark(fault)
     for member in tree:
         member.send_signal(signal.SIGSTOP)
+    # Frozen, then asked what they run (see kill_horse); the group's SIGKILL also takes a
+    # process forked after the tree was read.
+    running = service.running_jobs()
+    fault.affected = [running[member.pid] for member in tree if member.pid in running]
     for member in tree:
         member.send_signal(signal.SIGKILL)
+    _signal_group(process.pid, signal.SIGKILL)
     process.wait(10)
     fault.note = f"replaced by {service.spawn('worker')}"
 
