@@ -217,6 +217,22 @@ def test_a_started_row_whose_rq_job_is_gone_is_run_again(app, client, redis):
     assert _rq(redis, job_id).retries_left == DOCUMENT_RUNS - 1 - 1
 
 
+def test_a_worker_that_dies_before_the_job_marked_its_row_started_leaves_a_retry(app, client, redis):
+    """RQ handed the job to a worker process (its record says started) which died before the job's
+    first line ran: the row still says queued. The failure is transient, with retries left: the
+    row waits for its retry like any started job's, it does not fail ``worker_died``."""
+    job_id = _upload(client)
+    queue = Queue("default", connection=redis)
+    worker = SimpleWorker([queue], connection=redis, name="dies-before-start")
+    worker.register_birth()
+    job, _ = Queue.dequeue_any([queue], None, connection=redis)
+    execution = worker.prepare_execution(job)
+    worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
+    assert row(app, job_id).status == "queued"
+    _fail_transiently(app, redis, worker, execution, job_id)
+    assert row(app, job_id).error_code == "worker_died" and row(app, job_id).retry_at is not None
+
+
 def test_a_failure_reported_twice_leaves_the_row_waiting_for_its_retry(app, client, redis):
     """Two abandoned-job cleanups at once (reconcile and a worker's maintenance) both run the
     failure callback: the second must not turn the scheduled retry into a failure."""

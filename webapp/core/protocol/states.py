@@ -189,10 +189,13 @@ def mark_canceled(job_id: str) -> bool:
 
 
 def mark_scheduled(job_id: str, message: str, code: str, retry_at: datetime) -> bool:
-    """``started → scheduled``: a transient failure; RQ retries the job at ``retry_at`` (UTC).
-    The row keeps the error that caused it. Returns whether the row changed."""
+    """``started/queued → scheduled``: a transient failure; RQ retries the job at ``retry_at`` (UTC).
+    The row keeps the error that caused it. ``queued``: the worker process died after RQ handed it
+    the job and before the job's first line marked the row started (the chaos run's whole-worker
+    kill found it failing such a job ``worker_died`` with its retries unused). Returns whether the
+    row changed."""
     with connection():
-        return transition(job_id, SCHEDULED, from_=frozenset({STARTED}), error=message[:MAX_ERROR],
+        return transition(job_id, SCHEDULED, from_=frozenset({STARTED, QUEUED}), error=message[:MAX_ERROR],
                           error_code=code, retry_at=retry_at, stage=None)
 
 
