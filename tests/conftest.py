@@ -499,7 +499,8 @@ def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     for key in ("DATABASE_URL", "REDIS_URL", "STORAGE_PATH", "OPENAI_API_KEY", "OPENAI_BASE_URL",
                 "MAX_CONTENT_LENGTH", "DOCUMENT_JOB_TIMEOUT", "SECRET_KEY", "SESSION_COOKIE_SECURE",
-                "WEBHOOK_ALLOW_PRIVATE", "FETCH_ALLOW_PRIVATE_NETWORKS", "STORAGE_URL", "REPORT_URL_EXPIRY", "EMBEDDER",
+                "WEBHOOK_ALLOW_PRIVATE", "FETCH_ALLOW_PRIVATE_NETWORKS", "FAIR_SHARE", "OWNER_MAX_RUNNING",
+                "OWNER_BUSY_RETRY", "STORAGE_URL", "REPORT_URL_EXPIRY", "EMBEDDER",
                 *AWS_ENV):
         if config.get(key) is not None:
             env[key] = str(config[key])

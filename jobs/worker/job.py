@@ -15,6 +15,7 @@ from flask import current_app, has_app_context
 from redis.exceptions import RedisError
 from rq.job import Job as RQJob
 
+from webapp.core.owner_caps import release_running_slot, take_running_slot
 from webapp.core.workflows.rate_limits import acquire, begin_run
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,33 @@ class DocketJob(RQJob):
     def _execute(self) -> Any:
         global _job_in_body
         _job_in_body = self.id
+        slot = False
         try:
             begin_run()  # nothing of an outside service's budget spent by this run yet
             self._take_kind_budget()
+            slot = self._take_owner_slot()
             return super()._execute()
         finally:
             _job_in_body = None
+            if slot:
+                self._release_owner_slot()
+
+    def _take_owner_slot(self) -> bool:
+        """Take one of the job's owner's ``OWNER_MAX_RUNNING`` slots
+        (:func:`webapp.core.owner_caps.take_running_slot`; it lasts 3 heartbeats and the worker's
+        beat extends it). Over the cap it raises :class:`~webapp.core.owner_caps.OwnerBusy`, which
+        the worker turns into a rescheduled job. Returns whether a slot was taken."""
+        if not has_app_context():
+            return False
+        config = current_app.config
+        ttl = 3 * config.get("WORKER_HEARTBEAT_INTERVAL", 5) + 1
+        return take_running_slot(self.connection, config, self.meta.get("owner"), self.id, ttl)
+
+    def _release_owner_slot(self) -> None:
+        try:
+            release_running_slot(self.connection, self.meta.get("owner"), self.id)
+        except RedisError as exc:  # the slot expires 3 heartbeats on by itself
+            log.warning("job %s: its owner's running slot not freed, Redis is unavailable: %s", self.id, exc)
 
     def _take_kind_budget(self) -> None:
         """Take one unit of the job kind's budget (``JOB_RATE_LIMITS``), before the job's function

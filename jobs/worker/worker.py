@@ -31,6 +31,7 @@ from jobs.worker.job import STOP_JOB_SIGNAL, JobHandedBack, log_fields, job_in_b
 from webapp.core.compat.rq_private import enqueue_at_front
 from webapp.core import metrics
 from webapp.core.logs import end_stage, log_context
+from webapp.core.owner_caps import refresh_running_slot
 from webapp.core.processes import children_die_with_this_process, die_with_parent
 from webapp.core.protocol.job_errors import JobError, JobStopped, RateLimited
 from webapp.core.protocol.states import mark_handed_back, mark_rate_limited
@@ -193,6 +194,7 @@ class DocketWorker(SimpleWorker):
                 with self.connection.pipeline() as pipe:
                     self.heartbeat(ttl, pipeline=pipe)
                     execution.heartbeat(job.started_job_registry, ttl, pipeline=pipe)
+                    refresh_running_slot(pipe, job.meta.get("owner"), job.id, ttl)  # OWNER_MAX_RUNNING
                     pipe.execute()
             except RedisError as exc:  # Redis briefly away: the next beat tries again
                 self.log.warning("Worker %s: heartbeat failed: %s", self.name, exc)
@@ -251,8 +253,7 @@ class DocketWorker(SimpleWorker):
         ``ScheduledJobRegistry`` for when the budget frees units (at least 1 s on: RQ's scheduler
         works in whole seconds). RQ's retry count is untouched: waiting is not a failure."""
         retry_at = now() + timedelta(seconds=max(1, math.ceil(limited.retry_after)))
-        message = (f"waiting for the {limited.name} rate limit" + (f" ({limited.limit})" if limited.limit else "")
-                   + f"; runs again at {retry_at:%Y-%m-%d %H:%M:%S} UTC")
+        message = f"waiting for {limited.reason}; runs again at {retry_at:%Y-%m-%d %H:%M:%S} UTC"
         self.log.info("Worker %s: job %s rescheduled for %s: %s", self.name, job.id, retry_at.isoformat(), message)
         try:
             mark_rate_limited(job.id, retry_at, message)

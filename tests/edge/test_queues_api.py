@@ -37,7 +37,8 @@ def statistics(client) -> dict[str, dict]:
     assert datetime.fromisoformat(body["generated_at"]).utcoffset() == timedelta(0)
     assert [q["name"] for q in body["queues"]] == list(QUEUE_NAMES)
     for queue in body["queues"]:
-        assert set(queue) == {"name", "counts", "oldest_queued_age_seconds", "workers", "jobs_per_minute", "waiting"}
+        assert set(queue) == {"name", "counts", "oldest_queued_age_seconds", "workers", "jobs_per_minute", "waiting",
+                              "owners"}
         assert set(queue["counts"]) == COUNT_KEYS
         assert set(queue["jobs_per_minute"]) == {"last_5_minutes", "last_60_minutes"}
         assert set(queue["waiting"]) == {"delayed", "for_batch"}
@@ -52,6 +53,7 @@ def test_counts_age_workers_and_rates_of_each_queue(app, client, redis, run_work
         assert queue["oldest_queued_age_seconds"] is None and queue["workers"] == 0
         assert queue["jobs_per_minute"] == {"last_5_minutes": 0.0, "last_60_minutes": 0.0}
         assert queue["waiting"] == {"delayed": 0, "for_batch": 0}
+        assert queue["owners"] == []
 
     # A burst worker: on default a finished, a failed and a canceled document; on high a finished report.
     finished = text_document(client, "A note that is processed.")
@@ -97,6 +99,9 @@ def test_counts_age_workers_and_rates_of_each_queue(app, client, redis, run_work
             assert stats["default"]["counts"] == {"queued": 1, "started": 0, "scheduled": 0, "deferred": 1,
                                                   "failed": 1, "finished": 3, "canceled": 1}
             assert (stats["high"]["workers"], stats["default"]["workers"]) == (2, 1)
+            # Each owner's depth, from the rows: the held webhooks run for their document's owner.
+            assert stats["default"]["owners"] == [{"owner": "tester", "queued": 1, "started": 0}]
+            assert stats["high"]["owners"] == [{"owner": "tester", "queued": 1, "started": 2}]
             # Ended jobs (finished, failed, canceled rows) per minute: 5 on default, 1 on high.
             assert stats["default"]["jobs_per_minute"] == {"last_5_minutes": 1.0, "last_60_minutes": 0.083}
             assert stats["high"]["jobs_per_minute"] == {"last_5_minutes": 0.2, "last_60_minutes": 0.017}

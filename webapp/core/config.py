@@ -294,6 +294,15 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         "JOB_RATE_LIMITS": env.get("JOB_RATE_LIMITS") or "",
         # Seconds a job may wait in place for a rate limit's budget before it is rescheduled.
         "RATE_LIMIT_MAX_WAIT": _float(env, "RATE_LIMIT_MAX_WAIT", 5.0),
+        # --- fair share between owners (webapp/core/fair_queue.py, webapp/core/owner_caps.py) ---
+        # Round-robin across owners inside each queue; off: first in, first out (RQ's own push).
+        "FAIR_SHARE": _bool(env, "FAIR_SHARE", True),
+        # Documents one owner may have waiting (queued or scheduled); over it an upload gets 429
+        # with Retry-After. Jobs of one owner running at once on all workers. 0: no cap.
+        "OWNER_MAX_QUEUED": _int(env, "OWNER_MAX_QUEUED", 0),
+        "OWNER_MAX_RUNNING": _int(env, "OWNER_MAX_RUNNING", 0),
+        # Seconds a job over OWNER_MAX_RUNNING waits in RQ's scheduler before it is queued again.
+        "OWNER_BUSY_RETRY": _int(env, "OWNER_BUSY_RETRY", 2),
         "SEARCH_MAX_K": _int(env, "SEARCH_MAX_K", 50),
         # --- re-indexing after a settings change (webapp/core/indexing.py, jobs/reindex_job.py) ---
         # Document jobs a reindex job launches per second, at most, and how many of the jobs it
@@ -352,6 +361,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         raise ValueError("EMBEDDING_BATCH_SIZE must be between 1 and 2048 (OpenAI's limit per request)")
     if config["MAX_FILES_PER_UPLOAD"] < 1:
         raise ValueError("MAX_FILES_PER_UPLOAD must be at least 1")
+    if config["OWNER_MAX_QUEUED"] < 0 or config["OWNER_MAX_RUNNING"] < 0:
+        raise ValueError("OWNER_MAX_QUEUED and OWNER_MAX_RUNNING must be 0 (no cap) or more")
+    if config["OWNER_BUSY_RETRY"] < 1:
+        raise ValueError("OWNER_BUSY_RETRY must be at least 1 second (RQ's scheduler works in whole seconds)")
     # Werkzeug refuses a form of more parts than this with a bare 413 (webapp.edge.json_errors names it):
     # the files and a few other fields (password, reprocess, callback_url).
     config["MAX_FORM_PARTS"] = config["MAX_FILES_PER_UPLOAD"] + 10

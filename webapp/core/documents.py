@@ -32,6 +32,7 @@ from webapp.core.extractor import EXTRACTOR_VERSION
 from webapp.core.service_errors import ServiceError
 from webapp.core.protocol.control import cancel_job
 from webapp.core.protocol.states import FINISHED, STARTED, TERMINAL, WAITING, JobStateError
+from webapp.core.owner_caps import check_queued_cap
 from webapp.core.protocol.launch import QueueUnavailable, enqueue_jobs, new_job
 from webapp.core.models import Batch, Chunk, Document, Job, Report, new_id
 from webapp.core.report_files import launch_report, new_report
@@ -181,6 +182,8 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
 
     Raises:
         ServiceError: 400/413/415 from :func:`validate_uploads` when no file is accepted (nothing stored); 400 ``invalid_callback_url``;
+            429 ``owner_queue_full`` with ``Retry-After`` when the new documents would pass ``OWNER_MAX_QUEUED``
+            (:func:`webapp.core.owner_caps.check_queued_cap`; nothing stored);
             503 ``storage_unavailable`` when the bytes cannot be stored; 503 ``queue_unavailable``
             when Redis refuses the jobs (their rows are marked ``failed``; none was enqueued).
     """
@@ -206,6 +209,7 @@ def accept_uploads(uploads: Iterable[Upload], password: str | None = None, *, ow
             new.append((len(files), upload, digest))
             files.append(None)
 
+    check_queued_cap(current_app.config, owner, len(new))  # OWNER_MAX_QUEUED: 429 before anything is stored
     batch_id = new_id() if new else None
     sealed_password = encrypt_secret(current_app.config, password) if password and new else None
     jobs: list[Job] = []
@@ -300,7 +304,8 @@ def accept_urls(urls: Iterable[str], *, owner: str, callback_url: str | None = N
     Raises:
         ServiceError: 400 ``no_url`` when there is none or one is not a string, 413
             ``too_many_files`` above ``MAX_FILES_PER_UPLOAD``, the refusal itself (400
-            ``url_refused``) when every URL is refused, 400 ``invalid_callback_url``, 503
+            ``url_refused``) when every URL is refused, 400 ``invalid_callback_url``, 429
+            ``owner_queue_full`` over ``OWNER_MAX_QUEUED``, 503
             ``queue_unavailable`` when Redis refuses the jobs (their rows are marked ``failed``).
     """
     urls = list(urls)
@@ -324,6 +329,7 @@ def accept_urls(urls: Iterable[str], *, owner: str, callback_url: str | None = N
         first = refused[0]
         others = f" {len(refused) - 1} other URL(s) were refused too." if len(refused) > 1 else ""
         raise ServiceError(first.status, first.code, f"{first.message}{others} Nothing was accepted.")
+    check_queued_cap(current_app.config, owner, len(accepted))  # OWNER_MAX_QUEUED
     batch_id = new_id()
     jobs: list[Job] = []
     files: list[Accepted] = []

@@ -34,6 +34,7 @@ from rq.registry import (CanceledJobRegistry, DeferredJobRegistry, FailedJobRegi
 
 from webapp.core.protocol.states import DEFERRED, SCHEDULED, TERMINAL
 from webapp.core.models import Job, isoformat, utcnow
+from webapp.core.owner_caps import owner_depths
 from webapp.core.queues import QUEUE_NAMES, rq
 
 # The counts every queue reports, in this order: "queued" is the queue itself, the others RQ's registries.
@@ -66,7 +67,9 @@ def queue_statistics(connection: Redis | None = None, now: datetime | None = Non
         "jobs_per_minute": {"last_5_minutes", "last_60_minutes"} (jobs that reached a terminal
         state in the window ÷ the window's minutes, rounded to 3 decimals), "waiting": {"delayed",
         "for_batch"} (rows: delayed jobs before their ``run_at``; batch reports whose batch has
-        not ended)}, …],
+        not ended), "owners": [{"owner" (``null``: the system's jobs), "queued", "started"}, …]
+        (each owner's rows waiting and running, most queued first; fair share,
+        :mod:`webapp.core.fair_queue`)}, …],
         "generated_at": ISO-8601 UTC}``.
 
     Raises:
@@ -77,6 +80,7 @@ def queue_statistics(connection: Redis | None = None, now: datetime | None = Non
     now = now or utcnow()
     rates = jobs_per_minute(now)
     waiting = waiting_rows()
+    owners = owner_depths()
     queues = []
     for name in QUEUE_NAMES:
         queue = Queue(name, connection=connection)
@@ -90,6 +94,7 @@ def queue_statistics(connection: Redis | None = None, now: datetime | None = Non
             "workers": len(Worker.all(queue=queue)),
             "jobs_per_minute": rates[name],
             "waiting": waiting[name],
+            "owners": owners.get(name, []),
         })
     return {"queues": queues, "generated_at": isoformat(now)}
 

@@ -20,6 +20,8 @@ from rq import Queue
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job as RQJob
 
+from webapp.core.fair_queue import FairQueue
+
 QUEUE_NAMES = ("high", "default")  # workers listen in this order: high first
 
 
@@ -64,9 +66,12 @@ class RQ:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Create the app's Redis client and queues from ``REDIS_URL`` (no connection is made)."""
+        """Create the app's Redis client and queues from ``REDIS_URL`` (no connection is made):
+        :class:`~webapp.core.fair_queue.FairQueue` (round-robin across owners) unless
+        ``FAIR_SHARE`` is off, then RQ's plain ``Queue`` (first in, first out)."""
         connection = make_redis(app.config["REDIS_URL"], app.config.get("REDIS_TLS_VERIFY", True))
-        queues = {name: Queue(name, connection=connection) for name in QUEUE_NAMES}
+        queue_class = FairQueue if app.config.get("FAIR_SHARE", True) else Queue
+        queues = {name: queue_class(name, connection=connection) for name in QUEUE_NAMES}
         app.extensions["rq"] = RQState(connection=connection, queues=queues)
 
     @staticmethod

@@ -8,7 +8,10 @@ The answer (:func:`webapp.core.queue_stats.queue_statistics` computes it)::
                             "failed": 0, "finished": 0, "canceled": 0},
                  "oldest_queued_age_seconds": 12.5 | null,
                  "workers": 1,
-                 "jobs_per_minute": {"last_5_minutes": 0.4, "last_60_minutes": 0.1}},
+                 "jobs_per_minute": {"last_5_minutes": 0.4, "last_60_minutes": 0.1},
+                 "waiting": {"delayed": 0, "for_batch": 0},
+                 "owners": [{"owner": "team-a", "queued": 298, "started": 2},
+                            {"owner": "team-b", "queued": 1, "started": 0}]},
                 {"name": "default", …}],
      "generated_at": "2025-01-02T03:04:05.678901+00:00"}
 

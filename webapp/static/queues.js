@@ -41,6 +41,34 @@ function renderQueue(queue) {
     row("Reports waiting for their batch", Number(queue.waiting.for_batch).toLocaleString()),
   );
   table.append(caption, body);
+  const section = el("section", "queue");
+  section.append(table);
+  if (queue.owners && queue.owners.length) section.append(renderOwners(queue));
+  return section;
+}
+
+// Each owner's waiting and running jobs in this queue (fair share: workers take them in turn).
+function renderOwners(queue) {
+  const table = el("table", "owner-table");
+  table.id = `queue-${queue.name}-owners`;
+  const head = el("thead");
+  const headRow = el("tr");
+  ["Owner", "Queued", "Running"].forEach((label) => {
+    const th = el("th", null, label);
+    th.scope = "col";
+    headRow.append(th);
+  });
+  head.append(headRow);
+  const body = el("tbody");
+  queue.owners.forEach((entry) => {
+    const tr = el("tr");
+    const th = el("th", null, entry.owner === null ? "(system)" : entry.owner);
+    th.scope = "row";
+    tr.append(th, el("td", "number", Number(entry.queued).toLocaleString()),
+      el("td", "number", Number(entry.started).toLocaleString()));
+    body.append(tr);
+  });
+  table.append(el("caption", null, `Queue ${queue.name}: by owner`), head, body);
   return table;
 }
 

@@ -70,6 +70,7 @@ class RateLimited(BaseException):
         retry_after: seconds until the budget frees units (> 0).
         limit: the limit as configured, e.g. ``600/minute`` or ``OPENAI_REQUESTS_PER_MINUTE=3000``.
         code: ``rate_limited`` (the row's ``error_code``).
+        reason: what the job waits for, in words.
         message: one human sentence.
     """
 
@@ -79,6 +80,7 @@ class RateLimited(BaseException):
         self.name = name
         self.retry_after = retry_after
         self.limit = limit
-        self.message = (f"waiting for the {name} rate limit" + (f" ({limit})" if limit else "")
-                        + f"; units free again in {retry_after:.1f} s")
+        #: what the job waits for, in words ("the openai.requests rate limit (3000/minute)")
+        self.reason = f"the {name} rate limit" + (f" ({limit})" if limit else "")
+        self.message = f"waiting for {self.reason}; units free again in {retry_after:.1f} s"
         super().__init__(self.message)

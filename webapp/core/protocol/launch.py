@@ -36,6 +36,7 @@ from rq.job import Job as RQJob
 
 from webapp.core.protocol import delayed as delayed_jobs
 from webapp.core.db import connection, db
+from webapp.core.fair_queue import FairQueue
 from webapp.core.protocol.kinds import get_kind
 from webapp.core.protocol.states import DEFERRED, FAILED, QUEUED, SCHEDULED, JobStateError, mark_due, mark_failed, mark_requeued
 from webapp.core.logs import current_request_id
@@ -170,7 +171,9 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
             failure_ttl=config[kind.failure_ttl_setting],
             description=describe(job),
             # request_id: the web request (or job) that launched it, so the worker's log lines carry it too
-            meta={"stage": None, "progress": 0, "kind": job.kind, "request_id": current_request_id()},
+            # owner: the worker's OWNER_MAX_RUNNING slot is the owner's (webapp/core/owner_caps.py)
+            meta={"stage": None, "progress": 0, "kind": job.kind, "request_id": current_request_id(),
+                  "owner": job.owner},
             retry=Retry(max=retry.max_retries, interval=retry.delays()) if retry.max_retries else None,
             on_failure=ON_FAILURE,
             on_stopped=ON_STOPPED,
@@ -186,9 +189,14 @@ def enqueue_jobs(jobs: list[Job], replace: bool = False) -> None:
                     RQJob.fetch(job.id, connection=rq.connection).delete()
                 except NoSuchJobError:  # RQ had forgotten it already
                     pass
+        owners = {job.id: job.owner for job in jobs}
         with rq.connection.pipeline() as pipeline:  # MULTI … EXEC: every job or none
             for queue_name, datas in by_queue.items():
-                rq.get_queue(queue_name).enqueue_many(datas, pipeline=pipeline)
+                queue = rq.get_queue(queue_name)
+                if isinstance(queue, FairQueue):  # each job in its owner's turn (webapp/core/fair_queue.py)
+                    queue.enqueue_many(datas, pipeline=pipeline, owners=owners)
+                else:
+                    queue.enqueue_many(datas, pipeline=pipeline)
             for job, data in delayed:
                 delayed_jobs.add_entry(rq.get_queue(job.queue), job, data, pipeline)
             pipeline.execute()
