@@ -23,7 +23,7 @@ import subprocess
 import sys
 import venv
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -52,6 +52,8 @@ class Service:
 
     url: str
     token: str | None = None  # None: the service has no authentication (the Celery peer)
+    #: tokens of the other owners asked for (``docket_service(owners=…)``): owner → token
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -93,6 +95,7 @@ def docket_service(
     workdir: Path,
     processes: Sequence[str] = ("web", "worker"),
     env_extra: dict[str, str] | None = None,
+    owners: Sequence[str] = (),
 ) -> Iterator[Service]:
     """Docket from its Procfile with a private Redis and a fresh database under ``workdir``.
 
@@ -105,6 +108,8 @@ def docket_service(
         workdir: an empty or new folder for Redis, the SQLite file, uploads and the log.
         processes: Procfile process types to run; ``web`` is required (it serves the URL).
         env_extra: environment variables to add or override (e.g. ``WEB_CONCURRENCY``).
+        owners: more owners to make a token for (as for ``bench``), besides ``bench``: the service's
+            ``tokens`` (the fairness benchmark's two owners).
 
     Every process gets the run's ``SECRET_KEY`` (:data:`benchmarks.common.BENCH_SECRET_KEY`):
     Docket refuses to start with the public default.
@@ -139,6 +144,7 @@ def docket_service(
         if finished.returncode != 0:
             raise RuntimeError(f"the Procfile's release step ({release}) failed{log_tail(log_path)}")
         token = create_api_token(env, log_path)
+        tokens = {owner: create_api_token(env, log_path, owner) for owner in owners}
         command = [str(VENV_BIN / "python"), "-m", "honcho", "--no-colour", "--procfile", str(PROCFILE),
                    "--app-root", str(ROOT), "start", *ordered]
         base_url = f"http://127.0.0.1:{port}"
@@ -151,7 +157,7 @@ def docket_service(
                 _wait_ready(honcho, f"{base_url}/readyz", rq_worker_listening, log_path)
             finally:
                 redis.close()
-            yield Service(base_url, token)
+            yield Service(base_url, token, tokens)
 
 
 @contextmanager
