@@ -421,7 +421,10 @@ def _restore(rows: list[Job], result: ReconcileResult) -> None:
         if row.status == SCHEDULED:
             mark_rerun(row.id, "its delayed retry was lost from the job queue (Redis restarted or was emptied)",
                        "job_lost")
-    fresh = [row for row in Job.by_id(row.id for row in rows).values() if row.status in (QUEUED, DEFERRED)]
+    # In the order they were accepted: each owner's jobs keep their order, and the fair queue
+    # (webapp/core/fair_queue.py) deals the owners' rounds out again.
+    fresh = sorted((row for row in Job.by_id(row.id for row in rows).values() if row.status in (QUEUED, DEFERRED)),
+                   key=lambda row: (row.created_at, row.id))
     for start in range(0, len(fresh), PAGE):
         batch = fresh[start:start + PAGE]
         try:

@@ -133,3 +133,17 @@ def test_many_owners_interleave_round_by_round(app, owners):
     assert len(order) == owners * 4
     for round_ in range(4):
         assert sorted(order[round_ * owners:(round_ + 1) * owners]) == [f"owner-{o:02d}" for o in range(owners)]
+
+
+def test_after_redis_was_emptied_reconcile_restores_the_jobs_in_fair_order(app, redis):
+    """FLUSHALL loses the queue and its rounds; reconcile enqueues the rows again, in the order
+    they were accepted, and the owners' rounds are dealt out again."""
+    from jobs.reconcile_job import reconcile_jobs
+
+    a = launch_for(app, "a", 5, kind="document")
+    b = launch_for(app, "b", 2, kind="document")
+    redis.flushall()
+    with app.app_context():
+        result = reconcile_jobs(app.config | {"RECONCILE_GRACE": 0}, redis)
+    assert sorted(result.restored) == sorted(a + b)
+    assert queued_ids(app, "default") == [a[0], b[0], a[1], b[1], a[2], a[3], a[4]]
