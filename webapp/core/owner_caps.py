@@ -59,7 +59,8 @@ class OwnerBusy(RateLimited):
 
     def __init__(self, owner: str, cap: int, retry_after: float) -> None:
         super().__init__(f"owner.{owner}.running", retry_after, f"OWNER_MAX_RUNNING={cap}")
-        self.reason = f"one of {owner}'s {cap} running jobs to end (OWNER_MAX_RUNNING={cap})"
+        running = f"{owner}'s running job" if cap == 1 else f"one of {owner}'s {cap} running jobs"
+        self.reason = f"{running} to end (OWNER_MAX_RUNNING={cap})"
         self.message = f"waiting for {self.reason}"
         self.args = (self.message,)
 
