@@ -76,6 +76,8 @@ _NEAR_LIMIT = 0.5
 # ru_maxrss read above, which are the process's whole life's, never carry another document's
 # peak past _NEAR_LIMIT.
 RETIRE_SHARE = 0.25
+# Arguments of at least this many bytes (a document's) are sent as raw messages, not pickled.
+_RAW_MIN = 64 * 1024
 # In a reader process: the connection to the process that forked it (for call_in_parent).
 _to_parent: Connection | None = None
 
@@ -148,7 +150,11 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
     own = _reader_lock.acquire(blocking=False)  # another thread of this process is reading: a one-off reader
     try:
         reader = _kept_reader(max_memory) if own else _Reader.start(max_memory)
-        request = ("read", read, args, max_memory, on_page is not None)
+        # The document's bytes go as raw messages after the request: pickled inside it, they
+        # would be copied once more on each side (the pickle, then the unpickled object).
+        raw = [index for index, arg in enumerate(args) if isinstance(arg, bytes) and len(arg) >= _RAW_MIN]
+        request = ("read", read, tuple(None if index in raw else arg for index, arg in enumerate(args)), raw,
+                   max_memory, on_page is not None)
         answer = None
         try:
             try:
@@ -159,6 +165,8 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
                     _forget_kept_reader()
                 reader = _kept_reader(max_memory) if own else _Reader.start(max_memory)
                 reader.connection.send(request)
+            for index in raw:
+                reader.connection.send_bytes(args[index])
             while True:
                 try:
                     message = reader.connection.recv()
@@ -328,7 +336,11 @@ def _serve(connection: Connection, max_memory: int) -> None:  # pragma: no cover
         base_size, base_rss = _status_bytes("VmSize"), _status_bytes("VmRSS")
         while True:
             try:
-                _, read, args, limit, progress = connection.recv()
+                _, read, args, raw, limit, progress = connection.recv()
+                if raw:
+                    args = list(args)
+                    for index in raw:
+                        args[index] = connection.recv_bytes()
             except EOFError:  # the worker process closed the pipe: no more documents
                 break
             answer = _read_one(connection, read, args, limit, progress)

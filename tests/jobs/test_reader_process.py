@@ -215,3 +215,12 @@ def test_a_read_interrupted_here_kills_the_kept_reader_and_the_next_read_gets_a_
         signal.signal(signal.SIGALRM, previous)
     assert not psutil.pid_exists(first)
     assert read_in_own_process(_pid, max_memory=4096 * MB) != first
+
+
+def _sizes(small: bytes, large: bytes, text: str, on_page=None) -> tuple[int, int, str, bytes]:
+    return len(small), len(large), text, large[-4:]
+
+
+def test_a_documents_bytes_reach_the_reader_whole_whatever_their_size():
+    large = bytes(range(256)) * 40_000 + b"tail"  # ≈ 10 MB: sent as a raw message, not pickled
+    assert read_in_own_process(_sizes, b"small", large, "text", max_memory=256 * MB) == (5, len(large), "text", b"tail")
