@@ -162,8 +162,12 @@ def openai_worker_env(server: LocalEmbeddingServer, **extra: str) -> dict[str, s
 
 def slow_worker_env(server: LocalEmbeddingServer, delay: float = 0.3, **extra: str) -> dict[str, str]:
     """A worker environment whose document jobs spend ``delay`` seconds per chunk embedding:
-    one worker process on both queues, one input per request to the (now slow) ``server``."""
-    server.delay = delay
+    one worker process on both queues, one input per request to the (now slow) ``server``, which
+    answers each request after ``delay`` × :data:`~webapp.core.embeddings.MAX_REQUESTS_IN_FLIGHT`
+    seconds (a job keeps that many requests in flight)."""
+    from webapp.core.embeddings import MAX_REQUESTS_IN_FLIGHT
+
+    server.delay = delay * MAX_REQUESTS_IN_FLIGHT
     return openai_worker_env(server, EMBEDDING_BATCH_SIZE="1", WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0",
                              **extra)
 

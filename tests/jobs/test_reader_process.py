@@ -146,3 +146,81 @@ def test_a_read_interrupted_here_leaves_no_reader_behind():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert [child for child in psutil.Process().children() if child.pid not in others] == []
+
+
+def _pid(on_page=None) -> int:
+    return os.getpid()
+
+
+def _hold(megabytes: int, on_page=None) -> int:
+    """Grow the reader's address space by ``megabytes`` and keep it (a leak, as a parser cache):
+    one block, larger than glibc's largest mmap threshold (32 MB), so it is new address space
+    and not heap the test process freed before the fork."""
+    _held.append(bytearray(megabytes * MB))
+    return os.getpid()
+
+
+_held: list[bytearray] = []
+
+
+def test_one_reader_process_reads_document_after_document():
+    first = read_in_own_process(_pid, max_memory=64 * MB)
+    assert first != os.getpid()
+    assert read_in_own_process(_pid, max_memory=64 * MB) == first
+    assert extract((CORPUS / "latex-two-column-lorem.pdf").read_bytes(), filetypes.PDF,
+                   limits=Limits(max_memory=64 * MB)).chars > 5000
+    assert read_in_own_process(_pid, max_memory=64 * MB) == first
+
+
+def test_a_reader_that_failed_or_grew_is_replaced_and_the_next_document_is_read():
+    first = read_in_own_process(_pid, max_memory=64 * MB)
+    with pytest.raises(DocumentTooLarge):
+        read_in_own_process(_hoard, 1024, max_memory=64 * MB)
+    second = read_in_own_process(_pid, max_memory=64 * MB)
+    assert second != first and not psutil.pid_exists(first)
+    # Growing by more than RETIRE_SHARE of the limit (16 MB of 64) and keeping it: the answer
+    # comes back, and the reader leaves after it.
+    assert read_in_own_process(_hold, 40, max_memory=64 * MB) == second
+    third = read_in_own_process(_pid, max_memory=64 * MB)
+    assert third != second and not psutil.pid_exists(second)
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):  # a bug in the reading: replaced too
+        read_in_own_process(_divide, max_memory=64 * MB)
+    assert read_in_own_process(_pid, max_memory=64 * MB) not in (third, first, second)
+
+
+def test_a_reader_killed_between_documents_is_replaced_without_failing_the_next_one():
+    first = read_in_own_process(_pid, max_memory=64 * MB)
+    os.kill(first, signal.SIGKILL)
+    while psutil.Process(first).status() != psutil.STATUS_ZOMBIE:  # dead, not yet waited for
+        pass
+    assert read_in_own_process(_pages, 2, max_memory=64 * MB, on_page=lambda *done: None) == "read"
+    assert read_in_own_process(_pid, max_memory=64 * MB) != first
+
+
+def test_a_read_interrupted_here_kills_the_kept_reader_and_the_next_read_gets_a_fresh_one():
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    first = read_in_own_process(_pid, max_memory=4096 * MB)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(Interrupted):
+            extract(pdf_text_operators(3_000_000), filetypes.PDF, limits=Limits(max_memory=4096 * MB))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not psutil.pid_exists(first)
+    assert read_in_own_process(_pid, max_memory=4096 * MB) != first
+
+
+def _sizes(small: bytes, large: bytes, text: str, on_page=None) -> tuple[int, int, str, bytes]:
+    return len(small), len(large), text, large[-4:]
+
+
+def test_a_documents_bytes_reach_the_reader_whole_whatever_their_size():
+    large = bytes(range(256)) * 40_000 + b"tail"  # ≈ 10 MB: sent as a raw message, not pickled
+    assert read_in_own_process(_sizes, b"small", large, "text", max_memory=256 * MB) == (5, len(large), "text", b"tail")

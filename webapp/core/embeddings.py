@@ -32,6 +32,11 @@ from webapp.core.metrics import counted_embed
 OPENAI_MAX_INPUTS_PER_REQUEST = 2048
 OPENAI_MAX_TOKENS_PER_REQUEST = 300_000
 OPENAI_MAX_TOKENS_PER_INPUT = 8192
+#: Requests one :meth:`OpenAIEmbedder.embed` call keeps in flight at once (per job), when its texts
+#: need several: the waits overlap instead of adding up. The shared budgets
+#: (``OPENAI_REQUESTS_PER_MINUTE``, ``OPENAI_TOKENS_PER_MINUTE``) are taken per request, so the
+#: sum over every job and machine stays within them.
+MAX_REQUESTS_IN_FLIGHT = 4
 
 
 class EmbeddingError(Exception):
@@ -315,13 +320,14 @@ class OpenAIEmbedder:
         if sending is None:
             return
         if sending["sent"]:
-            self._take_budget(sending["texts"])
+            self._take_budget(sending["texts"], sending["run"])
         sending["sent"] = True
 
-    def _take_budget(self, texts: Sequence[str]) -> None:
+    def _take_budget(self, texts: Sequence[str], run: threading.Event | None = None) -> None:
         """Take this request's units of the shared OpenAI budgets, waiting in place for at most
-        ``RATE_LIMIT_MAX_WAIT`` seconds; in a job that already made requests, for at most the
-        longer of that and ``OPENAI_RATE_WINDOW``.
+        ``RATE_LIMIT_MAX_WAIT`` seconds; in a job that already made requests (in this run, or
+        in this :meth:`embed` call: ``run`` set), for at most the longer of that and
+        ``OPENAI_RATE_WINDOW``. Sets ``run`` once the units are taken.
 
         Raises:
             RateLimited: the budget stays used up longer (in an RQ job the worker reschedules
@@ -333,66 +339,125 @@ class OpenAIEmbedder:
 
         settings = self.rate_limits or {}
         max_wait = float(settings.get("RATE_LIMIT_MAX_WAIT", 5))
-        if get_current_job() is not None and spent_in_run():
+        if get_current_job() is not None and (spent_in_run() or (run is not None and run.is_set())):
             max_wait = max(max_wait, float(settings.get("OPENAI_RATE_WINDOW") or 60) + SEND_MARGIN)
         acquire_all(settings, {"openai.requests": 1,
                                "openai.tokens": sum(token_upper_bound(text) for text in texts)}, max_wait=max_wait)
+        if run is not None:
+            run.set()
 
     @counted_embed  # embedding calls and errors, by embedder (GET /metrics)
     def embed(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
-        import openai
-        from rq import get_current_job
+        """See :class:`Embedder`. Texts are cut into requests at the API's limits (and the tokens
+        budget's largest take); when there are several, up to :data:`MAX_REQUESTS_IN_FLIGHT` are
+        in flight at once (threads, each request taking its own units of the shared budgets
+        first, so the rate limits hold for the sum), and ``on_batch`` is called here, in this
+        thread, as each answer arrives (``done`` counts the texts answered so far).
 
-        from webapp.core.protocol.job_errors import RateLimited
-        from webapp.core.workflows.rate_limits import largest_cost
+        Raises:
+            EmbeddingError: a request failed (the first failure; requests not yet sent are not sent).
+            RateLimited: in an RQ job, a request's budget stayed used up (the worker reschedules the job).
+        """
+        import contextvars
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        rows: list[np.ndarray] = []
+        from webapp.core.workflows.rate_limits import largest_cost, mark_spent
+
         max_tokens = OPENAI_MAX_TOKENS_PER_REQUEST
         if self.rate_limits:
             max_tokens = min(max_tokens, largest_cost(self.rate_limits, "openai.tokens") or max_tokens)
-        for start, stop in batches(texts, max_inputs=self.batch_size, max_tokens=max_tokens):
+        spans = list(batches(texts, max_inputs=self.batch_size, max_tokens=max_tokens))
+        run = threading.Event()  # a request of this call took budget
+        answers: dict[int, list[np.ndarray]] = {}
+        if len(spans) <= 1 or MAX_REQUESTS_IN_FLIGHT <= 1:
+            for index, (start, stop) in enumerate(spans):
+                answers[index] = self._request(texts, start, stop, run)
+                if on_batch:
+                    on_batch(stop, len(texts))
+        else:
+            # Each request runs in a copy of this thread's context: RQ's current job and the
+            # run's spent budget (contextvars) are seen there as here.
+            pool = ThreadPoolExecutor(min(MAX_REQUESTS_IN_FLIGHT, len(spans)), thread_name_prefix="embed")
             try:
-                if self.rate_limits:
-                    self._take_budget(texts[start:stop])
-                    self._sending.request = {"texts": texts[start:stop], "sent": False}
-                # base64: the client hands the string through and numpy decodes it at once; with
-                # "float" the client builds a Python float per dimension through its models
-                # (≈1.3 s of CPU for 644 inputs of 64 dimensions, measured).
-                response = self._client.embeddings.create(
-                    model=self.model, input=list(texts[start:stop]), encoding_format="base64"
-                )
-            except RateLimited as exc:
-                if get_current_job() is not None:
-                    raise  # the worker reschedules the job
-                # Outside a job (a search query, a script) nothing can reschedule it: a transient
-                # error, answered as for a 429 (the API: 429 rate_limited with Retry-After).
-                raise EmbeddingError(f"the embedding service's rate limit is used up: {exc.message}",
-                                     transient=True, retry_after=exc.retry_after) from None
-            except openai.APIStatusError as exc:
-                raise EmbeddingError(
-                    f"the embedding service answered HTTP {exc.status_code}: {api_message(exc)}",
-                    transient=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
-                ) from exc
-            except openai.APIConnectionError as exc:  # also APITimeoutError
-                raise EmbeddingError(
-                    f"the embedding service at {self._client.base_url} could not be reached: {exc}",
-                    transient=True,
-                ) from exc
+                pending = {pool.submit(contextvars.copy_context().run, self._request, texts, start, stop, run): index
+                           for index, (start, stop) in enumerate(spans)}
+                done_texts = 0
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        index = pending.pop(future)
+                        answers[index] = future.result()  # the first failure is raised here
+                        done_texts += spans[index][1] - spans[index][0]
+                        if on_batch:
+                            on_batch(done_texts, len(texts))
             finally:
-                self._sending.request = None
-            data = sorted(response.data, key=lambda item: item.index)
-            if len(data) != stop - start:
-                raise EmbeddingError(
-                    f"the embedding service returned {len(data)} vectors for {stop - start} inputs"
-                )
-            rows.extend(_decode_vector(item.embedding) for item in data)
-            if on_batch:
-                on_batch(stop, len(texts))
+                # Also when interrupted here (a stop, the time limit): requests not yet sent are
+                # dropped, and the ones in flight end in their threads without being waited for.
+                pool.shutdown(wait=False, cancel_futures=True)
+        if run.is_set():
+            mark_spent()  # this run made requests: later ones may wait a window (spent_in_run)
+        rows = [row for index in range(len(spans)) for row in answers[index]]
         if not rows:
             return np.zeros((0, 0), dtype=np.float32)
         if len({row.shape for row in rows}) != 1:
             raise EmbeddingError("the embedding service returned vectors of different lengths")
         return _normalise(np.stack(rows))
+
+    def _request(self, texts: Sequence[str], start: int, stop: int, run: threading.Event) -> list[np.ndarray]:
+        """One request: the vectors of ``texts[start:stop]``, in order, as float32 rows.
+
+        Raises:
+            EmbeddingError: the service refused or failed (after the client's retries), or
+                answered the wrong number of vectors; a rate limit used up outside an RQ job.
+            RateLimited: in an RQ job, the budget stayed used up.
+        """
+        import openai
+        from rq import get_current_job
+
+        from webapp.core.protocol.job_errors import RateLimited
+
+        try:
+            if self.rate_limits:
+                try:
+                    self._take_budget(texts[start:stop], run)
+                except RateLimited:
+                    if get_current_job() is None or not run.is_set():
+                        raise
+                    # Another request of this call took its units while this one waited with
+                    # the short wait of a run that had spent nothing: now it waits as one that has.
+                    self._take_budget(texts[start:stop], run)
+                self._sending.request = {"texts": texts[start:stop], "sent": False, "run": run}
+            # base64: the client hands the string through and numpy decodes it at once; with
+            # "float" the client builds a Python float per dimension through its models
+            # (≈1.3 s of CPU for 644 inputs of 64 dimensions, measured).
+            response = self._client.embeddings.create(
+                model=self.model, input=list(texts[start:stop]), encoding_format="base64"
+            )
+        except RateLimited as exc:
+            if get_current_job() is not None:
+                raise  # the worker reschedules the job
+            # Outside a job (a search query, a script) nothing can reschedule it: a transient
+            # error, answered as for a 429 (the API: 429 rate_limited with Retry-After).
+            raise EmbeddingError(f"the embedding service's rate limit is used up: {exc.message}",
+                                 transient=True, retry_after=exc.retry_after) from None
+        except openai.APIStatusError as exc:
+            raise EmbeddingError(
+                f"the embedding service answered HTTP {exc.status_code}: {api_message(exc)}",
+                transient=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
+            ) from exc
+        except openai.APIConnectionError as exc:  # also APITimeoutError
+            raise EmbeddingError(
+                f"the embedding service at {self._client.base_url} could not be reached: {exc}",
+                transient=True,
+            ) from exc
+        finally:
+            self._sending.request = None
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != stop - start:
+            raise EmbeddingError(
+                f"the embedding service returned {len(data)} vectors for {stop - start} inputs"
+            )
+        return [_decode_vector(item.embedding) for item in data]
 
 
 def _decode_vector(embedding: str | list[float]) -> np.ndarray:

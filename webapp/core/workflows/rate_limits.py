@@ -48,7 +48,7 @@ from typing import Any, Mapping
 from webapp.core.protocol.job_errors import RateLimited
 
 __all__ = ["RateLimit", "RateLimited", "acquire", "acquire_all", "configured_limits", "largest_cost",
-           "parse_job_rate_limits", "begin_run", "spent_in_run", "KEY_PREFIX", "MAX_ENTRIES"]
+           "parse_job_rate_limits", "begin_run", "spent_in_run", "mark_spent", "KEY_PREFIX", "MAX_ENTRIES"]
 
 KEY_PREFIX = "docket:rate"  # limits adds ":" and its own key: docket:rate:LIMITER/<budget>/…
 #: Most Redis list entries one budget keeps. The moving window stores one timestamp per unit, so
@@ -247,6 +247,13 @@ def spent_in_run() -> bool:
     rescheduled, which would throw away those requests' work — and a job that needs more than
     one window's budget would be rescheduled for ever."""
     return _spent.get()
+
+
+def mark_spent() -> None:
+    """Note that this thread's job run has taken units of an outside service's budget: what
+    :func:`acquire_all` notes itself, for units taken in other threads on the run's behalf (an
+    embedder's concurrent requests, each in a copy of this thread's context)."""
+    _spent.set(True)
 
 
 def _max_wait(config: Mapping[str, Any], max_wait: float | None) -> float:
