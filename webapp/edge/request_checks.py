@@ -71,8 +71,9 @@ def _multidict_strings(multidict, free: frozenset[str]) -> Iterator[str]:
             yield value
 
 
-def _has_nul(strings: Iterable[str]) -> bool:
-    return any(NUL in s for s in strings)
+def _has_nul(strings: Iterable[str | None]) -> bool:
+    # A form value can be None (the schemathesis fuzz found one: a 500 on upload), never a NUL then.
+    return any(isinstance(s, str) and NUL in s for s in strings)
 
 
 def _has_unstorable(strings: Iterable[str]) -> bool:
