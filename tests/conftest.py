@@ -500,7 +500,7 @@ def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
     for key in ("DATABASE_URL", "REDIS_URL", "STORAGE_PATH", "OPENAI_API_KEY", "OPENAI_BASE_URL",
                 "MAX_CONTENT_LENGTH", "DOCUMENT_JOB_TIMEOUT", "SECRET_KEY", "SESSION_COOKIE_SECURE",
                 "WEBHOOK_ALLOW_PRIVATE", "FETCH_ALLOW_PRIVATE_NETWORKS", "STORAGE_URL", "REPORT_URL_EXPIRY", "EMBEDDER",
-                *AWS_ENV):
+                "SPLIT_PDF_PAGES", "SPLIT_PART_PAGES", *AWS_ENV):
         if config.get(key) is not None:
             env[key] = str(config[key])
     env["DOCKET_INSTANCE_PATH"] = str(Path(config["STORAGE_PATH"]).parent / "instance")
