@@ -177,6 +177,18 @@ def test_cancel_of_a_split_document_stops_every_part_and_its_join(
     assert row(openai_app, document["job_id"]).status == "stopped"
     with openai_app.app_context(), connection():
         assert Chunk.select().where(Chunk.document == document["id"]).count() == 0
+    finished_before = {job.id for job in ended if job.status == "finished"}
+
+    # A retry runs the parts that did not finish, and a new join (the canceled one stays canceled).
+    openai_server.delay = 0
+    assert openai_client.post(f"/api/jobs/{document['job_id']}/retry").status_code == 202
+    wait_for(lambda: row(openai_app, document["job_id"]).status in TERMINAL, 120, "the retry to end")
+    job = openai_client.get(document["status_url"]).get_json()
+    assert job["status"] == "finished", job
+    assert all(row(openai_app, part_id).attempts == 1 for part_id in finished_before)
+    assert sorted(j.status for j in children(openai_app, document["job_id"]) if j.kind == "document_join") == \
+        ["canceled", "finished"]
+    assert assert_one_chunk_set(openai_app, document["id"]) == job["result"]["chunks"]
 
 
 def test_a_failed_part_names_its_pages_and_a_retry_reruns_only_that_part(

@@ -17,10 +17,7 @@ worker, the web process and the scheduler acting at once can never move a row ba
                                      re-runs a job whose worker or RQ record vanished)
     scheduled ──▶ queued            (a delayed job's ``run_at`` came: webapp/core/protocol/delayed.py)
     deferred ──▶ queued             (a batch's callback: every job of the batch ended,
-                                     webapp/core/workflows/chords.py; a big document's join: every
-                                     part finished, webapp/core/workflows/page_parts.py); both may be
-                                     canceled while they wait
-    failed, stopped, canceled ──▶ deferred   (a big document's join, again, when its document job is retried)
+                                     webapp/core/workflows/chords.py); both may be canceled while they wait
     queued, started ──▶ scheduled   (a rate limit's budget is used up: the job runs again when
                                      it frees units, webapp/core/workflows/rate_limits.py; not a failure)
 
@@ -86,9 +83,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     # reconcile after Redis lost it, or a delayed job whose time came (scheduled); a batch's
     # callback whose batch ended (deferred, webapp/core/workflows/chords.py).
     QUEUED: frozenset({FAILED, STOPPED, CANCELED, STARTED, SCHEDULED, DEFERRED}),
-    # A big document's join (webapp/core/workflows/page_parts.py) that ended without finishing
-    # waits for its parts again when the document job is retried.
-    DEFERRED: frozenset({FAILED, STOPPED, CANCELED}),
 }
 RETRYABLE = frozenset({FAILED, STOPPED, CANCELED})  # what a user may retry
 

@@ -85,7 +85,7 @@ def split_document(job_id: str, document_id: str, total_pages: int, part_pages: 
     then the parts are enqueued. Again (a retry of the document job, or RQ delivering it twice):
     nothing new is made; parts that did not finish and are not running or waiting (failed,
     stopped, canceled) go back to ``queued`` and are enqueued, a join that ended without finishing
-    waits again (``deferred``), and the join is released if every part has finished already.
+    is replaced by a new deferred one, and the join is released if every part has finished already.
     Needs an app context and a database connection, and no open transaction.
 
     Args:
@@ -128,9 +128,13 @@ def split_document(job_id: str, document_id: str, total_pages: int, part_pages: 
         log.info("document job %s: %d pages split into %d parts", job_id, total_pages, len(parts))
         return [part.id for part in parts]
     again = [row.id for row in existing if row.kind == PART_KIND and row.status in RETRYABLE and mark_requeued(row.id)]
-    for join in (row for row in existing if row.kind == JOIN_KIND and row.status in RETRYABLE):
-        transition(join.id, DEFERRED, from_=RETRYABLE, error=None, error_code=None, result=None, stage=None,
-                   progress=0, started_at=None, ended_at=None, enqueued_at=None, retry_at=None)
+    if not any(row.kind == JOIN_KIND and row.status not in RETRYABLE for row in existing):
+        # Its join ended unfinished (canceled with the document job, failed): a new one waits.
+        # (The state machine never moves a canceled or stopped row but to queued on request.)
+        join = new_job(JOIN_KIND, {"document_id": document_id, "job_id": job_id}, owner=parent.owner, status=DEFERRED)
+        join.parent_id = job_id
+        with db.database.atomic():
+            join.save(force_insert=True)
     Job.update(pages_total=total_pages, stage=PARTS_STAGE, updated_at=utcnow()).where(
         Job.id == job_id, Job.status == STARTED).execute()
     refresh_pages(job_id)
