@@ -19,8 +19,10 @@ headings are the single job's by construction (``tests/jobs/test_document_parts.
 What the parts' own chunks buy is their **vectors** (embedding is ≈ a quarter of the time): the
 join reuses the vector of every chunk whose embedded text (headings + text,
 :func:`jobs.chunking.embedding_text`) a part embedded, keyed by its SHA-256, and embeds only the
-others — the chunks a part boundary or a heading path begun before the part changed (on the
-400-page benchmark PDF, ``reused`` / ``chunks`` in the document job's result).
+others — the chunks a part boundary or a heading path begun before the part changed
+(``reused`` of ``chunks`` in the document job's result: 97–100 % on geotopo-117p-de.pdf repeated
+to 420 pages, 33 % on benchmark 11's PDF, three documents of different body font sizes whose
+headings by font size a part alone finds differently).
 """
 
 from __future__ import annotations
