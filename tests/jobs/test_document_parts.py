@@ -268,3 +268,53 @@ def test_reconcile_after_flushall_with_parts_in_flight_finishes_the_document(
     with openai_app.app_context(), connection():
         restored = [j.result for j in Job.select().where(Job.kind == "reconcile", Job.status == "finished")]
     assert sum(result["restored_count"] for result in restored) >= 1
+
+
+def test_a_pdf_read_by_page_ranges_equals_the_pdf_read_whole(tmp_path):
+    """The readers' side, in this process: every corpus PDF with pages enough, read in ranges of 7
+    pages (each through JSON, as staged) and finished together, gives the whole reading's
+    pages, structure, warnings and chunks; over ``split_above`` pages a PDF is only counted."""
+    import json
+
+    import pytest
+
+    from jobs.chunking import chunk_pages
+    from jobs.extract import Limits, extract, extract_pdf_pages
+    from jobs.readers.pdf import PdfPages, finish_pdf
+    from webapp.core import filetypes
+
+    limits = Limits(max_memory=None)
+    for data in (big_pdf(tmp_path), *((CORPUS / name).read_bytes() for name in
+                                      ("geotopo-117p-de.pdf", "federal-register-2020-17221.pdf", "jlreq-manual-ja.pdf"))):
+        whole = extract(data, filetypes.PDF, limits=limits)
+        total = whole.page_count
+        parts = [PdfPages.from_json(json.loads(json.dumps(extract_pdf_pages(data, None, first, min(total, first + 6),
+                                                                            limits=limits).to_json())))
+                 for first in range(1, total + 1, 7)]
+        joined = finish_pdf(parts, limits.max_chars)
+        assert (joined.page_count, joined.chars, joined.warnings) == (total, whole.chars, whole.warnings)
+        assert [(p.number, p.text, p.structure()) for p in joined.pages] == \
+            [(p.number, p.text, p.structure()) for p in whole.pages]
+        assert chunk_pages(joined.pages, 1500, 150) == chunk_pages(whole.pages, 1500, 150)
+
+    counted = extract(big_pdf(tmp_path), filetypes.PDF, limits=Limits(max_memory=None, split_above=39))
+    assert counted.split and counted.page_count == PAGES and counted.pages == []
+    assert not extract(big_pdf(tmp_path), filetypes.PDF, limits=Limits(max_memory=None, split_above=40)).split
+    with pytest.raises(Exception) as refused:
+        extract_pdf_pages(big_pdf(tmp_path), None, 35, 41, limits=limits)
+    assert getattr(refused.value, "code", None) == "damaged_file"
+
+
+def test_the_split_settings_are_checked_at_start(tmp_path):
+    import pytest
+
+    from webapp.core.config import load_config
+
+    config = load_config(tmp_path, env={})
+    assert (config["SPLIT_PDF_PAGES"], config["SPLIT_PART_PAGES"]) == (200, 25)
+    for env, sentence in (({"SPLIT_PDF_PAGES": "-1"}, "SPLIT_PDF_PAGES must not be negative"),
+                          ({"SPLIT_PART_PAGES": "0"}, "SPLIT_PART_PAGES must be at least 1"),
+                          ({"SPLIT_PART_PAGES": "1"}, "more than 1000 parts")):
+        with pytest.raises(ValueError, match=sentence):
+            load_config(tmp_path, env=env)
+    assert load_config(tmp_path, env={"SPLIT_PDF_PAGES": "0", "SPLIT_PART_PAGES": "1"})["SPLIT_PDF_PAGES"] == 0
