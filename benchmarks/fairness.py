@@ -1,4 +1,4 @@
-"""Benchmark 11, fair share between owners: one owner's flood does not starve another's file.
+"""Benchmark 12, fair share between owners: one owner's flood does not starve another's file.
 
 Docket from its Procfile (web and a worker command of ``WORKER_CONCURRENCY`` processes) with
 tokens for two owners. On each fresh service:
@@ -180,7 +180,7 @@ def run(rounds: int = 3, flood: int = FLOOD) -> dict[str, Any]:
     figures = {side: {key: collect(rounds_, key) for key in rounds_[0]} for side, rounds_ in measured.items()}
     figures["per_round"] = {"a_throughput_on_over_off": summary(throughput)}
     return result(
-        "fairness", "Benchmark 11: fairness", figures, b_ratio,
+        "fairness", "Benchmark 12: fairness", figures, b_ratio,
         f"owner B's wait for one small file while owner A's {flood} documents are queued ÷ B's time on an idle "
         f"service (fair share on), median of rounds; A's throughput on ÷ off: {throughput_ratio:.3g}",
         "B ≤ 3× idle; A's throughput ≥ 0.95 of first-in-first-out",

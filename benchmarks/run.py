@@ -33,6 +33,7 @@ BENCHMARKS = (
     ("rate_limit", "benchmarks.rate_limit", "run"),
     ("hostile_memory", "benchmarks.hostile_memory", "run"),
     ("ocr", "benchmarks.ocr", "run"),
+    ("big_document", "benchmarks.big_document", "run"),
     ("fairness", "benchmarks.fairness", "run"),
 )
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Mapping
 
 from flask import current_app
@@ -34,6 +35,8 @@ from webapp.core.indexing import index_digest
 from webapp.core.logs import begin_stage, end_stage
 from webapp.core.models import Chunk, Document
 from webapp.core.protocol.kinds import get_kind
+from webapp.core.protocol.launch import QueueUnavailable
+from webapp.core.workflows.page_parts import PARTS_START, PARTS_STAGE, split_document
 from webapp.core.vector_index import ensure_vector_index, store_vectors
 from webapp.core.storage import StorageError, storage_from_config
 
@@ -98,24 +101,39 @@ def run_document_job(document_id: str, tracker: JobTracker, config: Mapping[str,
     with connection():
         if not tracker.start():
             return NOT_RUNNING
-        try:
-            return _run(document_id, tracker, config, prepare)
-        except JobError:
-            raise
-        except (OperationalError, InterfaceError, RedisConnectionError):
-            # The database or Redis is away: raised as is, so the failure callback counts it
-            # transient (webapp.core.protocol.states.describe_failure) and RQ retries the job.
-            raise
-        except JobTimeoutException as exc:
-            limit = getattr(tracker.rq_job, "timeout", None) or get_kind("document").time_limit(config)
-            rule = (f", {tracker.ocr_pages} of them for pages read by OCR (OCR_SECONDS_PER_PAGE)"
-                    if tracker.ocr_pages else "")
-            raise JobError(f"processing took longer than the {limit} s limit{rule} "
-                           f"(stopped during {tracker.stage or 'start-up'})", code="timeout") from exc
-        except Exception as exc:
-            log.exception("job %s: unexpected error", tracker.job_id)
-            raise JobError(f"unexpected error during {tracker.stage or 'start-up'}: {type(exc).__name__}: {exc}",
-                           code="internal_error") from exc
+        return run_guarded(tracker, config, lambda: _run(document_id, tracker, config, prepare))
+
+
+def run_guarded(tracker: JobTracker, config: Mapping[str, Any], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``body()`` of a started job of the document pipeline (a document job, a big document's
+    part or join: ``jobs/document_parts.py``), its exceptions made the errors the state machine
+    records: :class:`JobError` as it is; the database or Redis away raised as is (transient);
+    RQ's time limit as ``timeout``; anything else ``internal_error`` with its type and message.
+
+    Returns:
+        What ``body`` returned.
+
+    Raises:
+        JobError, OperationalError, InterfaceError, redis ConnectionError: see above.
+    """
+    try:
+        return body()
+    except JobError:
+        raise
+    except (OperationalError, InterfaceError, RedisConnectionError):
+        # The database or Redis is away: raised as is, so the failure callback counts it
+        # transient (webapp.core.protocol.states.describe_failure) and RQ retries the job.
+        raise
+    except JobTimeoutException as exc:
+        limit = getattr(tracker.rq_job, "timeout", None) or get_kind("document").time_limit(config)
+        rule = (f", {tracker.ocr_pages} of them for pages read by OCR (OCR_SECONDS_PER_PAGE)"
+                if tracker.ocr_pages else "")
+        raise JobError(f"processing took longer than the {limit} s limit{rule} "
+                       f"(stopped during {tracker.stage or 'start-up'})", code="timeout") from exc
+    except Exception as exc:
+        log.exception("job %s: unexpected error", tracker.job_id)
+        raise JobError(f"unexpected error during {tracker.stage or 'start-up'}: {type(exc).__name__}: {exc}",
+                       code="internal_error") from exc
 
 
 def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
@@ -138,9 +156,12 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
         document.content_type,
         password=_password(document, config),
         on_page=lambda done, total, stage=None: _page_read(tracker, config, done, total, stage),
-        limits=Limits.from_config(config),
+        # A PDF of more than SPLIT_PDF_PAGES pages is only counted, then read in parts (_split).
+        limits=replace(Limits.from_config(config), split_above=config.get("SPLIT_PDF_PAGES") or None),
         web_page=(document.source_url or "").startswith(("http://", "https://")),
     )
+    if extraction.split:
+        return _split(document, tracker, config, extraction.page_count)
 
     tracker.set_progress("chunk", EXTRACT_END)
     begin_stage("chunk")
@@ -215,6 +236,31 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
     end_stage()
     metrics.count_document(pages=extraction.page_count, chunks=len(chunks))
     return result
+
+
+def _split(document: Document, tracker: JobTracker, config: Mapping[str, Any], pages: int) -> dict[str, Any]:
+    """A PDF of more than ``SPLIT_PDF_PAGES`` pages: this job becomes its coordinator. Its
+    page-range parts and deferred join are committed and the parts enqueued
+    (:func:`webapp.core.workflows.page_parts.split_document`); this run ends there, its row
+    staying ``started`` (stage ``parts``, ``pages_done``/``pages_total``) until the join
+    (``jobs/document_parts.py``) finishes it with the document's chunks.
+
+    Returns:
+        ``{"document_id", "pages", "split": True, "parts_started": [part job ids]}`` (RQ's result
+        of this run; the row's ``result`` is the join's).
+
+    Raises:
+        JobError: ``queue_unavailable`` (transient) when Redis refused the parts.
+    """
+    try:
+        started = split_document(tracker.job_id, document.id, pages, int(config["SPLIT_PART_PAGES"]))
+    except QueueUnavailable as exc:
+        raise JobError(str(exc), code="queue_unavailable", transient=True) from exc
+    if tracker.rq_job is not None:  # what the API shows of RQ's meta while the row is started
+        tracker.rq_job.meta.update(stage=PARTS_STAGE, progress=PARTS_START)
+        tracker.rq_job.save_meta()
+    end_stage()
+    return {"document_id": document.id, "pages": pages, "split": True, "parts_started": started}
 
 
 def _page_read(tracker: JobTracker, config: Mapping[str, Any], done: int, total: int, stage: str | None) -> None:

@@ -89,6 +89,37 @@ def extract(
     return _extract_here(data, content_type, password, limits, web_page, on_page=on_page)
 
 
+def extract_pdf_pages(data: bytes, password: str | None, first: int, last: int,
+                      on_page: Callable[..., None] | None = None, limits: Limits | None = None):
+    """Read pages ``first``–``last`` (1-based, inclusive) of a PDF, for a page-range part of a
+    big document (``jobs/document_parts.py``), in a process of its own under ``limits.max_memory``
+    like :func:`extract`.
+
+    Returns:
+        A :class:`jobs.readers.pdf.PdfPages`; :func:`jobs.readers.pdf.finish_pdf` of every
+        part's, in page order, equals :func:`extract` of the whole PDF.
+
+    Raises:
+        DocumentError, DocumentTooLarge: as :func:`extract` for a PDF (for these pages).
+        RuntimeError: a bug in the reader (its traceback in the message).
+    """
+    limits = limits or Limits()
+    if limits.max_memory is not None:
+        from jobs.reader_process import read_in_own_process
+
+        return read_in_own_process(_pdf_pages_here, data, password, first, last, limits,
+                                   max_memory=limits.max_memory, what="PDF", on_page=on_page)
+    return _pdf_pages_here(data, password, first, last, limits, on_page=on_page)
+
+
+def _pdf_pages_here(data: bytes, password: str | None, first: int, last: int, limits: Limits,
+                    on_page: Callable[..., None] | None = None):
+    """:func:`extract_pdf_pages` in this process."""
+    from jobs.readers.pdf import read_pdf_pages
+
+    return read_pdf_pages(data, password, first, last, on_page, limits)
+
+
 # Formats read in a process of their own (as named in sentences): their parsers build objects
 # per element, text object or node, as many as the markup asks for, whatever the file's size.
 _OWN_PROCESS = {filetypes.PDF: "PDF", filetypes.DOCX: "Word document", filetypes.HTML: "HTML page",

@@ -39,6 +39,11 @@ worker only through heartbeats and cleans up after it only in some worker's main
                                       timetable                      for its planned time
    deferred (a batch's callback)      (not asked: not in RQ yet)     released if its batch
                                                                      ended (webapp/core/workflows/chords.py)
+   deferred (a big document's join)   (not asked: not in RQ yet)     released if every part
+                                                                     finished (page_parts.py)
+   started, with page-range parts     (not asked: its RQ job ended   failed if a part ended
+                                      once the parts were made)      unfinished, else the join
+                                                                     released if they all finished
    queued / scheduled                 nothing (Redis restarted,      enqueued again from the
                                       wiped, the key evicted)        row's ``params``
    started                            nothing                        re-run or fail
@@ -86,7 +91,7 @@ from rq.worker import Worker
 from jobs.tracking import NOT_RUNNING, JobTracker
 from webapp.core.compat.rq_private import enqueue_at_front
 from webapp.core.protocol import delayed as delayed_jobs
-from webapp.core.workflows import chords
+from webapp.core.workflows import chords, page_parts
 from webapp.core.db import connection
 from webapp.core.protocol.delayed import is_delayed
 from webapp.core.protocol.kinds import UnknownJobKind, get_kind
@@ -193,7 +198,12 @@ def reconcile_jobs(config: dict[str, Any], redis: Redis, exclude: set[str] | fro
             result.checked += len(page)
             waiting = {row.id for row in page if is_delayed(row) or row.status == DEFERRED}
             _reconcile_waiting([row for row in page if row.id in waiting], redis, result)
-            _reconcile_page([row for row in page if row.id not in waiting], config, redis, result, queued_in_rq)
+            # A big document's job whose page-range parts run: its RQ job ended by design.
+            split = page_parts.parents_among([row.id for row in page if row.status == STARTED and row.id not in waiting])
+            for job_id in sorted(split):
+                result.released.extend(page_parts.reconcile_parent(job_id))
+            _reconcile_page([row for row in page if row.id not in waiting and row.id not in split], config, redis,
+                            result, queued_in_rq)
     result.unstranded.extend(_requeue_unlisted(queued_in_rq, redis))
     if any((result.restored, result.rerun, result.failed, result.followed, result.delivered, result.unstranded)):
         log.warning("reconcile: restored %d, re-ran %d, failed %d, followed RQ for %d job(s)",
@@ -255,6 +265,13 @@ def _reconcile_waiting(rows: list[Job], redis: Redis, result: ReconcileResult) -
             result.restored.extend(restore_delayed([row for row in delayed if row.id in missing]))
         except QueueUnavailable:
             result.failed.extend(sorted(missing))
+    for row in rows:
+        if row.status == DEFERRED and row.kind == page_parts.JOIN_KIND and row.parent_id:
+            released = page_parts.release_join(row.parent_id)
+            if released:
+                result.released.append(released)
+                log.warning("reconcile: every part of document job %s had finished; its join %s released",
+                            row.parent_id, released)
     for batch_id in sorted({row.batch_id for row in rows if row.status == DEFERRED and row.batch_id}):
         released = chords.release_callbacks(batch_id)
         result.released.extend(released)

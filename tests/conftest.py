@@ -500,8 +500,8 @@ def process_env(config: dict[str, Any], **extra: str) -> dict[str, str]:
     for key in ("DATABASE_URL", "REDIS_URL", "STORAGE_PATH", "OPENAI_API_KEY", "OPENAI_BASE_URL",
                 "MAX_CONTENT_LENGTH", "DOCUMENT_JOB_TIMEOUT", "SECRET_KEY", "SESSION_COOKIE_SECURE",
                 "WEBHOOK_ALLOW_PRIVATE", "FETCH_ALLOW_PRIVATE_NETWORKS", "FAIR_SHARE", "OWNER_MAX_RUNNING",
-                "OWNER_BUSY_RETRY", "STORAGE_URL", "REPORT_URL_EXPIRY", "EMBEDDER",
-                *AWS_ENV):
+                "OWNER_BUSY_RETRY", "STORAGE_URL", "REPORT_URL_EXPIRY", "EMBEDDER", "SPLIT_PDF_PAGES",
+                "SPLIT_PART_PAGES", *AWS_ENV):
         if config.get(key) is not None:
             env[key] = str(config[key])
     env["DOCKET_INSTANCE_PATH"] = str(Path(config["STORAGE_PATH"]).parent / "instance")

@@ -85,6 +85,7 @@ class LocalEmbeddingServer:
     url: str = ""
     mode: str = "ok"
     delay: float = 0.0  # seconds each answer waits (a slow service keeps a job in its embed stage)
+    fail_containing: str = ""  # a request with an input containing this answers 401 (one chosen part fails)
     requests: list[RecordedRequest] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _random: random.Random = field(default_factory=lambda: random.Random(1234))
@@ -115,6 +116,8 @@ class LocalEmbeddingServer:
                 status=200,
             )
             self.requests.append(record)
+            if self.fail_containing and any(self.fail_containing in text for text in inputs):
+                mode = "unauthorized"
             if mode == "unauthorized":
                 record.status = 401
                 response = openai_error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")

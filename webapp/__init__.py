@@ -59,11 +59,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app)  # refuses the default SECRET_KEY outside debug and tests
     request_checks.init_app(app)  # after auth's hook: no NUL, unpaired surrogate or too-deep JSON reaches a view
 
-    from webapp.core.workflows import chords
+    from webapp.core.workflows import chords, page_parts
     from webapp.core import webhooks
 
     webhooks.init_app(app)  # a job with a callback_url that ends launches its delivery
     chords.init_app(app)  # a batch whose last document job ended releases its callback (report)
+    page_parts.init_app(app)  # a big PDF's parts: the join once all finished, a failure or cancel follows
     from webapp.core import sources
 
     sources.init_app(app)  # a source item is synced once its document job finished (issue 23)

@@ -62,6 +62,9 @@ class Limits:
         pdf_tables: whether a PDF's pages with ruling lines are searched for tables with
             pdfplumber (``PDF_TABLES``: ``auto`` → ``True``, ``off`` → ``False``; see
             :mod:`jobs.readers.pdf_structure` for its cost).
+        split_above: pages above which a PDF is not read as a whole but in page-range parts
+            (``SPLIT_PDF_PAGES``, set by the document job only; ``None`` or 0: never):
+            :func:`jobs.readers.pdf.read_pdf` then only counts its pages (``Extraction.split``).
     """
 
     max_chars: int = 5_000_000
@@ -73,6 +76,7 @@ class Limits:
     ocr: str = "auto"
     max_image_pixels: int = 100_000_000
     pdf_tables: bool = False
+    split_above: int | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Limits":
@@ -181,11 +185,14 @@ class Page:
 
 @dataclass
 class Extraction:
-    """What :func:`extract` found: pages in order, page count, and warnings for the user."""
+    """What :func:`extract` found: pages in order, page count, and warnings for the user.
+    ``split``: a PDF of more than ``Limits.split_above`` pages, not read (``pages`` empty): it is
+    read in page-range parts (``jobs/document_parts.py``)."""
 
     pages: list[Page]
     page_count: int | None  # None for formats without pages (.docx, .html, .txt, .md)
     warnings: list[str] = field(default_factory=list)
+    split: bool = False
 
     @property
     def ocr_pages(self) -> int:

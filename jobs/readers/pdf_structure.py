@@ -78,6 +78,21 @@ class PdfStructure:
         self.regions: dict[int, list[tuple[str, Any]]] = {}  # page → ("text", str) / ("table", rows)
         self._plumber: Any = None
 
+    @classmethod
+    def restored(cls, outline: dict[int, list[tuple[int, str]]], sizes: dict[float, int],
+                 lines: dict[int, list[tuple[str, float, bool]]],
+                 regions: dict[int, list[tuple[str, Any]]]) -> "PdfStructure":
+        """A structure from notes taken by earlier ones (page-range parts read apart; keys are
+        indices into the pages :meth:`finish` gets), ready for :meth:`finish`. ``sizes`` in the
+        order first seen: the body size is the most common, the first seen among equals."""
+        structure = cls.__new__(cls)
+        structure.data, structure.password, structure.tables = b"", None, False
+        structure.outline = dict(outline)
+        structure.sizes = Counter(sizes)
+        structure.lines, structure.regions = dict(lines), dict(regions)
+        structure._plumber = None
+        return structure
+
     def read_page(self, index: int, page: Any, textpage: Any) -> None:
         """Note what page ``index`` (0-based; ``page``, ``textpage`` open pypdfium2 objects) needs
         for :meth:`finish`: its short lines' font sizes when there is no outline, its tables."""
@@ -166,6 +181,10 @@ class PdfStructure:
             if self.outline and pending:  # titles shown on no line: at the top of the page
                 blocks[:0] = [Block(HEADING, title, level) for level, title in pending]
             page.blocks = blocks
+        self.close()
+
+    def close(self) -> None:
+        """Close pdfplumber's copy of the document, if a page's tables opened it."""
         if self._plumber is not None:
             try:
                 self._plumber.close()

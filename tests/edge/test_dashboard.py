@@ -158,6 +158,9 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     from webapp.core.protocol.launch import launch
     with app.app_context(), connection():
         queued_webhook = launch("webhook", {"job_id": delivered["job_id"]}).id
+        # A big PDF's page-range part and join (tests/jobs/test_document_parts.py runs them).
+        queued_part = launch("document_part", {"document_id": "none", "first_page": 1, "last_page": 25}).id
+        queued_join = launch("document_join", {"document_id": "none", "job_id": "none"}).id
     # A job created with depends_on (Docket makes none yet): deferred behind the queued document.
     deferred = Queue("default", connection=redis).enqueue(
         "tests.jobs_for_tests.describe_process", depends_on=[queued_document, delivered["job_id"]],
@@ -170,7 +173,7 @@ def test_every_dashboard_page_answers_for_every_kind_of_job_in_every_state(
     assert states[deferred.id] == "deferred" and states[started_id] == "started"
     assert states[scheduled_id] == "scheduled" and states[stopped_id] == "stopped"
     for job_id in (queued_document, queued_report, queued_webhook, queued_fetch, queued_sync, queued_reindex,
-                   *queued_maintenance):
+                   queued_part, queued_join, *queued_maintenance):
         assert states[job_id] == "queued" and row(app, job_id).status == "queued"
     assert (row(app, scheduled_id).status, row(app, stopped_id).status, row(app, started_id).status) == (
         "scheduled", "stopped", "started")

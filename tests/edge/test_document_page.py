@@ -187,3 +187,22 @@ def test_search_results_carry_headings_ocr_and_the_ordinal(app, mode):
     assert hit["headings"] == ["Contract", "Termination"] and hit["ocr"] is True
     others = [r for r in results["results"] if r["text"] != texts[1]]
     assert all(r["headings"] == [] and r["ocr"] is False for r in others)
+
+
+def test_a_big_pdf_read_in_parts_shows_its_pages_read_so_far(app):
+    """While a big PDF's page-range parts run (jobs/document_parts.py), its page says how many of
+    its pages they have read (the job's pages_done of pages_total), and the list's script words it."""
+    with app.app_context(), connection():
+        document = Document.create(filename="big.pdf", content_type="application/pdf", size_bytes=1234,
+                                   sha256="0" * 64, storage_key="documents/x/y", owner="alice")
+        job = Job.create(kind="document", queue="default", params={"document_id": document.id}, status="started",
+                         stage="parts", document=document.id, owner="alice", pages_done=125, pages_total=1_000)
+        Document.update(job_id=job.id).where(Document.id == document.id).execute()
+    client = browser_client(app, "alice", admin=False)
+
+    html = client.get(f"/documents/{document.id}").get_data(as_text=True)
+
+    facts = re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html.split('id="document-facts"')[1].split("</dl>")[0])))
+    assert "Pages 125 of 1,000 read" in facts
+    script = client.get("/static/common.js").get_data(as_text=True)
+    assert "of ${job.pages_total} pages" in script and 'parts: "Reading pages in parts"' in script

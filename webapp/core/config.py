@@ -90,6 +90,8 @@ def ensure_instance_secret_key(instance: Path) -> None:
         fh.write(secrets.token_urlsafe(48) + "\n")
 
 
+# Most page-range parts one document may make (MAX_PDF_PAGES / SPLIT_PART_PAGES): each is a Job row.
+MAX_SPLIT_PARTS = 1000
 EMBEDDED_REDIS_URL_FILE = "redis.url"  # in the instance folder, while `flask dev` runs its own Redis
 
 
@@ -204,6 +206,11 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # a process of its own, forked from the worker process, whose address space may grow by
         # this much (jobs/reader_process.py); a few KB of PDF can ask PDFium for gigabytes.
         "MAX_DOCUMENT_MEMORY": _int(env, "MAX_DOCUMENT_MEMORY", 512),
+        # --- big documents (jobs/document_parts.py): a PDF of more than SPLIT_PDF_PAGES pages is
+        # read by page-range parts of SPLIT_PART_PAGES pages, each an ordinary job on `default`,
+        # so every worker process helps; 0: never split ---
+        "SPLIT_PDF_PAGES": _int(env, "SPLIT_PDF_PAGES", 200),
+        "SPLIT_PART_PAGES": _int(env, "SPLIT_PART_PAGES", 25),
         # --- OCR (jobs/ocr.py) ---
         # auto: read pages without a usable text layer, and image uploads; off: never (an image
         # upload fails, ocr_disabled); force: every page, ignoring its text layer.
@@ -384,6 +391,13 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
                  "MAX_UNCOMPRESSED_SIZE", "MAX_COMPRESSION_RATIO", "MAX_DOCUMENT_MEMORY", "MAX_IMAGE_PIXELS"):
         if config[name] < 1:
             raise ValueError(f"{name} must be at least 1")
+    if config["SPLIT_PDF_PAGES"] < 0:
+        raise ValueError("SPLIT_PDF_PAGES must not be negative (0: never split a PDF)")
+    if config["SPLIT_PART_PAGES"] < 1:
+        raise ValueError("SPLIT_PART_PAGES must be at least 1")
+    if config["SPLIT_PDF_PAGES"] and -(-config["MAX_PDF_PAGES"] // config["SPLIT_PART_PAGES"]) > MAX_SPLIT_PARTS:
+        raise ValueError(f"SPLIT_PART_PAGES is too small: a PDF of MAX_PDF_PAGES pages would make more than "
+                         f"{MAX_SPLIT_PARTS} parts")
     if config["OCR"] not in ("auto", "off", "force"):
         raise ValueError(f"OCR must be auto, off or force, got {config['OCR']!r}")
     if config["OCR_LANGUAGE"] not in ocr_languages():

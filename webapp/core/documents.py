@@ -403,6 +403,8 @@ def delete_document(document_id: str) -> None:
                 pass
     with db.database.atomic():
         Chunk.delete().where(Chunk.document == document_id).execute()
+        # A big PDF's page-range parts and join name their document job, not the document.
+        Job.delete().where(Job.parent_id.in_([job.id for job in jobs] or [""])).execute()
         Job.delete().where(Job.document == document_id).execute()
         Document.delete().where(Document.id == document_id).execute()
     for job in jobs:

@@ -157,6 +157,12 @@ class Job(db.Model):
     # ``scheduled`` until then, with no ``retry_at`` (webapp/core/protocol/delayed.py).
     run_at = DateTimeField(null=True)
     updated_at = DateTimeField(null=True, index=True)  # the last transition or persisted progress
+    # A big PDF read in page-range parts (jobs/document_parts.py, migration 11): a part's and the
+    # join's row name the document job they work for; that job counts the pages its finished
+    # parts read (pages_done) of the document's pages (pages_total). None: not split.
+    parent_id = CharField(max_length=64, null=True, index=True)
+    pages_done = IntegerField(null=True)
+    pages_total = IntegerField(null=True)
 
     class Meta:
         table_name = "job"
@@ -219,6 +225,31 @@ class Chunk(db.Model):
     class Meta:
         table_name = "chunk"
         indexes = ((("document", "ordinal"), True),)
+
+
+class PartPages(db.Model):
+    """What one page-range part of a big PDF read (migration 11; ``jobs/document_parts.py``),
+    kept until the document's join has made its one chunk set: the pages' text and structure
+    notes (``pages``, :meth:`jobs.readers.pdf.PdfPages.to_json`) and the vectors of the chunks
+    the part made of its pages alone (``vector_keys``: the SHA-256 of each chunk's embedded text, in the
+    order of ``vectors``, float32 × ``dimensions`` each, of the ``embedding_model`` space), which
+    the join reuses for every chunk of the whole document whose embedded text is the same.
+    One row per part job (``id`` = the part's Job id): a second run replaces it."""
+
+    id = CharField(primary_key=True, max_length=64)
+    document = ForeignKeyField(Document, on_delete="CASCADE", lazy_load=False)
+    parent_id = CharField(max_length=64, index=True)  # the document job (Job.id)
+    first_page = IntegerField()
+    last_page = IntegerField()
+    pages = JSONField()
+    embedding_model = CharField(max_length=200, null=True)
+    dimensions = IntegerField(null=True)
+    vector_keys = JSONField(default=list)
+    vectors = BlobField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "part_pages"
 
 
 class Schedule(db.Model):
@@ -336,7 +367,8 @@ class SourceSync(db.Model):
         table_name = "source_sync"
 
 
-ALL_MODELS = [Batch, Document, Job, Report, Chunk, Schedule, ApiToken, Source, SourceItem, SourceSync]
+ALL_MODELS = [Batch, Document, Job, Report, Chunk, Schedule, ApiToken, Source, SourceItem, SourceSync,
+              PartPages]
 
 
 def _unproxied(database):

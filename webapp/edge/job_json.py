@@ -19,7 +19,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     ``status`` is the database row's (the source of truth, RQ's status words). ``rq_status`` is
     what RQ says now, or ``None`` once RQ has expired the job (or Redis cannot be reached).
     While the job runs, ``stage`` and ``progress`` (0–100 %) come from RQ's job meta, which the
-    worker updates more often than the row.
+    worker updates more often than the row. ``pages_done``/``pages_total``: a big PDF's progress
+    in pages while its page-range parts run (``None`` for a document read whole).
     """
     stage, progress = job.stage, job.progress
     rq_status, meta = rq.live_state(job.id, with_meta=job.status == "started")
@@ -50,6 +51,11 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "document_id": job.document_id,
         "batch_id": job.batch_id,
         "webhook": job.webhook,
+        # A big PDF read in page-range parts (webapp/core/workflows/page_parts.py): pages read so
+        # far of its pages; a part's or join's document job. None otherwise.
+        "pages_done": job.pages_done,
+        "pages_total": job.pages_total,
+        "parent_id": job.parent_id,
     }
 
 

@@ -7,7 +7,8 @@ const ACTIVE_STATUSES = new Set(["queued", "started", "deferred", "scheduled"]);
 const CANCELABLE_STATUSES = ACTIVE_STATUSES; // waiting jobs are canceled, a running one is stopped
 const RETRYABLE_STATUSES = new Set(["failed", "stopped", "canceled"]);
 const STAGE_LABELS = { extract: "Extracting text", chunk: "Chunking", embed: "Embedding", store: "Storing",
-  gather: "Gathering data", summarise: "Summarising", render: "Rendering" };
+  gather: "Gathering data", summarise: "Summarising", render: "Rendering",
+  parts: "Reading pages in parts", join: "Joining the parts" };
 const POLL_INTERVAL_MS = 1000; // each running job is checked about once a second...
 const MAX_POLLS_PER_SECOND = 6; // ...but never more than this many requests per second in total
 const TICK_MS = 250;
@@ -245,7 +246,9 @@ function stopLive(live) {
 function describeActiveJob(job) {
   const progress = clampProgress(job.progress);
   const attempt = job.attempts > 1 ? ` (attempt ${job.attempts})` : "";
-  if (job.status === "started") return `${STAGE_LABELS[job.stage] || "Working"}… ${progress}%${attempt}`;
+  // A big PDF read by page-range parts counts its pages (pages_done of pages_total).
+  const pages = job.pages_total ? ` — ${job.pages_done || 0} of ${job.pages_total} pages` : "";
+  if (job.status === "started") return `${STAGE_LABELS[job.stage] || "Working"}… ${progress}%${pages}${attempt}`;
   if (job.status === "deferred") return job.batch_id ? "Waiting for the batch's documents to end" : "Waiting for another job (deferred)";
   if (job.status === "scheduled" && job.run_at && !job.retry_at) return `Scheduled for ${formatTime(job.run_at)}`;
   if (job.status === "scheduled" && job.error_code === "rate_limited" && job.retry_at) {

@@ -74,7 +74,7 @@ from playhouse.migrate import SchemaMigrator
 
 from webapp.core.migrations import (m0001_baseline, m0002_job_protocol, m0003_schedules, m0004_owners, m0005_search,
                                     m0006_delayed_jobs, m0007_structure, m0008_fetched_documents, m0009_sources,
-                                    m0010_index_digest)
+                                    m0010_index_digest, m0011_page_parts)
 from webapp.core.migrations.m0002_job_protocol import JOB_PROTOCOL_COLUMNS  # noqa: F401  (the tests read it)
 from webapp.core.migrations.m0004_owners import OWNER_COLUMNS  # noqa: F401
 from webapp.core.migrations.m0005_search import PGVECTOR_MISSING, SEARCH_INDEX_COLUMNS  # noqa: F401
@@ -82,6 +82,7 @@ from webapp.core.migrations.m0006_delayed_jobs import DELAYED_JOB_COLUMNS  # noq
 from webapp.core.migrations.m0007_structure import STRUCTURE_COLUMNS  # noqa: F401
 from webapp.core.migrations.m0008_fetched_documents import FETCH_COLUMNS  # noqa: F401
 from webapp.core.migrations.m0010_index_digest import INDEX_DIGEST_COLUMNS  # noqa: F401
+from webapp.core.migrations.m0011_page_parts import PAGE_PART_COLUMNS  # noqa: F401
 from webapp.core.migrations.steps import Migration, add_missing_columns  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ MIGRATION_LOCK_ID = 0x646F636B6574
 #: Every step, in order (one module each, beside this one).
 MIGRATIONS: tuple[Migration, ...] = tuple(module.STEP for module in (
     m0001_baseline, m0002_job_protocol, m0003_schedules, m0004_owners, m0005_search, m0006_delayed_jobs,
-    m0007_structure, m0008_fetched_documents, m0009_sources, m0010_index_digest))
+    m0007_structure, m0008_fetched_documents, m0009_sources, m0010_index_digest, m0011_page_parts))
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

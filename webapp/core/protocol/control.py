@@ -28,7 +28,8 @@ def cancel_job(job_id: str, wait: float = STOP_WAIT) -> Job:
     * ``queued``/``scheduled``/``deferred`` → ``canceled``, and RQ's job is canceled (it leaves
       its queue or the scheduled registry, so no worker runs it);
     * ``started`` → RQ's stop-job command to the worker running it, whose ``on_stopped``
-      callback moves the row to ``stopped``. If RQ no longer knows the job, no worker runs it,
+      callback moves the row to ``stopped``. If RQ no longer knows the job, no worker runs it
+      (its RQ job is not ``started``: e.g. a big document's, whose parts run),
       or the row has not followed within ``wait`` seconds (the job is in native code), the row
       is marked ``stopped`` here; the job then stops at its next persisted progress write and
       its final write is rolled back.
@@ -53,6 +54,12 @@ def cancel_job(job_id: str, wait: float = STOP_WAIT) -> Job:
         job = Job.find(job_id)  # it started meanwhile
     if job.status == STARTED:
         try:
+            rq_status = RQJob.fetch(job_id, connection=rq.connection).get_status(refresh=False)
+            if getattr(rq_status, "value", rq_status) != STARTED:
+                # No worker runs it: its RQ job ended while the row goes on (a big document whose
+                # page-range parts run, webapp/core/workflows/page_parts.py), or is queued again.
+                mark_stopped(job_id, "the job was stopped on request")
+                return Job.find(job_id)
             send_stop_job_command(rq.connection, job_id)
         except (NoSuchJobError, InvalidJobOperation, RedisError):
             mark_stopped(job_id, "the job was stopped on request (no worker was running it)")

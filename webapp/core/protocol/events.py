@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 CHANNEL_PREFIX = "docket:events:"
 # The Job columns a message is made of (the RETURNING list of the state machine's UPDATEs).
 EVENT_COLUMNS = ("id", "kind", "status", "progress", "stage", "error", "error_code", "attempts", "retry_at", "run_at",
-                 "batch_id", "updated_at")
+                 "batch_id", "updated_at", "parent_id", "pages_done", "pages_total")
 
 _failing = False  # the last publish of this process failed (logged once until one succeeds)
 
@@ -56,7 +56,9 @@ def job_event(row: Mapping[str, Any]) -> dict[str, Any]:
     """The event of a job row: its id, kind, status (RQ's words), progress (0–100 %), stage,
     error sentence and code (set when it failed, stopped or was canceled, or is waiting for a
     retry; ``None`` else), attempts (starts so far), ``retry_at`` (a scheduled retry), batch id,
-    ``updated_at`` (ISO-8601, UTC) and ``terminal`` (finished, failed, stopped or canceled).
+    ``updated_at`` (ISO-8601, UTC), ``pages_done``/``pages_total`` (a big PDF read in page-range
+    parts: pages read so far of its pages; ``None`` otherwise), ``parent_id`` (a part's or join's
+    document job) and ``terminal`` (finished, failed, stopped or canceled).
 
     Args:
         row: a mapping with the :data:`EVENT_COLUMNS` (a ``.dicts()`` row), or a Job's ``__data__``.
@@ -74,6 +76,9 @@ def job_event(row: Mapping[str, Any]) -> dict[str, Any]:
         "run_at": _iso(row.get("run_at")),
         "batch_id": row.get("batch_id"),
         "updated_at": _iso(row.get("updated_at")),
+        "pages_done": row.get("pages_done"),
+        "pages_total": row.get("pages_total"),
+        "parent_id": row.get("parent_id"),
         "terminal": row.get("status") in TERMINAL_STATUSES,
     }
 

@@ -280,3 +280,20 @@ register(JobKind(
     retry=RetryPolicy(max_retries=2, base_delay=30, max_delay=300),
     description="Sync one source (S3 prefix, web URLs, sitemap): ingest new and changed items, delete gone ones.",
 ))
+
+
+# --- Big documents (issue 19): a PDF of more than SPLIT_PDF_PAGES pages read in page-range parts --
+# (webapp/core/workflows/page_parts.py, jobs/document_parts.py). Each part is an ordinary job on
+# `default`, beside the document jobs, so that every worker process takes one; the join, deferred
+# until every part finished, makes the document's one chunk set and finishes its document job.
+
+register(JobKind(
+    name="document_part", function="jobs.document_parts.process_part", queue="default", timeout=600,
+    retry=RetryPolicy(max_retries=3, base_delay=10, max_delay=300),
+    description="Read one page range of a big PDF (extract → chunk → embed its pages) for its document's join.",
+))
+register(JobKind(
+    name="document_join", function="jobs.document_parts.join_parts", queue="default", timeout=600,
+    retry=RetryPolicy(max_retries=3, base_delay=10, max_delay=300),
+    description="Join a big PDF's page-range parts into its one chunk set, in page order, and finish its document job.",
+))
