@@ -10,7 +10,7 @@ document job's ``finished`` row (coordinator, parts, join: everything the user w
 Sides, alternating each round:
 
 * ``split, 2 workers`` — ``WORKER_CONCURRENCY=2`` (this machine's cores), the default split
-  settings (``SPLIT_PDF_PAGES=200``, ``SPLIT_PART_PAGES=25``: 16 parts);
+  settings (``SPLIT_PDF_PAGES=200``, ``SPLIT_PART_PAGES=100``: 4 parts);
 * ``split, 1 worker`` — the same with ``WORKER_CONCURRENCY=1``: the baseline of the ratio;
 * ``whole, 1 worker`` — ``SPLIT_PDF_PAGES=0``, the single job as before: the baseline of memory
   (and of what splitting costs on one worker).
@@ -40,8 +40,8 @@ PAGES = 400
 TARGET_RATIO = 0.60
 MEMORY_SLACK = 1.10  # "unchanged": within 10 %
 SIDES = {
-    "split, 2 workers": {"WORKER_CONCURRENCY": "2", "SPLIT_PDF_PAGES": "200", "SPLIT_PART_PAGES": "25"},
-    "split, 1 worker": {"WORKER_CONCURRENCY": "1", "SPLIT_PDF_PAGES": "200", "SPLIT_PART_PAGES": "25"},
+    "split, 2 workers": {"WORKER_CONCURRENCY": "2", "SPLIT_PDF_PAGES": "200", "SPLIT_PART_PAGES": "100"},
+    "split, 1 worker": {"WORKER_CONCURRENCY": "1", "SPLIT_PDF_PAGES": "200", "SPLIT_PART_PAGES": "100"},
     "whole, 1 worker": {"WORKER_CONCURRENCY": "1", "SPLIT_PDF_PAGES": "0"},
 }
 

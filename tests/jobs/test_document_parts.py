@@ -311,7 +311,7 @@ def test_the_split_settings_are_checked_at_start(tmp_path):
     from webapp.core.config import load_config
 
     config = load_config(tmp_path, env={})
-    assert (config["SPLIT_PDF_PAGES"], config["SPLIT_PART_PAGES"]) == (200, 25)
+    assert (config["SPLIT_PDF_PAGES"], config["SPLIT_PART_PAGES"]) == (200, 100)
     for env, sentence in (({"SPLIT_PDF_PAGES": "-1"}, "SPLIT_PDF_PAGES must not be negative"),
                           ({"SPLIT_PART_PAGES": "0"}, "SPLIT_PART_PAGES must be at least 1"),
                           ({"SPLIT_PART_PAGES": "1"}, "more than 1000 parts")):

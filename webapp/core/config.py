@@ -210,7 +210,10 @@ def load_config(instance_path: str | os.PathLike[str], env: Mapping[str, str] | 
         # read by page-range parts of SPLIT_PART_PAGES pages, each an ordinary job on `default`,
         # so every worker process helps; 0: never split ---
         "SPLIT_PDF_PAGES": _int(env, "SPLIT_PDF_PAGES", 200),
-        "SPLIT_PART_PAGES": _int(env, "SPLIT_PART_PAGES", 25),
+        # 100: measured on a 400-page text PDF with the kept reader, 4 parts on 2 workers took 0.79×
+        # the single job and 25-page parts 1.07× (benchmarks/RESULTS.md, benchmark 11); OCR'd
+        # pages (seconds each) would pay with smaller parts.
+        "SPLIT_PART_PAGES": _int(env, "SPLIT_PART_PAGES", 100),
         # --- OCR (jobs/ocr.py) ---
         # auto: read pages without a usable text layer, and image uploads; off: never (an image
         # upload fails, ocr_disabled); force: every page, ignoring its text layer.
