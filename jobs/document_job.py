@@ -193,45 +193,10 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
         "warnings": extraction.warnings,
         "embedding_model": embedder.name,
     }
-    rows = [
-        {
-            "document": document.id,
-            "ordinal": chunk.ordinal,
-            "page_start": chunk.page_start,
-            "page_end": chunk.page_end,
-            "text": chunk.text,
-            "headings": chunk.headings,
-            "ocr": chunk.ocr,
-            "ocr_confidence": chunk.ocr_confidence,
-            "embedding_model": embedder.name,
-            "dimensions": int(vectors.shape[1]),
-            "embedding": to_blob(vector),
-        }
-        for chunk, vector in zip(chunks, vectors)
-    ]
-    database = Document._meta.database
-    if rows:  # PostgreSQL: the vector space's HNSW index, before (not inside) the writing transaction
-        ensure_vector_index(database, embedder.name, int(vectors.shape[1]))
-    with database.atomic() as transaction:
-        Chunk.delete().where(Chunk.document == document.id).execute()
-        for start in range(0, len(rows), INSERT_BATCH):
-            Chunk.insert_many(rows[start:start + INSERT_BATCH]).execute()
-        store_vectors(database, document.id, [chunk.ordinal for chunk in chunks], vectors)
-        Document.update(
-            pages=extraction.page_count,
-            chars=extraction.chars,
-            chunk_count=len(chunks),
-            warnings=extraction.warnings,
-            ocr_pages=extraction.ocr_pages,
-            extractor_version=EXTRACTOR_VERSION,
-            # What made these chunks, committed with them: a reindex finds the document current.
-            index_digest=index_digest(config),
-            password=None,
-        ).where(Document.id == document.id).execute()
-        if not tracker.finish_query(result).execute():
-            # Canceled or ended by someone else meanwhile: keep the database as it was.
-            transaction.rollback()
-            return {"skipped": "the job row changed while the job ran"}
+    if not store_chunk_set(document.id, chunks, vectors, embedder.name, extraction, config,
+                           finish=lambda: bool(tracker.finish_query(result).execute())):
+        # Canceled or ended by someone else meanwhile: the database was kept as it was.
+        return {"skipped": "the job row changed while the job ran"}
     tracker.finished()
     end_stage()
     metrics.count_document(pages=extraction.page_count, chunks=len(chunks))
@@ -351,3 +316,61 @@ def stored_uploads() -> Iterator[str]:
     job keeps them). One pass over the column."""
     for (key,) in Document.select(Document.storage_key).tuples().iterator():
         yield key
+
+
+def store_chunk_set(document_id: str, chunks: list, vectors: Any, model: str, extraction: Any,
+                    config: Mapping[str, Any], finish: Callable[[], bool]) -> bool:
+    """Replace document ``document_id``'s chunks with ``chunks`` in one transaction — exactly one
+    chunk set: ordinals 0…n−1, ``chunk_count`` = n — together with the document's facts and the
+    job's guarded finish. Used by the document job and by the join of a split document
+    (:mod:`jobs.document_parts`).
+
+    Args:
+        document_id: the document.
+        chunks: its chunks (``jobs.chunking.Chunk``), in ordinal order.
+        vectors: their embeddings, one row per chunk (a NumPy array, ``(n, dimensions)``).
+        model: the embedder's name (the vector space the vectors belong to).
+        extraction: what the readers found (page count, characters, OCR'd pages, warnings).
+        config: the app's configuration (for the document's index digest).
+        finish: called inside the transaction after the writes; runs the guarded ``UPDATE … WHERE``
+            of the job(s) that end here and returns whether they all matched.
+
+    Returns:
+        ``True`` once committed; ``False`` when ``finish`` said no (the job was canceled or ended
+        meanwhile): the transaction was rolled back, the database is as it was.
+
+    Raises:
+        peewee.DatabaseError: the database failed (nothing was written).
+    """
+    rows = [
+        {
+            "document": document_id, "ordinal": chunk.ordinal, "page_start": chunk.page_start,
+            "page_end": chunk.page_end, "text": chunk.text, "headings": chunk.headings, "ocr": chunk.ocr,
+            "ocr_confidence": chunk.ocr_confidence, "embedding_model": model,
+            "dimensions": int(vectors.shape[1]), "embedding": to_blob(vector),
+        }
+        for chunk, vector in zip(chunks, vectors)
+    ]
+    database = Document._meta.database
+    if rows:  # PostgreSQL: the vector space's HNSW index, before (not inside) the writing transaction
+        ensure_vector_index(database, model, int(vectors.shape[1]))
+    with database.atomic() as transaction:
+        Chunk.delete().where(Chunk.document == document_id).execute()
+        for start in range(0, len(rows), INSERT_BATCH):
+            Chunk.insert_many(rows[start:start + INSERT_BATCH]).execute()
+        store_vectors(database, document_id, [chunk.ordinal for chunk in chunks], vectors)
+        Document.update(
+            pages=extraction.page_count,
+            chars=extraction.chars,
+            chunk_count=len(chunks),
+            warnings=extraction.warnings,
+            ocr_pages=extraction.ocr_pages,
+            extractor_version=EXTRACTOR_VERSION,
+            # What made these chunks, committed with them: a reindex finds the document current.
+            index_digest=index_digest(config),
+            password=None,
+        ).where(Document.id == document_id).execute()
+        if not finish():
+            transaction.rollback()
+            return False
+    return True

@@ -37,22 +37,20 @@ from flask import current_app
 
 from jobs.chunking import chunk_pages, embedding_text
 from jobs.document_errors import DocumentError, JobError
-from jobs.document_job import EMBED_END, EXTRACT_END, INSERT_BATCH, _password, run_guarded
+from jobs.document_job import EMBED_END, EXTRACT_END, _password, run_guarded, store_chunk_set
 from jobs.extract import Limits, extract_pdf_pages
-from jobs.readers.base import EXTRACTOR_VERSION, OCR_NEXT, OCR_STAGE
+from jobs.readers.base import OCR_NEXT, OCR_STAGE
 from jobs.readers.pdf import PdfPages, finish_pdf
 from jobs.tracking import NOT_RUNNING, ROW_INTERVAL, JobTracker
 from webapp.core import metrics
 from webapp.core.compat.rq_private import extend_time_limit
 from webapp.core.db import connection
-from webapp.core.embeddings import EmbeddingError, embedder_from_config, to_blob
-from webapp.core.indexing import index_digest
+from webapp.core.embeddings import EmbeddingError, embedder_from_config
 from webapp.core.logs import begin_stage, end_stage
-from webapp.core.models import Chunk, Document, Job, PartPages
+from webapp.core.models import Document, Job, PartPages
 from webapp.core.protocol.job_errors import JobStopped
 from webapp.core.protocol.states import FINISHED, after_terminal, finish_query, record_progress
 from webapp.core.storage import StorageError, storage_from_config
-from webapp.core.vector_index import ensure_vector_index, store_vectors
 from webapp.core.workflows.page_parts import PARTS_END, pages_label, record_part_pages
 
 log = logging.getLogger(__name__)
@@ -223,35 +221,17 @@ def _join(document_id: str, job_id: str, tracker: JobTracker, config: Mapping[st
         "parts": len(parts),
         "reused": len(chunks) - len(missing),
     }
-    rows_to_store = [
-        {
-            "document": document.id, "ordinal": chunk.ordinal, "page_start": chunk.page_start,
-            "page_end": chunk.page_end, "text": chunk.text, "headings": chunk.headings, "ocr": chunk.ocr,
-            "ocr_confidence": chunk.ocr_confidence, "embedding_model": embedder.name,
-            "dimensions": int(vectors.shape[1]), "embedding": to_blob(vector),
-        }
-        for chunk, vector in zip(chunks, vectors)
-    ]
-    database = Document._meta.database
-    if rows_to_store:  # PostgreSQL: the vector space's HNSW index, before (not inside) the writing transaction
-        ensure_vector_index(database, embedder.name, int(vectors.shape[1]))
-    # As the document job's store (jobs/document_job.py), plus the document job's finish and the
-    # staged pages' deletion: one chunk set, ordinals 0..n-1, chunk_count = n.
-    with database.atomic() as transaction:
-        Chunk.delete().where(Chunk.document == document.id).execute()
-        for start in range(0, len(rows_to_store), INSERT_BATCH):
-            Chunk.insert_many(rows_to_store[start:start + INSERT_BATCH]).execute()
-        store_vectors(database, document.id, [chunk.ordinal for chunk in chunks], vectors)
-        Document.update(
-            pages=extraction.page_count, chars=extraction.chars, chunk_count=len(chunks),
-            warnings=extraction.warnings, ocr_pages=extraction.ocr_pages, extractor_version=EXTRACTOR_VERSION,
-            index_digest=index_digest(config), password=None,
-        ).where(Document.id == document.id).execute()
+    def finish() -> bool:  # the document job's and this join's guarded finish, the staged pages gone
         Job.update(pages_done=Job.pages_total).where(Job.id == job_id).execute()
         if not finish_query(job_id, result).execute() or not tracker.finish_query(result).execute():
-            transaction.rollback()  # the document job or this one changed meanwhile (canceled, stopped)
-            return {"skipped": "the document job or the join's row changed while the join ran"}
+            return False
         PartPages.delete().where(PartPages.parent_id == job_id).execute()
+        return True
+
+    # As the document job stores (one chunk set, ordinals 0..n-1, chunk_count = n), plus the
+    # document job's finish and the staged pages' deletion.
+    if not store_chunk_set(document.id, chunks, vectors, embedder.name, extraction, config, finish):
+        return {"skipped": "the document job or the join's row changed while the join ran"}
     after_terminal(job_id)  # the document job's event, webhook, batch report
     tracker.finished()
     end_stage()
