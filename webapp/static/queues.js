@@ -49,7 +49,7 @@ function renderQueue(queue) {
 
 // Each owner's waiting and running jobs in this queue (fair share: workers take them in turn).
 function renderOwners(queue) {
-  const table = el("table", "owner-table");
+  const table = el("table", "queue-table owner-table");
   table.id = `queue-${queue.name}-owners`;
   const head = el("thead");
   const headRow = el("tr");
