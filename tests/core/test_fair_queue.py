@@ -147,3 +147,32 @@ def test_after_redis_was_emptied_reconcile_restores_the_jobs_in_fair_order(app, 
         result = reconcile_jobs(app.config | {"RECONCILE_GRACE": 0}, redis)
     assert sorted(result.restored) == sorted(a + b)
     assert queued_ids(app, "default") == [a[0], b[0], a[1], b[1], a[2], a[3], a[4]]
+
+
+def test_a_thread_enqueuing_meanwhile_does_not_take_another_threads_owners(app, redis):
+    """One queue object serves every thread of a web process (gunicorn runs 256 per process).
+    Thread 2 enqueues its jobs entirely while thread 1 is inside its ``enqueue_many`` (while RQ
+    reads thread 1's job data): thread 1's jobs must still get their rounds (with the owners kept
+    on the queue object, thread 2's end forgot them and thread 1's jobs went to RQ's plain push)."""
+    import threading
+
+    with app.app_context():
+        queue = rq.get_queue("high")
+
+    def data(job_id):
+        return Queue.prepare_data("tests.jobs_for_tests.describe_process", job_id=job_id)
+
+    def thread_2():
+        queue.enqueue_many([data("t2-a"), data("t2-b")], owners={"t2-a": "bob", "t2-b": "bob"})
+
+    def thread_1_data():
+        other = threading.Thread(target=thread_2)
+        other.start()
+        other.join()
+        yield data("t1-a")
+        yield data("t1-b")
+
+    queue.enqueue_many(thread_1_data(), owners={"t1-a": "alice", "t1-b": "alice"})
+    assert {job_id: redis.zscore(tags_key("high"), job_id) is not None
+            for job_id in ("t1-a", "t1-b", "t2-a", "t2-b")} == dict.fromkeys(("t1-a", "t1-b", "t2-a", "t2-b"), True)
+    assert queued_ids(app) == ["t2-a", "t1-a", "t2-b", "t1-b"]

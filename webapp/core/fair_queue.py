@@ -35,6 +35,7 @@ are never capped.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterable, Mapping
 
 from rq import Queue
@@ -99,8 +100,10 @@ redis.call('RPUSH', queue, job_id)
 return tag
 """
 
+
 def tags_key(queue_name: str) -> str:
-    """The sorted set of queued job ids → round, of queue ``queue_name``."""
+    """The sorted set of queued job ids → score (round and arrival, :data:`ROUND_SPAN`), of queue
+    ``queue_name``."""
     return f"{KEY_PREFIX}:{queue_name}:tags"
 
 
@@ -124,25 +127,28 @@ class FairQueue(Queue):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._owners: Mapping[str, str | None] = {}
+        # The owners of the jobs being enqueued now, per thread: one queue object serves every
+        # thread of a web process.
+        self._enqueuing = threading.local()
         self._fair_push = self.connection.register_script(FAIR_PUSH)
 
     def enqueue_many(self, job_datas: Iterable[Any], pipeline: Any = None, group_id: str | None = None,
                      owners: Mapping[str, str | None] | None = None) -> list[Any]:
         """RQ's ``enqueue_many``; ``owners`` maps job ids to their owner (``None``: the system's),
         and those jobs are placed fairly. Raises as RQ's."""
-        self._owners = owners or {}
+        self._enqueuing.owners = owners or {}
         try:
             return super().enqueue_many(job_datas, pipeline=pipeline, group_id=group_id)
         finally:
-            self._owners = {}
+            self._enqueuing.owners = {}
 
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
         """Push ``job_id``: fairly when its owner was given to :meth:`enqueue_many`, else as RQ does."""
-        if at_front or job_id not in self._owners:
+        owners = getattr(self._enqueuing, "owners", {})
+        if at_front or job_id not in owners:
             super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
             return
-        owner = self._owners[job_id] or SYSTEM_OWNER
+        owner = owners[job_id] or SYSTEM_OWNER
         self._fair_push(keys=[self.key, tags_key(self.name), last_key(self.name), seq_key(self.name)],
                         args=[job_id, owner, HEAD_SCAN, PIVOT_TRIES, ROUND_SPAN],
                         client=pipeline if pipeline is not None else self.connection)
