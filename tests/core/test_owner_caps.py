@@ -56,3 +56,29 @@ def test_a_slot_nobody_refreshes_expires_and_a_refreshed_one_does_not(redis):
             pipe.execute()
     with pytest.raises(OwnerBusy):
         take_running_slot(redis, cap_1, "alice", "third", 1.0)
+
+
+def test_retry_after_follows_the_owners_recent_document_times(app):
+    """Retry-After ≈ the documents over the cap × the owner's average document time ÷ its running
+    jobs, between 1 and 600 s; 30 s with no history."""
+    from datetime import timedelta
+
+    from webapp.core.db import connection
+    from webapp.core.models import Job, utcnow
+    from webapp.core.owner_caps import _seconds_to_run
+    from webapp.core.protocol.launch import new_job
+
+    with app.app_context(), connection():
+        assert _seconds_to_run("alice", 5) == 30
+        now = utcnow()
+        for seconds in (3, 4, 5):  # finished document jobs: 4 s on average
+            job = new_job("document", {}, owner="alice")
+            job.status, job.started_at, job.ended_at = "finished", now - timedelta(seconds=seconds), now
+            job.save(force_insert=True)
+        assert _seconds_to_run("alice", 5) == 20  # 5 × 4 s, nothing running
+        running = new_job("document", {}, owner="alice")
+        running.status, running.started_at = "started", now
+        running.save(force_insert=True)
+        assert _seconds_to_run("alice", 5) == 20  # … over 1 running job
+        assert _seconds_to_run("alice", 1000) == 600
+        assert Job.select().where(Job.owner == "bob").count() == 0 and _seconds_to_run("bob", 1) == 30
