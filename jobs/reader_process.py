@@ -47,6 +47,7 @@ import os
 import resource
 import signal
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, Callable
@@ -78,6 +79,12 @@ _NEAR_LIMIT = 0.5
 RETIRE_SHARE = 0.25
 # Arguments of at least this many bytes (a document's) are sent as raw messages, not pickled.
 _RAW_MIN = 64 * 1024
+# A reader tells the worker process of a plain page read at most this often (seconds); a page
+# with a stage (an OCR page: each one grows the job's time limit) and the last page always. The
+# worker writes progress out every META_INTERVAL (0.5 s) anyway (jobs/tracking.py), and a message
+# per page (pickled, sent, received, unpickled) was ≈ 10 % of a text PDF's CPU in the worker group
+# (benchmarks/RESULTS.md, "Where the service's own time goes").
+PAGE_MESSAGE_INTERVAL = 0.05
 # In a reader process: the connection to the process that forked it (for call_in_parent).
 _to_parent: Connection | None = None
 
@@ -126,8 +133,9 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
 
     Args:
         read: the reading function, a module-level function (sent by name); it must accept
-            ``on_page`` (``on_page(done, total)`` and ``on_page(done, total, stage)`` calls in the
-            reader are passed on to the caller's ``on_page`` here, in order).
+            ``on_page`` (``on_page(done, total, stage)`` calls in the reader are passed on to the
+            caller's ``on_page`` here, in order; of plain ``on_page(done, total)`` calls, one per
+            ``PAGE_MESSAGE_INTERVAL`` seconds and the last page's).
         args: its arguments, pickled to the reader process (a document's bytes: one copy).
         max_memory: bytes of address space the reader may add, for this call, to what it has when
             the call begins (``MAX_DOCUMENT_MEMORY`` megabytes; see :class:`jobs.extract.Limits`).
@@ -364,9 +372,13 @@ def _read_one(connection: Connection, read: Callable[..., Any], args: tuple, max
               progress: bool) -> tuple:  # pragma: no cover - runs in the reader
     """One document in the reader: its limit, the reading, the answer to send."""
     start = limit_address_space(max_memory)
+    last_sent = [-PAGE_MESSAGE_INTERVAL]
 
     def on_page(done: int, total: int, *stage: str) -> None:
-        connection.send(("page", done, total, *stage))
+        now = time.monotonic()
+        if stage or done >= total or now - last_sent[0] >= PAGE_MESSAGE_INTERVAL:
+            last_sent[0] = now
+            connection.send(("page", done, total, *stage))
 
     try:
         return ("done", read(*args, on_page=on_page if progress else None))
