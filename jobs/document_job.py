@@ -154,7 +154,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
     extraction = extract(
         data,
         document.content_type,
-        password=_password(document, config),
+        password=document_password(document, config),
         on_page=lambda done, total, stage=None: _page_read(tracker, config, done, total, stage),
         # A PDF of more than SPLIT_PDF_PAGES pages is only counted, then read in parts (_split).
         limits=replace(Limits.from_config(config), split_above=config.get("SPLIT_PDF_PAGES") or None),
@@ -244,8 +244,10 @@ def _page_read(tracker: JobTracker, config: Mapping[str, Any], done: int, total:
     tracker.set_progress(OCR_STAGE if stage in (OCR_STAGE, OCR_NEXT) else "extract", EXTRACT_END * done // total)
 
 
-def _password(document: Document, config: Mapping[str, Any]) -> str | None:
-    """The document's PDF password, decrypted (it rests encrypted, :mod:`webapp.core.encryption`).
+def document_password(document: Document, config: Mapping[str, Any]) -> str | None:
+    """The document's PDF password, decrypted (it rests encrypted, :mod:`webapp.core.encryption`),
+    for the document job and its page-range parts (:mod:`jobs.document_parts`); ``None`` when the
+    upload gave none or the job ended and it was forgotten.
 
     Raises:
         JobError: ``password_unreadable`` when no configured key decrypts it (``SECRET_KEY``

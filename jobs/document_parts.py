@@ -37,7 +37,7 @@ from flask import current_app
 
 from jobs.chunking import chunk_pages, embedding_text
 from jobs.document_errors import DocumentError, JobError
-from jobs.document_job import EMBED_END, EXTRACT_END, _password, run_guarded, store_chunk_set
+from jobs.document_job import EMBED_END, EXTRACT_END, document_password, run_guarded, store_chunk_set
 from jobs.extract import Limits, extract_pdf_pages
 from jobs.readers.base import OCR_NEXT, OCR_STAGE
 from jobs.readers.pdf import PdfPages, finish_pdf
@@ -106,7 +106,7 @@ def _run_part(document_id: str, first: int, last: int, parent_id: str, tracker: 
             if not record_part_pages(tracker.job_id, parent_id, read):
                 raise JobStopped(f"the job was stopped during {tracker.stage}")
 
-    pages = extract_pdf_pages(data, _password(document, config), first, last, on_page=on_page,
+    pages = extract_pdf_pages(data, document_password(document, config), first, last, on_page=on_page,
                               limits=Limits.from_config(config))
     staged = pages.to_json()
 
