@@ -266,7 +266,7 @@ def warm_up(app) -> None:
     (pypdfium2, python-docx, lxml, charset-normalizer), the chunker and the configured embedder run
     once on a tiny document of each type made here in memory, so their lazy imports and caches
     are filled in the process the worker processes are forked from. Opens no socket and no
-    database connection (an OpenAI embedder is built, never called).
+    database connection (an OpenAI embedder is built and its client's parts loaded, never called).
 
     Args:
         app: the Flask app whose configuration selects the embedder and chunk sizes.
@@ -284,6 +284,8 @@ def warm_up(app) -> None:
     embedder = embedder_from_config(config)
     if embedder_kind(config) != "openai":  # embedding with OpenAI would send a request
         embedder.embed(texts)
+    else:
+        embedder.load()
     filetypes.detect_content_type(b"warm-up text", "warm-up.txt")
     log.info("document job warmed up (parsers, chunker, %s)", embedder.name)
 

@@ -12,6 +12,8 @@ import time
 
 from flask import Flask
 
+from webapp.core import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +22,8 @@ def prepare_worker_process(app: Flask) -> float:
 
     Imports the module of every declared kind's function (:data:`webapp.core.protocol.kinds.JOB_KINDS`)
     and runs each kind's ``warm_up`` (the document kind's runs its parsers, chunker and embedder
-    on tiny samples, so their lazy imports and caches are filled too), then moves every object
+    on tiny samples, so their lazy imports and caches are filled too), builds the metric
+    instruments (:func:`webapp.core.metrics.instruments`), then moves every object
     into the garbage collector's permanent generation (``gc.freeze()``), so that collections in
     the forked worker processes do not touch — and copy — the pages they share with this one.
 
@@ -42,6 +45,11 @@ def prepare_worker_process(app: Flask) -> float:
         if kind.warm_up:
             hook(kind.warm_up)(app)
             warmed.append(kind.name)
+    # The metric instruments every job records into (webapp/core/metrics.py), built here rather
+    # than by each worker process's first job (a local embedder's warm-up records into them
+    # anyway; an OpenAI one sends nothing, so nothing did); prometheus_client's multiprocess
+    # values open their own files again in a forked process (it checks the pid on every write).
+    metrics.instruments()
     gc.collect()
     gc.freeze()
     elapsed = time.perf_counter() - started

@@ -5,8 +5,11 @@ Everything runs in real ``flask --app wsgi rq worker`` processes on the private 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from rq import Queue, Worker
 
@@ -32,6 +35,23 @@ def test_worker_processes_start_with_parsers_and_embedder_loaded(redis, start_wo
     answer = _finished(Queue("default", connection=redis).enqueue("tests.jobs_for_tests.describe_process"))
     assert answer["modules"] == EXPECTED_MODULES
     assert answer["frozen_objects"] > 0  # gc.freeze() ran before the pool forked
+
+
+def test_with_openai_embeddings_the_client_is_loaded_before_the_fork_without_a_request(redis, start_worker):
+    """The warm-up cannot embed with OpenAI (it would send a request), but loads what the client's
+    first request would (≈ 13 ms per worker process): the first job of a fresh process finds it
+    loaded, and the API's address saw no connection."""
+    with socket.socket() as api:
+        api.bind(("127.0.0.1", 0))
+        api.listen()
+        api.setblocking(False)
+        start_worker(WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0", OPENAI_API_KEY="test-key",
+                     OPENAI_BASE_URL=f"http://127.0.0.1:{api.getsockname()[1]}/v1")
+        answer = _finished(Queue("default", connection=redis).enqueue("tests.jobs_for_tests.describe_process"))
+        assert answer["openai_client_loaded"]
+        assert answer["metric_instruments_built"]  # the local embedder's warm-up records into them; this one does not
+        with pytest.raises(BlockingIOError):
+            api.accept()  # nobody connected
 
 
 def test_a_process_over_its_memory_limit_is_replaced_after_its_job(redis, start_worker):
