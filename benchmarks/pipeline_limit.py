@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +85,12 @@ def run_limit(files: Sequence[CorpusFile], workdir: Path, processes: int | None 
 
 
 def _start_process() -> None:
+    # The benchmark's own SIGTERM handler (benchmarks.services.stop_on_sigterm: SystemExit, so its
+    # services stop on kill) is inherited by the fork. Pool.terminate() ends the pool with SIGTERM:
+    # a process that turns it into SystemExit can exit holding the pool's task-queue lock and leave
+    # its sibling waiting on that lock for ever, and the run hung at the end of a round (seen once
+    # in about fifteen rounds). A pool process dies on SIGTERM, as multiprocessing expects.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _app.app_context().push()
 
 
