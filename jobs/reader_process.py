@@ -82,8 +82,8 @@ _RAW_MIN = 64 * 1024
 # A reader tells the worker process of a plain page read at most this often (seconds); a page
 # with a stage (an OCR page: each one grows the job's time limit) and the last page always. The
 # worker writes progress out every META_INTERVAL (0.5 s) anyway (jobs/tracking.py), and a message
-# per page (pickled, sent, received, unpickled) was ≈ 10 % of a text PDF's CPU in the worker group
-# (benchmarks/RESULTS.md, "Where the service's own time goes").
+# per page (pickled, sent, received, unpickled) was ≈ 7 % of the readers' samples on the corpus
+# (py-spy; benchmarks/RESULTS.md, "What the speed targets of issue 19 ask of the service").
 PAGE_MESSAGE_INTERVAL = 0.05
 # In a reader process: the connection to the process that forked it (for call_in_parent).
 _to_parent: Connection | None = None
@@ -134,8 +134,8 @@ def read_in_own_process(read: Callable[..., Any], *args: Any, max_memory: int, w
     Args:
         read: the reading function, a module-level function (sent by name); it must accept
             ``on_page`` (``on_page(done, total, stage)`` calls in the reader are passed on to the
-            caller's ``on_page`` here, in order; of plain ``on_page(done, total)`` calls, one per
-            ``PAGE_MESSAGE_INTERVAL`` seconds and the last page's).
+            caller's ``on_page`` here, in order; of plain ``on_page(done, total)`` calls, the
+            first, then one per ``PAGE_MESSAGE_INTERVAL`` seconds, and the last page's).
         args: its arguments, pickled to the reader process (a document's bytes: one copy).
         max_memory: bytes of address space the reader may add, for this call, to what it has when
             the call begins (``MAX_DOCUMENT_MEMORY`` megabytes; see :class:`jobs.extract.Limits`).

@@ -31,17 +31,20 @@ def describe_process() -> dict:
     from flask import current_app
 
     from webapp.core import metrics
+
+    # Read before anything below could import or build them itself.
+    modules = sorted(name for name in ("wordllama", "pypdfium2", "docx", "bs4", "lxml", "charset_normalizer",
+                                       "semantic_text_splitter", "jobs.document_job") if name in sys.modules)
+    instruments_built = metrics.instruments.cache_info().currsize == 1
     from webapp.core.embeddings import embedder_from_config, embedder_kind
 
-    embedder = embedder_from_config(current_app.config)
+    openai = embedder_kind(current_app.config) == "openai"
     return {
         "pid": os.getpid(),
         "frozen_objects": gc.get_freeze_count(),
-        "metric_instruments_built": metrics.instruments.cache_info().currsize == 1,
-        # An OpenAI embedder whose client built its embeddings resource (the warm-up's load()).
-        "openai_client_loaded": embedder_kind(current_app.config) == "openai"
-        and "embeddings" in vars(embedder._client),
-        "modules": sorted(name for name in ("wordllama", "pypdfium2", "docx", "bs4", "lxml",
-                                            "charset_normalizer", "semantic_text_splitter", "jobs.document_job")
-                          if name in sys.modules),
+        "metric_instruments_built": instruments_built,
+        # An OpenAI embedder (built before the fork, cached) whose client built its embeddings
+        # resource (the warm-up's load()).
+        "openai_client_loaded": openai and "embeddings" in vars(embedder_from_config(current_app.config)._client),
+        "modules": modules,
     }

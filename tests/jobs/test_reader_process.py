@@ -57,7 +57,7 @@ def test_what_the_reader_returns_and_its_progress_come_back_in_order():
 
 
 def test_plain_pages_are_told_at_most_every_interval_and_pages_with_a_stage_each():
-    """A message per page was ≈ 10 % of a text PDF's CPU: plain pages are thinned out (the first,
+    """A message per page was ≈ 7 % of a text PDF's reading: plain pages are thinned out (the first,
     then one per PAGE_MESSAGE_INTERVAL, and the last); an OCR page grows the job's time limit, so
     each one is told."""
     plain, ocr = [], []
