@@ -184,15 +184,7 @@ def _run(document_id: str, tracker: JobTracker, config: Mapping[str, Any],
 
     tracker.set_progress("store", EMBED_END)
     begin_stage("store")
-    result = {
-        "document_id": document.id,
-        "pages": extraction.page_count,
-        "chars": extraction.chars,
-        "chunks": len(chunks),
-        "ocr_pages": extraction.ocr_pages,
-        "warnings": extraction.warnings,
-        "embedding_model": embedder.name,
-    }
+    result = document_result(document.id, extraction, len(chunks), embedder.name)
     if not store_chunk_set(document.id, chunks, vectors, embedder.name, extraction, config,
                            finish=lambda: bool(tracker.finish_query(result).execute())):
         # Canceled or ended by someone else meanwhile: the database was kept as it was.
@@ -320,6 +312,31 @@ def stored_uploads() -> Iterator[str]:
     job keeps them). One pass over the column."""
     for (key,) in Document.select(Document.storage_key).tuples().iterator():
         yield key
+
+
+def document_result(document_id: str, extraction: Any, chunks: int, model: str) -> dict[str, Any]:
+    """A finished document job's result (its row's ``result``, RQ's return value), the same for
+    a document read whole and one joined from page-range parts (:mod:`jobs.document_parts`, which
+    adds ``parts`` and ``reused``).
+
+    Args:
+        document_id: the document.
+        extraction: what the readers found (page count, characters, OCR'd pages, warnings).
+        chunks: how many chunks were stored.
+        model: the embedder's name (the vector space).
+
+    Returns:
+        ``{"document_id", "pages", "chars", "chunks", "ocr_pages", "warnings", "embedding_model"}``.
+    """
+    return {
+        "document_id": document_id,
+        "pages": extraction.page_count,
+        "chars": extraction.chars,
+        "chunks": chunks,
+        "ocr_pages": extraction.ocr_pages,
+        "warnings": extraction.warnings,
+        "embedding_model": model,
+    }
 
 
 def store_chunk_set(document_id: str, chunks: list, vectors: Any, model: str, extraction: Any,

@@ -37,7 +37,8 @@ from flask import current_app
 
 from jobs.chunking import chunk_pages, embedding_text
 from jobs.document_errors import DocumentError, JobError
-from jobs.document_job import EMBED_END, EXTRACT_END, document_password, run_guarded, store_chunk_set
+from jobs.document_job import (EMBED_END, EXTRACT_END, document_password, document_result, run_guarded,
+                               store_chunk_set)
 from jobs.extract import Limits, extract_pdf_pages
 from jobs.readers.base import OCR_NEXT, OCR_STAGE
 from jobs.readers.pdf import PdfPages, finish_pdf
@@ -210,17 +211,9 @@ def _join(document_id: str, job_id: str, tracker: JobTracker, config: Mapping[st
 
     tracker.set_progress("store", EMBED_END)
     begin_stage("store")
-    result = {
-        "document_id": document.id,
-        "pages": extraction.page_count,
-        "chars": extraction.chars,
-        "chunks": len(chunks),
-        "ocr_pages": extraction.ocr_pages,
-        "warnings": extraction.warnings,
-        "embedding_model": embedder.name,
-        "parts": len(parts),
-        "reused": len(chunks) - len(missing),
-    }
+    result = {**document_result(document.id, extraction, len(chunks), embedder.name),
+              "parts": len(parts), "reused": len(chunks) - len(missing)}
+
     def finish() -> bool:  # the document job's and this join's guarded finish, the staged pages gone
         Job.update(pages_done=Job.pages_total).where(Job.id == job_id).execute()
         if not finish_query(job_id, result).execute() or not tracker.finish_query(result).execute():
