@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.common import BENCH_SECRET_KEY, alternate, collect, command_line, private_redis, result, wait_until, \
+from benchmarks.common import alternate, collect, command_line, private_redis, process_upload, result, worker_app, \
     worker_process
 from benchmarks.memory import MB, make_text_pdf, peak_rss_bytes
 from benchmarks.tables import print_record
@@ -49,26 +49,16 @@ SIDES = {
 def measure(document: Path, workdir: Path, env: dict[str, str]) -> dict[str, float]:
     """Process ``document`` alone on a Docket worker with ``env``: wall seconds from the upload to
     the finished row, the parts it was read in, and the largest worker process's peak RSS (MB)."""
-    from webapp import create_app
-    from webapp.core.db import connection, create_tables
-    from webapp.core.documents import accept_uploads, read_path
-    from webapp.core.models import TERMINAL_STATUSES, Job
+    from webapp.core.db import connection
 
     workdir.mkdir(parents=True, exist_ok=True)
     with private_redis(workdir / "redis") as redis_url:
-        app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
-                          "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None,
-                          "SECRET_KEY": BENCH_SECRET_KEY})
-        with app.app_context():
-            create_tables()
+        app = worker_app(workdir, redis_url)
         with worker_process("docket", redis_url, workdir, HIGH_QUEUE_WORKERS="0", **env) as (pid, _):
             workers = [child.pid for child in psutil.Process(pid).children()]
             with app.app_context(), connection():
                 started = time.perf_counter()
-                uploaded = accept_uploads([read_path(document)], reprocess=True, owner="bench").files[0].document
-                job = wait_until(
-                    lambda: (row := Job.get_by_id(uploaded.job_id)).status in TERMINAL_STATUSES and row,
-                    600, interval=0.02, what=f"{document.name} to be processed")
+                job = process_upload(app, document, interval=0.02)
                 wall = time.perf_counter() - started
             peak = max(peak_rss_bytes(worker) for worker in workers)
     if job.status != "finished":

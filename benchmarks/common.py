@@ -239,6 +239,40 @@ def worker_process(setup: str, redis_url: str, workdir: Path, **env_extra: str) 
         wait_until(lambda: Worker.count(connection=connection) == 0, 30, what=f"{setup} to unregister")
 
 
+def worker_app(workdir: Path, redis_url: str, **settings: Any):
+    """The Flask app a benchmark uses beside :func:`worker_process` on the same ``workdir`` (the
+    same SQLite file and upload folder, the private Redis at ``redis_url``, no OpenAI key unless
+    ``settings`` give one), with its tables created. ``settings`` add to or override the config."""
+    from webapp import create_app
+    from webapp.core.db import create_tables
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
+                      "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None,
+                      "SECRET_KEY": BENCH_SECRET_KEY, **settings})
+    with app.app_context():
+        create_tables()
+    return app
+
+
+def process_upload(app, document: Path, interval: float = 0.05, timeout: float = 600) -> Any:
+    """Upload ``document`` as owner ``bench`` (``reprocess``: never taken as a duplicate) through
+    ``accept_uploads``, as the API does, and wait until its job ends; a worker must be running.
+    Needs an app context and a database connection of ``app``.
+
+    Returns:
+        The job's row (``webapp.core.models.Job``) in its terminal state.
+
+    Raises:
+        TimeoutError: the job had not ended after ``timeout`` seconds (polled every ``interval``).
+    """
+    from webapp.core.documents import accept_uploads, read_path
+    from webapp.core.models import TERMINAL_STATUSES, Job
+
+    uploaded = accept_uploads([read_path(document)], reprocess=True, owner="bench").files[0].document
+    return wait_until(lambda: (row := Job.get_by_id(uploaded.job_id)).status in TERMINAL_STATUSES and row,
+                      timeout, interval=interval, what=f"{document.name} to be processed")
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "a condition") -> Any:
     """Poll ``predicate`` until it returns something true; raise ``TimeoutError`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -28,7 +28,6 @@ from rq import Queue
 from rq.registry import FinishedJobRegistry
 
 from benchmarks.common import (
-    BENCH_SECRET_KEY,
     command_line,
     alternate,
     collect,
@@ -37,6 +36,7 @@ from benchmarks.common import (
     result,
     summary,
     wait_until,
+    worker_app,
     worker_process,
 )
 from benchmarks.tables import print_record
@@ -124,18 +124,11 @@ def tiny_document_pipeline_cpu(app) -> float:
 
 def run(rounds: int = 3) -> dict:
     """Measure every setup for ``rounds`` rounds; return the result record."""
-    from webapp import create_app
-    from webapp.core.db import create_tables
-
     with tempfile.TemporaryDirectory(prefix="docket-overhead-") as tmp:
         workdir = Path(tmp)
         with private_redis(workdir / "redis") as redis_url:
             connection = Redis.from_url(redis_url)
-            app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
-                              "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None,
-                              "SECRET_KEY": BENCH_SECRET_KEY})
-            with app.app_context():
-                create_tables()
+            app = worker_app(workdir, redis_url)
 
             def measure(setup: str):
                 def side() -> dict[str, float]:

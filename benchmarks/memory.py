@@ -24,15 +24,15 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common import (
-    BENCH_SECRET_KEY,
     command_line,
     CORPUS,
     alternate,
     collect,
     largest_file,
     private_redis,
+    process_upload,
     result,
-    wait_until,
+    worker_app,
     worker_process,
 )
 from benchmarks.tables import print_record
@@ -73,26 +73,16 @@ def peak_rss_bytes(pid: int) -> int:
 
 def measure_document(document: Path, workdir: Path) -> dict[str, float]:
     """Process ``document`` alone in a one-process Docket worker; peak RSS before and after (MB)."""
-    from webapp import create_app
-    from webapp.core.db import connection, create_tables
-    from webapp.core.documents import accept_uploads, read_path
-    from webapp.core.models import TERMINAL_STATUSES, Job
+    from webapp.core.db import connection
 
     workdir.mkdir(parents=True, exist_ok=True)
     with private_redis(workdir / "redis") as redis_url:
-        app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
-                          "STORAGE_PATH": str(workdir / "uploads"), "OPENAI_API_KEY": None,
-                          "SECRET_KEY": BENCH_SECRET_KEY})
-        with app.app_context():
-            create_tables()
+        app = worker_app(workdir, redis_url)
         with worker_process("docket", redis_url, workdir, WORKER_CONCURRENCY="1", HIGH_QUEUE_WORKERS="0") as (pid, _):
             worker_pid = _pool_worker_pid(pid)
             idle = peak_rss_bytes(worker_pid)
             with app.app_context(), connection():
-                uploaded = accept_uploads([read_path(document)], reprocess=True, owner="bench").files[0].document
-                job = wait_until(
-                    lambda: (row := Job.get_by_id(uploaded.job_id)).status in TERMINAL_STATUSES and row,
-                    600, interval=0.1, what=f"{document.name} to be processed")
+                job = process_upload(app, document, interval=0.1)
             peak = peak_rss_bytes(worker_pid)
     if job.status != "finished":
         raise RuntimeError(f"{document.name} did not finish: {job.error}")

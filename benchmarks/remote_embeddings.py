@@ -31,7 +31,6 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from benchmarks.common import (
-    BENCH_SECRET_KEY,
     alternate,
     collect,
     finishing_files,
@@ -40,6 +39,7 @@ from benchmarks.common import (
     save,
     summary,
     wait_until,
+    worker_app,
     worker_process,
 )
 from benchmarks.tables import print_record
@@ -103,8 +103,7 @@ class SlowEmbeddingServer:
 
 def ingest(server: SlowEmbeddingServer, workdir: Path, concurrency: int, batch_size: int = 2048) -> dict[str, float]:
     """Ingest the corpus once with a fresh worker pool; wall seconds and the server's counts."""
-    from webapp import create_app
-    from webapp.core.db import connection, create_tables
+    from webapp.core.db import connection
     from webapp.core.documents import accept_uploads, read_path
     from webapp.core.models import TERMINAL_STATUSES, Job
 
@@ -112,11 +111,7 @@ def ingest(server: SlowEmbeddingServer, workdir: Path, concurrency: int, batch_s
     files = finishing_files()
     settings = {"OPENAI_API_KEY": "benchmark", "OPENAI_BASE_URL": server.url}
     with private_redis(workdir / "redis") as redis_url:
-        app = create_app({"DATABASE_URL": f"sqlite:///{workdir / 'docket.sqlite3'}", "REDIS_URL": redis_url,
-                          "STORAGE_PATH": str(workdir / "uploads"), "SECRET_KEY": BENCH_SECRET_KEY,
-                          **settings})
-        with app.app_context():
-            create_tables()
+        app = worker_app(workdir, redis_url, **settings)
         with worker_process("docket", redis_url, workdir, WORKER_CONCURRENCY=str(concurrency),
                             EMBEDDING_BATCH_SIZE=str(batch_size), **settings):
             server.reset()
